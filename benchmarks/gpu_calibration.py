@@ -22,13 +22,15 @@ PUBLISHED = {
         ("busbw_GBps", 480.0, "NVIDIA/nccl-tests#212 (S. Jeaugey), NVIDIA/nccl#1455: NVLS, 8 GPUs"),
     ],
     ("8xH100 ring", 8 << 30): [
-        ("busbw_GBps", 370.0, "NVIDIA/nccl-tests#212; NVIDIA/nccl#1455 measured 365-370 (NCCL_ALGO=Ring)"),
+        ("busbw_GBps", 370.0, "NVIDIA/nccl-tests#212; NVIDIA/nccl#1455 measured 365-370 "
+                       "(NCCL_ALGO=Ring)"),
     ],
     ("8xA100", 8 << 30): [
         ("busbw_GBps", 230.0, "design/algorithms.md (published 8xA100 SXM nccl-tests)"),
     ],
     ("8xA100", 1 << 30): [
-        ("busbw_GBps", 200.0, "NVIDIA/nccl-tests#149: 8xA100-SXM4-80GB (HPE Apollo 6500), ~200 GB/s up to 1 GiB"),
+        ("busbw_GBps", 200.0, "NVIDIA/nccl-tests#149: 8xA100-SXM4-80GB (HPE Apollo 6500), "
+                       "~200 GB/s up to 1 GiB"),
     ],
     ("2xA100", 32): [
         ("time_us", 10.14, "NVIDIA/nccl#583: 2xA100-SXM4-40GB, 32 B"),

@@ -72,7 +72,8 @@ def reduce(x, along: str = "x", op: str = "sum") -> np.ndarray:
 
 
 def allreduce(x, along: str = "x", op: str = "sum") -> np.ndarray:
-    """Every PE gets the reduction of its row ("x"), column ("y") or grid ("xy"): (rows, cols, B)."""
+    """Every PE gets the reduction of its row ("x"), column ("y") or grid ("xy").
+    Returns (rows, cols, B)."""
     x = _check_mesh(x, along, op)
     reduced = _OPS[op](x, axis=_AXES[along], keepdims=True)
     return np.broadcast_to(reduced, x.shape).copy()

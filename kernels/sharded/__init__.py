@@ -4,8 +4,9 @@
     out, cache, report = kernels.sharded.prefill(..., return_cache=True)
     out, cache, report = kernels.sharded.decode_step(model, weights, cache, cluster, tp=4)
 """
-from .layout import Layout, RankLayer, check_fits, memory_per_gpu, shard_layer, shard_weights
+from .layout import (Layout, RankLayer, check_fits, default_tp, memory_per_gpu, shard_layer,
+                     shard_weights)
 from .transformer import decode_step, prefill
 
 __all__ = ["prefill", "decode_step", "Layout", "RankLayer", "shard_layer", "shard_weights",
-           "memory_per_gpu", "check_fits"]
+           "memory_per_gpu", "check_fits", "default_tp"]

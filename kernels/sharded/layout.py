@@ -132,6 +132,18 @@ def shard_weights(model: ModelConfig, weights: ModelWeights, tp: int,
     return [[shard_layer(layout, lw, r, dtype) for lw in weights.layers] for r in range(tp)]
 
 
+def default_tp(model: ModelConfig, cluster: Cluster) -> int:
+    """The largest tensor-parallel degree up to the cluster's GPU count that
+    divides the model (heads, KV heads, MLP width)."""
+    for tp in range(cluster.n_gpus, 0, -1):
+        try:
+            Layout(model, tp)
+        except ShardingError:
+            continue
+        return tp
+    return 1
+
+
 # ------------------------------------------------------------------ memory
 def memory_per_gpu(model: ModelConfig, tp: int, seq_len: int, n_layers: int | None = None,
                    batch: int = 1, bytes_per_element: int = 2) -> dict[str, int]:

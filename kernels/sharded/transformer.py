@@ -31,7 +31,7 @@ from wse.gpu import Cluster, GpuReport, ShardingError, SpmdRun
 
 from ..models import KVCache, ModelConfig, ModelWeights
 from . import ops
-from .layout import Layout, RankLayer, check_fits, shard_weights
+from .layout import Layout, RankLayer, check_fits, default_tp, shard_weights
 
 
 def _norm(model: ModelConfig, x: np.ndarray, weight, bias) -> np.ndarray:
@@ -131,7 +131,7 @@ def _prepare(model, weights, cluster, tp, seq_len):
         raise ConfigError(f"expected kernels.models.ModelWeights, got {type(weights).__name__}")
     if not isinstance(cluster, Cluster):
         raise ShardingError(f"expected a wse.gpu.Cluster, got {type(cluster).__name__}")
-    tp = cluster.n_gpus if tp is None else tp
+    tp = default_tp(model, cluster) if tp is None else tp
     layout = Layout(model, tp)
     check_fits(model, cluster, tp, seq_len, n_layers=weights.n_layers)
     return layout
@@ -159,9 +159,10 @@ def prefill(model: ModelConfig, weights: ModelWeights, x, cluster: Cluster, tp: 
             protocol: str | None = None, dtype=np.float32, bytes_per_element: int = 2,
             return_cache: bool = False):
     """Tensor-parallel forward over x (seq, d_model) on the first `tp` GPUs of
-    `cluster` (default: all). Returns (out, report), or (out, cache, report)
-    with return_cache=True, where cache is a kernels.models.KVCache for
-    decode_step.
+    `cluster` (default: the largest degree up to the cluster's size that
+    divides the model, see layout.default_tp). Returns (out, report), or
+    (out, cache, report) with return_cache=True, where cache is the
+    kernels.models.KVCache that decode_step continues from.
 
     algorithm/protocol force the all-reduce's choice (default: the tuner's).
     Values are computed in `dtype`; time and bytes are charged at

@@ -13,7 +13,8 @@ A100x8 = gpu.Cluster(gpu.A100, n_gpus=8)
 
 def _rel_err(actual, expected):
     """Largest deviation relative to the largest reference value."""
-    return float(np.max(np.abs(np.asarray(actual, np.float64) - expected)) / np.max(np.abs(expected)))
+    deviation = np.abs(np.asarray(actual, np.float64) - expected)
+    return float(np.max(deviation) / np.max(np.abs(expected)))
 
 
 @st.composite
@@ -204,3 +205,23 @@ def test_tp_beyond_the_cluster_and_unknown_devices_are_rejected():
         sharded.prefill(model, weights, np.zeros((4, 64)), gpu.Cluster(gpu.H100, n_gpus=2), tp=4)
     with pytest.raises(gpu.UnknownDeviceError):
         sharded.prefill(model, weights, np.zeros((4, 64)), gpu.Cluster("V100"), tp=1)
+
+
+def test_tensor_parallelism_across_two_nodes_uses_infiniband():
+    model = models.ModelConfig("tp16", "llama", d_model=128, n_heads=16, n_kv_heads=4,
+                               d_ff=64, n_layers=1)
+    weights = models.random_weights(model, seed=2)
+    x = np.random.default_rng(2).standard_normal((8, 128))
+    expected, _ = reference.prefill(model, weights, x)
+    two_nodes = gpu.Cluster(gpu.H100, n_gpus=16)
+    out, report = sharded.prefill(model, weights, x, two_nodes, tp=16, algorithm="ring")
+    assert _rel_err(out, expected) < 1e-6
+    assert (report.bytes_sent_per_gpu == _layer_volume_elements(8, 128, 16) * 2).all()
+    assert report.collectives[0].seconds > H100x8.collective_seconds(
+        "allreduce", report.collectives[0].nbytes, algorithm="ring")
+
+
+def test_default_tp_is_the_largest_degree_that_divides_the_model():
+    assert sharded.default_tp(models.preset("tiny"), H100x8) == 4          # 4 heads
+    assert sharded.default_tp(models.preset("llama3-8b"), H100x8) == 8
+    assert sharded.default_tp(models.preset("gpt2-small"), H100x8) == 6    # 12 heads, 3072

@@ -287,7 +287,8 @@ class Cluster:
         return result
 
     def collective_plan(self, op: str, nbytes: int, n_ranks: int | None = None,
-                        algorithm: str | None = None, protocol: str | None = None) -> CollectivePlan:
+                        algorithm: str | None = None,
+                        protocol: str | None = None) -> CollectivePlan:
         """The plan NCCL's tuner would pick (minimum predicted time), optionally
         restricted to one algorithm and/or protocol."""
         candidates = self.plans(op, nbytes, n_ranks)

@@ -78,7 +78,8 @@ class GpuDevice:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"GpuDevice.{field} = {value!r}: must be a positive number")
         if not isinstance(self.hbm_bytes, int) or self.hbm_bytes <= 0:
-            raise ConfigError(f"GpuDevice.hbm_bytes = {self.hbm_bytes!r}: must be a positive integer")
+            raise ConfigError(
+                f"GpuDevice.hbm_bytes = {self.hbm_bytes!r}: must be a positive integer")
         for field in ("matmul_efficiency", "hbm_efficiency", "active_power_fraction",
                       "comm_power_fraction"):
             value = getattr(self, field)
