@@ -138,7 +138,10 @@ class SpmdRun:
         return out
 
     def send(self, x: np.ndarray, src: int, dst: int) -> np.ndarray:
-        """Point to point: rank src's array arrives at rank dst."""
+        """Point to point: rank src's array arrives at rank dst. Bytes are counted
+        on the link actually used; the price is that of a transfer between
+        ranks 0 and 1 of the group (an NVLink hop unless the group spans nodes
+        from its first node on)."""
         for rank in (src, dst):
             if not 0 <= rank < self.n_ranks:
                 raise ShardingError(f"rank {rank} is not in this {self.n_ranks}-rank run")
