@@ -139,9 +139,9 @@ class SpmdRun:
 
     def send(self, x: np.ndarray, src: int, dst: int) -> np.ndarray:
         """Point to point: rank src's array arrives at rank dst. Bytes are counted
-        on the link actually used; the price is that of a transfer between
-        ranks 0 and 1 of the group (an NVLink hop unless the group spans nodes
-        from its first node on)."""
+        on the link actually used, but the price is that of ranks 0 -> 1 (an
+        NVLink hop) even when src and dst sit on different nodes: a known
+        simplification, unused by the tensor-parallel kernels."""
         for rank in (src, dst):
             if not 0 <= rank < self.n_ranks:
                 raise ShardingError(f"rank {rank} is not in this {self.n_ranks}-rank run")
