@@ -1,0 +1,1 @@
+"""Algorithms written against wse's public API, as a user would write them."""

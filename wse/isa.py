@@ -1,0 +1,91 @@
+"""The encoding shared by the program builder and the engine.
+
+A compiled program is a few flat integer tables; these constants name their
+columns and codes. The engine reads them as compile-time constants.
+"""
+
+# Router ports. A route's rx and tx sets are bitmasks of these.
+NORTH, EAST, SOUTH, WEST, RAMP = 0, 1, 2, 3, 4
+PORT_NAMES = ("N", "E", "S", "W", "RAMP")
+OPPOSITE = (SOUTH, WEST, NORTH, EAST, RAMP)
+# (dx, dy) per fabric port: x grows East, y grows South.
+PORT_DX = (0, 1, 0, -1, 0)
+PORT_DY = (-1, 0, 1, 0, 0)
+
+# Element types of SRAM buffers.
+F32, F16 = 0, 1
+DTYPE_CODES = {"float32": F32, "float16": F16}
+DTYPE_NAMES = {F32: "float32", F16: "float16"}
+DTYPE_BYTES = {F32: 4, F16: 2}
+
+# Descriptor kinds and descriptor table columns.
+MEM, FABIN, FABOUT = 0, 1, 2
+# D_BUF_OR_COLOR holds the buffer id (MEM) or the dense color index (FABIN, FABOUT);
+# D_DTYPE is the element type (fabric operands carry fp32 wavelets).
+D_KIND, D_BUF_OR_COLOR, D_DTYPE, D_OFFSET, D_OFFSET_REG, D_OFFSET_SCALE, D_LENGTH, \
+    D_LENGTH_REG, D_STRIDE = range(9)
+DESC_FIELDS = 9
+
+# Instruction table columns.
+I_OP, I_DST, I_A, I_B, I_S, I_SLOT, I_ON_DONE, I_R, I_IMM, I_IMM2, I_IMM3 = range(11)
+INSTR_FIELDS = 11
+# I_S: scalar operand: a descriptor id, or one of these.
+SCALAR_IMMEDIATE = -1   # the instruction's float immediate
+SCALAR_WAVELET = -2     # the wavelet that fired the current data task
+
+# Control instructions (main thread only).
+OP_END = 0        # end of task
+OP_SET = 1        # r[R] = IMM
+OP_SETP = 2       # r[R] = params[pe, IMM]
+OP_AFFINE = 3     # r[R] = r[IMM2] * IMM + IMM3
+OP_MODI = 4       # r[R] = r[R] mod IMM  (result in [0, IMM))
+OP_LOOP = 5       # r[R] -= 1; if r[R] > 0: pc = IMM
+OP_JUMP = 6       # pc = IMM
+OP_ACTIVATE = 7   # activate local task IMM of this PE's role
+OP_WAIT = 8       # wait until async slot IMM is idle (IMM = -1: all slots)
+OP_BLT = 9        # if r[R] < IMM2: pc = IMM
+# Element-wise vector operations: dst[i] = f(a[i], b[i], s).
+OP_MOV = 16
+OP_ADD = 17
+OP_SUB = 18
+OP_MUL = 19
+OP_MAX = 20
+OP_MIN = 21
+OP_FMAC = 22      # a + b * s
+OP_SCALE = 23     # a * s
+OP_ADDS = 24      # a + s
+OP_EXP = 25
+OP_RSQRT = 26     # 1 / sqrt(a + s)
+OP_RECIP = 27
+OP_TANH = 28
+OP_SIGMOID = 29
+OP_FILL = 30      # s
+OP_SUBS = 31      # a - s
+# Reductions of memory vectors to dst[0].
+OP_SUM = 40       # sum(a)
+OP_RMAX = 41      # max(a)
+OP_DOT = 42       # sum(a * b)
+# Block matmul-accumulate on SRAM tiles: C[m, n] += A[m, k] @ B[k, n];
+# IMM = m, IMM2 = k, IMM3 = n; R = 1 when B is stored as [n, k] (transposed).
+OP_MATMUL = 48
+
+FIRST_VECTOR_OP = 16
+ELEMENTWISE_OPS = frozenset(range(16, 32))
+REDUCTION_OPS = frozenset({OP_SUM, OP_RMAX, OP_DOT})
+# Floating-point operations counted per element (1 per arithmetic op, 2 per FMA).
+FLOPS_PER_ELEMENT = {OP_MOV: 0, OP_FILL: 0, OP_ADD: 1, OP_SUB: 1, OP_MUL: 1, OP_MAX: 1,
+                     OP_MIN: 1, OP_FMAC: 2, OP_SCALE: 1, OP_ADDS: 1, OP_SUBS: 1,
+                     OP_EXP: 1, OP_RSQRT: 2, OP_RECIP: 1, OP_TANH: 1, OP_SIGMOID: 2,
+                     OP_SUM: 1, OP_RMAX: 1, OP_DOT: 2}
+
+# Task kinds.
+TASK_LOCAL, TASK_DATA = 0, 1
+
+# Engine status codes (first entry of the status vector).
+STATUS_OK, STATUS_ROUTE, STATUS_DEADLOCK, STATUS_CYCLE_LIMIT, STATUS_PROGRAM, STATUS_NAN = range(6)
+# Route error kinds (status aux field).
+ROUTE_OFF_GRID, ROUTE_RX_MISMATCH, ROUTE_NO_TX = 1, 2, 3
+# Program error kinds.
+PROG_BOUNDS, PROG_UNALLOCATED, PROG_BAD_COLOR = 1, 2, 3
+
+NUM_REGISTERS = 16

@@ -1,0 +1,939 @@
+"""The kernel-author API: colors, routes, buffers, roles, tasks, vector operations.
+
+A Program describes one run on a grid of PEs, SPMD style:
+
+    prog = wse.Program(cfg)
+    c = prog.color("row")
+    prog.route(c, rx="RAMP", tx="E", where=prog.pes(cols=0))        # sender
+    prog.route(c, rx="W", tx="RAMP,E", where=prog.pes(cols=slice(1, -1)))
+    prog.route(c, rx="W", tx="RAMP", where=prog.pes(cols=-1))
+    x = prog.buffer("x", (16,), "float32")
+    root = prog.role("root", where=prog.pes(cols=0))
+    with root.task("main", entry=True) as t:
+        t.mov(prog.fabout(c, 16), x.view())
+    leaf = prog.role("leaf", where=prog.pes(cols=slice(1, None)))
+    with leaf.task("main", entry=True) as t:
+        t.mov(x.view(), prog.fabin(c, 16))
+    prog.load(x, data)                 # data: (rows, cols, 16)
+    result = prog.run()
+    result.read(x), result.report
+
+Per-PE differences come from roles (which PEs run which tasks) and from
+integer parameters (`prog.param`), which a task loads into registers; a
+million PEs need neither a million programs nor a Python loop over PEs.
+Everything compiles to flat arrays that `wse.engine` interprets.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+from . import isa
+from .config import DTYPES, WaferConfig
+from .errors import (ConfigError, CycleLimitError, FabricDeadlockError, FloatingPointTrap,
+                     ProgramError, RouteError, SramOverflowError, WseError)
+
+PORT_BY_NAME = {"N": isa.NORTH, "E": isa.EAST, "S": isa.SOUTH, "W": isa.WEST,
+                "RAMP": isa.RAMP}
+
+
+def port_mask(ports) -> int:
+    """'RAMP,E' or ['RAMP', 'E'] or '' -> bitmask of router ports."""
+    if isinstance(ports, (int, np.integer)):
+        return int(ports)
+    if isinstance(ports, str):
+        ports = [p for p in ports.replace(" ", "").split(",") if p]
+    mask = 0
+    for name in ports:
+        key = str(name).upper()
+        if key not in PORT_BY_NAME:
+            raise RouteError(f"unknown router port {name!r}: expected N, E, S, W or RAMP")
+        mask |= 1 << PORT_BY_NAME[key]
+    return mask
+
+
+def port_names(mask: int) -> str:
+    return ",".join(n for i, n in enumerate(isa.PORT_NAMES) if mask >> i & 1) or "-"
+
+
+# ----------------------------------------------------------------------------
+# Operands
+@dataclass(frozen=True)
+class Color:
+    """A virtual channel. `index` is its place in the program's color table."""
+    name: str
+    id: int          # hardware color number, 0 .. num_colors - 1
+    index: int
+
+
+@dataclass(frozen=True)
+class Reg:
+    """A PE integer register. `r * k + c` gives an address expression."""
+    index: int
+
+    def __mul__(self, k: int) -> "RegExpr":
+        return RegExpr(self, int(k), 0)
+
+    __rmul__ = __mul__
+
+    def __add__(self, c: int) -> "RegExpr":
+        return RegExpr(self, 1, int(c))
+
+
+@dataclass(frozen=True)
+class RegExpr:
+    reg: Reg
+    scale: int
+    const: int
+
+    def __add__(self, c: int) -> "RegExpr":
+        return RegExpr(self.reg, self.scale, self.const + int(c))
+
+
+@dataclass(frozen=True)
+class Param:
+    """A per-PE integer (rows, cols), loaded into a register by `task.set`."""
+    name: str
+    index: int
+
+
+@dataclass(frozen=True)
+class ColorParam:
+    """A per-PE choice of color, for fabric descriptors (e.g. alternating chains)."""
+    name: str
+    index: int       # column in the per-PE parameter table
+
+
+@dataclass(frozen=True)
+class Desc:
+    kind: int
+    target: int          # buffer id or color index
+    dtype: int
+    offset: int = 0
+    offset_reg: int = -1
+    offset_scale: int = 0
+    length: int = 1
+    length_reg: int = -1
+    stride: int = 1
+    label: str = ""
+
+    def row(self) -> list[int]:
+        return [self.kind, self.target, self.dtype, self.offset, self.offset_reg,
+                self.offset_scale, self.length, self.length_reg, self.stride]
+
+
+WAVELET = "wavelet"
+"""Scalar operand: the wavelet that fired the current data task."""
+
+
+class Buffer:
+    """A named array in SRAM, at its own offset on each PE that holds it."""
+
+    def __init__(self, program: "Program", id: int, name: str, shape: tuple[int, ...],
+                 dtype: str, where: np.ndarray):
+        self.program = program
+        self.id = id
+        self.name = name
+        self.shape = shape
+        self.dtype = dtype
+        self.where = where
+        self.size = int(np.prod(shape)) if shape else 1
+        self.itemsize = 4 if dtype == "float32" else 2
+
+    def __repr__(self) -> str:
+        return f"Buffer({self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+    def view(self, offset=0, length=None, stride: int = 1) -> Desc:
+        """Memory descriptor: `length` elements from `offset`, `stride` apart.
+
+        offset may be an int, a Reg or `reg * k + c`; length an int or a Reg."""
+        off, off_reg, off_scale = 0, -1, 0
+        if isinstance(offset, Reg):
+            offset = RegExpr(offset, 1, 0)
+        if isinstance(offset, RegExpr):
+            off, off_reg, off_scale = offset.const, offset.reg.index, offset.scale
+        else:
+            off = int(offset)
+        length_reg = -1
+        if isinstance(length, Reg):
+            length_reg, length = length.index, 0
+        elif length is None:
+            if stride == 0:
+                length = 1
+            else:
+                length = (self.size - off + stride - 1) // stride if off_reg < 0 else self.size
+        if off_reg < 0 and length_reg < 0 and length > 0:
+            last = off + (int(length) - 1) * stride
+            if off < 0 or last >= self.size or last < 0:
+                raise ProgramError(
+                    f"buffer {self.name!r} has {self.size} elements: a view of {length} from "
+                    f"offset {off} with stride {stride} reaches element {last}")
+        return Desc(isa.MEM, self.id, isa.DTYPE_CODES[self.dtype], off, off_reg, off_scale,
+                    int(length), length_reg, int(stride), label=self.name)
+
+    def scalar(self, index=0) -> Desc:
+        """One element, repeated (stride 0): a scalar operand or a broadcast source."""
+        return self.view(offset=index, length=1, stride=0)
+
+
+class TaskBuilder:
+    """Instructions of one task. Every method appends one instruction."""
+
+    def __init__(self, role: "Role", name: str, local_index: int, kind: int, color: int):
+        self.role = role
+        self.program = role.program
+        self.name = name
+        self.local_index = local_index
+        self.kind = kind
+        self.color = color
+        self.code: list[list[int]] = []
+        self.imm: list[float] = []
+        self.descs: list[list[Desc | None]] = []   # dst, a, b, scalar per instruction
+        self._next_slot = 0
+
+    # --- plumbing
+    def _emit(self, op, dst=None, a=None, b=None, s=None, slot=0, on_done=-1, r=-1,
+              imm=0, imm2=0, imm3=0) -> int:
+        scalar_field = isa.SCALAR_IMMEDIATE
+        scalar_imm = 0.0
+        scalar_desc = None
+        if isinstance(s, Desc):
+            if s.kind != isa.MEM:
+                raise ProgramError(f"task {self.name!r}: a scalar operand must be in memory")
+            scalar_desc = s
+        elif isinstance(s, str) and s == WAVELET:
+            if self.kind != isa.TASK_DATA:
+                raise ProgramError(f"task {self.name!r}: only a data task has a wavelet operand")
+            scalar_field = isa.SCALAR_WAVELET
+        elif s is not None:
+            scalar_imm = float(s)
+        self.code.append([op, -1, -1, -1, scalar_field, slot, on_done, r, imm, imm2, imm3])
+        self.imm.append(scalar_imm)
+        self.descs.append([dst, a, b, scalar_desc])
+        return len(self.code) - 1
+
+    def _slot(self, async_, slot) -> int:
+        if slot is not None:
+            if not 1 <= slot <= self.program.cfg.async_slots:
+                raise ProgramError(f"async slot {slot} outside 1..{self.program.cfg.async_slots}")
+            return slot
+        if not async_:
+            return 0
+        if self.program.cfg.async_slots == 0:
+            raise ProgramError("this config has async_slots = 0")
+        self._next_slot = self._next_slot % self.program.cfg.async_slots + 1
+        return self._next_slot
+
+    def _vector(self, op, dst, a=None, b=None, s=None, async_=False, slot=None, on_done=None):
+        for operand, what in ((dst, "destination"), (a, "first operand"), (b, "second operand")):
+            if operand is not None and not isinstance(operand, Desc):
+                raise ProgramError(f"task {self.name!r}: the {what} of {_OP_NAMES[op]} must be "
+                                   f"a descriptor (buffer.view(), fabin(), fabout()), got {operand!r}")
+        if dst.kind == isa.FABIN:
+            raise ProgramError(f"task {self.name!r}: {_OP_NAMES[op]} cannot write to a fabric input")
+        for operand in (a, b):
+            if operand is not None and operand.kind == isa.FABOUT:
+                raise ProgramError(f"task {self.name!r}: {_OP_NAMES[op]} cannot read a fabric output")
+        fabric_in = [d for d in (a, b) if d is not None and d.kind == isa.FABIN]
+        if len(fabric_in) == 2 and fabric_in[0].target == fabric_in[1].target \
+                and fabric_in[0].offset_reg == fabric_in[1].offset_reg:
+            raise ProgramError(f"task {self.name!r}: both operands read the same color")
+        used_slot = self._slot(async_, slot)
+        done = -1
+        if on_done is not None:
+            if used_slot == 0:
+                raise ProgramError("on_done needs an asynchronous operation (async_=True)")
+            done = self.role._task_index(on_done)
+        i = self._emit(op, dst, a, b, s, slot=used_slot, on_done=done)
+        return used_slot if used_slot else None
+
+    # --- element-wise vector operations (dst[i] = f(a[i], b[i], s))
+    def mov(self, dst, a, **kw):
+        """dst = a. With a fabric operand: a send or a receive, one wavelet per cycle."""
+        return self._vector(isa.OP_MOV, dst, a, **kw)
+
+    def add(self, dst, a, b, **kw):
+        return self._vector(isa.OP_ADD, dst, a, b, **kw)
+
+    def sub(self, dst, a, b, **kw):
+        return self._vector(isa.OP_SUB, dst, a, b, **kw)
+
+    def mul(self, dst, a, b, **kw):
+        return self._vector(isa.OP_MUL, dst, a, b, **kw)
+
+    def max(self, dst, a, b, **kw):
+        return self._vector(isa.OP_MAX, dst, a, b, **kw)
+
+    def min(self, dst, a, b, **kw):
+        return self._vector(isa.OP_MIN, dst, a, b, **kw)
+
+    def fmac(self, dst, a, b, s, **kw):
+        """dst = a + b * s (s: a float, a scalar descriptor or WAVELET)."""
+        return self._vector(isa.OP_FMAC, dst, a, b, s, **kw)
+
+    def scale(self, dst, a, s, **kw):
+        return self._vector(isa.OP_SCALE, dst, a, None, s, **kw)
+
+    def adds(self, dst, a, s, **kw):
+        return self._vector(isa.OP_ADDS, dst, a, None, s, **kw)
+
+    def subs(self, dst, a, s, **kw):
+        return self._vector(isa.OP_SUBS, dst, a, None, s, **kw)
+
+    def exp(self, dst, a, **kw):
+        return self._vector(isa.OP_EXP, dst, a, **kw)
+
+    def rsqrt(self, dst, a, eps: float = 0.0, **kw):
+        """dst = 1 / sqrt(a + eps)."""
+        return self._vector(isa.OP_RSQRT, dst, a, None, eps, **kw)
+
+    def recip(self, dst, a, **kw):
+        return self._vector(isa.OP_RECIP, dst, a, **kw)
+
+    def tanh(self, dst, a, **kw):
+        return self._vector(isa.OP_TANH, dst, a, **kw)
+
+    def sigmoid(self, dst, a, **kw):
+        return self._vector(isa.OP_SIGMOID, dst, a, **kw)
+
+    def fill(self, dst, s, **kw):
+        return self._vector(isa.OP_FILL, dst, None, None, s, **kw)
+
+    # --- reductions of memory vectors into dst[0]
+    def _reduction(self, op, dst, a, b=None, **kw):
+        for d in (dst, a, b):
+            if d is not None and d.kind != isa.MEM:
+                raise ProgramError(f"task {self.name!r}: {_OP_NAMES[op]} works on memory only")
+        return self._vector(op, dst, a, b, **kw)
+
+    def sum(self, dst, a, **kw):
+        return self._reduction(isa.OP_SUM, dst, a, **kw)
+
+    def rmax(self, dst, a, **kw):
+        return self._reduction(isa.OP_RMAX, dst, a, **kw)
+
+    def dot(self, dst, a, b, **kw):
+        return self._reduction(isa.OP_DOT, dst, a, b, **kw)
+
+    def matmul(self, c: Desc, a: Desc, b: Desc, m: int, k: int, n: int,
+               transpose_b: bool = False, **kw):
+        """C[m, n] += A[m, k] @ B[k, n] on row-major SRAM tiles (B stored [n, k] when
+        transpose_b). Costs ceil(m*k*n / FMACs per cycle of A's dtype) cycles."""
+        for d in (c, a, b):
+            if not isinstance(d, Desc) or d.kind != isa.MEM:
+                raise ProgramError(f"task {self.name!r}: matmul works on memory descriptors only")
+        if min(m, k, n) < 1:
+            raise ProgramError(f"task {self.name!r}: matmul sizes must be positive, got {m}x{k}x{n}")
+        used_slot = self._slot(kw.pop("async_", False), kw.pop("slot", None))
+        on_done = kw.pop("on_done", None)
+        if kw:
+            raise ProgramError(f"unknown matmul options {sorted(kw)}")
+        done = self.role._task_index(on_done) if on_done is not None else -1
+        self._emit(isa.OP_MATMUL, c, a, b, None, slot=used_slot, on_done=done,
+                   r=1 if transpose_b else 0, imm=m, imm2=k, imm3=n)
+        return used_slot if used_slot else None
+
+    # --- control
+    def reg(self) -> Reg:
+        return self.role.program.reg()
+
+    def set(self, reg: Reg, value):
+        """reg = value (an int or a Param)."""
+        if isinstance(value, Param):
+            self._emit(isa.OP_SETP, r=reg.index, imm=value.index)
+        else:
+            self._emit(isa.OP_SET, r=reg.index, imm=int(value))
+
+    def affine(self, reg: Reg, source: Reg, mul: int, add: int):
+        """reg = source * mul + add."""
+        self._emit(isa.OP_AFFINE, r=reg.index, imm=int(mul), imm2=source.index, imm3=int(add))
+
+    def addi(self, reg: Reg, value: int):
+        self.affine(reg, reg, 1, value)
+
+    def mod(self, reg: Reg, modulus: int):
+        """reg = reg mod modulus, in [0, modulus)."""
+        if int(modulus) < 1:
+            raise ProgramError(f"modulus must be >= 1, got {modulus}")
+        self._emit(isa.OP_MODI, r=reg.index, imm=int(modulus))
+
+    @contextlib.contextmanager
+    def loop(self, count):
+        """Repeat the body `count` times (an int, Param or Reg); zero runs it never."""
+        counter = self.reg()
+        if isinstance(count, Reg):
+            self.affine(counter, count, 1, 0)
+        else:
+            self.set(counter, count)
+        guard = self._emit(isa.OP_BLT, r=counter.index, imm=-1, imm2=1)
+        top = len(self.code)
+        yield counter
+        self._emit(isa.OP_LOOP, r=counter.index, imm=top)
+        self.code[guard][isa.I_IMM] = len(self.code)
+        self.role.program.free_reg(counter)
+
+    def activate(self, task):
+        self._emit(isa.OP_ACTIVATE, imm=self.role._task_index(task))
+
+    def wait(self, slot=None):
+        """Block the main thread until async slot `slot` (None: all slots) is idle."""
+        self._emit(isa.OP_WAIT, imm=-1 if slot is None else int(slot))
+
+
+_OP_NAMES = {v: k[3:].lower() for k, v in vars(isa).items() if k.startswith("OP_")}
+
+
+class Role:
+    """The program a group of PEs runs: its tasks."""
+
+    def __init__(self, program: "Program", index: int, name: str):
+        self.program = program
+        self.index = index
+        self.name = name
+        self.tasks: list[TaskBuilder] = []
+
+    def _task_index(self, task) -> int:
+        name = task.name if isinstance(task, TaskBuilder) else task
+        for t in self.tasks:
+            if t.name == name:
+                if t.kind == isa.TASK_DATA:
+                    raise ProgramError(f"role {self.name!r}: data task {name!r} cannot be activated")
+                return t.local_index
+        raise ProgramError(f"role {self.name!r} has no task {name!r}")
+
+    def _new_task(self, name, kind, color) -> TaskBuilder:
+        if any(t.name == name for t in self.tasks):
+            raise ProgramError(f"role {self.name!r} already has a task {name!r}")
+        if len(self.tasks) >= 63:
+            raise ProgramError(f"role {self.name!r}: at most 63 tasks per role")
+        task = TaskBuilder(self, name, len(self.tasks), kind, color)
+        self.tasks.append(task)
+        return task
+
+    def task(self, name: str, entry: bool = False) -> TaskBuilder:
+        """A local task; entry tasks are activated when the run starts."""
+        task = self._new_task(name, isa.TASK_LOCAL, -1)
+        task.entry = entry
+        return task
+
+    def data_task(self, name: str, color: Color) -> TaskBuilder:
+        """A task that fires on each wavelet of `color` reaching this PE (operand WAVELET)."""
+        task = self._new_task(name, isa.TASK_DATA, color.index)
+        task.entry = False
+        return task
+
+
+# TaskBuilder is used as `with role.task(...) as t:`
+TaskBuilder.__enter__ = lambda self: self
+TaskBuilder.__exit__ = lambda self, *exc: None
+
+
+class Program:
+    """One run's routes, SRAM layout, per-PE programs and inputs."""
+
+    def __init__(self, cfg: WaferConfig):
+        if not isinstance(cfg, WaferConfig):
+            raise ConfigError(f"expected a WaferConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.rows, self.cols = cfg.rows, cfg.cols
+        self.colors: list[Color] = []
+        self._route_rx: list[np.ndarray] = []       # per color: (rows, cols) uint8
+        self._route_tx: list[np.ndarray] = []
+        self.buffers: list[Buffer] = []
+        self._sram_used = np.zeros((self.rows, self.cols), np.int64)
+        self._buf_offsets: list[np.ndarray] = []    # per buffer: (rows, cols) byte offset or -1
+        self.params: list[np.ndarray] = []
+        self.param_names: list[str] = []
+        self.roles: list[Role] = [Role(self, 0, "idle")]
+        self.pe_role = np.zeros((self.rows, self.cols), np.int32)
+        self._free_regs = list(range(isa.NUM_REGISTERS))
+        self._loads: list[tuple[Buffer, np.ndarray]] = []
+        self._arena = None
+
+    # --- selection of PEs
+    def pes(self, rows=slice(None), cols=slice(None)) -> np.ndarray:
+        """Boolean mask of the PEs in the given rows and columns (ints or slices)."""
+        mask = np.zeros((self.rows, self.cols), bool)
+        mask[rows, cols] = True
+        return mask
+
+    def _mask(self, where) -> np.ndarray:
+        if where is None:
+            return np.ones((self.rows, self.cols), bool)
+        mask = np.asarray(where, bool)
+        if mask.shape != (self.rows, self.cols):
+            raise ProgramError(f"PE selection has shape {mask.shape}, expected "
+                               f"({self.rows}, {self.cols})")
+        return mask
+
+    # --- colors and routes
+    def color(self, name: str = "", id: int | None = None) -> Color:
+        used = {c.id for c in self.colors}
+        if id is None:
+            free = [i for i in range(self.cfg.num_colors) if i not in used]
+            if not free:
+                raise RouteError(f"color {name!r}: all {self.cfg.num_colors} colors of "
+                                 f"{self.cfg.name} are in use ({', '.join(c.name for c in self.colors)})")
+            id = free[0]
+        if not 0 <= id < self.cfg.num_colors or id in used:
+            raise RouteError(f"color id {id} for {name!r} is outside 0..{self.cfg.num_colors - 1} "
+                             f"or already used")
+        color = Color(name or f"c{id}", id, len(self.colors))
+        self.colors.append(color)
+        self._route_rx.append(np.zeros((self.rows, self.cols), np.uint8))
+        self._route_tx.append(np.zeros((self.rows, self.cols), np.uint8))
+        return color
+
+    def route(self, color: Color, rx, tx, where=None):
+        """Set the route of `color` at the selected PEs: accept from rx, forward to tx."""
+        mask = self._mask(where)
+        rx_mask, tx_mask = port_mask(rx), port_mask(tx)
+        if tx_mask == 0 and mask.any():
+            raise RouteError(f"color {color.name}: a route needs at least one tx port")
+        ys, xs = np.nonzero(mask)
+        for port, bad in ((isa.NORTH, ys == 0), (isa.SOUTH, ys == self.rows - 1),
+                          (isa.WEST, xs == 0), (isa.EAST, xs == self.cols - 1)):
+            if tx_mask >> port & 1 and bad.any():
+                i = int(np.argmax(bad))
+                raise RouteError(f"color {color.name}: PE ({xs[i]}, {ys[i]}) would send out of "
+                                 f"the grid through port {isa.PORT_NAMES[port]}")
+        self._route_rx[color.index][mask] = rx_mask
+        self._route_tx[color.index][mask] = tx_mask
+
+    def route_masks(self, color: Color, rx: np.ndarray, tx: np.ndarray):
+        """Set the whole (rows, cols) rx and tx port masks of `color` at once."""
+        rx = np.asarray(rx, np.uint8)
+        tx = np.asarray(tx, np.uint8)
+        for port, sl in ((isa.NORTH, np.s_[0, :]), (isa.SOUTH, np.s_[-1, :]),
+                         (isa.WEST, np.s_[:, 0]), (isa.EAST, np.s_[:, -1])):
+            edge = tx[sl] >> port & 1
+            if edge.any():
+                raise RouteError(f"color {color.name}: a route on the grid edge sends out of the "
+                                 f"grid through port {isa.PORT_NAMES[port]}")
+        self._route_rx[color.index] = rx.copy()
+        self._route_tx[color.index] = tx.copy()
+
+    def routes_of(self, color: Color) -> tuple[np.ndarray, np.ndarray]:
+        return self._route_rx[color.index], self._route_tx[color.index]
+
+    # --- fabric descriptors
+    def _fabric(self, kind, color, length) -> Desc:
+        length_reg = -1
+        if isinstance(length, Reg):
+            length_reg, length = length.index, 0
+        elif int(length) < 0:
+            raise ProgramError(f"fabric descriptor length must be >= 0, got {length}")
+        if isinstance(color, ColorParam):
+            return Desc(kind, 0, isa.F32, 0, color.index, 0, int(length), length_reg, 1,
+                        label=color.name)
+        if not isinstance(color, Color):
+            raise ProgramError(f"expected a Color or ColorParam, got {color!r}")
+        return Desc(kind, color.index, isa.F32, 0, -1, 0, int(length), length_reg, 1,
+                    label=color.name)
+
+    def fabin(self, color, length) -> Desc:
+        """Receive `length` wavelets of `color` from this PE's ramp."""
+        return self._fabric(isa.FABIN, color, length)
+
+    def fabout(self, color, length) -> Desc:
+        """Send `length` wavelets of `color` into this PE's router."""
+        return self._fabric(isa.FABOUT, color, length)
+
+    # --- SRAM
+    def buffer(self, name: str, shape, dtype: str = "float32", where=None) -> Buffer:
+        """Allocate `shape` elements of `dtype` on the selected PEs (default: all)."""
+        if self._arena is not None:
+            raise ProgramError(f"buffer {name!r}: allocate every buffer before loading data")
+        if dtype not in DTYPES:
+            raise ConfigError(f"buffer {name!r}: dtype {dtype!r}, expected one of {DTYPES}")
+        if any(b.name == name for b in self.buffers):
+            raise ProgramError(f"buffer {name!r} already exists")
+        shape = (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
+        if any(s < 1 for s in shape):
+            raise ProgramError(f"buffer {name!r}: shape {shape} has an empty dimension")
+        mask = self._mask(where)
+        buf = Buffer(self, len(self.buffers), name, shape, dtype, mask)
+        nbytes = (buf.size * buf.itemsize + 3) // 4 * 4       # keep 4-byte alignment
+        after = self._sram_used + nbytes
+        over = mask & (after > self.cfg.sram_bytes)
+        if over.any():
+            y, x = np.argwhere(over)[0]
+            free = self.cfg.sram_bytes - int(self._sram_used[y, x])
+            held = ", ".join(f"{b.name} ({b.size * b.itemsize} B)" for b in self.buffers
+                             if b.where[y, x])
+            raise SramOverflowError(
+                f"PE ({x}, {y}): buffer {name!r} needs {nbytes} bytes but only {free} of "
+                f"{self.cfg.sram_bytes} are free (holding: {held or 'nothing'})")
+        offsets = np.where(mask, self._sram_used, -1)
+        self._sram_used = np.where(mask, after, self._sram_used)
+        self.buffers.append(buf)
+        self._buf_offsets.append(offsets)
+        return buf
+
+    @property
+    def sram_used(self) -> np.ndarray:
+        """Bytes allocated per PE, (rows, cols)."""
+        return self._sram_used.copy()
+
+    # --- per-PE integers, roles, registers
+    def param(self, name: str, values) -> Param:
+        values = np.broadcast_to(np.asarray(values), (self.rows, self.cols))
+        if not np.issubdtype(values.dtype, np.integer):
+            raise ProgramError(f"param {name!r} must hold integers, got {values.dtype}")
+        self.params.append(values.astype(np.int64))
+        self.param_names.append(name)
+        return Param(name, len(self.params) - 1)
+
+    def color_param(self, name: str, colors) -> ColorParam:
+        """Per-PE color choice: `colors` is a (rows, cols) array of Color (or None)."""
+        arr = np.asarray(colors, dtype=object)
+        arr = np.broadcast_to(arr, (self.rows, self.cols))
+        index = np.array([[c.index if isinstance(c, Color) else -1 for c in row] for row in arr],
+                         np.int64) if arr.size <= 65536 else np.vectorize(
+            lambda c: c.index if isinstance(c, Color) else -1, otypes=[np.int64])(arr)
+        self.params.append(index)
+        self.param_names.append(name)
+        return ColorParam(name, len(self.params) - 1)
+
+    def color_param_indices(self, name: str, indices: np.ndarray) -> ColorParam:
+        """Like color_param, from an int array of Color.index values (fast for big grids)."""
+        indices = np.broadcast_to(np.asarray(indices, np.int64), (self.rows, self.cols))
+        self.params.append(indices.copy())
+        self.param_names.append(name)
+        return ColorParam(name, len(self.params) - 1)
+
+    def reg(self) -> Reg:
+        if not self._free_regs:
+            raise ProgramError(f"all {isa.NUM_REGISTERS} registers are in use")
+        return Reg(self._free_regs.pop(0))
+
+    def free_reg(self, reg: Reg):
+        if reg.index not in self._free_regs:
+            self._free_regs.insert(0, reg.index)
+
+    def role(self, name: str, where=None) -> Role:
+        """A program for the selected PEs (a PE belongs to its last role)."""
+        if any(r.name == name for r in self.roles):
+            raise ProgramError(f"role {name!r} already exists")
+        role = Role(self, len(self.roles), name)
+        self.roles.append(role)
+        self.pe_role[self._mask(where)] = role.index
+        return role
+
+    # --- data
+    def load(self, buffer: Buffer, data, where=None):
+        """Write `data` into `buffer` on the selected PEs.
+
+        data: shape buffer.shape (same on every PE) or (rows, cols, *buffer.shape)."""
+        data = np.asarray(data)
+        per_pe = (self.rows, self.cols) + buffer.shape
+        if data.shape == buffer.shape or data.size == buffer.size and data.ndim <= 1 \
+                and buffer.size == data.size:
+            data = np.broadcast_to(data.reshape(buffer.shape), per_pe)
+        if data.shape != per_pe:
+            raise ProgramError(f"load into {buffer.name!r}: data has shape {data.shape}, expected "
+                               f"{buffer.shape} or {per_pe}")
+        mask = self._mask(where) & buffer.where
+        arena = self._ensure_arena()
+        flat = data.reshape(self.rows * self.cols, buffer.size)
+        addr = self._buffer_addresses(buffer)
+        pes = np.nonzero(mask.reshape(-1))[0]
+        if buffer.dtype == "float32":
+            view = arena.view(np.float32)
+            idx = addr[pes, None] // 4 + np.arange(buffer.size)
+            view[idx] = flat[pes].astype(np.float32)
+        else:
+            view = arena.view(np.uint16)
+            idx = addr[pes, None] // 2 + np.arange(buffer.size)
+            view[idx] = flat[pes].astype(np.float16).view(np.uint16)
+
+    def _ensure_arena(self) -> np.ndarray:
+        if self._arena is None:
+            used = self._sram_used.reshape(-1)
+            self._pe_base = np.concatenate([[0], np.cumsum(used)[:-1]]).astype(np.int64)
+            self._arena = np.zeros(max(int(used.sum()), 4), np.uint8)
+        return self._arena
+
+    def _buffer_addresses(self, buffer: Buffer) -> np.ndarray:
+        """Arena byte address of `buffer` per PE (flat), -1 where absent."""
+        self._ensure_arena()
+        off = self._buf_offsets[buffer.id].reshape(-1)
+        return np.where(off >= 0, self._pe_base + off, -1)
+
+    # --- compile and run
+    def compile(self):
+        from .engine import Static
+        cfg = self.cfg
+        n_pe = self.rows * self.cols
+        ncolors = max(len(self.colors), 1)
+        route_rx = np.zeros((n_pe, ncolors), np.uint8)
+        route_tx = np.zeros((n_pe, ncolors), np.uint8)
+        for c in range(len(self.colors)):
+            route_rx[:, c] = self._route_rx[c].reshape(-1)
+            route_tx[:, c] = self._route_tx[c].reshape(-1)
+        code, imm, descs = [], [], []
+        desc_index: dict[Desc, int] = {}
+        task_pc, task_kind, task_color = [], [], []
+        role_tasks, role_start, role_entry = [], [0], []
+        self._task_names = []
+        for role in self.roles:
+            entry = 0
+            for t in role.tasks:
+                base = len(code)
+                task_pc.append(base)
+                task_kind.append(t.kind)
+                task_color.append(t.color)
+                role_tasks.append(len(task_pc) - 1)
+                self._task_names.append((role.name, t.name, base))
+                if getattr(t, "entry", False):
+                    entry |= 1 << t.local_index
+                for row, value, ds in zip(t.code, t.imm, t.descs):
+                    row = list(row)
+                    if row[isa.I_OP] in (isa.OP_LOOP, isa.OP_JUMP, isa.OP_BLT):
+                        row[isa.I_IMM] += base
+                    for field, d in zip((isa.I_DST, isa.I_A, isa.I_B, isa.I_S), ds):
+                        if d is not None:
+                            if d not in desc_index:
+                                desc_index[d] = len(descs)
+                                descs.append(d.row())
+                            row[field] = desc_index[d]
+                    code.append(row)
+                    imm.append(value)
+                code.append([isa.OP_END] + [-1] * (isa.INSTR_FIELDS - 1))
+                imm.append(0.0)
+            role_start.append(len(role_tasks))
+            role_entry.append(entry)
+        if not code:
+            code.append([isa.OP_END] + [-1] * (isa.INSTR_FIELDS - 1))
+            imm.append(0.0)
+        params = np.zeros((n_pe, max(len(self.params), 1)), np.int64)
+        for i, p in enumerate(self.params):
+            params[:, i] = p.reshape(-1)
+        self._ensure_arena()
+        buf_addr = np.full((n_pe, max(len(self.buffers), 1)), -1, np.int64)
+        for b in self.buffers:
+            buf_addr[:, b.id] = self._buffer_addresses(b)
+        flops = np.zeros(64, np.int64)
+        for op, f in isa.FLOPS_PER_ELEMENT.items():
+            flops[op] = f
+        static = Static(
+            rows=self.rows, cols=self.cols, settings=np.zeros(0, np.int64),
+            route_tx=route_tx.reshape(-1), route_rx=route_rx.reshape(-1),
+            instr=np.array(code, np.int64), instr_imm=np.array(imm, np.float32),
+            desc=np.array(descs, np.int64).reshape(-1, isa.DESC_FIELDS),
+            task_pc=np.array(task_pc or [0], np.int64),
+            task_kind=np.array(task_kind or [0], np.int64),
+            task_color=np.array(task_color or [0], np.int64),
+            role_task_start=np.array(role_start, np.int64),
+            role_tasks=np.array(role_tasks or [0], np.int64),
+            role_entry_mask=np.array(role_entry, np.int64),
+            pe_role=self.pe_role.reshape(-1).astype(np.int64),
+            pe_params=params,
+            buf_len=np.array([b.size for b in self.buffers] or [0], np.int64),
+            buf_addr=buf_addr,
+            half_to_float=np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32),
+            flops_of_op=flops,
+        )
+        return static, ncolors
+
+    def run(self, max_cycles: int = 100_000_000, deadlock_window: int = 100_000,
+            trap_nan: bool = False, record_links: bool = False,
+            record_deliveries: bool = False, trace: bool = False,
+            event_capacity: int = 1_000_000) -> "RunResult":
+        """Run the program to completion; raises a WseError subclass on any fault."""
+        from . import engine
+        from .report import RunReport
+        if not 1 <= int(max_cycles) <= 1 << 60:
+            raise ConfigError(f"max_cycles = {max_cycles}: must be in [1, 2**60]")
+        if int(deadlock_window) < 1:
+            raise ConfigError(f"deadlock_window = {deadlock_window}: must be >= 1")
+        static, ncolors = self.compile()
+        cfg = self.cfg
+        settings = np.zeros(engine.SETTINGS_FIELDS, np.int64)
+        settings[engine.C_RAMP] = cfg.ramp_latency
+        settings[engine.C_HOP] = cfg.hop_latency
+        settings[engine.C_QDEPTH] = cfg.queue_depth
+        settings[engine.C_IQDEPTH] = cfg.input_queue_depth
+        settings[engine.C_SLOTS] = cfg.async_slots
+        settings[engine.C_SCALAR_CYCLES] = cfg.scalar_op_cycles
+        settings[engine.C_IPC] = cfg.instructions_per_cycle
+        settings[engine.C_SIMD32] = cfg.fmacs_per_cycle_fp32
+        settings[engine.C_SIMD16] = cfg.fmacs_per_cycle_fp16
+        settings[engine.C_NCOLORS] = ncolors
+        settings[engine.C_MAX_CYCLES] = int(max_cycles)
+        settings[engine.C_DEADLOCK_WINDOW] = int(deadlock_window)
+        settings[engine.C_TRAP_NAN] = int(bool(trap_nan))
+        settings[engine.C_RECORD] = (engine.RECORD_LINKS * record_links
+                                     + engine.RECORD_DELIVERIES * record_deliveries
+                                     + engine.RECORD_TASKS * trace)
+        static = static._replace(settings=settings)
+        state = new_state(static, self._arena, ncolors, cfg,
+                          event_capacity if (record_links or record_deliveries or trace) else 0)
+        started = time.perf_counter()
+        engine.run(static, state)
+        wall = time.perf_counter() - started
+        self._raise_on_status(static, state)
+        report = RunReport.from_state(self, static, state, wall)
+        return RunResult(self, state, report)
+
+    # --- errors
+    def _pe_name(self, p: int) -> str:
+        return f"PE ({p % self.cols}, {p // self.cols})"
+
+    def _color_name(self, c: int) -> str:
+        if 0 <= c < len(self.colors):
+            col = self.colors[c]
+            return f"color {col.id} ({col.name})"
+        return f"color index {c}"
+
+    def _instr_name(self, ins: int) -> str:
+        owner = "?"
+        for role, task, base in self._task_names:
+            if base <= ins:
+                owner = f"role {role!r} task {task!r} instruction {ins - base}"
+        return owner
+
+    def _raise_on_status(self, static, state):
+        from . import engine
+        code, pe, color, port, cycle, detail, detail2 = (int(v) for v in state.status)
+        if code == isa.STATUS_OK:
+            return
+        if code == isa.STATUS_ROUTE:
+            where = self._pe_name(pe)
+            if detail == isa.ROUTE_RX_MISMATCH:
+                rx = static.route_rx[pe * len(self.colors) + color] if self.colors else 0
+                raise RouteError(f"{where}, {self._color_name(color)}: a wavelet arrives from "
+                                 f"port {isa.PORT_NAMES[port]} at cycle {cycle}, but the route "
+                                 f"accepts only rx={{{port_names(int(rx))}}}")
+            if detail == isa.ROUTE_OFF_GRID:
+                raise RouteError(f"{where}, {self._color_name(color)}: the route sends out of "
+                                 f"the grid through port {isa.PORT_NAMES[port]} at cycle {cycle}")
+            raise RouteError(f"{where}, {self._color_name(color)}: a wavelet is waiting at cycle "
+                             f"{cycle} but the route has no tx port")
+        if code == isa.STATUS_CYCLE_LIMIT:
+            raise CycleLimitError(f"the run reached max_cycles = {cycle} before finishing; "
+                                  f"{self._describe_waiting(static, state, limit=5)}")
+        if code == isa.STATUS_DEADLOCK:
+            if detail == 2:
+                raise FabricDeadlockError(
+                    f"{self._pe_name(pe)}, {self._color_name(color)}: {detail2} wavelet(s) are "
+                    f"left in the fabric at cycle {cycle} with nobody to consume them")
+            reason = ("nothing moved for the deadlock window" if detail == 1
+                      else "nothing can move any more")
+            raise FabricDeadlockError(f"deadlock at cycle {cycle}: {reason}; "
+                                      f"{self._describe_waiting(static, state)}")
+        if code == isa.STATUS_PROGRAM:
+            ins, buf = divmod(detail2, 1000)
+            if detail == isa.PROG_BAD_COLOR:
+                raise ProgramError(f"{self._pe_name(pe)}: {self._instr_name(detail2)} uses "
+                                   f"color index {color}, which is not a color of this program")
+            name = self.buffers[buf].name if buf < len(self.buffers) else "?"
+            if detail == isa.PROG_UNALLOCATED:
+                raise ProgramError(f"{self._pe_name(pe)}: {self._instr_name(ins)} uses buffer "
+                                   f"{name!r}, which is not allocated on this PE")
+            raise ProgramError(f"{self._pe_name(pe)}: {self._instr_name(ins)} reaches outside "
+                               f"buffer {name!r} ({self.buffers[buf].size} elements; offset "
+                               f"{port}) at cycle {cycle}")
+        if code == isa.STATUS_NAN:
+            raise FloatingPointTrap(f"{self._pe_name(pe)}: {self._instr_name(detail)} produced "
+                                    f"NaN at element {detail2}, cycle {cycle}")
+        raise WseError(f"engine status {code}")
+
+    def _describe_waiting(self, static, state, limit: int = 10) -> str:
+        """Which PEs still have work, and on which colors they wait."""
+        unfinished = np.nonzero((state.cur_task >= 0) | (state.pending != 0)
+                                | (state.slot_instr >= 0).any(axis=1))[0]
+        parts = []
+        for p in unfinished[:limit]:
+            waits = []
+            for s in range(state.slot_instr.shape[1]):
+                ins = state.slot_instr[p, s]
+                if ins < 0:
+                    continue
+                for field, verb in ((isa.I_A, "receive"), (isa.I_B, "receive"),
+                                    (isa.I_DST, "send")):
+                    d = static.instr[ins, field]
+                    if d >= 0 and static.desc[d, isa.D_KIND] != isa.MEM:
+                        param = static.desc[d, isa.D_OFFSET_REG]
+                        c = (static.pe_params[p, param] if param >= 0
+                             else static.desc[d, isa.D_BUF_OR_COLOR])
+                        done = state.slot_progress[p, s]
+                        waits.append(f"{verb} on {self._color_name(int(c))} "
+                                     f"({done}/{state.slot_len[p, s]} done)")
+            task = state.cur_task[p]
+            where = self._instr_name(int(state.pc[p])) if task >= 0 else "between tasks"
+            parts.append(f"{self._pe_name(int(p))} [{where}] "
+                         + ("waits to " + ", ".join(waits) if waits else "waits"))
+        more = len(unfinished) - limit
+        text = "; ".join(parts) if parts else "no PE has work left"
+        return f"{len(unfinished)} PE(s) waiting: {text}" + (f"; and {more} more" if more > 0 else "")
+
+
+class RunResult:
+    """What a run leaves: the report and the final SRAM contents."""
+
+    def __init__(self, program: Program, state, report):
+        self.program = program
+        self.state = state
+        self.report = report
+
+    def read(self, buffer: Buffer) -> np.ndarray:
+        """(rows, cols, *shape) array of the buffer's final contents; NaN where absent."""
+        prog = self.program
+        addr = prog._buffer_addresses(buffer)
+        present = addr >= 0
+        out_dtype = np.float32 if buffer.dtype == "float32" else np.float16
+        out = np.full((prog.rows * prog.cols, buffer.size), np.nan, out_dtype)
+        pes = np.nonzero(present)[0]
+        if buffer.dtype == "float32":
+            idx = addr[pes, None] // 4 + np.arange(buffer.size)
+            out[pes] = self.state.sram_f32[idx]
+        else:
+            idx = addr[pes, None] // 2 + np.arange(buffer.size)
+            out[pes] = self.state.sram_u16[idx].view(np.float16)
+        return out.reshape((prog.rows, prog.cols) + buffer.shape)
+
+
+def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events: int):
+    """Fresh engine state for `static` over the SRAM bytes in `arena` (copied)."""
+    from . import engine
+    n_pe = static.rows * static.cols
+    nq = n_pe * ncolors
+    depth, idepth = cfg.queue_depth, cfg.input_queue_depth
+    slots = cfg.async_slots + 1
+    arena = arena.copy()
+    i64 = np.int64
+    return engine.State(
+        sram_f32=arena.view(np.float32), sram_u16=arena.view(np.uint16),
+        rq_val=np.zeros(nq * depth, np.float32), rq_ready=np.zeros(nq * depth, i64),
+        rq_id=np.zeros(nq * depth, i64), rq_head=np.zeros(nq, np.int32),
+        rq_count=np.zeros(nq, np.int32), rq_last_pop=np.full(nq, -1, i64),
+        r_nonempty=np.zeros(n_pe, i64), r_rr=np.zeros(n_pe, np.int32),
+        r_listed=np.full(n_pe, -1, i64),
+        pq_val=np.zeros(nq * idepth, np.float32), pq_ready=np.zeros(nq * idepth, i64),
+        pq_id=np.zeros(nq * idepth, i64), pq_head=np.zeros(nq, np.int32),
+        pq_count=np.zeros(nq, np.int32), pq_last_pop=np.full(nq, -1, i64),
+        cur_task=np.full(n_pe, -1, i64), pc=np.zeros(n_pe, i64), pending=np.zeros(n_pe, i64),
+        regs=np.zeros((n_pe, isa.NUM_REGISTERS), i64), wavelet=np.zeros(n_pe, np.float32),
+        task_start=np.zeros(n_pe, i64),
+        slot_instr=np.full((n_pe, slots), -1, i64), slot_progress=np.zeros((n_pe, slots), i64),
+        slot_len=np.zeros((n_pe, slots), i64), slot_busy_until=np.zeros((n_pe, slots), i64),
+        slot_base=np.zeros((n_pe, slots, 4), i64),
+        datapath_free=np.zeros(n_pe, i64), pe_listed=np.full(n_pe, -1, i64),
+        pe_sleep=np.zeros(n_pe, np.int8), pe_wake=np.full(n_pe, engine.INF, i64),
+        stall_since=np.full(n_pe, -1, i64), busy_since=np.full(n_pe, -1, i64),
+        r_list_a=np.zeros(n_pe, np.int32), r_list_b=np.zeros(n_pe, np.int32),
+        p_list_a=np.zeros(n_pe, np.int32), p_list_b=np.zeros(n_pe, np.int32),
+        heap_time=np.zeros(2 * n_pe + 16, i64), heap_pe=np.zeros(2 * n_pe + 16, np.int32),
+        link_wavelets=np.zeros((n_pe, 4), i64), ramp_in=np.zeros(n_pe, i64),
+        ramp_out=np.zeros(n_pe, i64), compute_cycles=np.zeros(n_pe, i64),
+        stall_cycles=np.zeros(n_pe, i64), busy_cycles=np.zeros(n_pe, i64),
+        flops=np.zeros(n_pe, i64), sram_bytes_accessed=np.zeros(n_pe, i64),
+        link_events=np.zeros((events, 5), i64), delivery_events=np.zeros((events, 4), i64),
+        task_events=np.zeros((events, 4), i64),
+        counters=np.zeros(engine.COUNTERS, i64), status=np.zeros(7, i64),
+    )

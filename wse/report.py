@@ -1,0 +1,202 @@
+"""RunReport: what a run cost, in forms a researcher can tabulate and plot."""
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class RunReport:
+    """Cycles, traffic, SRAM, compute and energy of one run (or of phases in sequence).
+
+    Per-PE and per-link arrays have shape (rows, cols[, 4]); ports are N, E, S, W
+    (wavelets sent out of that side of the PE's router)."""
+
+    config_name: str
+    rows: int
+    cols: int
+    clock_hz: float
+    cycles: int
+    wavelet_hops: int
+    link_wavelets: np.ndarray
+    ramp_in: np.ndarray
+    ramp_out: np.ndarray
+    sram_peak_bytes: np.ndarray
+    busy_cycles: np.ndarray
+    compute_cycles: np.ndarray
+    stall_cycles: np.ndarray
+    flops: int
+    sram_bytes_accessed: int
+    energy_joules: float
+    energy_breakdown: dict
+    peak_flops_per_pe_cycle: int = 8
+    wall_seconds: float = 0.0
+    router_steps: int = 0
+    pe_steps: int = 0
+    phases: list = field(default_factory=list)
+    task_events: np.ndarray | None = None
+    task_names: list | None = None
+    link_events: np.ndarray | None = None
+    delivery_events: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return self.cycles / self.clock_hz
+
+    @property
+    def pes(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def compute_efficiency(self) -> float:
+        """FLOPs / (cycles x PEs x peak FLOPs per PE per cycle)."""
+        denom = self.cycles * self.pes * self.peak_flops_per_pe_cycle
+        return self.flops / denom if denom else 0.0
+
+    @property
+    def busiest_link_wavelets(self) -> int:
+        return int(self.link_wavelets.max()) if self.link_wavelets.size else 0
+
+    @classmethod
+    def from_state(cls, program, static, state, wall_seconds: float) -> "RunReport":
+        from . import engine
+        cfg = program.cfg
+        rows, cols = program.rows, program.cols
+        counters = state.counters
+        cycles = int(counters[engine.K_FINISH])
+        links = state.link_wavelets.reshape(rows, cols, 4).copy()
+        hops = int(links.sum())
+        flops = int(state.flops.sum())
+        sram_acc = int(state.sram_bytes_accessed.sum())
+        seconds = cycles / cfg.clock_hz
+        dynamic_hops = hops * cfg.pj_per_wavelet_hop * 1e-12
+        dynamic_flops = flops * cfg.pj_per_flop * 1e-12
+        dynamic_sram = sram_acc * cfg.pj_per_sram_byte * 1e-12
+        static_j = cfg.system_watts * (rows * cols / cfg.system_pes) * seconds
+        energy = {"fabric": dynamic_hops, "compute": dynamic_flops, "sram": dynamic_sram,
+                  "static": static_j}
+        dtypes = {b.dtype for b in program.buffers} or {"float32"}
+        peak = cfg.peak_flops_per_pe_cycle("float16" if "float16" in dtypes else "float32")
+        record = static.settings[engine.C_RECORD]
+
+        def events(arr, n_key, flag):
+            if not record & flag:
+                return None
+            n = min(int(counters[n_key]), arr.shape[0])
+            return arr[:n].copy()
+
+        return cls(
+            config_name=cfg.name, rows=rows, cols=cols, clock_hz=cfg.clock_hz, cycles=cycles,
+            wavelet_hops=hops, link_wavelets=links,
+            ramp_in=state.ramp_in.reshape(rows, cols).copy(),
+            ramp_out=state.ramp_out.reshape(rows, cols).copy(),
+            sram_peak_bytes=program.sram_used,
+            busy_cycles=state.busy_cycles.reshape(rows, cols).copy(),
+            compute_cycles=state.compute_cycles.reshape(rows, cols).copy(),
+            stall_cycles=state.stall_cycles.reshape(rows, cols).copy(),
+            flops=flops, sram_bytes_accessed=sram_acc,
+            energy_joules=float(sum(energy.values())), energy_breakdown=energy,
+            peak_flops_per_pe_cycle=peak, wall_seconds=wall_seconds,
+            router_steps=int(counters[engine.K_STEPS_ROUTER]),
+            pe_steps=int(counters[engine.K_STEPS_PE]),
+            task_events=events(state.task_events, engine.K_TASK_EVENTS, engine.RECORD_TASKS),
+            task_names=[f"{r}.{t}" for r, t, _ in program._task_names],
+            link_events=events(state.link_events, engine.K_LINK_EVENTS, engine.RECORD_LINKS),
+            delivery_events=events(state.delivery_events, engine.K_DELIVERY_EVENTS,
+                                   engine.RECORD_DELIVERIES),
+        )
+
+    @classmethod
+    def sequence(cls, reports: list["RunReport"], names: list[str] | None = None) -> "RunReport":
+        """Phases run one after another on the same grid: cycles and traffic add up,
+        SRAM peaks take the maximum."""
+        if not reports:
+            raise ValueError("no reports to combine")
+        first = reports[0]
+        for r in reports:
+            if (r.rows, r.cols) != (first.rows, first.cols):
+                raise ValueError("reports on different grids cannot be put in sequence")
+        names = names or [f"phase{i}" for i in range(len(reports))]
+        breakdown = {k: sum(r.energy_breakdown.get(k, 0.0) for r in reports)
+                     for k in first.energy_breakdown}
+        return cls(
+            config_name=first.config_name, rows=first.rows, cols=first.cols,
+            clock_hz=first.clock_hz, cycles=sum(r.cycles for r in reports),
+            wavelet_hops=sum(r.wavelet_hops for r in reports),
+            link_wavelets=sum(r.link_wavelets for r in reports),
+            ramp_in=sum(r.ramp_in for r in reports), ramp_out=sum(r.ramp_out for r in reports),
+            sram_peak_bytes=np.maximum.reduce([r.sram_peak_bytes for r in reports]),
+            busy_cycles=sum(r.busy_cycles for r in reports),
+            compute_cycles=sum(r.compute_cycles for r in reports),
+            stall_cycles=sum(r.stall_cycles for r in reports),
+            flops=sum(r.flops for r in reports),
+            sram_bytes_accessed=sum(r.sram_bytes_accessed for r in reports),
+            energy_joules=sum(r.energy_joules for r in reports), energy_breakdown=breakdown,
+            peak_flops_per_pe_cycle=max(r.peak_flops_per_pe_cycle for r in reports),
+            wall_seconds=sum(r.wall_seconds for r in reports),
+            router_steps=sum(r.router_steps for r in reports),
+            pe_steps=sum(r.pe_steps for r in reports),
+            phases=[{"name": n, "cycles": r.cycles, "wavelet_hops": r.wavelet_hops,
+                     "flops": r.flops} for n, r in zip(names, reports)],
+        )
+
+    def summary(self) -> dict:
+        """Scalar figures only (what a table row needs)."""
+        busy = self.busy_cycles
+        return {
+            "config": self.config_name, "grid": f"{self.rows}x{self.cols}",
+            "cycles": self.cycles, "seconds": self.seconds,
+            "wavelet_hops": self.wavelet_hops, "busiest_link_wavelets": self.busiest_link_wavelets,
+            "flops": self.flops, "compute_efficiency": self.compute_efficiency,
+            "compute_cycles_mean": float(self.compute_cycles.mean()),
+            "stall_cycles_mean": float(self.stall_cycles.mean()),
+            "busy_cycles_max": int(busy.max()) if busy.size else 0,
+            "sram_peak_bytes_max": int(self.sram_peak_bytes.max()),
+            "energy_joules": self.energy_joules,
+            "wall_seconds": self.wall_seconds,
+        }
+
+    def to_dict(self, arrays: bool = True) -> dict:
+        """JSON-ready: scalars, energy breakdown, phases and (optionally) per-PE arrays."""
+        d = self.summary()
+        d.update({"rows": self.rows, "cols": self.cols, "clock_hz": self.clock_hz,
+                  "energy_breakdown": dict(self.energy_breakdown), "phases": list(self.phases),
+                  "router_steps": self.router_steps, "pe_steps": self.pe_steps,
+                  "sram_bytes_accessed": self.sram_bytes_accessed,
+                  "python": platform.python_version(), "extra": dict(self.extra)})
+        if arrays:
+            d.update({"link_wavelets": self.link_wavelets.tolist(),
+                      "sram_peak_bytes": self.sram_peak_bytes.tolist(),
+                      "busy_cycles": self.busy_cycles.tolist(),
+                      "compute_cycles": self.compute_cycles.tolist(),
+                      "stall_cycles": self.stall_cycles.tolist()})
+        return d
+
+    def to_json(self, path, arrays: bool = True) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(arrays), f, indent=1)
+
+    def to_chrome_trace(self, path) -> int:
+        """Write Chrome trace-event JSON (opens in Perfetto): one track per PE, one
+        slice per task run, 1 cycle = 1 us on the time axis. Needs run(trace=True).
+        Returns the number of slices written."""
+        if self.task_events is None:
+            raise ValueError("this run was not traced: run it with trace=True")
+        names = self.task_names or []
+        events = []
+        for pe, task, start, end in self.task_events.tolist():
+            events.append({"name": names[task] if 0 <= task < len(names) else f"task{task}",
+                           "ph": "X", "ts": start, "dur": max(end - start, 0),
+                           "pid": 0, "tid": pe,
+                           "args": {"x": pe % self.cols, "y": pe // self.cols}})
+        meta = [{"name": "thread_name", "ph": "M", "pid": 0, "tid": p,
+                 "args": {"name": f"PE ({p % self.cols}, {p // self.cols})"}}
+                for p in sorted({e["tid"] for e in events})]
+        with open(path, "w") as f:
+            json.dump({"traceEvents": meta + events, "displayTimeUnit": "ns",
+                       "otherData": {"config": self.config_name, "cycles": self.cycles}}, f)
+        return len(events)
