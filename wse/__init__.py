@@ -8,6 +8,7 @@ from .errors import (ConfigError, CycleLimitError, FabricDeadlockError, Floating
                      ProgramError, RouteError, SramOverflowError, WseError)
 from .program import WAVELET, Buffer, Color, Param, Program, Reg, RunResult
 from .report import RunReport
+from . import gpu
 
 __version__ = "0.1.0"
 
@@ -15,5 +16,5 @@ __all__ = [
     "WSE2", "WSE3", "WaferConfig", "WseError", "ConfigError", "SramOverflowError",
     "RouteError", "FabricDeadlockError", "CycleLimitError", "ProgramError",
     "FloatingPointTrap", "Program", "Buffer", "Color", "Param", "Reg", "RunResult",
-    "RunReport", "WAVELET",
+    "RunReport", "WAVELET", "gpu",
 ]

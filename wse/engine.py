@@ -44,11 +44,10 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-from . import isa
 from .isa import (
     D_BUF_OR_COLOR, D_DTYPE, D_KIND, D_LENGTH, D_LENGTH_REG, D_OFFSET,
-    D_OFFSET_REG, D_OFFSET_SCALE, D_STRIDE, F32, FABIN, FABOUT, I_A, I_B,
-    I_DST, I_IMM, I_IMM2, I_IMM3, I_ON_DONE, I_OP, I_R, I_S, I_SLOT, MEM,
+    D_OFFSET_REG, D_OFFSET_SCALE, D_STRIDE, F32, FABIN, FABOUT, FIRST_VECTOR_OP, I_A,
+    I_B, I_DST, I_IMM, I_IMM2, I_IMM3, I_ON_DONE, I_OP, I_R, I_S, I_SLOT, MEM,
     OP_ACTIVATE, OP_ADD, OP_ADDS, OP_AFFINE, OP_BLT, OP_DOT, OP_END, OP_EXP,
     OP_FILL, OP_FMAC, OP_JUMP, OP_LOOP, OP_MATMUL, OP_MAX, OP_MIN, OP_MODI,
     OP_MOV, OP_MUL, OP_RECIP, OP_RMAX, OP_RSQRT, OP_SCALE, OP_SET, OP_SETP,
@@ -60,55 +59,64 @@ from .isa import (
 
 INF = np.int64(1) << 62
 
-# Columns of the engine's integer settings vector.
-(C_RAMP, C_HOP, C_QDEPTH, C_IQDEPTH, C_SLOTS, C_SCALAR_CYCLES, C_IPC, C_SIMD32,
- C_SIMD16, C_NCOLORS, C_MAX_CYCLES, C_DEADLOCK_WINDOW, C_TRAP_NAN, C_RECORD) = range(14)
-SETTINGS_FIELDS = 14
+# The state lives in a few flat arrays (few arguments keep Numba's compile time
+# low); these name their columns.
+
+# settings: the run's integer parameters
+(C_ROWS, C_COLS, C_RAMP, C_HOP, C_QDEPTH, C_IQDEPTH, C_SLOTS, C_SCALAR_CYCLES, C_IPC,
+ C_SIMD32, C_SIMD16, C_NCOLORS, C_MAX_CYCLES, C_DEADLOCK_WINDOW, C_TRAP_NAN,
+ C_RECORD) = range(16)
+SETTINGS_FIELDS = 16
 RECORD_LINKS, RECORD_DELIVERIES, RECORD_TASKS = 1, 2, 4
 
-# Status vector: code, pe, color index, port, cycle, detail, detail2.
-ST_CODE, ST_PE, ST_COLOR, ST_PORT, ST_CYCLE, ST_DETAIL, ST_DETAIL2 = range(7)
-
-# Counters vector.
+# counters: run-wide numbers, then the status of the run
 (K_NEXT_WAVELET_ID, K_LINK_EVENTS, K_DELIVERY_EVENTS, K_TASK_EVENTS, K_FINISH,
- K_LAST_PROGRESS, K_STEPS_ROUTER, K_STEPS_PE, K_HEAP_SIZE, K_NOW,
- K_ROUTER_LIST_LEN, K_PE_LIST_LEN) = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12)
-# the two list lengths (one per cycle parity) sit at K_*_LIST_LEN + (cycle & 1)
-COUNTERS = 14
+ K_LAST_PROGRESS, K_STEPS_ROUTER, K_STEPS_PE, K_HEAP_SIZE, K_NOW) = range(10)
+K_ROUTER_LIST_LEN, K_PE_LIST_LEN = 10, 12     # two each: one per cycle parity
+(ST_CODE, ST_PE, ST_COLOR, ST_PORT, ST_CYCLE, ST_DETAIL, ST_DETAIL2) = range(14, 21)
+COUNTERS = 21
 
-# Everything a compiled program fixes before the run.
+# pe: one row per PE (and its router)
+(P_TASK, P_PC, P_PENDING, P_TASK_START, P_DATAPATH_FREE, P_LISTED, P_SLEEP, P_WAKE,
+ P_STALL_SINCE, P_BUSY_SINCE, P_R_NONEMPTY, P_R_RR, P_R_LISTED,
+ P_RAMP_IN, P_RAMP_OUT, P_COMPUTE, P_STALL, P_BUSY, P_FLOPS, P_SRAM_BYTES) = range(20)
+PE_FIELDS = 20
+
+# slot: per PE and slot (0 = main thread, 1.. = asynchronous operations)
+(S_INSTR, S_PROGRESS, S_LEN, S_BUSY_UNTIL, S_BASE_DST, S_BASE_A, S_BASE_B,
+ S_BASE_S) = range(8)
+SLOT_FIELDS = 8
+
+# queues (router queues and PE input queues), index q = pe * colors + color
+Q_HEAD, Q_COUNT, Q_LAST_POP = range(3)
+E_READY, E_ID = range(2)
+
 Static = namedtuple("Static", [
-    "rows", "cols", "settings",
-    "route_tx", "route_rx",           # (pes * colors) uint8 port masks
-    "instr", "instr_imm",              # (n_instr, INSTR_FIELDS) int64; (n_instr,) float32
-    "desc",                            # (n_desc, DESC_FIELDS) int64
-    "task_pc", "task_kind", "task_color",   # per task
-    "role_task_start", "role_tasks", "role_entry_mask",   # CSR: role -> task ids
-    "pe_role", "pe_params",            # (pes,), (pes, n_params)
-    "buf_len", "buf_addr",             # (n_buf,) elements; (pes, n_buf) arena byte address or -1
+    "settings",
+    "route",                 # (pes * colors, 2) uint8: rx, tx port masks
+    "instr", "instr_imm",    # (n_instr, INSTR_FIELDS) int64; (n_instr,) float32
+    "desc",                  # (n_desc, DESC_FIELDS) int64
+    "task",                  # (n_tasks, 3): first pc, kind, color
+    "role",                  # (n_roles + 1, 2): first index into role_tasks, entry-task mask
+    "role_tasks",            # task ids, role by role
+    "pe_role", "pe_params",  # (pes,), (pes, n_params)
+    "buf_len", "buf_addr",   # (n_buf,) elements; (pes, n_buf) arena byte address or -1
     "half_to_float", "flops_of_op",
 ])
+T_PC, T_KIND, T_COLOR = range(3)
+R_FIRST, R_ENTRY = range(2)
+RX, TX = range(2)
 
-# Everything the run changes. Python allocates it, so it can be inspected afterwards.
 State = namedtuple("State", [
     "sram_f32", "sram_u16",            # two views of one byte arena
-    # router queues, index q = pe * colors + color; entries q * depth + k
-    "rq_val", "rq_ready", "rq_id", "rq_head", "rq_count", "rq_last_pop",
-    "r_nonempty", "r_rr", "r_listed",
-    # PE input queues (router -> PE), same indexing
-    "pq_val", "pq_ready", "pq_id", "pq_head", "pq_count", "pq_last_pop",
-    # PE
-    "cur_task", "pc", "pending", "regs", "wavelet", "task_start",
-    "slot_instr", "slot_progress", "slot_len", "slot_busy_until", "slot_base",
-    "datapath_free", "pe_listed", "pe_sleep", "pe_wake", "stall_since", "busy_since",
-    # scheduling
-    "r_list_a", "r_list_b", "p_list_a", "p_list_b", "heap_time", "heap_pe",
-    # statistics
-    "link_wavelets", "ramp_in", "ramp_out", "compute_cycles", "stall_cycles",
-    "busy_cycles", "flops", "sram_bytes_accessed",
-    # optional event records
+    "rq_val", "rq_entry", "rq",        # router queues: values, (ready, id), (head, count, last pop)
+    "pq_val", "pq_entry", "pq",        # PE input queues, same layout
+    "pe", "regs", "wavelet", "slot",
+    "lists",                           # (4, pes) int32: routers (even, odd cycle), PEs (even, odd)
+    "heap",                            # (2, capacity): wake time, PE
+    "link_wavelets",                   # (pes, 4): wavelets sent out N, E, S, W
     "link_events", "delivery_events", "task_events",
-    "counters", "status",
+    "counters",
 ])
 
 SLEEP_INPUT, SLEEP_OUTPUT = 1, 2
@@ -145,127 +153,124 @@ def float_to_half_bits(value):
 
 
 # ----------------------------------------------------------------------------
-# Small helpers (inlined by LLVM).
+# Bookkeeping helpers: they take only the arrays they touch.
 @njit(cache=True)
-def _fail(st, code, pe, color, port, now, detail, detail2):
-    if st.status[ST_CODE] == STATUS_OK:
-        st.status[ST_CODE] = code
-        st.status[ST_PE] = pe
-        st.status[ST_COLOR] = color
-        st.status[ST_PORT] = port
-        st.status[ST_CYCLE] = now
-        st.status[ST_DETAIL] = detail
-        st.status[ST_DETAIL2] = detail2
+def _fail(counters, code, pe, color, port, now, detail, detail2):
+    if counters[ST_CODE] == STATUS_OK:
+        counters[ST_CODE] = code
+        counters[ST_PE] = pe
+        counters[ST_COLOR] = color
+        counters[ST_PORT] = port
+        counters[ST_CYCLE] = now
+        counters[ST_DETAIL] = detail
+        counters[ST_DETAIL2] = detail2
 
 
 @njit(cache=True)
-def _list_router(st, r, cycle):
-    """Visit router r in `cycle` (now or now + 1)."""
-    if st.r_listed[r] == cycle:
+def _enlist(lists, counters, pe, column, first_list, length_at, who, cycle):
+    """Visit `who` (a router or a PE, by the columns given) in `cycle`."""
+    if pe[who, column] == cycle:
         return
-    st.r_listed[r] = cycle
-    lst = st.r_list_a if (cycle & 1) == 0 else st.r_list_b
-    idx = K_ROUTER_LIST_LEN + (cycle & 1)
-    lst[st.counters[idx]] = r
-    st.counters[idx] += 1
+    pe[who, column] = cycle
+    parity = cycle & 1
+    n = counters[length_at + parity]
+    lists[first_list + parity, n] = who
+    counters[length_at + parity] = n + 1
 
 
 @njit(cache=True)
-def _list_pe(st, p, cycle):
-    if st.pe_listed[p] == cycle:
-        return
-    st.pe_listed[p] = cycle
-    lst = st.p_list_a if (cycle & 1) == 0 else st.p_list_b
-    idx = K_PE_LIST_LEN + (cycle & 1)
-    lst[st.counters[idx]] = p
-    st.counters[idx] += 1
+def _list_router(lists, counters, pe, r, cycle):
+    _enlist(lists, counters, pe, P_R_LISTED, 0, K_ROUTER_LIST_LEN, r, cycle)
 
 
 @njit(cache=True)
-def _heap_push(st, t, p):
-    n = st.counters[K_HEAP_SIZE]
-    if n >= st.heap_time.shape[0]:
+def _list_pe(lists, counters, pe, p, cycle):
+    _enlist(lists, counters, pe, P_LISTED, 2, K_PE_LIST_LEN, p, cycle)
+
+
+@njit(cache=True)
+def _heap_sift_up(heap, i, t, p):
+    while i > 0:
+        parent = (i - 1) >> 1
+        if heap[0, parent] <= t:
+            break
+        heap[0, i] = heap[0, parent]
+        heap[1, i] = heap[1, parent]
+        i = parent
+    heap[0, i] = t
+    heap[1, i] = p
+
+
+@njit(cache=True)
+def _heap_push(heap, counters, pe, t, p):
+    n = counters[K_HEAP_SIZE]
+    if n >= heap.shape[1]:
         # Drop stale entries; at most one live entry per PE remains, so this fits.
         m = 0
         for i in range(n):
-            q = st.heap_pe[i]
-            if st.pe_wake[q] == st.heap_time[i]:
-                st.heap_time[m] = st.heap_time[i]
-                st.heap_pe[m] = q
+            q = heap[1, i]
+            if pe[q, P_WAKE] == heap[0, i]:
+                _heap_sift_up(heap, m, heap[0, i], q)
                 m += 1
-        n = 0
-        for i in range(m):                 # re-heapify by sifting each entry up
-            _heap_sift_up(st, i, st.heap_time[i], st.heap_pe[i])
-            n += 1
-    _heap_sift_up(st, n, t, p)
-    st.counters[K_HEAP_SIZE] = n + 1
+        n = m
+    _heap_sift_up(heap, n, t, p)
+    counters[K_HEAP_SIZE] = n + 1
 
 
 @njit(cache=True)
-def _heap_sift_up(st, i, t, p):
-    while i > 0:
-        parent = (i - 1) >> 1
-        if st.heap_time[parent] <= t:
-            break
-        st.heap_time[i] = st.heap_time[parent]
-        st.heap_pe[i] = st.heap_pe[parent]
-        i = parent
-    st.heap_time[i] = t
-    st.heap_pe[i] = p
-
-
-@njit(cache=True)
-def _heap_pop(st):
-    n = st.counters[K_HEAP_SIZE] - 1
-    st.counters[K_HEAP_SIZE] = n
-    t = st.heap_time[n]
-    p = st.heap_pe[n]
+def _heap_pop(heap, counters):
+    n = counters[K_HEAP_SIZE] - 1
+    counters[K_HEAP_SIZE] = n
+    t = heap[0, n]
+    p = heap[1, n]
     i = 0
     while True:
         child = 2 * i + 1
         if child >= n:
             break
-        if child + 1 < n and st.heap_time[child + 1] < st.heap_time[child]:
+        if child + 1 < n and heap[0, child + 1] < heap[0, child]:
             child += 1
-        if st.heap_time[child] >= t:
+        if heap[0, child] >= t:
             break
-        st.heap_time[i] = st.heap_time[child]
-        st.heap_pe[i] = st.heap_pe[child]
+        heap[0, i] = heap[0, child]
+        heap[1, i] = heap[1, child]
         i = child
     if n > 0:
-        st.heap_time[i] = t
-        st.heap_pe[i] = p
+        heap[0, i] = t
+        heap[1, i] = p
 
 
 @njit(cache=True)
-def _finish_at(st, t):
-    if t > st.counters[K_FINISH]:
-        st.counters[K_FINISH] = t
-
-
-@njit(cache=True)
-def _wake_at(st, p, t, now):
+def _wake_at(lists, heap, counters, pe, p, t, now):
     """Make sure PE p is visited at cycle t (> now)."""
     if t == now + 1:
-        _list_pe(st, p, t)
-    elif t < st.pe_wake[p]:
-        st.pe_wake[p] = t
-        _heap_push(st, t, p)
+        _list_pe(lists, counters, pe, p, t)
+    elif t < pe[p, P_WAKE]:
+        pe[p, P_WAKE] = t
+        _heap_push(heap, counters, pe, t, p)
 
 
 @njit(cache=True)
-def _read(S, st, kind, dtype, base, i, stride):
-    if dtype == F32:
-        return st.sram_f32[base + i * stride]
-    return S.half_to_float[st.sram_u16[base + i * stride]]
+def _progress(counters, now, done_at):
+    """Something moved or computed in cycle `now`; it completes at `done_at`."""
+    counters[K_LAST_PROGRESS] = now
+    if done_at > counters[K_FINISH]:
+        counters[K_FINISH] = done_at
 
 
 @njit(cache=True)
-def _write(S, st, dtype, base, i, stride, value):
+def _read(f32, u16, half_to_float, dtype, index):
     if dtype == F32:
-        st.sram_f32[base + i * stride] = value
+        return f32[index]
+    return half_to_float[u16[index]]
+
+
+@njit(cache=True)
+def _write(f32, u16, dtype, index, value):
+    if dtype == F32:
+        f32[index] = value
     else:
-        st.sram_u16[base + i * stride] = float_to_half_bits(value)
+        u16[index] = float_to_half_bits(value)
 
 
 @njit(cache=True)
@@ -317,29 +322,28 @@ def _apply(op, a, b, s):
 # Routers
 @njit(cache=True)
 def _router_step(S, st, r, now):
-    colors = S.settings[C_NCOLORS]
-    depth = S.settings[C_QDEPTH]
-    idepth = S.settings[C_IQDEPTH]
-    hop = S.settings[C_HOP]
-    ramp = S.settings[C_RAMP]
-    record = S.settings[C_RECORD]
-    x = r % S.cols
-    y = r // S.cols
+    cfg = S.settings
+    rows, cols, colors = cfg[C_ROWS], cfg[C_COLS], cfg[C_NCOLORS]
+    depth, idepth, hop, ramp = cfg[C_QDEPTH], cfg[C_IQDEPTH], cfg[C_HOP], cfg[C_RAMP]
+    record = cfg[C_RECORD]
+    pe = st.pe
+    x = r % cols
+    y = r // cols
     used = 0
-    start = st.r_rr[r]
+    start = pe[r, P_R_RR]
     for k in range(colors):
         c = start + k
         if c >= colors:
             c -= colors
-        if (st.r_nonempty[r] >> c) & 1 == 0:
+        if (pe[r, P_R_NONEMPTY] >> c) & 1 == 0:
             continue
         q = r * colors + c
-        slot = q * depth + st.rq_head[q]
-        if st.rq_ready[slot] > now:
+        head = q * depth + st.rq[q, Q_HEAD]
+        if st.rq_entry[head, E_READY] > now:
             continue
-        tx = np.int64(S.route_tx[q])
+        tx = np.int64(S.route[q, TX])
         if tx == 0:
-            _fail(st, STATUS_ROUTE, r, c, -1, now, ROUTE_NO_TX, 0)
+            _fail(st.counters, STATUS_ROUTE, r, c, -1, now, ROUTE_NO_TX, 0)
             return
         if tx & used:
             continue
@@ -348,41 +352,41 @@ def _router_step(S, st, r, now):
             if (tx >> port) & 1 == 0:
                 continue
             if port == RAMP:
-                if st.pq_count[q] + (1 if st.pq_last_pop[q] == now else 0) >= idepth:
+                if st.pq[q, Q_COUNT] + (st.pq[q, Q_LAST_POP] == now) >= idepth:
                     ok = False
                     break
                 continue
             nx = x + (1 if port == 1 else (-1 if port == 3 else 0))
             ny = y + (1 if port == 2 else (-1 if port == 0 else 0))
-            if nx < 0 or ny < 0 or nx >= S.cols or ny >= S.rows:
-                _fail(st, STATUS_ROUTE, r, c, port, now, ROUTE_OFF_GRID, 0)
+            if nx < 0 or ny < 0 or nx >= cols or ny >= rows:
+                _fail(st.counters, STATUS_ROUTE, r, c, port, now, ROUTE_OFF_GRID, 0)
                 return
-            dq = (ny * S.cols + nx) * colors + c
+            dq = (ny * cols + nx) * colors + c
             into = (port + 2) & 3           # the port it arrives on at the neighbour
-            if (S.route_rx[dq] >> into) & 1 == 0:
-                _fail(st, STATUS_ROUTE, ny * S.cols + nx, c, into, now + hop,
+            if (S.route[dq, RX] >> into) & 1 == 0:
+                _fail(st.counters, STATUS_ROUTE, ny * cols + nx, c, into, now + hop,
                       ROUTE_RX_MISMATCH, 0)
                 return
-            if st.rq_count[dq] + (1 if st.rq_last_pop[dq] == now else 0) >= depth:
+            if st.rq[dq, Q_COUNT] + (st.rq[dq, Q_LAST_POP] == now) >= depth:
                 ok = False
                 break
         if not ok:
             continue
-        value = st.rq_val[slot]
-        wid = st.rq_id[slot]
+        value = st.rq_val[head]
+        wid = st.rq_entry[head, E_ID]
         for port in range(5):
             if (tx >> port) & 1 == 0:
                 continue
             if port == RAMP:
-                tail = q * idepth + (st.pq_head[q] + st.pq_count[q]) % idepth
+                tail = q * idepth + (st.pq[q, Q_HEAD] + st.pq[q, Q_COUNT]) % idepth
                 st.pq_val[tail] = value
-                st.pq_ready[tail] = now + ramp
-                st.pq_id[tail] = wid
-                st.pq_count[q] += 1
-                st.ramp_in[r] += 1
-                if st.pe_sleep[r] & SLEEP_INPUT:
-                    st.pe_sleep[r] = 0
-                    _list_pe(st, r, now + 1)
+                st.pq_entry[tail, E_READY] = now + ramp
+                st.pq_entry[tail, E_ID] = wid
+                st.pq[q, Q_COUNT] += 1
+                pe[r, P_RAMP_IN] += 1
+                if pe[r, P_SLEEP] & SLEEP_INPUT:
+                    pe[r, P_SLEEP] = 0
+                    _list_pe(st.lists, st.counters, pe, r, now + 1)
                 if record & RECORD_DELIVERIES:
                     n_ev = st.counters[K_DELIVERY_EVENTS]
                     if n_ev < st.delivery_events.shape[0]:
@@ -394,15 +398,15 @@ def _router_step(S, st, r, now):
                 continue
             nx = x + (1 if port == 1 else (-1 if port == 3 else 0))
             ny = y + (1 if port == 2 else (-1 if port == 0 else 0))
-            n = ny * S.cols + nx
+            n = ny * cols + nx
             dq = n * colors + c
-            tail = dq * depth + (st.rq_head[dq] + st.rq_count[dq]) % depth
+            tail = dq * depth + (st.rq[dq, Q_HEAD] + st.rq[dq, Q_COUNT]) % depth
             st.rq_val[tail] = value
-            st.rq_ready[tail] = now + hop
-            st.rq_id[tail] = wid
-            st.rq_count[dq] += 1
-            st.r_nonempty[n] |= np.int64(1) << c
-            _list_router(st, n, now + 1)
+            st.rq_entry[tail, E_READY] = now + hop
+            st.rq_entry[tail, E_ID] = wid
+            st.rq[dq, Q_COUNT] += 1
+            pe[n, P_R_NONEMPTY] |= np.int64(1) << c
+            _list_router(st.lists, st.counters, pe, n, now + 1)
             st.link_wavelets[r, port] += 1
             if record & RECORD_LINKS:
                 n_ev = st.counters[K_LINK_EVENTS]
@@ -413,123 +417,92 @@ def _router_step(S, st, r, now):
                     st.link_events[n_ev, 3] = c
                     st.link_events[n_ev, 4] = wid
                 st.counters[K_LINK_EVENTS] = n_ev + 1
-        st.rq_head[q] = (st.rq_head[q] + 1) % depth
-        st.rq_count[q] -= 1
-        st.rq_last_pop[q] = now
-        if st.rq_count[q] == 0:
-            st.r_nonempty[r] &= ~(np.int64(1) << c)
+        st.rq[q, Q_HEAD] = (st.rq[q, Q_HEAD] + 1) % depth
+        st.rq[q, Q_COUNT] -= 1
+        st.rq[q, Q_LAST_POP] = now
+        if st.rq[q, Q_COUNT] == 0:
+            pe[r, P_R_NONEMPTY] &= ~(np.int64(1) << c)
         used |= tx
-        st.r_rr[r] = c + 1 if c + 1 < colors else 0
-        st.counters[K_LAST_PROGRESS] = now
-        _finish_at(st, now + 1)
-        if st.pe_sleep[r] & SLEEP_OUTPUT:     # our own PE may be waiting for this slot
-            st.pe_sleep[r] = 0
-            _list_pe(st, r, now + 1)
-    if st.r_nonempty[r] != 0:
-        _list_router(st, r, now + 1)
+        pe[r, P_R_RR] = c + 1 if c + 1 < colors else 0
+        _progress(st.counters, now, now + 1)
+        if pe[r, P_SLEEP] & SLEEP_OUTPUT:     # our own PE may be waiting for this slot
+            pe[r, P_SLEEP] = 0
+            _list_pe(st.lists, st.counters, pe, r, now + 1)
+    if pe[r, P_R_NONEMPTY] != 0:
+        _list_router(st.lists, st.counters, pe, r, now + 1)
 
 
 # ----------------------------------------------------------------------------
-# PEs: operand resolution and vector operations
+# PEs: operands and vector operations
 @njit(cache=True)
 def _resolve(S, st, p, d, count, now, ins):
-    """Element index (MEM) or queue index (fabric) of descriptor d for `count` elements.
-
-    Returns -1 after recording a program error."""
-    kind = S.desc[d, D_KIND]
+    """Element index (memory) or queue index (fabric) of descriptor d over `count`
+    elements; -1 after recording a program error."""
     colors = S.settings[C_NCOLORS]
-    if kind != MEM:
+    if S.desc[d, D_KIND] != MEM:
         # a fabric operand's color is fixed, or a per-PE parameter (D_OFFSET_REG)
         param = S.desc[d, D_OFFSET_REG]
         c = S.pe_params[p, param] if param >= 0 else S.desc[d, D_BUF_OR_COLOR]
         if c < 0 or c >= colors:
-            _fail(st, STATUS_PROGRAM, p, c, -1, now, PROG_BAD_COLOR, ins)
+            _fail(st.counters, STATUS_PROGRAM, p, c, -1, now, PROG_BAD_COLOR, ins)
             return -1
         return p * colors + c
     buf = S.desc[d, D_BUF_OR_COLOR]
     addr = S.buf_addr[p, buf]
     if addr < 0:
-        _fail(st, STATUS_PROGRAM, p, -1, -1, now, PROG_UNALLOCATED, ins * 1000 + buf)
+        _fail(st.counters, STATUS_PROGRAM, p, -1, -1, now, PROG_UNALLOCATED, ins * 1000 + buf)
         return -1
     offset = S.desc[d, D_OFFSET]
     reg = S.desc[d, D_OFFSET_REG]
     if reg >= 0:
         offset += st.regs[p, reg] * S.desc[d, D_OFFSET_SCALE]
-    stride = S.desc[d, D_STRIDE]
-    last = offset + (count - 1) * stride if count > 0 else offset
+    last = offset + (count - 1) * S.desc[d, D_STRIDE] if count > 0 else offset
     if offset < 0 or last < 0 or offset >= S.buf_len[buf] or last >= S.buf_len[buf]:
-        _fail(st, STATUS_PROGRAM, p, -1, -1, now, PROG_BOUNDS, ins * 1000 + buf)
-        st.status[ST_PORT] = offset
+        _fail(st.counters, STATUS_PROGRAM, p, -1, offset, now, PROG_BOUNDS, ins * 1000 + buf)
         return -1
-    elem = 4 if S.desc[d, D_DTYPE] == F32 else 2
-    return addr // elem + offset
+    return addr // (4 if S.desc[d, D_DTYPE] == F32 else 2) + offset
 
 
 @njit(cache=True)
-def _desc_length(S, st, p, d):
-    reg = S.desc[d, D_LENGTH_REG]
-    if reg >= 0:
-        return st.regs[p, reg]
-    return S.desc[d, D_LENGTH]
-
-
-@njit(cache=True)
-def _elem_size(S, d):
-    return 4 if S.desc[d, D_DTYPE] == F32 else 2
-
-
-@njit(cache=True)
-def _scalar(S, st, p, ins):
+def _scalar(S, st, p, s, ins):
     sd = S.instr[ins, I_S]
     if sd == SCALAR_IMMEDIATE:
         return S.instr_imm[ins]
     if sd == SCALAR_WAVELET:
         return st.wavelet[p]
-    base = st.slot_base[p, 0, 3]    # resolved when the op started
-    return _read(S, st, MEM, S.desc[sd, D_DTYPE], base, 0, 0)
-
-
-@njit(cache=True)
-def _is_fabric_op(S, ins):
-    for f in (I_DST, I_A, I_B):
-        d = S.instr[ins, f]
-        if d >= 0 and S.desc[d, D_KIND] != MEM:
-            return True
-    return False
+    return _read(st.sram_f32, st.sram_u16, S.half_to_float, S.desc[sd, D_DTYPE],
+                 st.slot[p, s, S_BASE_S])
 
 
 @njit(cache=True)
 def _memory_op(S, st, p, s, ins, n, now):
     """Compute a memory-only operation at once; returns its cost in cycles."""
+    f32, u16, lut = st.sram_f32, st.sram_u16, S.half_to_float
     op = S.instr[ins, I_OP]
     dst = S.instr[ins, I_DST]
     a = S.instr[ins, I_A]
     b = S.instr[ins, I_B]
-    bd = st.slot_base[p, s, 0]
-    ba = st.slot_base[p, s, 1]
-    bb = st.slot_base[p, s, 2]
+    bd = st.slot[p, s, S_BASE_DST]
+    ba = st.slot[p, s, S_BASE_A]
+    bb = st.slot[p, s, S_BASE_B]
     trap = S.settings[C_TRAP_NAN]
-    simd32 = S.settings[C_SIMD32]
-    simd16 = S.settings[C_SIMD16]
+    dd = S.desc[dst, D_DTYPE]
+    da = S.desc[a, D_DTYPE] if a >= 0 else dd
+    size_d = 4 if dd == F32 else 2
+    size_a = 4 if da == F32 else 2
+    width = S.settings[C_SIMD32] if (da if op >= OP_SUM else dd) == F32 else S.settings[C_SIMD16]
     if op == OP_MATMUL:
-        m = S.instr[ins, I_IMM]
-        kk = S.instr[ins, I_IMM2]
-        nn = S.instr[ins, I_IMM3]
-        da = S.desc[a, D_DTYPE]
+        m, kk, nn = S.instr[ins, I_IMM], S.instr[ins, I_IMM2], S.instr[ins, I_IMM3]
         db = S.desc[b, D_DTYPE]
-        dd = S.desc[dst, D_DTYPE]
+        transposed = S.instr[ins, I_R] == 1
         A = np.empty((m, kk), np.float32)
         B = np.empty((kk, nn), np.float32)
         for i in range(m):
             for j in range(kk):
-                A[i, j] = _read(S, st, MEM, da, ba, i * kk + j, 1)
-        transposed = S.instr[ins, I_R] == 1
+                A[i, j] = _read(f32, u16, lut, da, ba + i * kk + j)
         for i in range(kk):
             for j in range(nn):
-                if transposed:
-                    B[i, j] = _read(S, st, MEM, db, bb, j * kk + i, 1)
-                else:
-                    B[i, j] = _read(S, st, MEM, db, bb, i * nn + j, 1)
+                B[i, j] = _read(f32, u16, lut, db, bb + (j * kk + i if transposed else i * nn + j))
         C = np.zeros((m, nn), np.float32)
         for i in range(m):
             for t in range(kk):
@@ -538,54 +511,47 @@ def _memory_op(S, st, p, s, ins, n, now):
                     C[i, j] += av * B[t, j]
         for i in range(m):
             for j in range(nn):
-                v = _read(S, st, MEM, dd, bd, i * nn + j, 1) + C[i, j]
+                v = _read(f32, u16, lut, dd, bd + i * nn + j) + C[i, j]
                 if trap and v != v:
-                    _fail(st, STATUS_NAN, p, -1, -1, now, ins, i * nn + j)
-                _write(S, st, dd, bd, i * nn + j, 1, v)
+                    _fail(st.counters, STATUS_NAN, p, -1, -1, now, ins, i * nn + j)
+                _write(f32, u16, dd, bd + i * nn + j, v)
         fmacs = m * kk * nn
-        st.flops[p] += 2 * fmacs
-        st.sram_bytes_accessed[p] += (m * kk) * _elem_size(S, a) + (kk * nn) * _elem_size(S, b) \
-            + 2 * (m * nn) * _elem_size(S, dst)
-        width = simd32 if da == F32 else simd16
+        st.pe[p, P_FLOPS] += 2 * fmacs
+        st.pe[p, P_SRAM_BYTES] += (m * kk) * size_a + (kk * nn) * (4 if db == F32 else 2) \
+            + 2 * (m * nn) * size_d
         return (fmacs + width - 1) // width
-    if op == OP_SUM or op == OP_RMAX or op == OP_DOT:
-        da = S.desc[a, D_DTYPE]
-        sa = S.desc[a, D_STRIDE]
-        acc = np.float32(0.0) if op != OP_RMAX else np.float32(-np.inf)
+    sa = S.desc[a, D_STRIDE] if a >= 0 else 0
+    db = S.desc[b, D_DTYPE] if b >= 0 else F32
+    sb = S.desc[b, D_STRIDE] if b >= 0 else 0
+    if op >= OP_SUM:        # reductions into dst[0]
+        acc = np.float32(-np.inf) if op == OP_RMAX else np.float32(0.0)
         for i in range(n):
-            va = _read(S, st, MEM, da, ba, i, sa)
+            va = _read(f32, u16, lut, da, ba + i * sa)
             if op == OP_SUM:
                 acc += va
             elif op == OP_RMAX:
                 if va > acc or va != va:
                     acc = va
             else:
-                acc += va * _read(S, st, MEM, S.desc[b, D_DTYPE], bb, i, S.desc[b, D_STRIDE])
+                acc += va * _read(f32, u16, lut, db, bb + i * sb)
         if trap and acc != acc:
-            _fail(st, STATUS_NAN, p, -1, -1, now, ins, 0)
-        _write(S, st, S.desc[dst, D_DTYPE], bd, 0, 0, acc)
-        st.flops[p] += n * S.flops_of_op[op]
-        st.sram_bytes_accessed[p] += n * _elem_size(S, a) * (2 if op == OP_DOT else 1)
-        width = simd32 if da == F32 else simd16
+            _fail(st.counters, STATUS_NAN, p, -1, -1, now, ins, 0)
+        _write(f32, u16, dd, bd, acc)
+        st.pe[p, P_FLOPS] += n * S.flops_of_op[op]
+        st.pe[p, P_SRAM_BYTES] += n * size_a * (2 if op == OP_DOT else 1) + size_d
         return (n + width - 1) // width
-    s_val = _scalar(S, st, p, ins)
-    dd = S.desc[dst, D_DTYPE]
+    s_val = _scalar(S, st, p, s, ins)
     sd_ = S.desc[dst, D_STRIDE]
-    da = S.desc[a, D_DTYPE] if a >= 0 else F32
-    sa = S.desc[a, D_STRIDE] if a >= 0 else 0
-    db = S.desc[b, D_DTYPE] if b >= 0 else F32
-    sb = S.desc[b, D_STRIDE] if b >= 0 else 0
     for i in range(n):
-        va = _read(S, st, MEM, da, ba, i, sa) if a >= 0 else np.float32(0.0)
-        vb = _read(S, st, MEM, db, bb, i, sb) if b >= 0 else np.float32(0.0)
+        va = _read(f32, u16, lut, da, ba + i * sa) if a >= 0 else np.float32(0.0)
+        vb = _read(f32, u16, lut, db, bb + i * sb) if b >= 0 else np.float32(0.0)
         v = _apply(op, va, vb, s_val)
         if trap and v != v:
-            _fail(st, STATUS_NAN, p, -1, -1, now, ins, i)
-        _write(S, st, dd, bd, i, sd_, v)
-    st.flops[p] += n * S.flops_of_op[op]
-    operands = 1 + (1 if a >= 0 else 0) + (1 if b >= 0 else 0)
-    st.sram_bytes_accessed[p] += n * operands * _elem_size(S, dst)
-    width = simd32 if dd == F32 else simd16
+            _fail(st.counters, STATUS_NAN, p, -1, -1, now, ins, i)
+        _write(f32, u16, dd, bd + i * sd_, v)
+    st.pe[p, P_FLOPS] += n * S.flops_of_op[op]
+    operands = 1 + (a >= 0) + (b >= 0)
+    st.pe[p, P_SRAM_BYTES] += n * operands * size_d
     return (n + width - 1) // width
 
 
@@ -593,80 +559,80 @@ def _memory_op(S, st, p, s, ins, n, now):
 def _fabric_step(S, st, p, s, now, ramp_used):
     """Move one element of the fabric operation in slot s, if its operands allow.
 
-    Returns 0 if it stalled on input, 1 if it stalled on output, 2 if it moved."""
-    ins = st.slot_instr[p, s]
+    Returns 0 if it waits for input, 1 if it waits for output room, 2 if it moved."""
+    f32, u16, lut = st.sram_f32, st.sram_u16, S.half_to_float
+    ins = st.slot[p, s, S_INSTR]
     op = S.instr[ins, I_OP]
     dst = S.instr[ins, I_DST]
     a = S.instr[ins, I_A]
     b = S.instr[ins, I_B]
     idepth = S.settings[C_IQDEPTH]
     depth = S.settings[C_QDEPTH]
-    i = st.slot_progress[p, s]
+    i = st.slot[p, s, S_PROGRESS]
     ka = S.desc[a, D_KIND] if a >= 0 else -1
     kb = S.desc[b, D_KIND] if b >= 0 else -1
-    ba = st.slot_base[p, s, 1]
-    bb = st.slot_base[p, s, 2]
-    bd = st.slot_base[p, s, 0]
+    ba = st.slot[p, s, S_BASE_A]
+    bb = st.slot[p, s, S_BASE_B]
+    bd = st.slot[p, s, S_BASE_DST]
+    pq, pq_entry = st.pq, st.pq_entry
     if ka == FABIN:
-        if st.pq_count[ba] == 0 or st.pq_ready[ba * idepth + st.pq_head[ba]] > now:
+        if pq[ba, Q_COUNT] == 0 or pq_entry[ba * idepth + pq[ba, Q_HEAD], E_READY] > now:
             return 0
     if kb == FABIN:
-        if st.pq_count[bb] == 0 or st.pq_ready[bb * idepth + st.pq_head[bb]] > now:
+        if pq[bb, Q_COUNT] == 0 or pq_entry[bb * idepth + pq[bb, Q_HEAD], E_READY] > now:
             return 0
     out_fabric = S.desc[dst, D_KIND] == FABOUT
     if out_fabric:
         if ramp_used:
             return 1
-        if st.rq_count[bd] + (1 if st.rq_last_pop[bd] == now else 0) >= depth:
+        if st.rq[bd, Q_COUNT] + (st.rq[bd, Q_LAST_POP] == now) >= depth:
             return 1
     if ka == FABIN:
-        h = ba * idepth + st.pq_head[ba]
-        va = st.pq_val[h]
-        st.pq_head[ba] = (st.pq_head[ba] + 1) % idepth
-        st.pq_count[ba] -= 1
-        st.pq_last_pop[ba] = now
+        va = st.pq_val[ba * idepth + pq[ba, Q_HEAD]]
+        pq[ba, Q_HEAD] = (pq[ba, Q_HEAD] + 1) % idepth
+        pq[ba, Q_COUNT] -= 1
+        pq[ba, Q_LAST_POP] = now
     elif a >= 0:
-        va = _read(S, st, MEM, S.desc[a, D_DTYPE], ba, i, S.desc[a, D_STRIDE])
+        va = _read(f32, u16, lut, S.desc[a, D_DTYPE], ba + i * S.desc[a, D_STRIDE])
     else:
         va = np.float32(0.0)
     if kb == FABIN:
-        h = bb * idepth + st.pq_head[bb]
-        vb = st.pq_val[h]
-        st.pq_head[bb] = (st.pq_head[bb] + 1) % idepth
-        st.pq_count[bb] -= 1
-        st.pq_last_pop[bb] = now
+        vb = st.pq_val[bb * idepth + pq[bb, Q_HEAD]]
+        pq[bb, Q_HEAD] = (pq[bb, Q_HEAD] + 1) % idepth
+        pq[bb, Q_COUNT] -= 1
+        pq[bb, Q_LAST_POP] = now
     elif b >= 0:
-        vb = _read(S, st, MEM, S.desc[b, D_DTYPE], bb, i, S.desc[b, D_STRIDE])
+        vb = _read(f32, u16, lut, S.desc[b, D_DTYPE], bb + i * S.desc[b, D_STRIDE])
     else:
         vb = np.float32(0.0)
-    v = _apply(op, va, vb, _scalar(S, st, p, ins))
+    v = _apply(op, va, vb, _scalar(S, st, p, s, ins))
     if S.settings[C_TRAP_NAN] and v != v:
-        _fail(st, STATUS_NAN, p, -1, -1, now, ins, i)
+        _fail(st.counters, STATUS_NAN, p, -1, -1, now, ins, i)
     if out_fabric:
         colors = S.settings[C_NCOLORS]
-        if (S.route_rx[bd] >> RAMP) & 1 == 0:
-            _fail(st, STATUS_ROUTE, p, bd - p * colors, RAMP, now + S.settings[C_RAMP],
-                  ROUTE_RX_MISMATCH, 0)
+        if (S.route[bd, RX] >> RAMP) & 1 == 0:
+            _fail(st.counters, STATUS_ROUTE, p, bd - p * colors, RAMP,
+                  now + S.settings[C_RAMP], ROUTE_RX_MISMATCH, 0)
             return 1
-        tail = bd * depth + (st.rq_head[bd] + st.rq_count[bd]) % depth
+        tail = bd * depth + (st.rq[bd, Q_HEAD] + st.rq[bd, Q_COUNT]) % depth
         st.rq_val[tail] = v
-        st.rq_ready[tail] = now + S.settings[C_RAMP]
-        st.rq_id[tail] = st.counters[K_NEXT_WAVELET_ID]
+        st.rq_entry[tail, E_READY] = now + S.settings[C_RAMP]
+        st.rq_entry[tail, E_ID] = st.counters[K_NEXT_WAVELET_ID]
         st.counters[K_NEXT_WAVELET_ID] += 1
-        st.rq_count[bd] += 1
-        st.r_nonempty[p] |= np.int64(1) << (bd - p * colors)
-        _list_router(st, p, now + 1)
-        st.ramp_out[p] += 1
+        st.rq[bd, Q_COUNT] += 1
+        st.pe[p, P_R_NONEMPTY] |= np.int64(1) << (bd - p * colors)
+        _list_router(st.lists, st.counters, st.pe, p, now + 1)
+        st.pe[p, P_RAMP_OUT] += 1
     else:
-        _write(S, st, S.desc[dst, D_DTYPE], bd, i, S.desc[dst, D_STRIDE], v)
-        st.sram_bytes_accessed[p] += _elem_size(S, dst)
-    st.flops[p] += S.flops_of_op[op]
-    st.compute_cycles[p] += 1
-    st.slot_progress[p, s] = i + 1
-    if i + 1 == st.slot_len[p, s]:
-        st.slot_busy_until[p, s] = now + 1
-    st.counters[K_LAST_PROGRESS] = now
-    _finish_at(st, now + 1)
+        dd = S.desc[dst, D_DTYPE]
+        _write(f32, u16, dd, bd + i * S.desc[dst, D_STRIDE], v)
+        st.pe[p, P_SRAM_BYTES] += 4 if dd == F32 else 2
+    st.pe[p, P_FLOPS] += S.flops_of_op[op]
+    st.pe[p, P_COMPUTE] += 1
+    st.slot[p, s, S_PROGRESS] = i + 1
+    if i + 1 == st.slot[p, s, S_LEN]:
+        st.slot[p, s, S_BUSY_UNTIL] = now + 1
+    _progress(st.counters, now, now + 1)
     return 2
 
 
@@ -677,130 +643,109 @@ def _start_op(S, st, p, s, ins, now):
     dst = S.instr[ins, I_DST]
     a = S.instr[ins, I_A]
     b = S.instr[ins, I_B]
+    slot = st.slot
+    fabric = False
+    for d in (dst, a, b):
+        if d >= 0 and S.desc[d, D_KIND] != MEM:
+            fabric = True
     if op == OP_MATMUL:
-        m = S.instr[ins, I_IMM]
-        k = S.instr[ins, I_IMM2]
-        n = S.instr[ins, I_IMM3]
-        st.slot_base[p, s, 0] = _resolve(S, st, p, dst, m * n, now, ins)
-        st.slot_base[p, s, 1] = _resolve(S, st, p, a, m * k, now, ins)
-        st.slot_base[p, s, 2] = _resolve(S, st, p, b, k * n, now, ins)
+        m, k, n = S.instr[ins, I_IMM], S.instr[ins, I_IMM2], S.instr[ins, I_IMM3]
+        slot[p, s, S_BASE_DST] = _resolve(S, st, p, dst, m * n, now, ins)
+        slot[p, s, S_BASE_A] = _resolve(S, st, p, a, m * k, now, ins)
+        slot[p, s, S_BASE_B] = _resolve(S, st, p, b, k * n, now, ins)
         count = m * n
     else:
-        if op == OP_SUM or op == OP_RMAX or op == OP_DOT:
-            count = _desc_length(S, st, p, a)
-            st.slot_base[p, s, 0] = _resolve(S, st, p, dst, 1, now, ins)
-        else:
-            count = _desc_length(S, st, p, dst)
-            st.slot_base[p, s, 0] = _resolve(S, st, p, dst, count, now, ins)
-        st.slot_base[p, s, 1] = _resolve(S, st, p, a, count, now, ins) if a >= 0 else 0
-        st.slot_base[p, s, 2] = _resolve(S, st, p, b, count, now, ins) if b >= 0 else 0
+        lead = a if op >= OP_SUM else dst
+        reg = S.desc[lead, D_LENGTH_REG]
+        count = st.regs[p, reg] if reg >= 0 else S.desc[lead, D_LENGTH]
+        slot[p, s, S_BASE_DST] = _resolve(S, st, p, dst, 1 if op >= OP_SUM else count, now, ins)
+        if a >= 0:
+            slot[p, s, S_BASE_A] = _resolve(S, st, p, a, count, now, ins)
+        if b >= 0:
+            slot[p, s, S_BASE_B] = _resolve(S, st, p, b, count, now, ins)
     sd = S.instr[ins, I_S]
     if sd >= 0:
-        st.slot_base[p, 0, 3] = _resolve(S, st, p, sd, 1, now, ins)
-    if st.status[ST_CODE] != STATUS_OK:
+        slot[p, s, S_BASE_S] = _resolve(S, st, p, sd, 1, now, ins)
+    if st.counters[ST_CODE] != STATUS_OK:
         return False
-    st.slot_instr[p, s] = ins
-    st.slot_progress[p, s] = 0
-    st.slot_len[p, s] = count
+    slot[p, s, S_INSTR] = ins
+    slot[p, s, S_PROGRESS] = 0
+    slot[p, s, S_LEN] = count
     if count <= 0:
-        st.slot_busy_until[p, s] = now
-        return True
-    if _is_fabric_op(S, ins):
-        st.slot_busy_until[p, s] = INF
-        return True
-    cost = _memory_op(S, st, p, s, ins, count, now)
-    begin = max(now, st.datapath_free[p])
-    st.slot_busy_until[p, s] = begin + cost
-    st.datapath_free[p] = begin + cost
-    st.compute_cycles[p] += cost
-    st.counters[K_LAST_PROGRESS] = now
-    _finish_at(st, begin + cost)
+        slot[p, s, S_BUSY_UNTIL] = now
+    elif fabric:
+        slot[p, s, S_BUSY_UNTIL] = INF
+    else:
+        cost = _memory_op(S, st, p, s, ins, count, now)
+        begin = max(now, st.pe[p, P_DATAPATH_FREE])
+        slot[p, s, S_BUSY_UNTIL] = begin + cost
+        st.pe[p, P_DATAPATH_FREE] = begin + cost
+        st.pe[p, P_COMPUTE] += cost
+        _progress(st.counters, now, begin + cost)
     return True
-
-
-@njit(cache=True)
-def _retire(S, st, p, s, now):
-    ins = st.slot_instr[p, s]
-    st.slot_instr[p, s] = -1
-    if s > 0:
-        on_done = S.instr[ins, I_ON_DONE]
-        if on_done >= 0:
-            st.pending[p] |= np.int64(1) << on_done
 
 
 @njit(cache=True)
 def _pick_task(S, st, p, now):
     """Local task with the lowest index first, then data tasks whose wavelet is ready."""
     role = S.pe_role[p]
-    first = S.role_task_start[role]
-    last = S.role_task_start[role + 1]
-    pend = st.pending[p]
+    first = S.role[role, R_FIRST]
+    count = S.role[role + 1, R_FIRST] - first
+    pend = st.pe[p, P_PENDING]
     if pend != 0:
-        for j in range(last - first):
+        for j in range(count):
             if (pend >> j) & 1:
-                st.pending[p] = pend & ~(np.int64(1) << j)
+                st.pe[p, P_PENDING] = pend & ~(np.int64(1) << j)
                 return S.role_tasks[first + j]
     colors = S.settings[C_NCOLORS]
     idepth = S.settings[C_IQDEPTH]
-    for j in range(last - first):
+    for j in range(count):
         t = S.role_tasks[first + j]
-        if S.task_kind[t] == TASK_DATA:
-            q = p * colors + S.task_color[t]
-            if st.pq_count[q] > 0 and st.pq_ready[q * idepth + st.pq_head[q]] <= now:
-                h = q * idepth + st.pq_head[q]
-                st.wavelet[p] = st.pq_val[h]
-                st.pq_head[q] = (st.pq_head[q] + 1) % idepth
-                st.pq_count[q] -= 1
-                st.pq_last_pop[q] = now
+        if S.task[t, T_KIND] == TASK_DATA:
+            q = p * colors + S.task[t, T_COLOR]
+            head = q * idepth + st.pq[q, Q_HEAD]
+            if st.pq[q, Q_COUNT] > 0 and st.pq_entry[head, E_READY] <= now:
+                st.wavelet[p] = st.pq_val[head]
+                st.pq[q, Q_HEAD] = (st.pq[q, Q_HEAD] + 1) % idepth
+                st.pq[q, Q_COUNT] -= 1
+                st.pq[q, Q_LAST_POP] = now
                 return t
     return -1
 
 
 @njit(cache=True)
-def _record_task(S, st, p, now):
-    if S.settings[C_RECORD] & RECORD_TASKS:
-        n_ev = st.counters[K_TASK_EVENTS]
-        if n_ev < st.task_events.shape[0]:
-            st.task_events[n_ev, 0] = p
-            st.task_events[n_ev, 1] = st.cur_task[p]
-            st.task_events[n_ev, 2] = st.task_start[p]
-            st.task_events[n_ev, 3] = now
-        st.counters[K_TASK_EVENTS] = n_ev + 1
-
-
-@njit(cache=True)
 def _control(S, st, p, ins, op):
     """Execute a control instruction; returns the next pc, or -1 to stay (blocked)."""
-    pc = st.pc[p]
+    pc = st.pe[p, P_PC]
     r = S.instr[ins, I_R]
     imm = S.instr[ins, I_IMM]
+    regs = st.regs
     if op == OP_SET:
-        st.regs[p, r] = imm
+        regs[p, r] = imm
     elif op == OP_SETP:
-        st.regs[p, r] = S.pe_params[p, imm]
+        regs[p, r] = S.pe_params[p, imm]
     elif op == OP_AFFINE:
-        st.regs[p, r] = st.regs[p, S.instr[ins, I_IMM2]] * imm + S.instr[ins, I_IMM3]
+        regs[p, r] = regs[p, S.instr[ins, I_IMM2]] * imm + S.instr[ins, I_IMM3]
     elif op == OP_MODI:
-        st.regs[p, r] = st.regs[p, r] % imm
+        regs[p, r] = regs[p, r] % imm
     elif op == OP_LOOP:
-        st.regs[p, r] -= 1
-        if st.regs[p, r] > 0:
+        regs[p, r] -= 1
+        if regs[p, r] > 0:
             return imm
     elif op == OP_JUMP:
         return imm
     elif op == OP_BLT:
-        if st.regs[p, r] < S.instr[ins, I_IMM2]:
+        if regs[p, r] < S.instr[ins, I_IMM2]:
             return imm
     elif op == OP_ACTIVATE:
-        st.pending[p] |= np.int64(1) << imm
+        st.pe[p, P_PENDING] |= np.int64(1) << imm
     elif op == OP_WAIT:
-        slots = S.settings[C_SLOTS]
         if imm >= 0:
-            if st.slot_instr[p, imm] >= 0:
+            if st.slot[p, imm, S_INSTR] >= 0:
                 return -1
         else:
-            for s in range(1, slots + 1):
-                if st.slot_instr[p, s] >= 0:
+            for s in range(1, S.settings[C_SLOTS] + 1):
+                if st.slot[p, s, S_INSTR] >= 0:
                     return -1
     return pc + 1
 
@@ -808,68 +753,77 @@ def _control(S, st, p, ins, op):
 @njit(cache=True)
 def _pe_step(S, st, p, now):
     slots = S.settings[C_SLOTS]
+    pe, slot = st.pe, st.slot
     progressed = False
     waiting_in = False
     waiting_out = False
     ramp_used = False
-    # 1. Finish what is due, move fabric operations by one element.
+    # 1. Retire what is due; move each fabric operation by one element.
     for s in range(slots + 1):
-        if st.slot_instr[p, s] < 0:
+        if slot[p, s, S_INSTR] < 0:
             continue
-        if st.slot_busy_until[p, s] <= now:
-            _retire(S, st, p, s, now)
-            continue
-        if st.slot_busy_until[p, s] == INF:
+        if slot[p, s, S_BUSY_UNTIL] == INF:
             result = _fabric_step(S, st, p, s, now, ramp_used)
             if result == 2:
                 progressed = True
-                if S.desc[S.instr[st.slot_instr[p, s], I_DST], D_KIND] == FABOUT:
+                if S.desc[S.instr[slot[p, s, S_INSTR], I_DST], D_KIND] == FABOUT:
                     ramp_used = True
-                if st.slot_busy_until[p, s] <= now:     # zero-length guard
-                    _retire(S, st, p, s, now)
             elif result == 0:
                 waiting_in = True
             else:
                 waiting_out = True
+        elif slot[p, s, S_BUSY_UNTIL] <= now:
+            on_done = S.instr[slot[p, s, S_INSTR], I_ON_DONE]
+            slot[p, s, S_INSTR] = -1
+            if s > 0 and on_done >= 0:
+                pe[p, P_PENDING] |= np.int64(1) << on_done
     # 2. Run the main thread while it is free.
     budget = S.settings[C_IPC]
-    while budget > 0 and st.slot_instr[p, 0] < 0 and st.status[ST_CODE] == STATUS_OK:
-        if st.cur_task[p] < 0:
+    while budget > 0 and slot[p, 0, S_INSTR] < 0 and st.counters[ST_CODE] == STATUS_OK:
+        if pe[p, P_TASK] < 0:
             t = _pick_task(S, st, p, now)
             if t < 0:
                 break
-            st.cur_task[p] = t
-            st.pc[p] = S.task_pc[t]
-            st.task_start[p] = now
-            if st.busy_since[p] < 0:
-                st.busy_since[p] = now
+            pe[p, P_TASK] = t
+            pe[p, P_PC] = S.task[t, T_PC]
+            pe[p, P_TASK_START] = now
+            if pe[p, P_BUSY_SINCE] < 0:
+                pe[p, P_BUSY_SINCE] = now
             progressed = True
-        ins = st.pc[p]
+        ins = pe[p, P_PC]
         op = S.instr[ins, I_OP]
         budget -= 1
         if op == OP_END:
-            _record_task(S, st, p, now)
-            st.cur_task[p] = -1
+            if S.settings[C_RECORD] & RECORD_TASKS:
+                n_ev = st.counters[K_TASK_EVENTS]
+                if n_ev < st.task_events.shape[0]:
+                    st.task_events[n_ev, 0] = p
+                    st.task_events[n_ev, 1] = pe[p, P_TASK]
+                    st.task_events[n_ev, 2] = pe[p, P_TASK_START]
+                    st.task_events[n_ev, 3] = now
+                st.counters[K_TASK_EVENTS] = n_ev + 1
+            pe[p, P_TASK] = -1
             continue
-        if op < isa.FIRST_VECTOR_OP:
+        if op < FIRST_VECTOR_OP:
             nxt = _control(S, st, p, ins, op)
             if nxt < 0:
                 break
-            st.pc[p] = nxt
+            pe[p, P_PC] = nxt
             progressed = True
-            if S.settings[C_SCALAR_CYCLES] > 0:
-                st.slot_instr[p, 0] = ins
-                st.slot_busy_until[p, 0] = now + S.settings[C_SCALAR_CYCLES]
-                _finish_at(st, now + S.settings[C_SCALAR_CYCLES])
+            cost = S.settings[C_SCALAR_CYCLES]
+            if cost > 0:
+                slot[p, 0, S_INSTR] = ins
+                slot[p, 0, S_BUSY_UNTIL] = now + cost
+                _progress(st.counters, now, now + cost)
             continue
         s = S.instr[ins, I_SLOT]
-        if st.slot_instr[p, s] >= 0:
-            break                        # that slot's own state wakes us
+        if slot[p, s, S_INSTR] >= 0:
+            break                        # that slot's own progress wakes us
         if not _start_op(S, st, p, s, ins, now):
             return
-        st.pc[p] = ins + 1
+        pe[p, P_PC] = ins + 1
         progressed = True
-        if st.slot_busy_until[p, s] == INF:
+        if slot[p, s, S_BUSY_UNTIL] == INF:
             result = _fabric_step(S, st, p, s, now, ramp_used)
             if result == 2:
                 if S.desc[S.instr[ins, I_DST], D_KIND] == FABOUT:
@@ -878,59 +832,54 @@ def _pe_step(S, st, p, now):
                 waiting_in = True
             else:
                 waiting_out = True
-        elif st.slot_busy_until[p, s] <= now:
-            _retire(S, st, p, s, now)
+        elif slot[p, s, S_BUSY_UNTIL] <= now:
+            slot[p, s, S_INSTR] = -1         # empty operation
     if progressed:
         st.counters[K_LAST_PROGRESS] = now
     # 3. Decide when to look at this PE again.
     wake = INF
-    busy = st.cur_task[p] >= 0 or st.pending[p] != 0
+    busy = pe[p, P_TASK] >= 0 or pe[p, P_PENDING] != 0
     for s in range(slots + 1):
-        if st.slot_instr[p, s] >= 0:
+        if slot[p, s, S_INSTR] >= 0:
             busy = True
-            t = st.slot_busy_until[p, s]
-            if t < wake:
-                wake = t
+            if slot[p, s, S_BUSY_UNTIL] < wake:
+                wake = slot[p, s, S_BUSY_UNTIL]
     if progressed or budget == 0:
-        _list_pe(st, p, now + 1)
+        _list_pe(st.lists, st.counters, pe, p, now + 1)
     elif wake < INF:
-        _wake_at(st, p, max(wake, now + 1), now)
+        _wake_at(st.lists, st.heap, st.counters, pe, p, max(wake, now + 1), now)
     if not progressed and (waiting_in or waiting_out):
-        if st.stall_since[p] < 0:
-            st.stall_since[p] = now
-    elif st.stall_since[p] >= 0:
-        st.stall_cycles[p] += now - st.stall_since[p]
-        st.stall_since[p] = -1
+        if pe[p, P_STALL_SINCE] < 0:
+            pe[p, P_STALL_SINCE] = now
+    elif pe[p, P_STALL_SINCE] >= 0:
+        pe[p, P_STALL] += now - pe[p, P_STALL_SINCE]
+        pe[p, P_STALL_SINCE] = -1
     sleep = 0
     if waiting_in or not busy:
         sleep |= SLEEP_INPUT
-        if waiting_in:
-            # a wavelet already on its way wakes nobody: set our own timer
-            _wake_for_pending_input(S, st, p, now)
+        # a wavelet already on its way will not wake us when it becomes ready
+        _wake_for_queued_input(S, st, p, now)
     if waiting_out:
         sleep |= SLEEP_OUTPUT
-    st.pe_sleep[p] = sleep
-    if not busy and st.busy_since[p] >= 0:
-        st.busy_cycles[p] += now - st.busy_since[p]
-        st.busy_since[p] = -1
-    if not busy:
-        # data tasks may still fire: check wavelets already waiting for them
-        _wake_for_pending_input(S, st, p, now)
+    pe[p, P_SLEEP] = sleep
+    if not busy and pe[p, P_BUSY_SINCE] >= 0:
+        pe[p, P_BUSY] += now - pe[p, P_BUSY_SINCE]
+        pe[p, P_BUSY_SINCE] = -1
 
 
 @njit(cache=True)
-def _wake_for_pending_input(S, st, p, now):
+def _wake_for_queued_input(S, st, p, now):
     colors = S.settings[C_NCOLORS]
     idepth = S.settings[C_IQDEPTH]
     soonest = INF
     for c in range(colors):
         q = p * colors + c
-        if st.pq_count[q] > 0:
-            t = st.pq_ready[q * idepth + st.pq_head[q]]
+        if st.pq[q, Q_COUNT] > 0:
+            t = st.pq_entry[q * idepth + st.pq[q, Q_HEAD], E_READY]
             if t < soonest:
                 soonest = t
     if soonest < INF:
-        _wake_at(st, p, max(soonest, now + 1), now)
+        _wake_at(st.lists, st.heap, st.counters, st.pe, p, max(soonest, now + 1), now)
 
 
 # ----------------------------------------------------------------------------
@@ -938,82 +887,81 @@ def _wake_for_pending_input(S, st, p, now):
 def run(S, st):
     """Run until every PE is idle and the fabric is empty, or an error.
 
-    Results land in st.status and st.counters; the caller raises errors."""
-    max_cycles = S.settings[C_MAX_CYCLES]
-    window = S.settings[C_DEADLOCK_WINDOW]
-    n_pe = S.rows * S.cols
-    now = st.counters[K_NOW]
-    # every PE with an entry task starts at cycle `now`
-    for p in range(n_pe):
-        entry = S.role_entry_mask[S.pe_role[p]]
+    The outcome lands in st.counters (K_FINISH and the ST_* status); the caller
+    turns a status into an exception."""
+    cfg = S.settings
+    max_cycles = cfg[C_MAX_CYCLES]
+    window = cfg[C_DEADLOCK_WINDOW]
+    n_pe = cfg[C_ROWS] * cfg[C_COLS]
+    counters, lists, pe = st.counters, st.lists, st.pe
+    now = counters[K_NOW]
+    for p in range(n_pe):           # every PE with an entry task starts now
+        entry = S.role[S.pe_role[p], R_ENTRY]
         if entry != 0:
-            st.pending[p] |= entry
-            _list_pe(st, p, now)
-    st.counters[K_LAST_PROGRESS] = now
+            pe[p, P_PENDING] |= entry
+            _list_pe(lists, counters, pe, p, now)
+    counters[K_LAST_PROGRESS] = now
     while True:
-        cur = now & 1
-        # timers due now
-        while st.counters[K_HEAP_SIZE] > 0 and st.heap_time[0] <= now:
-            t = st.heap_time[0]
-            p = st.heap_pe[0]
-            _heap_pop(st)
-            if st.pe_wake[p] == t:
-                st.pe_wake[p] = INF
-                _list_pe(st, p, now)
-        n_r = st.counters[K_ROUTER_LIST_LEN + cur]
-        n_p = st.counters[K_PE_LIST_LEN + cur]
+        parity = now & 1
+        while counters[K_HEAP_SIZE] > 0 and st.heap[0, 0] <= now:   # timers due
+            t = st.heap[0, 0]
+            p = st.heap[1, 0]
+            _heap_pop(st.heap, counters)
+            if pe[p, P_WAKE] == t:
+                pe[p, P_WAKE] = INF
+                _list_pe(lists, counters, pe, p, now)
+        n_r = counters[K_ROUTER_LIST_LEN + parity]
+        n_p = counters[K_PE_LIST_LEN + parity]
         if n_r == 0 and n_p == 0:
-            if st.counters[K_HEAP_SIZE] == 0:
+            if counters[K_HEAP_SIZE] == 0:
                 break
-            now = st.heap_time[0]
+            now = st.heap[0, 0]           # nobody is active: jump to the next timer
             continue
         if now >= max_cycles:
-            _fail(st, STATUS_CYCLE_LIMIT, -1, -1, -1, now, 0, 0)
+            _fail(counters, STATUS_CYCLE_LIMIT, -1, -1, -1, now, 0, 0)
             break
-        rl = st.r_list_a if cur == 0 else st.r_list_b
-        pl = st.p_list_a if cur == 0 else st.p_list_b
         for i in range(n_r):
-            _router_step(S, st, rl[i], now)
-            if st.status[ST_CODE] != STATUS_OK:
+            _router_step(S, st, lists[parity, i], now)
+            if counters[ST_CODE] != STATUS_OK:
                 break
-        st.counters[K_STEPS_ROUTER] += n_r
-        st.counters[K_ROUTER_LIST_LEN + cur] = 0
-        if st.status[ST_CODE] != STATUS_OK:
+        counters[K_STEPS_ROUTER] += n_r
+        counters[K_ROUTER_LIST_LEN + parity] = 0
+        if counters[ST_CODE] != STATUS_OK:
             break
         for i in range(n_p):
-            p = pl[i]
-            _pe_step(S, st, p, now)
-            if st.status[ST_CODE] != STATUS_OK:
+            _pe_step(S, st, lists[2 + parity, i], now)
+            if counters[ST_CODE] != STATUS_OK:
                 break
-        st.counters[K_STEPS_PE] += n_p
-        st.counters[K_PE_LIST_LEN + cur] = 0
-        if st.status[ST_CODE] != STATUS_OK:
+        counters[K_STEPS_PE] += n_p
+        counters[K_PE_LIST_LEN + parity] = 0
+        if counters[ST_CODE] != STATUS_OK:
             break
-        if now - st.counters[K_LAST_PROGRESS] > window and st.counters[K_HEAP_SIZE] == 0:
-            _fail(st, STATUS_DEADLOCK, -1, -1, -1, now, 1, 0)
+        if now - counters[K_LAST_PROGRESS] > window and counters[K_HEAP_SIZE] == 0:
+            _fail(counters, STATUS_DEADLOCK, -1, -1, -1, now, 1, 0)
             break
         now += 1
-    st.counters[K_NOW] = now
-    if st.status[ST_CODE] == STATUS_OK:
+    counters[K_NOW] = now
+    if counters[ST_CODE] == STATUS_OK:
         _check_quiescent(S, st, now)
 
 
 @njit(cache=True)
 def _check_quiescent(S, st, now):
     """After the loop ends: any unfinished PE or queued wavelet is a deadlock."""
-    n_pe = S.rows * S.cols
+    n_pe = S.settings[C_ROWS] * S.settings[C_COLS]
     slots = S.settings[C_SLOTS]
     colors = S.settings[C_NCOLORS]
     for p in range(n_pe):
-        unfinished = st.cur_task[p] >= 0 or st.pending[p] != 0
+        unfinished = st.pe[p, P_TASK] >= 0 or st.pe[p, P_PENDING] != 0
         for s in range(slots + 1):
-            if st.slot_instr[p, s] >= 0:
+            if st.slot[p, s, S_INSTR] >= 0:
                 unfinished = True
         if unfinished:
-            _fail(st, STATUS_DEADLOCK, p, -1, -1, now, 0, 0)
+            _fail(st.counters, STATUS_DEADLOCK, p, -1, -1, now, 0, 0)
             return
         for c in range(colors):
             q = p * colors + c
-            if st.rq_count[q] > 0 or st.pq_count[q] > 0:
-                _fail(st, STATUS_DEADLOCK, p, c, -1, now, 2, st.rq_count[q] + st.pq_count[q])
+            left = st.rq[q, Q_COUNT] + st.pq[q, Q_COUNT]
+            if left > 0:
+                _fail(st.counters, STATUS_DEADLOCK, p, c, -1, now, 2, left)
                 return

@@ -720,17 +720,18 @@ class Program:
         flops = np.zeros(64, np.int64)
         for op, f in isa.FLOPS_PER_ELEMENT.items():
             flops[op] = f
+        roles = np.zeros((len(self.roles) + 1, 2), np.int64)
+        roles[:, 0] = role_start
+        roles[:-1, 1] = role_entry
         static = Static(
-            rows=self.rows, cols=self.cols, settings=np.zeros(0, np.int64),
-            route_tx=route_tx.reshape(-1), route_rx=route_rx.reshape(-1),
+            settings=np.zeros(0, np.int64),
+            route=np.stack([route_rx.reshape(-1), route_tx.reshape(-1)], axis=1),
             instr=np.array(code, np.int64), instr_imm=np.array(imm, np.float32),
             desc=np.array(descs, np.int64).reshape(-1, isa.DESC_FIELDS),
-            task_pc=np.array(task_pc or [0], np.int64),
-            task_kind=np.array(task_kind or [0], np.int64),
-            task_color=np.array(task_color or [0], np.int64),
-            role_task_start=np.array(role_start, np.int64),
+            task=np.array([task_pc, task_kind, task_color], np.int64).T.reshape(-1, 3)
+            if task_pc else np.zeros((1, 3), np.int64),
+            role=roles,
             role_tasks=np.array(role_tasks or [0], np.int64),
-            role_entry_mask=np.array(role_entry, np.int64),
             pe_role=self.pe_role.reshape(-1).astype(np.int64),
             pe_params=params,
             buf_len=np.array([b.size for b in self.buffers] or [0], np.int64),
@@ -754,6 +755,8 @@ class Program:
         static, ncolors = self.compile()
         cfg = self.cfg
         settings = np.zeros(engine.SETTINGS_FIELDS, np.int64)
+        settings[engine.C_ROWS] = self.rows
+        settings[engine.C_COLS] = self.cols
         settings[engine.C_RAMP] = cfg.ramp_latency
         settings[engine.C_HOP] = cfg.hop_latency
         settings[engine.C_QDEPTH] = cfg.queue_depth
@@ -799,13 +802,14 @@ class Program:
 
     def _raise_on_status(self, static, state):
         from . import engine
-        code, pe, color, port, cycle, detail, detail2 = (int(v) for v in state.status)
+        code, pe, color, port, cycle, detail, detail2 = (
+            int(v) for v in state.counters[engine.ST_CODE:engine.ST_DETAIL2 + 1])
         if code == isa.STATUS_OK:
             return
         if code == isa.STATUS_ROUTE:
             where = self._pe_name(pe)
             if detail == isa.ROUTE_RX_MISMATCH:
-                rx = static.route_rx[pe * len(self.colors) + color] if self.colors else 0
+                rx = static.route[pe * len(self.colors) + color, engine.RX] if self.colors else 0
                 raise RouteError(f"{where}, {self._color_name(color)}: a wavelet arrives from "
                                  f"port {isa.PORT_NAMES[port]} at cycle {cycle}, but the route "
                                  f"accepts only rx={{{port_names(int(rx))}}}")
@@ -845,13 +849,15 @@ class Program:
 
     def _describe_waiting(self, static, state, limit: int = 10) -> str:
         """Which PEs still have work, and on which colors they wait."""
-        unfinished = np.nonzero((state.cur_task >= 0) | (state.pending != 0)
-                                | (state.slot_instr >= 0).any(axis=1))[0]
+        from . import engine
+        pe, slot = state.pe, state.slot
+        unfinished = np.nonzero((pe[:, engine.P_TASK] >= 0) | (pe[:, engine.P_PENDING] != 0)
+                                | (slot[:, :, engine.S_INSTR] >= 0).any(axis=1))[0]
         parts = []
         for p in unfinished[:limit]:
             waits = []
-            for s in range(state.slot_instr.shape[1]):
-                ins = state.slot_instr[p, s]
+            for s in range(slot.shape[1]):
+                ins = slot[p, s, engine.S_INSTR]
                 if ins < 0:
                     continue
                 for field, verb in ((isa.I_A, "receive"), (isa.I_B, "receive"),
@@ -861,11 +867,11 @@ class Program:
                         param = static.desc[d, isa.D_OFFSET_REG]
                         c = (static.pe_params[p, param] if param >= 0
                              else static.desc[d, isa.D_BUF_OR_COLOR])
-                        done = state.slot_progress[p, s]
                         waits.append(f"{verb} on {self._color_name(int(c))} "
-                                     f"({done}/{state.slot_len[p, s]} done)")
-            task = state.cur_task[p]
-            where = self._instr_name(int(state.pc[p])) if task >= 0 else "between tasks"
+                                     f"({slot[p, s, engine.S_PROGRESS]}/{slot[p, s, engine.S_LEN]}"
+                                     f" done)")
+            where = (self._instr_name(int(pe[p, engine.P_PC])) if pe[p, engine.P_TASK] >= 0
+                     else "between tasks")
             parts.append(f"{self._pe_name(int(p))} [{where}] "
                          + ("waits to " + ", ".join(waits) if waits else "waits"))
         more = len(unfinished) - limit
@@ -901,39 +907,34 @@ class RunResult:
 def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events: int):
     """Fresh engine state for `static` over the SRAM bytes in `arena` (copied)."""
     from . import engine
-    n_pe = static.rows * static.cols
+    n_pe = cfg.rows * cfg.cols
     nq = n_pe * ncolors
     depth, idepth = cfg.queue_depth, cfg.input_queue_depth
-    slots = cfg.async_slots + 1
     arena = arena.copy()
     i64 = np.int64
+
+    def queues(d):
+        q = np.zeros((nq, 3), i64)
+        q[:, engine.Q_LAST_POP] = -1
+        return np.zeros(nq * d, np.float32), np.zeros((nq * d, 2), i64), q
+
+    pe = np.zeros((n_pe, engine.PE_FIELDS), i64)
+    for column in (engine.P_TASK, engine.P_LISTED, engine.P_STALL_SINCE, engine.P_BUSY_SINCE,
+                   engine.P_R_LISTED):
+        pe[:, column] = -1
+    pe[:, engine.P_WAKE] = engine.INF
+    slot = np.zeros((n_pe, cfg.async_slots + 1, engine.SLOT_FIELDS), i64)
+    slot[:, :, engine.S_INSTR] = -1
+    rq_val, rq_entry, rq = queues(depth)
+    pq_val, pq_entry, pq = queues(idepth)
     return engine.State(
         sram_f32=arena.view(np.float32), sram_u16=arena.view(np.uint16),
-        rq_val=np.zeros(nq * depth, np.float32), rq_ready=np.zeros(nq * depth, i64),
-        rq_id=np.zeros(nq * depth, i64), rq_head=np.zeros(nq, np.int32),
-        rq_count=np.zeros(nq, np.int32), rq_last_pop=np.full(nq, -1, i64),
-        r_nonempty=np.zeros(n_pe, i64), r_rr=np.zeros(n_pe, np.int32),
-        r_listed=np.full(n_pe, -1, i64),
-        pq_val=np.zeros(nq * idepth, np.float32), pq_ready=np.zeros(nq * idepth, i64),
-        pq_id=np.zeros(nq * idepth, i64), pq_head=np.zeros(nq, np.int32),
-        pq_count=np.zeros(nq, np.int32), pq_last_pop=np.full(nq, -1, i64),
-        cur_task=np.full(n_pe, -1, i64), pc=np.zeros(n_pe, i64), pending=np.zeros(n_pe, i64),
-        regs=np.zeros((n_pe, isa.NUM_REGISTERS), i64), wavelet=np.zeros(n_pe, np.float32),
-        task_start=np.zeros(n_pe, i64),
-        slot_instr=np.full((n_pe, slots), -1, i64), slot_progress=np.zeros((n_pe, slots), i64),
-        slot_len=np.zeros((n_pe, slots), i64), slot_busy_until=np.zeros((n_pe, slots), i64),
-        slot_base=np.zeros((n_pe, slots, 4), i64),
-        datapath_free=np.zeros(n_pe, i64), pe_listed=np.full(n_pe, -1, i64),
-        pe_sleep=np.zeros(n_pe, np.int8), pe_wake=np.full(n_pe, engine.INF, i64),
-        stall_since=np.full(n_pe, -1, i64), busy_since=np.full(n_pe, -1, i64),
-        r_list_a=np.zeros(n_pe, np.int32), r_list_b=np.zeros(n_pe, np.int32),
-        p_list_a=np.zeros(n_pe, np.int32), p_list_b=np.zeros(n_pe, np.int32),
-        heap_time=np.zeros(2 * n_pe + 16, i64), heap_pe=np.zeros(2 * n_pe + 16, np.int32),
-        link_wavelets=np.zeros((n_pe, 4), i64), ramp_in=np.zeros(n_pe, i64),
-        ramp_out=np.zeros(n_pe, i64), compute_cycles=np.zeros(n_pe, i64),
-        stall_cycles=np.zeros(n_pe, i64), busy_cycles=np.zeros(n_pe, i64),
-        flops=np.zeros(n_pe, i64), sram_bytes_accessed=np.zeros(n_pe, i64),
+        rq_val=rq_val, rq_entry=rq_entry, rq=rq, pq_val=pq_val, pq_entry=pq_entry, pq=pq,
+        pe=pe, regs=np.zeros((n_pe, isa.NUM_REGISTERS), i64),
+        wavelet=np.zeros(n_pe, np.float32), slot=slot,
+        lists=np.zeros((4, n_pe), np.int32), heap=np.zeros((2, 2 * n_pe + 16), i64),
+        link_wavelets=np.zeros((n_pe, 4), i64),
         link_events=np.zeros((events, 5), i64), delivery_events=np.zeros((events, 4), i64),
         task_events=np.zeros((events, 4), i64),
-        counters=np.zeros(engine.COUNTERS, i64), status=np.zeros(7, i64),
+        counters=np.zeros(engine.COUNTERS, i64),
     )

@@ -70,8 +70,12 @@ class RunReport:
         cycles = int(counters[engine.K_FINISH])
         links = state.link_wavelets.reshape(rows, cols, 4).copy()
         hops = int(links.sum())
-        flops = int(state.flops.sum())
-        sram_acc = int(state.sram_bytes_accessed.sum())
+        flops = int(state.pe[:, engine.P_FLOPS].sum())
+        sram_acc = int(state.pe[:, engine.P_SRAM_BYTES].sum())
+
+        def column(c):
+            return state.pe[:, c].reshape(rows, cols).copy()
+
         seconds = cycles / cfg.clock_hz
         dynamic_hops = hops * cfg.pj_per_wavelet_hop * 1e-12
         dynamic_flops = flops * cfg.pj_per_flop * 1e-12
@@ -92,12 +96,10 @@ class RunReport:
         return cls(
             config_name=cfg.name, rows=rows, cols=cols, clock_hz=cfg.clock_hz, cycles=cycles,
             wavelet_hops=hops, link_wavelets=links,
-            ramp_in=state.ramp_in.reshape(rows, cols).copy(),
-            ramp_out=state.ramp_out.reshape(rows, cols).copy(),
+            ramp_in=column(engine.P_RAMP_IN), ramp_out=column(engine.P_RAMP_OUT),
             sram_peak_bytes=program.sram_used,
-            busy_cycles=state.busy_cycles.reshape(rows, cols).copy(),
-            compute_cycles=state.compute_cycles.reshape(rows, cols).copy(),
-            stall_cycles=state.stall_cycles.reshape(rows, cols).copy(),
+            busy_cycles=column(engine.P_BUSY), compute_cycles=column(engine.P_COMPUTE),
+            stall_cycles=column(engine.P_STALL),
             flops=flops, sram_bytes_accessed=sram_acc,
             energy_joules=float(sum(energy.values())), energy_breakdown=energy,
             peak_flops_per_pe_cycle=peak, wall_seconds=wall_seconds,
