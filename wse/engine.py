@@ -79,8 +79,9 @@ COUNTERS = 21
 # pe: one row per PE (and its router)
 (P_TASK, P_PC, P_PENDING, P_TASK_START, P_DATAPATH_FREE, P_LISTED, P_SLEEP, P_WAKE,
  P_STALL_SINCE, P_BUSY_SINCE, P_R_NONEMPTY, P_R_RR, P_R_LISTED,
- P_RAMP_IN, P_RAMP_OUT, P_COMPUTE, P_STALL, P_BUSY, P_FLOPS, P_SRAM_BYTES) = range(20)
-PE_FIELDS = 20
+ P_RAMP_IN, P_RAMP_OUT, P_COMPUTE, P_STALL, P_BUSY, P_FLOPS, P_SRAM_BYTES,
+ P_SLOTS_BUSY) = range(21)
+PE_FIELDS = 21     # P_SLOTS_BUSY: bitmask of slots holding an operation
 
 # slot: per PE and slot (0 = main thread, 1.. = asynchronous operations)
 (S_INSTR, S_PROGRESS, S_LEN, S_BUSY_UNTIL, S_BASE_DST, S_BASE_A, S_BASE_B,
@@ -116,6 +117,7 @@ State = namedtuple("State", [
     "heap",                            # (2, capacity): wake time, PE
     "link_wavelets",                   # (pes, 4): wavelets sent out N, E, S, W
     "link_events", "delivery_events", "task_events",
+    "scratch",                         # fp32 work space for matmul tiles
     "counters",
 ])
 
@@ -124,7 +126,7 @@ SLEEP_INPUT, SLEEP_OUTPUT = 1, 2
 
 # ----------------------------------------------------------------------------
 # fp16 storage: values are held as IEEE binary16 bit patterns (uint16).
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def float_to_half_bits(value):
     """Round a float32 value to binary16, nearest-even; returns the bit pattern."""
     v = np.float64(value)
@@ -154,7 +156,7 @@ def float_to_half_bits(value):
 
 # ----------------------------------------------------------------------------
 # Bookkeeping helpers: they take only the arrays they touch.
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _fail(counters, code, pe, color, port, now, detail, detail2):
     if counters[ST_CODE] == STATUS_OK:
         counters[ST_CODE] = code
@@ -166,7 +168,7 @@ def _fail(counters, code, pe, color, port, now, detail, detail2):
         counters[ST_DETAIL2] = detail2
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _enlist(lists, counters, pe, column, first_list, length_at, who, cycle):
     """Visit `who` (a router or a PE, by the columns given) in `cycle`."""
     if pe[who, column] == cycle:
@@ -178,17 +180,17 @@ def _enlist(lists, counters, pe, column, first_list, length_at, who, cycle):
     counters[length_at + parity] = n + 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _list_router(lists, counters, pe, r, cycle):
     _enlist(lists, counters, pe, P_R_LISTED, 0, K_ROUTER_LIST_LEN, r, cycle)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _list_pe(lists, counters, pe, p, cycle):
     _enlist(lists, counters, pe, P_LISTED, 2, K_PE_LIST_LEN, p, cycle)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _heap_sift_up(heap, i, t, p):
     while i > 0:
         parent = (i - 1) >> 1
@@ -201,7 +203,7 @@ def _heap_sift_up(heap, i, t, p):
     heap[1, i] = p
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _heap_push(heap, counters, pe, t, p):
     n = counters[K_HEAP_SIZE]
     if n >= heap.shape[1]:
@@ -217,7 +219,7 @@ def _heap_push(heap, counters, pe, t, p):
     counters[K_HEAP_SIZE] = n + 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _heap_pop(heap, counters):
     n = counters[K_HEAP_SIZE] - 1
     counters[K_HEAP_SIZE] = n
@@ -240,7 +242,7 @@ def _heap_pop(heap, counters):
         heap[1, i] = p
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _wake_at(lists, heap, counters, pe, p, t, now):
     """Make sure PE p is visited at cycle t (> now)."""
     if t == now + 1:
@@ -250,7 +252,7 @@ def _wake_at(lists, heap, counters, pe, p, t, now):
         _heap_push(heap, counters, pe, t, p)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _progress(counters, now, done_at):
     """Something moved or computed in cycle `now`; it completes at `done_at`."""
     counters[K_LAST_PROGRESS] = now
@@ -258,14 +260,14 @@ def _progress(counters, now, done_at):
         counters[K_FINISH] = done_at
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _read(f32, u16, half_to_float, dtype, index):
     if dtype == F32:
         return f32[index]
     return half_to_float[u16[index]]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _write(f32, u16, dtype, index, value):
     if dtype == F32:
         f32[index] = value
@@ -273,7 +275,7 @@ def _write(f32, u16, dtype, index, value):
         u16[index] = float_to_half_bits(value)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _apply(op, a, b, s):
     if op == OP_MOV:
         return a
@@ -320,7 +322,7 @@ def _apply(op, a, b, s):
 
 # ----------------------------------------------------------------------------
 # Routers
-@njit(cache=True)
+@njit(cache=True, _nrt=False, inline='always')
 def _router_step(S, st, r, now):
     cfg = S.settings
     rows, cols, colors = cfg[C_ROWS], cfg[C_COLS], cfg[C_NCOLORS]
@@ -434,7 +436,7 @@ def _router_step(S, st, r, now):
 
 # ----------------------------------------------------------------------------
 # PEs: operands and vector operations
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _resolve(S, st, p, d, count, now, ins):
     """Element index (memory) or queue index (fabric) of descriptor d over `count`
     elements; -1 after recording a program error."""
@@ -463,7 +465,7 @@ def _resolve(S, st, p, d, count, now, ins):
     return addr // (4 if S.desc[d, D_DTYPE] == F32 else 2) + offset
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False, inline='always')
 def _scalar(S, st, p, s, ins):
     sd = S.instr[ins, I_S]
     if sd == SCALAR_IMMEDIATE:
@@ -474,7 +476,7 @@ def _scalar(S, st, p, s, ins):
                  st.slot[p, s, S_BASE_S])
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _memory_op(S, st, p, s, ins, n, now):
     """Compute a memory-only operation at once; returns its cost in cycles."""
     f32, u16, lut = st.sram_f32, st.sram_u16, S.half_to_float
@@ -495,23 +497,28 @@ def _memory_op(S, st, p, s, ins, n, now):
         m, kk, nn = S.instr[ins, I_IMM], S.instr[ins, I_IMM2], S.instr[ins, I_IMM3]
         db = S.desc[b, D_DTYPE]
         transposed = S.instr[ins, I_R] == 1
-        A = np.empty((m, kk), np.float32)
-        B = np.empty((kk, nn), np.float32)
-        for i in range(m):
-            for j in range(kk):
-                A[i, j] = _read(f32, u16, lut, da, ba + i * kk + j)
+        # tiles are copied to fp32 scratch (sized by the program builder) so the
+        # inner loop runs over contiguous fp32 and vectorises
+        A = st.scratch[:m * kk]
+        B = st.scratch[m * kk:m * kk + kk * nn]
+        C = st.scratch[m * kk + kk * nn:m * kk + kk * nn + m * nn]
+        for i in range(m * kk):
+            A[i] = _read(f32, u16, lut, da, ba + i)
         for i in range(kk):
             for j in range(nn):
-                B[i, j] = _read(f32, u16, lut, db, bb + (j * kk + i if transposed else i * nn + j))
-        C = np.zeros((m, nn), np.float32)
+                B[i * nn + j] = _read(f32, u16, lut, db, bb + (j * kk + i if transposed
+                                                              else i * nn + j))
+        C[:] = 0.0
         for i in range(m):
             for t in range(kk):
-                av = A[i, t]
+                av = A[i * kk + t]
+                row_b = t * nn
+                row_c = i * nn
                 for j in range(nn):
-                    C[i, j] += av * B[t, j]
+                    C[row_c + j] += av * B[row_b + j]
         for i in range(m):
             for j in range(nn):
-                v = _read(f32, u16, lut, dd, bd + i * nn + j) + C[i, j]
+                v = _read(f32, u16, lut, dd, bd + i * nn + j) + C[i * nn + j]
                 if trap and v != v:
                     _fail(st.counters, STATUS_NAN, p, -1, -1, now, ins, i * nn + j)
                 _write(f32, u16, dd, bd + i * nn + j, v)
@@ -555,7 +562,7 @@ def _memory_op(S, st, p, s, ins, n, now):
     return (n + width - 1) // width
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False, inline='always')
 def _fabric_step(S, st, p, s, now, ramp_used):
     """Move one element of the fabric operation in slot s, if its operands allow.
 
@@ -636,7 +643,7 @@ def _fabric_step(S, st, p, s, now, ramp_used):
     return 2
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _start_op(S, st, p, s, ins, now):
     """Begin vector instruction `ins` in slot s. Returns False on a program error."""
     op = S.instr[ins, I_OP]
@@ -669,6 +676,7 @@ def _start_op(S, st, p, s, ins, now):
     if st.counters[ST_CODE] != STATUS_OK:
         return False
     slot[p, s, S_INSTR] = ins
+    st.pe[p, P_SLOTS_BUSY] |= 1 << s
     slot[p, s, S_PROGRESS] = 0
     slot[p, s, S_LEN] = count
     if count <= 0:
@@ -685,7 +693,7 @@ def _start_op(S, st, p, s, ins, now):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _pick_task(S, st, p, now):
     """Local task with the lowest index first, then data tasks whose wavelet is ready."""
     role = S.pe_role[p]
@@ -713,7 +721,7 @@ def _pick_task(S, st, p, now):
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _control(S, st, p, ins, op):
     """Execute a control instruction; returns the next pc, or -1 to stay (blocked)."""
     pc = st.pe[p, P_PC]
@@ -740,17 +748,13 @@ def _control(S, st, p, ins, op):
     elif op == OP_ACTIVATE:
         st.pe[p, P_PENDING] |= np.int64(1) << imm
     elif op == OP_WAIT:
-        if imm >= 0:
-            if st.slot[p, imm, S_INSTR] >= 0:
-                return -1
-        else:
-            for s in range(1, S.settings[C_SLOTS] + 1):
-                if st.slot[p, s, S_INSTR] >= 0:
-                    return -1
+        busy = st.pe[p, P_SLOTS_BUSY]
+        if (imm >= 0 and (busy >> imm) & 1) or (imm < 0 and busy & ~np.int64(1)):
+            return -1
     return pc + 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False, inline='always')
 def _pe_step(S, st, p, now):
     slots = S.settings[C_SLOTS]
     pe, slot = st.pe, st.slot
@@ -760,7 +764,7 @@ def _pe_step(S, st, p, now):
     ramp_used = False
     # 1. Retire what is due; move each fabric operation by one element.
     for s in range(slots + 1):
-        if slot[p, s, S_INSTR] < 0:
+        if (pe[p, P_SLOTS_BUSY] >> s) & 1 == 0:
             continue
         if slot[p, s, S_BUSY_UNTIL] == INF:
             result = _fabric_step(S, st, p, s, now, ramp_used)
@@ -775,11 +779,12 @@ def _pe_step(S, st, p, now):
         elif slot[p, s, S_BUSY_UNTIL] <= now:
             on_done = S.instr[slot[p, s, S_INSTR], I_ON_DONE]
             slot[p, s, S_INSTR] = -1
+            pe[p, P_SLOTS_BUSY] &= ~(np.int64(1) << s)
             if s > 0 and on_done >= 0:
                 pe[p, P_PENDING] |= np.int64(1) << on_done
     # 2. Run the main thread while it is free.
     budget = S.settings[C_IPC]
-    while budget > 0 and slot[p, 0, S_INSTR] < 0 and st.counters[ST_CODE] == STATUS_OK:
+    while budget > 0 and pe[p, P_SLOTS_BUSY] & 1 == 0 and st.counters[ST_CODE] == STATUS_OK:
         if pe[p, P_TASK] < 0:
             t = _pick_task(S, st, p, now)
             if t < 0:
@@ -813,11 +818,12 @@ def _pe_step(S, st, p, now):
             cost = S.settings[C_SCALAR_CYCLES]
             if cost > 0:
                 slot[p, 0, S_INSTR] = ins
+                pe[p, P_SLOTS_BUSY] |= 1
                 slot[p, 0, S_BUSY_UNTIL] = now + cost
                 _progress(st.counters, now, now + cost)
             continue
         s = S.instr[ins, I_SLOT]
-        if slot[p, s, S_INSTR] >= 0:
+        if (pe[p, P_SLOTS_BUSY] >> s) & 1:
             break                        # that slot's own progress wakes us
         if not _start_op(S, st, p, s, ins, now):
             return
@@ -834,16 +840,16 @@ def _pe_step(S, st, p, now):
                 waiting_out = True
         elif slot[p, s, S_BUSY_UNTIL] <= now:
             slot[p, s, S_INSTR] = -1         # empty operation
+            pe[p, P_SLOTS_BUSY] &= ~(np.int64(1) << s)
     if progressed:
         st.counters[K_LAST_PROGRESS] = now
     # 3. Decide when to look at this PE again.
     wake = INF
-    busy = pe[p, P_TASK] >= 0 or pe[p, P_PENDING] != 0
+    busy_slots = pe[p, P_SLOTS_BUSY]
+    busy = pe[p, P_TASK] >= 0 or pe[p, P_PENDING] != 0 or busy_slots != 0
     for s in range(slots + 1):
-        if slot[p, s, S_INSTR] >= 0:
-            busy = True
-            if slot[p, s, S_BUSY_UNTIL] < wake:
-                wake = slot[p, s, S_BUSY_UNTIL]
+        if (busy_slots >> s) & 1 and slot[p, s, S_BUSY_UNTIL] < wake:
+            wake = slot[p, s, S_BUSY_UNTIL]
     if progressed or budget == 0:
         _list_pe(st.lists, st.counters, pe, p, now + 1)
     elif wake < INF:
@@ -867,7 +873,7 @@ def _pe_step(S, st, p, now):
         pe[p, P_BUSY_SINCE] = -1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False, inline='always')
 def _wake_for_queued_input(S, st, p, now):
     colors = S.settings[C_NCOLORS]
     idepth = S.settings[C_IQDEPTH]
@@ -883,7 +889,7 @@ def _wake_for_queued_input(S, st, p, now):
 
 
 # ----------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def run(S, st):
     """Run until every PE is idle and the fabric is empty, or an error.
 
@@ -945,7 +951,7 @@ def run(S, st):
         _check_quiescent(S, st, now)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _check_quiescent(S, st, now):
     """After the loop ends: any unfinished PE or queued wavelet is a deadlock."""
     n_pe = S.settings[C_ROWS] * S.settings[C_COLS]

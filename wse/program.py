@@ -936,5 +936,15 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
         link_wavelets=np.zeros((n_pe, 4), i64),
         link_events=np.zeros((events, 5), i64), delivery_events=np.zeros((events, 4), i64),
         task_events=np.zeros((events, 4), i64),
+        scratch=np.zeros(_matmul_scratch(static), np.float32),
         counters=np.zeros(engine.COUNTERS, i64),
     )
+
+
+def _matmul_scratch(static) -> int:
+    """fp32 elements the largest matmul instruction needs for its tile copies."""
+    mm = static.instr[static.instr[:, isa.I_OP] == isa.OP_MATMUL]
+    if len(mm) == 0:
+        return 1
+    m, k, n = mm[:, isa.I_IMM], mm[:, isa.I_IMM2], mm[:, isa.I_IMM3]
+    return int((m * k + k * n + m * n).max())
