@@ -863,8 +863,7 @@ def _pe_step(S, st, p, now):
     sleep = 0
     if waiting_in or not busy:
         sleep |= SLEEP_INPUT
-        # a wavelet already on its way will not wake us when it becomes ready
-        _wake_for_queued_input(S, st, p, now)
+        _wake_for_queued_input(S, st, p, now, not waiting_in)
     if waiting_out:
         sleep |= SLEEP_OUTPUT
     pe[p, P_SLEEP] = sleep
@@ -874,11 +873,22 @@ def _pe_step(S, st, p, now):
 
 
 @njit(cache=True, _nrt=False, inline='always')
-def _wake_for_queued_input(S, st, p, now):
+def _wake_for_queued_input(S, st, p, now, data_tasks_only):
+    """Set a timer for the earliest queued input wavelet (of the role's data-task
+    colors only, for an idle PE): a wavelet already delivered wakes nobody."""
     colors = S.settings[C_NCOLORS]
     idepth = S.settings[C_IQDEPTH]
+    role = S.pe_role[p]
     soonest = INF
     for c in range(colors):
+        if data_tasks_only:
+            wanted = False
+            for j in range(S.role[role, R_FIRST], S.role[role + 1, R_FIRST]):
+                t = S.role_tasks[j]
+                if S.task[t, T_KIND] == TASK_DATA and S.task[t, T_COLOR] == c:
+                    wanted = True
+            if not wanted:
+                continue
         q = p * colors + c
         if st.pq[q, Q_COUNT] > 0:
             t = st.pq_entry[q * idepth + st.pq[q, Q_HEAD], E_READY]
