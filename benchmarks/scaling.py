@@ -1,0 +1,101 @@
+"""Emulator scaling: wall time and memory against the work emulated (PEs x cycles).
+
+Workload: kernels.collectives.shift along x with wrap-around, every PE
+streaming B wavelets to its East neighbour (the wrap stream runs back over
+the whole row), so every PE is busy for most of the run and the run lasts
+    cycles = 2*T_R + (cols - 1)*H + B
+(see the shift docstring). Work = rows x cols x cycles PE-cycles.
+
+Each grid point runs in a fresh Python process so that its peak memory is
+its own: the child imports the kernels, warms the engine up on a 2x2 grid
+(loading Numba's cache), notes its peak RSS, runs the point and reports the
+growth of its peak RSS (resource.getrusage) over the warmed-up process.
+
+    python -m benchmarks.scaling            # quick points, printed as rows
+    python -m benchmarks.scaling --full
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+QUICK_POINTS = [(8, 8, 128), (16, 16, 128), (32, 32, 128), (64, 64, 128)]
+FULL_POINTS = [(n, n, b) for b in (128, 512) for n in (16, 32, 64, 128, 192, 256)]
+
+
+def _peak_rss_mib() -> float:
+    import resource
+    # Linux reports ru_maxrss in KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def measure_point(rows: int, cols: int, length: int) -> dict:
+    """Run one point in this process (call it in a fresh one: see run())."""
+    import time
+
+    import numpy as np
+
+    import wse
+    from kernels.collectives import shift
+
+    warm_cfg = wse.WSE2.with_grid(rows=2, cols=2)
+    shift(np.zeros((2, 2, 4), np.float32), warm_cfg, along="x", k=1)
+    baseline = _peak_rss_mib()
+    cfg = wse.WSE2.with_grid(rows=rows, cols=cols)
+    x = np.random.default_rng(0).standard_normal((rows, cols, length)).astype(np.float32)
+    started = time.perf_counter()
+    y, report = shift(x, cfg, along="x", k=1)
+    kernel_wall = time.perf_counter() - started
+    if not np.array_equal(y, np.roll(x, 1, axis=1)):
+        raise AssertionError(f"shift on {rows}x{cols} moved the wrong values")
+    peak = _peak_rss_mib()
+    pes = rows * cols
+    pe_cycles = pes * report.cycles
+    return {
+        "grid": f"{rows}x{cols}", "pes": pes, "wavelets_per_pe": length,
+        "cycles": report.cycles,
+        "cycles_formula": 2 * cfg.ramp_latency + (cols - 1) * cfg.hop_latency + length,
+        "pe_cycles": pe_cycles, "wavelet_hops": report.wavelet_hops,
+        "engine_wall_s": report.wall_seconds, "kernel_wall_s": kernel_wall,
+        "ns_per_pe_cycle": 1e9 * report.wall_seconds / pe_cycles,
+        "peak_rss_mb": peak, "rss_growth_mb": max(peak - baseline, 0.0),
+        "bytes_per_pe": max(peak - baseline, 0.0) * (1 << 20) / pes,
+    }
+
+
+def _measure_in_child(rows: int, cols: int, length: int) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.scaling", "--point", str(rows), str(cols), str(length)],
+        capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"scaling point {rows}x{cols} B={length} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run(quick: bool = True, points=None) -> list[dict]:
+    """One row per (grid, B), smallest work first. `points`: [(rows, cols, B)]."""
+    chosen = points if points is not None else (QUICK_POINTS if quick else FULL_POINTS)
+    chosen = sorted(chosen, key=lambda p: (p[2], p[0] * p[1]))
+    return [_measure_in_child(*p) for p in chosen]
+
+
+def plot(rows: list[dict], out_dir) -> list:
+    import pathlib
+
+    from . import plots
+    if not rows:
+        return []
+    return [plots.scaling_curves(rows, pathlib.Path(out_dir) / "scaling.png")]
+
+
+def _main(argv: list[str]) -> None:
+    if argv[:1] == ["--point"]:
+        print(json.dumps(measure_point(*(int(a) for a in argv[1:4]))))
+        return
+    for row in run(quick="--full" not in argv):
+        print({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
