@@ -80,8 +80,8 @@ COUNTERS = 21
 (P_TASK, P_PC, P_PENDING, P_TASK_START, P_DATAPATH_FREE, P_LISTED, P_SLEEP, P_WAKE,
  P_STALL_SINCE, P_BUSY_SINCE, P_R_NONEMPTY, P_R_RR, P_R_LISTED,
  P_RAMP_IN, P_RAMP_OUT, P_COMPUTE, P_STALL, P_BUSY, P_FLOPS, P_SRAM_BYTES,
- P_SLOTS_BUSY) = range(21)
-PE_FIELDS = 21     # P_SLOTS_BUSY: bitmask of slots holding an operation
+ P_SLOTS_BUSY, P_SLOT_RR) = range(22)
+PE_FIELDS = 22     # P_SLOTS_BUSY: bitmask of slots holding an operation; P_SLOT_RR: ramp turn
 
 # slot: per PE and slot (0 = main thread, 1.. = asynchronous operations)
 (S_INSTR, S_PROGRESS, S_LEN, S_BUSY_UNTIL, S_BASE_DST, S_BASE_A, S_BASE_B,
@@ -762,8 +762,13 @@ def _pe_step(S, st, p, now):
     waiting_in = False
     waiting_out = False
     ramp_used = False
-    # 1. Retire what is due; move each fabric operation by one element.
-    for s in range(slots + 1):
+    # 1. Retire what is due; move each fabric operation by one element. The
+    #    slots take turns (round robin) at the PE's single outgoing ramp.
+    first = pe[p, P_SLOT_RR]
+    for k in range(slots + 1):
+        s = first + k
+        if s > slots:
+            s -= slots + 1
         if (pe[p, P_SLOTS_BUSY] >> s) & 1 == 0:
             continue
         if slot[p, s, S_BUSY_UNTIL] == INF:
@@ -772,6 +777,7 @@ def _pe_step(S, st, p, now):
                 progressed = True
                 if S.desc[S.instr[slot[p, s, S_INSTR], I_DST], D_KIND] == FABOUT:
                     ramp_used = True
+                    pe[p, P_SLOT_RR] = s + 1 if s < slots else 0
             elif result == 0:
                 waiting_in = True
             else:
@@ -834,6 +840,7 @@ def _pe_step(S, st, p, now):
             if result == 2:
                 if S.desc[S.instr[ins, I_DST], D_KIND] == FABOUT:
                     ramp_used = True
+                    pe[p, P_SLOT_RR] = s + 1 if s < slots else 0
             elif result == 0:
                 waiting_in = True
             else:
@@ -926,6 +933,7 @@ def run(S, st):
             if pe[p, P_WAKE] == t:
                 pe[p, P_WAKE] = INF
                 _list_pe(lists, counters, pe, p, now)
+                counters[K_LAST_PROGRESS] = now      # a computation completes
         n_r = counters[K_ROUTER_LIST_LEN + parity]
         n_p = counters[K_PE_LIST_LEN + parity]
         if n_r == 0 and n_p == 0:

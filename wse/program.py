@@ -923,6 +923,7 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
                    engine.P_R_LISTED):
         pe[:, column] = -1
     pe[:, engine.P_WAKE] = engine.INF
+    pe[:, engine.P_SLEEP] = engine.SLEEP_INPUT      # an idle PE wakes when a wavelet arrives
     slot = np.zeros((n_pe, cfg.async_slots + 1, engine.SLOT_FIELDS), i64)
     slot[:, :, engine.S_INSTR] = -1
     rq_val, rq_entry, rq = queues(depth)

@@ -1,0 +1,429 @@
+"""The engine's rules, one test (or more) per rule in docs/engine.md.
+
+Cycle expectations are derived in each docstring from the rules:
+T_R = ramp latency, H = hop latency, B = wavelets in a stream.
+"""
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import wse
+from wse import routes
+from wse.engine import float_to_half_bits
+
+
+def line_stream(cols: int, length: int, src: int = 0, dst: int | None = None,
+                cfg: wse.WaferConfig | None = None, **run_options):
+    """PE src streams `length` wavelets to PE dst along row 0 of a 1 x cols grid."""
+    dst = cols - 1 if dst is None else dst
+    cfg = cfg or wse.WSE2.with_grid(rows=1, cols=cols)
+    prog = wse.Program(cfg)
+    plan = routes.transfers(prog, "x", [(src, dst)])
+    color = plan.colors[0]
+    data = prog.buffer("data", (length,))
+    if src == dst:      # a PE streaming to itself through its router
+        both = prog.role("loop", where=prog.pes(cols=src))
+        with both.task("main", entry=True) as t:
+            t.mov(prog.fabout(color, length), data.view(), async_=True)
+            t.mov(data.view(), prog.fabin(color, length))
+    else:
+        sender = prog.role("sender", where=prog.pes(cols=src))
+        with sender.task("main", entry=True) as t:
+            t.mov(prog.fabout(color, length), data.view())
+        receiver = prog.role("receiver", where=prog.pes(cols=dst))
+        with receiver.task("main", entry=True) as t:
+            t.mov(data.view(), prog.fabin(color, length))
+    values = np.zeros((1, cols, length), np.float32)
+    values[0, src] = np.arange(1, length + 1)
+    prog.load(data, values)
+    result = prog.run(record_links=True, record_deliveries=True, **run_options)
+    return result, data
+
+
+@pytest.mark.nojit
+def test_one_wavelet_latency_is_hops_plus_two_ramps():
+    """A wavelet injected at cycle 0 is at its router at T_R, crosses h links
+    at H each and reaches the far PE's ramp T_R later: ready at 2*T_R + h*H.
+    The receive consumes it that cycle, so the run ends one cycle later."""
+    cfg = wse.WSE2.with_grid(rows=1, cols=5)
+    result, _ = line_stream(5, 1, cfg=cfg)
+    (ready, pe, _, _), = result.report.delivery_events.tolist()
+    h = 4
+    assert pe == 4
+    assert ready == 2 * cfg.ramp_latency + h * cfg.hop_latency
+    assert result.report.cycles == ready + 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(hops=st.integers(0, 9), hop_latency=st.integers(1, 3), ramp_latency=st.integers(1, 3))
+def test_latency_follows_the_configured_constants(hops, hop_latency, ramp_latency):
+    """Same rule for any latencies: ready at 2*T_R + h*H (queues deep enough
+    that credits never limit a single wavelet)."""
+    cfg = wse.WSE2.with_grid(rows=1, cols=hops + 1).replace(
+        hop_latency=hop_latency, ramp_latency=ramp_latency)
+    result, _ = line_stream(hops + 1, 1, cfg=cfg)
+    (ready, _, _, _), = result.report.delivery_events.tolist()
+    assert ready == 2 * ramp_latency + hops * hop_latency
+
+
+def test_a_long_stream_sustains_one_wavelet_per_cycle():
+    """B wavelets over h hops: the first arrives at 2*T_R + h*H, then one per
+    cycle, so the run takes 2*T_R + h*H + B cycles and each link carries its
+    B wavelets in B consecutive cycles."""
+    B, cols = 500, 6
+    result, data = line_stream(cols, B)
+    report = result.report
+    assert report.cycles == 2 * 2 + (cols - 1) * 1 + B
+    events = report.link_events
+    for pe in range(cols - 1):
+        cycles = np.sort(events[events[:, 1] == pe, 0])
+        assert len(cycles) == B
+        assert np.all(np.diff(cycles) == 1)
+    np.testing.assert_array_equal(result.read(data)[0, -1], np.arange(1, B + 1))
+
+
+def test_queue_depth_below_the_credit_round_trip_halves_throughput():
+    """Credits freed in cycle t are seen at t+1, so a queue slot is busy for
+    H + 1 cycles per wavelet (T_R + 1 at the ramps). With depth 1 every link
+    carries a wavelet only every other cycle... and at the ramps every third."""
+    B = 60
+    cfg = wse.WSE2.with_grid(rows=1, cols=3).replace(queue_depth=1, input_queue_depth=1)
+    result, data = line_stream(3, B, cfg=cfg)
+    np.testing.assert_array_equal(result.read(data)[0, -1], np.arange(1, B + 1))
+    # the ramps (occupancy T_R + 1 = 3 cycles) are the bottleneck
+    assert result.report.cycles >= 3 * B
+
+
+def test_backpressure_stalls_the_sender_and_drops_nothing():
+    """The receiver first computes for 2000 cycles (a 2000-element fp32 op);
+    the sender fills the queues on its path and then stalls. Every wavelet
+    still arrives, in order, and the sender's stall shows in its report."""
+    B = 200
+    cfg = wse.WSE2.with_grid(rows=1, cols=4)
+    prog = wse.Program(cfg)
+    plan = routes.transfers(prog, "x", [(0, 3)])
+    c = plan.colors[0]
+    data = prog.buffer("data", (B,))
+    busy = prog.buffer("busy", (2000,))
+    sender = prog.role("sender", where=prog.pes(cols=0))
+    with sender.task("main", entry=True) as t:
+        t.mov(prog.fabout(c, B), data.view())
+    receiver = prog.role("receiver", where=prog.pes(cols=3))
+    with receiver.task("main", entry=True) as t:
+        t.scale(busy.view(), busy.view(), 2.0)
+        t.mov(data.view(), prog.fabin(c, B))
+    values = np.zeros((1, 4, B), np.float32)
+    values[0, 0] = np.arange(B)
+    prog.load(data, values)
+    result = prog.run(record_deliveries=True)
+    np.testing.assert_array_equal(result.read(data)[0, 3], np.arange(B))
+    report = result.report
+    assert report.stall_cycles[0, 0] > 1500
+    # the stream resumes at one wavelet per cycle once the receiver listens
+    assert report.cycles == 2000 + B
+    assert report.ramp_in[0, 3] == B and report.ramp_out[0, 0] == B
+
+
+def test_two_colors_share_a_link_fairly():
+    """Two streams of B wavelets on different colors cross the same link
+    (PE 0 -> PE 2 and PE 1 -> PE 2 both through link 1 -> 2 ... they cannot: a
+    PE's ramp carries one wavelet a cycle, so put the second source at PE 0 of
+    another color). Round-robin arbitration alternates the colors, the link
+    carries one wavelet per cycle, and both finish within a cycle of 2B."""
+    B = 100
+    cfg = wse.WSE2.with_grid(rows=1, cols=3)
+    prog = wse.Program(cfg)
+    a, b = prog.color("a"), prog.color("b")
+    for c in (a, b):
+        prog.route(c, rx="RAMP", tx="E", where=prog.pes(cols=0))
+        prog.route(c, rx="W", tx="E", where=prog.pes(cols=1))
+        prog.route(c, rx="W", tx="RAMP", where=prog.pes(cols=2))
+    xa = prog.buffer("xa", (B,))
+    xb = prog.buffer("xb", (B,))
+    src = prog.role("src", where=prog.pes(cols=0))
+    with src.task("main", entry=True) as t:
+        t.mov(prog.fabout(a, B), xa.view(), async_=True)
+        t.mov(prog.fabout(b, B), xb.view(), async_=True)
+        t.wait()
+    dst = prog.role("dst", where=prog.pes(cols=2))
+    with dst.task("main", entry=True) as t:
+        t.mov(xa.view(), prog.fabin(a, B), async_=True)
+        t.mov(xb.view(), prog.fabin(b, B), async_=True)
+        t.wait()
+    prog.load(xa, np.where(np.arange(3)[None, :, None] == 0, 1.0, 0.0) * np.ones((1, 3, B)))
+    prog.load(xb, np.where(np.arange(3)[None, :, None] == 0, 2.0, 0.0) * np.ones((1, 3, B)))
+    result = prog.run(record_links=True)
+    events = result.report.link_events
+    keys = events[:, 0] * 100 + events[:, 1] * 10 + events[:, 2]
+    assert len(np.unique(keys)) == len(keys), "a link carried two wavelets in one cycle"
+    link = events[events[:, 1] == 1]
+    assert len(link) == 2 * B
+    colors_in_order = link[np.argsort(link[:, 0]), 3]
+    # alternating: no color waits more than one turn
+    assert np.all(colors_in_order[1:] != colors_in_order[:-1])
+    assert np.all(result.read(xa)[0, 2] == 1.0) and np.all(result.read(xb)[0, 2] == 2.0)
+    # the source ramp serialises both streams: 2B wavelets at one per cycle
+    assert 2 * B <= result.report.cycles <= 2 * B + 2 * 2 + 2 + 2
+
+
+def test_multicast_delivers_every_wavelet_exactly_once_to_each_destination():
+    """A 2-D flood from the corner: every wavelet injected by the root is
+    delivered once to each of the other rows*cols - 1 PEs, none is lost or
+    duplicated, and the hop count is B per link of the spanning tree."""
+    rows, cols, B = 4, 5, 30
+    cfg = wse.WSE2.with_grid(rows=rows, cols=cols)
+    from benchmarks.engine_throughput import multicast_program
+    prog = multicast_program(cfg, B)
+    result = prog.run(record_deliveries=True, record_links=True)
+    deliveries = result.report.delivery_events
+    ids = deliveries[:, 3]
+    assert set(ids.tolist()) == set(range(B))
+    per_pe = {}
+    for _, pe, _, wid in deliveries.tolist():
+        per_pe.setdefault(pe, []).append(wid)
+    assert set(per_pe) == set(range(1, rows * cols))
+    for pe, got in per_pe.items():
+        assert sorted(got) == list(range(B)), f"PE {pe} got {sorted(got)}"
+    tree_links = (cols - 1) + cols * (rows - 1)
+    assert result.report.wavelet_hops == B * tree_links
+    assert result.report.ramp_out.sum() == B
+
+
+def test_identical_runs_give_identical_cycles_bits_and_traffic():
+    from kernels.collectives import reduce
+    rng = np.random.default_rng(5)
+    cfg = wse.WSE2.with_grid(rows=3, cols=7)
+    x = rng.standard_normal((3, 7, 33)).astype(np.float32)
+    y1, r1 = reduce(x, cfg, along="x", root=3)
+    y2, r2 = reduce(x, cfg, along="x", root=3)
+    assert r1.cycles == r2.cycles
+    assert y1.tobytes() == y2.tobytes()
+    np.testing.assert_array_equal(r1.link_wavelets, r2.link_wavelets)
+    np.testing.assert_array_equal(r1.stall_cycles, r2.stall_cycles)
+
+
+@pytest.mark.nojit
+def test_a_two_pe_wait_cycle_is_a_deadlock():
+    """Each PE first waits to receive from the other, then sends: nothing can move."""
+    cfg = wse.WSE2.with_grid(rows=1, cols=2)
+    prog = wse.Program(cfg)
+    plan = routes.transfers(prog, "x", [(0, 1), (1, 0)])
+    send = prog.color_param_indices("send", plan.send_color)
+    recv = prog.color_param_indices("recv", plan.recv_color)
+    buf = prog.buffer("buf", (4,))
+    both = prog.role("both")
+    with both.task("main", entry=True) as t:
+        t.mov(buf.view(), prog.fabin(recv, 4))
+        t.mov(prog.fabout(send, 4), buf.view())
+    with pytest.raises(wse.FabricDeadlockError) as err:
+        prog.run()
+    text = str(err.value)
+    assert "PE (0, 0)" in text and "PE (1, 0)" in text and "receive on color" in text
+
+
+@pytest.mark.nojit
+def test_a_wavelet_from_a_port_outside_rx_is_a_route_error():
+    cfg = wse.WSE2.with_grid(rows=1, cols=3)
+    prog = wse.Program(cfg)
+    c = prog.color("c")
+    prog.route(c, rx="RAMP", tx="E", where=prog.pes(cols=0))
+    prog.route(c, rx="N", tx="RAMP", where=prog.pes(cols=1))     # expects the wrong side
+    buf = prog.buffer("buf", (2,))
+    src = prog.role("src", where=prog.pes(cols=0))
+    with src.task("main", entry=True) as t:
+        t.mov(prog.fabout(c, 2), buf.view())
+    with pytest.raises(wse.RouteError) as err:
+        prog.run()
+    text = str(err.value)
+    assert "PE (1, 0)" in text and "port W" in text and "cycle 3" in text and "rx={N}" in text
+
+
+@pytest.mark.nojit
+def test_routes_that_leave_the_grid_are_rejected_when_built():
+    prog = wse.Program(wse.WSE2.with_grid(rows=2, cols=2))
+    c = prog.color("c")
+    with pytest.raises(wse.RouteError, match=r"PE \(1, 0\).*port E"):
+        prog.route(c, rx="RAMP", tx="E", where=prog.pes(rows=0))
+
+
+@pytest.mark.nojit
+def test_an_oversized_buffer_is_an_sram_overflow_naming_pe_buffer_and_bytes():
+    prog = wse.Program(wse.WSE2.with_grid(rows=2, cols=2))
+    prog.buffer("a", (8000,))                    # 32000 bytes
+    with pytest.raises(wse.SramOverflowError) as err:
+        prog.buffer("b", (5000,), where=prog.pes(rows=1, cols=1))   # 20000 more
+    text = str(err.value)
+    assert "PE (1, 1)" in text and "'b'" in text and "20000 bytes" in text
+    assert "17152 of 49152" in text
+
+
+def test_memory_ops_cost_elements_over_simd_width():
+    """fp32: 1 element per cycle; fp16: 4 per cycle (WSE-2); matmul
+    ceil(m*k*n / FMACs). Two async memory ops share the datapath, so they
+    take the sum of their costs."""
+    cfg = wse.WSE2.with_grid(rows=1, cols=1)
+    cases = [("float32", 1000, 1000), ("float16", 1000, 250), ("float16", 1001, 251)]
+    for dtype, n, expected in cases:
+        prog = wse.Program(cfg)
+        a = prog.buffer("a", (n,), dtype)
+        role = prog.role("r")
+        with role.task("main", entry=True) as t:
+            t.add(a.view(), a.view(), a.view())
+        assert prog.run().report.cycles == expected, dtype
+    prog = wse.Program(cfg)
+    A = prog.buffer("A", (8 * 16,), "float16")
+    Bm = prog.buffer("B", (16 * 4,), "float16")
+    C = prog.buffer("C", (8 * 4,), "float32")
+    role = prog.role("r")
+    with role.task("main", entry=True) as t:
+        t.matmul(C.view(), A.view(), Bm.view(), 8, 16, 4)
+    assert prog.run().report.cycles == 8 * 16 * 4 // 4
+    prog = wse.Program(cfg)
+    a = prog.buffer("a", (300,))
+    b = prog.buffer("b", (200,))
+    role = prog.role("r")
+    with role.task("main", entry=True) as t:
+        t.scale(a.view(), a.view(), 2.0, async_=True)
+        t.scale(b.view(), b.view(), 2.0, async_=True)
+        t.wait()
+    assert prog.run().report.cycles == 500
+
+
+def test_long_computations_are_skipped_not_stepped():
+    """A 64x64x64 fp32 matmul costs 262144 cycles but only a handful of engine steps."""
+    cfg = wse.WSE2.with_grid(rows=1, cols=1)
+    prog = wse.Program(cfg)
+    A = prog.buffer("A", (64 * 64,))
+    Bm = prog.buffer("B", (64 * 64,))
+    C = prog.buffer("C", (64 * 64,))
+    role = prog.role("r")
+    with role.task("main", entry=True) as t:
+        t.matmul(C.view(), A.view(), Bm.view(), 64, 64, 64)
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((64, 64)).astype(np.float32)
+    b = rng.standard_normal((64, 64)).astype(np.float32)
+    prog.load(A, a.reshape(-1))
+    prog.load(Bm, b.reshape(-1))
+    result = prog.run()
+    assert result.report.cycles == 64 ** 3
+    assert result.report.pe_steps < 10
+    np.testing.assert_allclose(result.read(C).reshape(64, 64), a.astype(np.float64) @ b,
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.nojit
+def test_max_cycles_always_applies():
+    cfg = wse.WSE2.with_grid(rows=1, cols=1)
+    prog = wse.Program(cfg)
+    a = prog.buffer("a", (4,))
+    role = prog.role("r")
+    with role.task("main", entry=True) as t:
+        with t.loop(1_000_000):
+            t.adds(a.view(), a.view(), 1.0)
+    with pytest.raises(wse.CycleLimitError, match="max_cycles = 500"):
+        prog.run(max_cycles=500)
+
+
+def test_an_infinite_loop_of_free_instructions_still_advances_time():
+    """Scalar instructions cost 0 cycles, but at most instructions_per_cycle
+    retire per cycle, so a spinning PE cannot hang the emulator."""
+    cfg = wse.WSE2.with_grid(rows=1, cols=1)
+    prog = wse.Program(cfg)
+    role = prog.role("r")
+    with role.task("main", entry=True) as t:
+        r = t.reg()
+        with t.loop(10 ** 9):
+            t.addi(r, 1)
+    with pytest.raises(wse.CycleLimitError):
+        prog.run(max_cycles=1000)
+
+
+def test_data_tasks_fire_per_wavelet_and_local_tasks_on_completion():
+    """The sink's data task adds each arriving wavelet into acc[0]; the
+    source's async send activates a local task when it completes, which
+    writes a marker."""
+    B = 10
+    cfg = wse.WSE2.with_grid(rows=1, cols=2)
+    prog = wse.Program(cfg)
+    c = prog.color("c")
+    prog.route(c, rx="RAMP", tx="E", where=prog.pes(cols=0))
+    prog.route(c, rx="W", tx="RAMP", where=prog.pes(cols=1))
+    data = prog.buffer("data", (B,))
+    acc = prog.buffer("acc", (1,))
+    src = prog.role("src", where=prog.pes(cols=0))
+    done = src.task("done")
+    with done:
+        done.fill(acc.view(), 42.0)
+    main = src.task("main", entry=True)
+    main.mov(prog.fabout(c, B), data.view(), async_=True, on_done="done")
+    sink = prog.role("sink", where=prog.pes(cols=1))
+    with sink.data_task("recv", c) as t:
+        t.adds(acc.view(), acc.view(), wse.WAVELET)
+    values = np.zeros((1, 2, B), np.float32)
+    values[0, 0] = np.arange(B)
+    prog.load(data, values)
+    result = prog.run()
+    got = result.read(acc)
+    assert got[0, 0, 0] == 42.0
+    assert got[0, 1, 0] == sum(range(B))
+
+
+def test_chrome_trace_has_a_slice_per_task_run(tmp_path):
+    from kernels.collectives import broadcast  # noqa: F401  (a real kernel's program)
+    cfg = wse.WSE2.with_grid(rows=1, cols=4)
+    result, _ = line_stream(4, 8, cfg=cfg, trace=True)
+    path = tmp_path / "trace.json"
+    n = result.report.to_chrome_trace(path)
+    trace = json.loads(path.read_text())
+    slices = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert n == len(slices) == 2
+    assert {s["name"] for s in slices} == {"sender.main", "receiver.main"}
+    recv = next(s for s in slices if s["name"] == "receiver.main")
+    assert recv["ts"] == 0 and recv["dur"] == result.report.cycles
+
+
+def test_report_is_json_ready_and_counts_links_by_port():
+    result, _ = line_stream(4, 8)
+    report = result.report
+    d = json.loads(json.dumps(report.to_dict()))
+    assert d["cycles"] == report.cycles
+    assert report.link_wavelets.shape == (1, 4, 4)
+    np.testing.assert_array_equal(report.link_wavelets[0, :, 1], [8, 8, 8, 0])   # East
+    assert report.link_wavelets[..., [0, 2, 3]].sum() == 0
+    assert report.wavelet_hops == 24
+    assert report.sram_peak_bytes.max() == 32
+    assert report.energy_joules > 0
+
+
+@pytest.mark.nojit
+def test_fp16_rounding_matches_numpy_on_every_half_and_on_random_floats():
+    halves = np.arange(65536, dtype=np.uint16).view(np.float16)
+    finite = halves[np.isfinite(halves)]
+    for h in finite[:: 97 if _no_jit() else 1]:
+        assert float_to_half_bits(np.float32(h)) == h.view(np.uint16)
+    rng = np.random.default_rng(1)
+    floats = np.concatenate([rng.standard_normal(2000) * 10.0 ** rng.integers(-9, 6, 2000),
+                             [65504.0, 65520.0, 65519.99, 6e-8, 2.98e-8, 2.99e-8, -0.0]])
+    floats = floats.astype(np.float32)
+    for f in floats[:: 50 if _no_jit() else 1]:
+        assert float_to_half_bits(f) == np.float16(f).view(np.uint16), f
+
+
+def _no_jit() -> bool:
+    import os
+    return os.environ.get("NUMBA_DISABLE_JIT") == "1"
+
+
+@pytest.mark.nojit
+def test_program_errors_name_the_pe_and_instruction():
+    prog = wse.Program(wse.WSE2.with_grid(rows=1, cols=2))
+    a = prog.buffer("a", (4,))
+    role = prog.role("r")
+    with role.task("main", entry=True) as t:
+        r = t.reg()
+        t.set(r, 3)
+        t.mov(a.view(offset=r * 2, length=2), a.view(length=2))   # elements 6..7 of 4
+    with pytest.raises(wse.ProgramError, match=r"PE \(0, 0\).*role 'r' task 'main'.*'a'"):
+        prog.run()
