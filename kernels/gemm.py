@@ -1,0 +1,637 @@
+"""Dense matrix multiply on the mesh: SUMMA, Cannon and MeshGEMM.
+
+    C, report = kernels.gemm(A, B, cfg, algorithm="meshgemm", dtype="float16",
+                             transpose_b=False, accumulate="float32")
+
+computes C = A @ B (or A @ B.T with transpose_b, B given as (N, K) and never
+transposed: each PE keeps its tiles of B in B's own row-major layout and the
+engine's matmul reads them transposed).
+
+Layout (all three algorithms; rows x cols = R x C PEs, L = lcm(R, C))
+  A (M x K) is cut into R x L blocks of mt x kt, B (K x N) into L x C blocks
+  of kt x nt, C into R x C blocks of mt x nt, with mt = ceil(M/R),
+  kt = ceil(K/L), nt = ceil(N/C); the matrices are zero-padded to
+  (R*mt) x (L*kt) x (C*nt). PE (x, y) owns C block (y, x) and holds
+  a = L/C blocks of A's block row y and b = L/R blocks of B's block column x.
+  On a square grid L = R = C and a = b = 1: one tile of each per PE.
+
+Cannon and MeshGEMM (tiling on the least common multiple)
+  Each PE keeps its A blocks in a FIFO of a+1 slots (b+1 for B). At step t
+  (t = 0 .. L-1) it multiplies the head blocks, sends the head of A to its
+  predecessor on the row ring and the head of B to its predecessor on the
+  column ring, and receives the new tails from its successors. With ring
+  positions (px, py) the PE starts at K-block k0 = py*b + px*a (mod L) and
+  its FIFOs hold blocks k0, k0+1, ...: the block it sends is needed by the
+  predecessor exactly a (b) steps later, so every product A(y, k) B(k, x)
+  meets once. This is Cannon's data flow; with a = b = 1 it is Cannon.
+  The initial alignment (the skew) is done by the host while it places the
+  tiles in SRAM (the layout is "pre-skewed", as WaferLLM places weights);
+  its fabric cost is not part of the cycles.
+  - cannon: the ring is the line in physical order, so the wrap-around
+    stream crosses the whole line (P-1 hops); each step multiplies, then
+    shifts (no overlap).
+  - meshgemm: the ring is wse.routes.interleaved_order(P), so every stream
+    is at most two hops; the shift of the next tiles runs asynchronously
+    while the current tiles are multiplied (double buffering: the FIFO's
+    spare slot is the second buffer).
+
+SUMMA
+  PE (x, y) holds A blocks k = x, x+C, ... and B blocks k = y, y+R, ... .
+  At step s the PEs of column s mod C multicast A block s along their rows
+  and the PEs of row s mod R multicast B block s along their columns, then
+  everyone multiplies the two panels. Routes are static, so one route must
+  serve every root: each axis has an eastward (southward) flood color whose
+  routes take from the west and from the ramp and give to the east and to
+  the ramp, and a westward (northward) one. The root injects its block on
+  both and, being on both routes, receives both copies back. Its ramp
+  therefore carries 2 tiles out and 2 in per panel; a root of A and B
+  needs 8 vector operations at once, more than the PE's async slots, so
+  SUMMA here is not pipelined: broadcast A, broadcast B, then multiply.
+
+Costs: see `model_cycles` (first-principles formulas, checked against the
+engine in tests/kernels/test_gemm.py) and `expected_wavelet_hops`.
+
+Accuracy: the engine multiplies in fp32 and rounds to the accumulator's
+dtype when it stores each tile product. With accumulate="float32" (the
+default) the fp32 accumulator is rounded to `dtype` once at the end; with
+accumulate="float16" every step's sum is rounded to fp16. Tolerances
+(elementwise, relative to |A| @ |B|, see `tolerance`):
+    float32:                      (K/L + L + 2) * 2**-24   (fp32 rounding)
+    float16, accumulate float32:  3 * 2**-11 + K * 2**-24  (inputs and output rounded)
+    float16, accumulate float16:  (L + 3) * 2**-11         (one rounding per step)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+import wse
+from wse import routes
+from wse.config import DTYPES
+from wse.errors import ConfigError, SramOverflowError
+
+ALGORITHMS = ("summa", "cannon", "meshgemm")
+FP16_MAX = 65504.0
+
+
+# ----------------------------------------------------------------------------
+# Plan: tile sizes and SRAM budget
+@dataclass(frozen=True)
+class GemmPlan:
+    """Tile sizes of one GEMM on one grid (see the module docstring)."""
+    algorithm: str
+    M: int
+    K: int
+    N: int
+    rows: int
+    cols: int
+    dtype: str
+    acc_dtype: str
+    transpose_b: bool = False
+
+    @property
+    def steps(self) -> int:
+        """L = lcm(rows, cols): K-blocks, and steps of every algorithm."""
+        return math.lcm(self.rows, self.cols)
+
+    @property
+    def mt(self) -> int:
+        return -(-self.M // self.rows)
+
+    @property
+    def kt(self) -> int:
+        return -(-self.K // self.steps)
+
+    @property
+    def nt(self) -> int:
+        return -(-self.N // self.cols)
+
+    @property
+    def a_blocks(self) -> int:
+        return self.steps // self.cols
+
+    @property
+    def b_blocks(self) -> int:
+        return self.steps // self.rows
+
+    @property
+    def tile_a(self) -> int:
+        return self.mt * self.kt
+
+    @property
+    def tile_b(self) -> int:
+        return self.kt * self.nt
+
+    @property
+    def tile_c(self) -> int:
+        return self.mt * self.nt
+
+    @property
+    def shifts_a(self) -> bool:
+        return self.cols > 1
+
+    @property
+    def shifts_b(self) -> bool:
+        return self.rows > 1
+
+    def buffer_elements(self) -> dict[str, tuple[int, str]]:
+        """name -> (elements, dtype) of every SRAM buffer a PE allocates."""
+        bufs: dict[str, tuple[int, str]] = {}
+        if self.algorithm == "summa":
+            bufs["a_blocks"] = (self.a_blocks * self.tile_a, self.dtype)
+            bufs["b_blocks"] = (self.b_blocks * self.tile_b, self.dtype)
+            if self.shifts_a:
+                bufs["a_panel"] = (self.tile_a, self.dtype)
+            if self.shifts_b:
+                bufs["b_panel"] = (self.tile_b, self.dtype)
+        else:
+            bufs["a_fifo"] = ((self.a_blocks + self.shifts_a) * self.tile_a, self.dtype)
+            bufs["b_fifo"] = ((self.b_blocks + self.shifts_b) * self.tile_b, self.dtype)
+        bufs["c"] = (self.tile_c, self.acc_dtype)
+        return bufs
+
+    def sram_bytes(self) -> int:
+        """Bytes per PE, with the builder's 4-byte alignment of each buffer."""
+        total = 0
+        for n, dt in self.buffer_elements().values():
+            total += (n * (4 if dt == "float32" else 2) + 3) // 4 * 4
+        return total
+
+
+def plan(M: int, K: int, N: int, cfg: wse.WaferConfig, algorithm: str = "meshgemm",
+         dtype: str = "float16", accumulate: str = "float32",
+         transpose_b: bool = False) -> GemmPlan:
+    return GemmPlan(algorithm, int(M), int(K), int(N), cfg.rows, cfg.cols, dtype,
+                    accumulate, bool(transpose_b))
+
+
+def smallest_square_grid(M: int, K: int, N: int, cfg: wse.WaferConfig, algorithm: str,
+                         dtype: str, accumulate: str) -> int | None:
+    """Side of the smallest n x n grid on which the problem fits in SRAM (None: none <= 4096)."""
+    for n in range(1, 4097):
+        p = GemmPlan(algorithm, M, K, N, n, n, dtype, accumulate)
+        if p.sram_bytes() <= cfg.sram_bytes:
+            return n
+    return None
+
+
+def check_fits(p: GemmPlan, cfg: wse.WaferConfig) -> None:
+    need = p.sram_bytes()
+    if need <= cfg.sram_bytes:
+        return
+    side = smallest_square_grid(p.M, p.K, p.N, cfg, p.algorithm, p.dtype, p.acc_dtype)
+    parts = ", ".join(f"{name} {n} x {dt}" for name, (n, dt) in p.buffer_elements().items())
+    hint = (f"the smallest square grid that holds it is {side} x {side}" if side
+            else "no grid up to 4096 x 4096 holds it")
+    raise SramOverflowError(
+        f"{p.algorithm} GEMM {p.M}x{p.K}x{p.N} ({p.dtype}) on a {p.rows} x {p.cols} grid needs "
+        f"{need} bytes per PE ({parts}) but a PE has {cfg.sram_bytes}; {hint}")
+
+
+# ----------------------------------------------------------------------------
+# First-principles costs
+def _ring_hops(order: list[int]) -> list[int]:
+    """Hop length of each stream when every ring member sends to its predecessor."""
+    n = len(order)
+    return [abs(order[j] - order[j - 1]) for j in range(n)]
+
+
+def ring_order(algorithm: str, p: int) -> list[int]:
+    return routes.interleaved_order(p) if algorithm == "meshgemm" else list(range(p))
+
+
+def expected_wavelet_hops(p: GemmPlan) -> int:
+    """Wavelets x links the algorithm must move.
+
+    cannon/meshgemm: L-1 shifts; per shift every row moves a tile of A over
+    each of its ring's streams (sum of the stream lengths) and every column
+    a tile of B. summa: per step each row floods A from its root to both
+    ends (P-1 links, twice... once per direction: the root's two streams
+    cover the whole line once) and each column floods B likewise."""
+    R, C, L = p.rows, p.cols, p.steps
+    if p.algorithm == "summa":
+        per_step = R * (C - 1) * p.tile_a * p.shifts_a + C * (R - 1) * p.tile_b * p.shifts_b
+        return L * per_step
+    hops_a = sum(_ring_hops(ring_order(p.algorithm, C))) if p.shifts_a else 0
+    hops_b = sum(_ring_hops(ring_order(p.algorithm, R))) if p.shifts_b else 0
+    return (L - 1) * (R * hops_a * p.tile_a + C * hops_b * p.tile_b)
+
+
+def _simd(cfg: wse.WaferConfig, dtype: str) -> int:
+    return cfg.simd_width(dtype)
+
+
+def matmul_cycles(p: GemmPlan, cfg: wse.WaferConfig) -> int:
+    """One local tile product: ceil(mt*kt*nt / SIMD of the input dtype)."""
+    return -(-(p.mt * p.kt * p.nt) // _simd(cfg, p.dtype))
+
+
+def model_cycles(p: GemmPlan, cfg: wse.WaferConfig) -> int:
+    """First-principles cycle count (T_R ramp latency, H hop latency).
+
+    A stream of n wavelets over d hops, started at cycle 0, completes at its
+    receiver at 2*T_R + d*H + n (one wavelet per cycle; the first needs two
+    ramps and d hops). A PE's ramp carries one wavelet per cycle each way, so
+    its A and B streams go one after the other: a shift of both costs
+        shift = 2*T_R + D*H + tile_a + tile_b       (D: the longest stream)
+    and the local product costs mm = ceil(mt*kt*nt / SIMD).
+      cannon:   L*mm + (L-1)*shift     (multiply, then shift; D = P-1)
+      meshgemm: mm + (L-1)*max(mm, shift) (the shift overlaps the product;
+                D <= 2)
+      summa:    L*(mm + bcast_a + bcast_b) with a panel flood from root r
+                costing 2*T_R + D*H + 2*tile (the root injects the tile on
+                both directions' colors, one after the other, and the
+                later copy travels D = the farther end's distance).
+    A term for an axis of one PE (no shifts) is left out."""
+    R, C, L = p.rows, p.cols, p.steps
+    T, H = cfg.ramp_latency, cfg.hop_latency
+    mm = matmul_cycles(p, cfg)
+
+    def longest(order):
+        return max(_ring_hops(order)) if len(order) > 1 else 0
+
+    if p.algorithm in ("cannon", "meshgemm"):
+        d_a = longest(ring_order(p.algorithm, C)) if p.shifts_a else 0
+        d_b = longest(ring_order(p.algorithm, R)) if p.shifts_b else 0
+        moved = p.tile_a * p.shifts_a + p.tile_b * p.shifts_b
+        shift = (2 * T + max(d_a, d_b) * H + moved) if moved else 0
+        if p.algorithm == "cannon":
+            return L * mm + (L - 1) * shift
+        return mm + (L - 1) * max(mm, shift)
+    # summa
+    total = 0
+    for s in range(L):
+        step = mm
+        if p.shifts_a:
+            r = s % C
+            step += 2 * T + max(r, C - 1 - r) * H + 2 * p.tile_a
+        if p.shifts_b:
+            r = s % R
+            step += 2 * T + max(r, R - 1 - r) * H + 2 * p.tile_b
+        total += step
+    return total
+
+
+def tolerance(dtype: str, accumulate: str, K: int, steps: int) -> float:
+    """Elementwise bound on |C - C_ref| / (|A| @ |B|) (module docstring)."""
+    u16, u32 = 2.0 ** -11, 2.0 ** -24
+    kt = -(-K // steps)
+    if dtype == "float32":
+        return (kt + steps + 2) * u32 * 2
+    if accumulate == "float32":
+        return 3 * u16 + (kt + steps + 2) * u32 * 2
+    return (steps + 3) * u16
+
+
+# ----------------------------------------------------------------------------
+# Input checks
+def _matrix(name: str, X) -> np.ndarray:
+    try:
+        X = np.asarray(X)
+    except Exception as exc:                       # ragged lists and the like
+        raise ConfigError(f"{name} must be a 2-D array of numbers: {exc}") from None
+    if X.ndim != 2:
+        raise ConfigError(f"{name} must be a 2-D matrix, got shape {X.shape}")
+    if X.size == 0:
+        raise ConfigError(f"{name} is empty (shape {X.shape}): every dimension must be >= 1")
+    if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
+        raise ConfigError(f"{name} must hold real numbers, got dtype {X.dtype}")
+    X = X.astype(np.float64)
+    bad = ~np.isfinite(X)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise ConfigError(f"{name} holds {X[i, j]} at [{i}, {j}]: NaN and infinity are rejected "
+                          f"(the kernels compute on finite values only)")
+    return X
+
+
+def check_common(cfg, dtype: str, accumulate: str | None = None) -> None:
+    if not isinstance(cfg, wse.WaferConfig):
+        raise ConfigError(f"cfg must be a WaferConfig, got {type(cfg).__name__}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype {dtype!r}: expected one of {DTYPES}")
+    if accumulate is not None and accumulate not in DTYPES:
+        raise ConfigError(f"accumulate {accumulate!r}: expected one of {DTYPES}")
+
+
+def _check_range(name: str, X: np.ndarray, dtype: str) -> None:
+    if dtype == "float16" and np.abs(X).max() > FP16_MAX:
+        raise ConfigError(f"{name} has values up to {np.abs(X).max():.4g}, beyond float16's "
+                          f"{FP16_MAX}: use dtype='float32' or scale the inputs")
+
+
+# ----------------------------------------------------------------------------
+# Public entry point
+def gemm(A, B, cfg: wse.WaferConfig, algorithm: str = "meshgemm", dtype: str = "float16",
+         transpose_b: bool = False, accumulate: str = "float32", max_cycles: int = 10 ** 12):
+    """C = A @ B (A @ B.T with transpose_b) on the cfg.rows x cfg.cols grid.
+
+    A: (M, K); B: (K, N), or (N, K) with transpose_b. dtype: storage of A
+    and B tiles ("float32" or "float16"); accumulate: dtype of the C
+    accumulator. Returns (C, report): C of shape (M, N) in `dtype`; the
+    report carries compute efficiency and report.extra["gemm"] (plan,
+    model cycles, compute/stall split)."""
+    check_common(cfg, dtype, accumulate)
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(f"unknown GEMM algorithm {algorithm!r}: expected one of {ALGORITHMS}")
+    A = _matrix("A", A)
+    B = _matrix("B", B)
+    if transpose_b:
+        if A.shape[1] != B.shape[1]:
+            raise ConfigError(f"A @ B.T: A is {A.shape} and B is {B.shape}; their second "
+                              f"dimensions (K) must match")
+        N = B.shape[0]
+    else:
+        if A.shape[1] != B.shape[0]:
+            raise ConfigError(f"A @ B: A is {A.shape} and B is {B.shape}; A's columns must "
+                              f"equal B's rows")
+        N = B.shape[1]
+    _check_range("A", A, dtype)
+    _check_range("B", B, dtype)
+    M, K = A.shape
+    p = plan(M, K, N, cfg, algorithm, dtype, accumulate, transpose_b)
+    check_fits(p, cfg)
+    a_blocks, b_blocks = _blocks(p, A, B)
+    if algorithm == "summa":
+        prog, c_buf = _summa_program(p, cfg, a_blocks, b_blocks)
+    else:
+        prog, c_buf = _cannon_program(p, cfg, a_blocks, b_blocks)
+    result = prog.run(max_cycles=max_cycles)
+    c_tiles = result.read(c_buf).astype(np.float32)       # (R, C, mt*nt)
+    R, Cn = p.rows, p.cols
+    C = c_tiles.reshape(R, Cn, p.mt, p.nt).transpose(0, 2, 1, 3).reshape(R * p.mt, Cn * p.nt)
+    C = C[:M, :N].astype(np.float16 if dtype == "float16" else np.float32)
+    report = result.report
+    _annotate(report, p, cfg)
+    return C, report
+
+
+def _annotate(report: wse.RunReport, p: GemmPlan, cfg: wse.WaferConfig) -> None:
+    compute = report.compute_cycles
+    stall = report.stall_cycles
+    useful = 2 * p.M * p.K * p.N
+    report.extra["gemm"] = {
+        "algorithm": p.algorithm, "M": p.M, "K": p.K, "N": p.N,
+        "grid": f"{p.rows}x{p.cols}", "steps": p.steps,
+        "tile": [p.mt, p.kt, p.nt], "dtype": p.dtype, "accumulate": p.acc_dtype,
+        "transpose_b": p.transpose_b, "sram_bytes_per_pe": p.sram_bytes(),
+        "model_cycles": model_cycles(p, cfg),
+        "expected_wavelet_hops": expected_wavelet_hops(p),
+        "compute_efficiency": report.compute_efficiency,
+        # FLOPs of the unpadded problem over the peak of the whole grid
+        "useful_efficiency": useful / max(report.cycles * report.pes
+                                          * report.peak_flops_per_pe_cycle, 1),
+        "matmul_cycles_per_pe": p.steps * matmul_cycles(p, cfg),
+        "compute_cycles_mean": float(compute.mean()),
+        "stall_cycles_mean": float(stall.mean()),
+        "stall_cycles_max": int(stall.max()),
+        "communication_share": 1.0 - p.steps * matmul_cycles(p, cfg) / max(report.cycles, 1),
+    }
+
+
+# ----------------------------------------------------------------------------
+# Host-side tiling
+def _blocks(p: GemmPlan, A: np.ndarray, B: np.ndarray):
+    """A as (R, L, mt, kt) blocks and B as (L, C, kt, nt) blocks, or, with
+    transpose_b, B's own (C, L, nt, kt) blocks."""
+    R, C, L = p.rows, p.cols, p.steps
+    Ap = np.zeros((R * p.mt, L * p.kt))
+    Ap[:A.shape[0], :A.shape[1]] = A
+    a_blocks = Ap.reshape(R, p.mt, L, p.kt).transpose(0, 2, 1, 3)
+    if p.transpose_b:
+        Bp = np.zeros((C * p.nt, L * p.kt))
+        Bp[:B.shape[0], :B.shape[1]] = B
+        b_blocks = Bp.reshape(C, p.nt, L, p.kt).transpose(0, 2, 1, 3)
+    else:
+        Bp = np.zeros((L * p.kt, C * p.nt))
+        Bp[:B.shape[0], :B.shape[1]] = B
+        b_blocks = Bp.reshape(L, p.kt, C, p.nt).transpose(0, 2, 1, 3)
+    return a_blocks, b_blocks
+
+
+def _b_block(p: GemmPlan, b_blocks: np.ndarray, k: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """B block (k, x) as stored on a PE (row-major kt x nt, or nt x kt when transposed)."""
+    return b_blocks[x, k] if p.transpose_b else b_blocks[k, x]
+
+
+# ----------------------------------------------------------------------------
+# Cannon and MeshGEMM
+def _cannon_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks):
+    R, C, L = p.rows, p.cols, p.steps
+    a, b = p.a_blocks, p.b_blocks
+    slots_a, slots_b = a + p.shifts_a, b + p.shifts_b
+    prog = wse.Program(cfg)
+    a_fifo = prog.buffer("a_fifo", (slots_a * p.tile_a,), p.dtype)
+    b_fifo = prog.buffer("b_fifo", (slots_b * p.tile_b,), p.dtype)
+    c_buf = prog.buffer("c", (p.tile_c,), p.acc_dtype)
+
+    # ring positions and the pre-skewed FIFO contents
+    order_x, order_y = ring_order(p.algorithm, C), ring_order(p.algorithm, R)
+    pos_x, pos_y = routes.ring_position(order_x), routes.ring_position(order_y)
+    k0 = (pos_y[:, None] * b + pos_x[None, :] * a) % L                # (R, C)
+    ys = np.arange(R)[:, None, None]
+    xs = np.arange(C)[None, :, None]
+    ka = (k0[:, :, None] + np.arange(a)[None, None, :]) % L            # (R, C, a)
+    kb = (k0[:, :, None] + np.arange(b)[None, None, :]) % L
+    a_init = np.zeros((R, C, slots_a, p.tile_a))
+    a_init[:, :, :a] = a_blocks[np.broadcast_to(ys, ka.shape), ka].reshape(R, C, a, -1)
+    b_init = np.zeros((R, C, slots_b, p.tile_b))
+    b_init[:, :, :b] = _b_block(p, b_blocks, kb, np.broadcast_to(xs, kb.shape)).reshape(
+        R, C, b, -1)
+    prog.load(a_fifo, a_init.reshape(R, C, -1))
+    prog.load(b_fifo, b_init.reshape(R, C, -1))
+    del a_init, b_init
+
+    comm = []            # (fifo buffer, tile, slots, send color, recv color)
+    if p.shifts_a:
+        plan_x = routes.ring(prog, "x", order_x, step=-1, name="a_ring")
+        comm.append((a_fifo, p.tile_a, slots_a,
+                     prog.color_param_indices("a_send", plan_x.send_color),
+                     prog.color_param_indices("a_recv", plan_x.recv_color)))
+    if p.shifts_b:
+        plan_y = routes.ring(prog, "y", order_y, step=-1, name="b_ring")
+        comm.append((b_fifo, p.tile_b, slots_b,
+                     prog.color_param_indices("b_send", plan_y.send_color),
+                     prog.color_param_indices("b_recv", plan_y.recv_color)))
+
+    role = prog.role("pe")
+    with role.task("main", entry=True) as t:
+        head_a, head_b = t.reg(), t.reg()
+        free = {id(a_fifo): t.reg(), id(b_fifo): t.reg()}
+        head = {id(a_fifo): head_a, id(b_fifo): head_b}
+        t.set(head_a, 0)
+        t.set(head_b, 0)
+        t.set(free[id(a_fifo)], slots_a - 1)
+        t.set(free[id(b_fifo)], slots_b - 1)
+
+        def multiply():
+            t.matmul(c_buf.view(), a_fifo.view(offset=head_a * p.tile_a, length=p.tile_a),
+                     b_fifo.view(offset=head_b * p.tile_b, length=p.tile_b),
+                     p.mt, p.kt, p.nt, transpose_b=p.transpose_b)
+
+        def shift():
+            # receives first: every PE has posted its receives before any send
+            # can fill a queue, whatever the number of async slots
+            for fifo, tile, _, _, recv in comm:
+                t.mov(fifo.view(offset=free[id(fifo)] * tile, length=tile),
+                      prog.fabin(recv, tile), async_=True)
+            for fifo, tile, _, send, _ in comm:
+                t.mov(prog.fabout(send, tile),
+                      fifo.view(offset=head[id(fifo)] * tile, length=tile), async_=True)
+
+        def advance():
+            for fifo, slots in ((a_fifo, slots_a), (b_fifo, slots_b)):
+                for r in (head[id(fifo)], free[id(fifo)]):
+                    t.addi(r, 1)
+                    t.mod(r, slots)
+
+        with t.loop(L - 1):
+            if p.algorithm == "meshgemm":
+                shift()           # next tiles stream in while the current ones multiply
+                multiply()
+            else:
+                multiply()
+                shift()
+            t.wait()
+            advance()
+        multiply()
+    return prog, c_buf
+
+
+# ----------------------------------------------------------------------------
+# SUMMA
+def _summa_routes(prog: wse.Program, along: str, name: str):
+    """Two flood colors on every line: forward (E or S) and backward (W or N).
+
+    Every router of the forward color takes wavelets from the backward side
+    and from its ramp and gives them to its ramp and onwards, so a block
+    injected at any root reaches the root and every PE beyond it."""
+    length = prog.cols if along == "x" else prog.rows
+    fwd, back = ("E", "W") if along == "x" else ("S", "N")
+    colors = []
+    for name_, out_port, in_port in ((f"{name}_fwd", fwd, back), (f"{name}_back", back, fwd)):
+        color = prog.color(name_)
+        rx = np.full(length, routes.BIT[in_port] | routes.BIT["RAMP"], np.uint8)
+        tx = np.full(length, routes.BIT[out_port] | routes.BIT["RAMP"], np.uint8)
+        end = length - 1 if out_port in ("E", "S") else 0
+        tx[end] = routes.BIT["RAMP"]
+        routes.set_line_routes(prog, color, along, rx, tx)
+        colors.append(color)
+    return colors
+
+
+def _summa_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks):
+    R, C, L = p.rows, p.cols, p.steps
+    a, b = p.a_blocks, p.b_blocks
+    prog = wse.Program(cfg)
+    a_store = prog.buffer("a_blocks", (a * p.tile_a,), p.dtype)
+    b_store = prog.buffer("b_blocks", (b * p.tile_b,), p.dtype)
+    a_panel = prog.buffer("a_panel", (p.tile_a,), p.dtype) if p.shifts_a else None
+    b_panel = prog.buffer("b_panel", (p.tile_b,), p.dtype) if p.shifts_b else None
+    c_buf = prog.buffer("c", (p.tile_c,), p.acc_dtype)
+
+    # PE (x, y) holds A blocks x, x+C, ... of row y and B blocks y, y+R, ... of column x
+    ys = np.arange(R)[:, None, None]
+    xs = np.arange(C)[None, :, None]
+    ka = xs + C * np.arange(a)[None, None, :]                     # (1, C, a)
+    kb = ys + R * np.arange(b)[None, None, :]                     # (R, 1, b)
+    shape_a = (R, C, a)
+    prog.load(a_store, a_blocks[np.broadcast_to(ys, shape_a),
+                                np.broadcast_to(ka, shape_a)].reshape(R, C, -1))
+    shape_b = (R, C, b)
+    prog.load(b_store, _b_block(p, b_blocks, np.broadcast_to(kb, shape_b),
+                                np.broadcast_to(xs, shape_b)).reshape(R, C, -1))
+    x_param = prog.param("x", np.broadcast_to(np.arange(C)[None, :], (R, C)))
+    y_param = prog.param("y", np.broadcast_to(np.arange(R)[:, None], (R, C)))
+
+    axes = []            # (store, panel, tile, line length, position param, fwd, back)
+    if p.shifts_a:
+        axes.append((a_store, a_panel, p.tile_a, C, x_param, *_summa_routes(prog, "x", "a")))
+    if p.shifts_b:
+        axes.append((b_store, b_panel, p.tile_b, R, y_param, *_summa_routes(prog, "y", "b")))
+
+    role = prog.role("pe")
+    with role.task("main", entry=True) as t:
+        tmp = t.reg()
+
+        @_contextmanager
+        def if_zero(value, modulus, offset=0):
+            """Run the body once when value + offset == 0 (|value + offset| < modulus)."""
+            t.affine(tmp, value, 1, offset)
+            t.mod(tmp, modulus)
+            t.affine(tmp, tmp, -1, 1)          # 1 when zero, <= 0 otherwise
+            with t.loop(tmp):
+                yield
+
+        # per axis: phase (s mod P), e = pos - root, receive lengths, next block to send
+        state = []
+        for store, panel, tile, P, pos, fwd, back in axes:
+            phase, e, len_f, len_b, src = (t.reg() for _ in range(5))
+            t.set(phase, 0)
+            t.set(e, pos)
+            t.set(len_f, tile)                 # pos >= root 0 always
+            t.set(len_b, 0)
+            with if_zero(e, P):
+                t.set(len_b, tile)
+            t.set(src, 0)
+            state.append((phase, e, len_f, len_b, src))
+
+        # on an axis of one PE the operand comes straight from the store
+        own_a = t.reg() if not p.shifts_a else None
+        own_b = t.reg() if not p.shifts_b else None
+        for r in (own_a, own_b):
+            if r is not None:
+                t.set(r, 0)
+
+        def broadcast(axis, st):
+            store, panel, tile, P, pos, fwd, back = axis
+            phase, e, len_f, len_b, src = st
+            # a PE beyond the root gets the forward flood, one before it the
+            # backward one, the root both (its own two copies)
+            t.mov(panel.view(0, length=len_f), prog.fabin(fwd, len_f), async_=True, slot=1)
+            t.mov(panel.view(0, length=len_b), prog.fabin(back, len_b), async_=True, slot=2)
+            with if_zero(e, P):
+                t.mov(prog.fabout(fwd, tile), store.view(offset=src * 1, length=tile),
+                      async_=True, slot=3)
+                t.mov(prog.fabout(back, tile), store.view(offset=src * 1, length=tile),
+                      async_=True, slot=4)
+                t.addi(src, tile)
+            t.wait()
+
+        def advance(axis, st):
+            store, panel, tile, P, pos, fwd, back = axis
+            phase, e, len_f, len_b, src = st
+            t.addi(phase, 1)
+            t.mod(phase, P)
+            t.addi(e, -1)
+            with if_zero(e, P, offset=1):      # the root moved past this PE
+                t.set(len_f, 0)
+            with if_zero(phase, P):            # a new round: the root is back at 0
+                t.addi(e, P)
+                t.set(len_f, tile)
+                t.set(len_b, 0)
+            with if_zero(e, P):                # the root reached this PE
+                t.set(len_b, tile)
+
+        with t.loop(L):
+            for axis, st in zip(axes, state):
+                broadcast(axis, st)
+            a_op = a_panel.view() if p.shifts_a else a_store.view(offset=own_a * 1,
+                                                                   length=p.tile_a)
+            b_op = b_panel.view() if p.shifts_b else b_store.view(offset=own_b * 1,
+                                                                   length=p.tile_b)
+            t.matmul(c_buf.view(), a_op, b_op, p.mt, p.kt, p.nt, transpose_b=p.transpose_b)
+            for axis, st in zip(axes, state):
+                advance(axis, st)
+            if own_a is not None:
+                t.addi(own_a, p.tile_a)
+            if own_b is not None:
+                t.addi(own_b, p.tile_b)
+    return prog, c_buf
+
+
+def _contextmanager(fn):
+    import contextlib
+    return contextlib.contextmanager(fn)
