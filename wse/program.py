@@ -37,6 +37,8 @@ from .config import DTYPES, WaferConfig
 from .errors import (ConfigError, CycleLimitError, FabricDeadlockError, FloatingPointTrap,
                      ProgramError, RouteError, SramOverflowError, WseError)
 
+IN_PLACE_BYTES = 256 << 20
+
 PORT_BY_NAME = {"N": isa.NORTH, "E": isa.EAST, "S": isa.SOUTH, "W": isa.WEST,
                 "RAMP": isa.RAMP}
 
@@ -451,8 +453,8 @@ class Program:
         self.roles: list[Role] = [Role(self, 0, "idle")]
         self.pe_role = np.zeros((self.rows, self.cols), np.int32)
         self._free_regs = list(range(isa.NUM_REGISTERS))
-        self._loads: list[tuple[Buffer, np.ndarray]] = []
         self._arena = None
+        self._ran_in_place = False
 
     # --- selection of PEs
     def pes(self, rows=slice(None), cols=slice(None)) -> np.ndarray:
@@ -774,7 +776,14 @@ class Program:
                                      + engine.RECORD_DELIVERIES * record_deliveries
                                      + engine.RECORD_TASKS * trace)
         static = static._replace(settings=settings)
-        state = new_state(static, self._arena, ncolors, cfg,
+        if self._ran_in_place:
+            raise ProgramError("this Program already ran in place (its SRAM image was large); "
+                               "build it again to run it again")
+        # A run works on a copy of the loaded SRAM image so a Program can run twice;
+        # images over IN_PLACE_BYTES are used in place to halve peak memory.
+        in_place = self._arena.nbytes > IN_PLACE_BYTES
+        self._ran_in_place = in_place
+        state = new_state(static, self._arena if in_place else self._arena.copy(), ncolors, cfg,
                           event_capacity if (record_links or record_deliveries or trace) else 0)
         started = time.perf_counter()
         engine.run(static, state)
@@ -905,12 +914,11 @@ class RunResult:
 
 
 def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events: int):
-    """Fresh engine state for `static` over the SRAM bytes in `arena` (copied)."""
+    """Fresh engine state for `static` over the SRAM bytes in `arena` (used as is)."""
     from . import engine
     n_pe = cfg.rows * cfg.cols
     nq = n_pe * ncolors
     depth, idepth = cfg.queue_depth, cfg.input_queue_depth
-    arena = arena.copy()
     i64 = np.int64
 
     def queues(d):
