@@ -1,0 +1,420 @@
+"""Benchmark suites: a registry of topics, run by `wse bench` and `python -m benchmarks`.
+
+A topic is a module `benchmarks/<topic>.py` exposing `run(quick=True) ->
+list[dict]` (the rows of a table) and optionally `plot(rows, out_dir) ->
+list[pathlib.Path]`. Modules are imported only when their topic runs, and a
+topic whose module has not been written yet is listed as "not available",
+so the suites grow as modules land.
+
+For every topic that ran, `run_suite` writes into the output folder:
+    <topic>.json   {"topic", "title", "config", "package", "machine", "seconds", "rows"}
+    <topic>.csv    the rows (nested values as JSON text)
+    <topic>*.png   its plots
+and for the whole run summary.json (every topic's status, time and files).
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import importlib
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable
+
+DEFAULT_OUT = "bench-out"
+
+
+# ---------------------------------------------------------------- topics
+def _run_module(module, quick: bool, out_dir: pathlib.Path):
+    """The contract every topic module follows: run(quick) and maybe plot(rows, out_dir)."""
+    rows = module.run(quick=quick)
+    if hasattr(module, "plot"):
+        pngs = module.plot(rows, out_dir)
+    else:
+        from . import plots
+        pngs = plots.auto_plot(module.__name__.rsplit(".", 1)[-1], rows, out_dir)
+    return rows, list(pngs or [])
+
+
+def _run_engine(module, quick: bool, out_dir: pathlib.Path):
+    """engine_throughput.run takes a grid size: quick = 64x64, full = 256x256."""
+    size = 64 if quick else 256
+    rows = module.run(size=size, length=256, repeats=3)
+    from . import plots
+    return rows, [plots.throughput_bars(rows, out_dir / "engine_throughput.png")]
+
+
+def _run_gpu_calibration(module, quick: bool, out_dir: pathlib.Path):
+    """gpu_calibration.run() has one size only (it is a cost model: milliseconds)."""
+    rows = module.run()
+    from . import plots
+    made = plots.calibration_bars(rows, out_dir / "gpu_calibration.png")
+    return rows, [made] if made else []
+
+
+FABRIC_GRID = {True: 16, False: 64}
+FABRIC_LENGTH = {True: 64, False: 256}
+
+
+def _run_fabric_maps(module, quick: bool, out_dir: pathlib.Path):
+    """Where traffic and work land on the grid: link-utilisation and PE-busy
+    heatmaps of a few collectives (and of GEMM when kernels.gemm exists) on
+    one square grid. Each row gives the engine's cycles beside the kernel's
+    own cost formula where it documents one."""
+    import numpy as np
+
+    import wse
+    from kernels import collectives
+
+    from . import plots
+    n, length = FABRIC_GRID[quick], FABRIC_LENGTH[quick]
+    cfg = wse.WSE2.with_grid(rows=n, cols=n)
+    x = np.random.default_rng(0).standard_normal((n, n, length)).astype(np.float32)
+    T_R, H = cfg.ramp_latency, cfg.hop_latency
+    centre = n // 2
+    cases = [
+        ("broadcast xy from the centre", lambda: collectives.broadcast(
+            x, cfg, along="xy", root=(centre, centre)),
+         2 * T_R + 2 * max(centre, n - 1 - centre) * H + length),
+        ("shift x by 1 (wrap)", lambda: collectives.shift(x, cfg, along="x", k=1),
+         2 * T_R + (n - 1) * H + length),
+        ("reduce x, chain to column 0", lambda: collectives.reduce(x, cfg, along="x", root=0),
+         (n - 1) * (2 * T_R + H) + length),
+    ]
+    allreduce = getattr(collectives, "allreduce", None)
+    if allreduce is not None:
+        cases.append(("allreduce x (auto)", lambda: allreduce(x, cfg, along="x"), None))
+    gemm = _find_kernel("gemm")
+    if gemm is not None:
+        side = 4 * n
+        rng = np.random.default_rng(1)
+        A, B = rng.standard_normal((side, side)), rng.standard_normal((side, side))
+        cases.append((f"gemm {side}x{side}x{side}", lambda: gemm(A, B, cfg), None))
+    rows, pngs = [], []
+    for name, call, formula in cases:
+        _, report = call()
+        slug = name.split()[0]
+        pngs.append(plots.link_heatmap(report, out_dir / f"fabric_{slug}_links.png",
+                                       title=f"{name}: link utilisation ({n}x{n})"))
+        pngs.append(plots.busy_heatmap(report, out_dir / f"fabric_{slug}_busy.png",
+                                       title=f"{name}: PE busy fraction ({n}x{n})"))
+        rows.append({
+            "kernel": name, "grid": f"{n}x{n}", "wavelets_per_pe": length,
+            "cycles": report.cycles, "cycles_formula": formula,
+            "wavelet_hops": report.wavelet_hops,
+            "busiest_link_per_cycle": report.busiest_link_wavelets / max(report.cycles, 1),
+            "mean_busy_fraction": float(report.busy_cycles.mean()) / max(report.cycles, 1),
+            "engine_wall_s": report.wall_seconds,
+        })
+    return rows, pngs
+
+
+def _find_kernel(name: str):
+    """kernels.<name> if the package exports it, else kernels.<name>.<name>, else None."""
+    import kernels
+    found = getattr(kernels, name, None)
+    if callable(found):
+        return found
+    try:
+        module = importlib.import_module(f"kernels.{name}")
+    except ModuleNotFoundError:
+        return None
+    found = getattr(module, name, None)
+    return found if callable(found) else None
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    module: str
+    title: str
+    runner: Callable = _run_module
+    """runner(module, quick, out_dir) -> (rows, png paths)."""
+
+
+TOPICS: dict[str, Topic] = {t.name: t for t in [
+    Topic("engine", "benchmarks.engine_throughput",
+          "Engine throughput beside the same-run bare Numba loop", _run_engine),
+    Topic("collectives", "benchmarks.collectives", "Collectives: algorithms on mesh lines"),
+    Topic("gemm", "benchmarks.gemm", "GEMM algorithms"),
+    Topic("gemv", "benchmarks.gemv", "GEMV algorithms"),
+    Topic("attention", "benchmarks.attention", "Attention"),
+    Topic("transformer", "benchmarks.transformer", "Transformer layer: wafer vs GPU"),
+    Topic("scaling", "benchmarks.scaling", "Emulator scaling: wall time and memory vs PEs x cycles"),
+    Topic("fabric", "benchmarks.suites", "Fabric heatmaps: link utilisation and PE busy",
+          _run_fabric_maps),
+    Topic("gpu_calibration", "benchmarks.gpu_calibration",
+          "GPU cost model against published nccl-tests figures", _run_gpu_calibration),
+]}
+
+SUITES = {"quick": list(TOPICS), "full": list(TOPICS)}
+"""Both suites run every topic; quick uses each topic's small sizes."""
+
+
+def resolve(names: list[str]) -> tuple[list[str], bool | None]:
+    """Topic names for `--suite` arguments, and whether a whole suite named the
+    size (True: quick, False: full, None: topics named one by one). Raises
+    ValueError on an unknown name."""
+    if not names:
+        names = ["quick"]
+    chosen: list[str] = []
+    quick = None
+    for name in names:
+        if name in SUITES:
+            if quick is not None and quick != (name == "quick"):
+                raise ValueError("choose either the quick or the full suite, not both")
+            quick = name == "quick"
+            topics = SUITES[name]
+        elif name in TOPICS:
+            topics = [name]
+        else:
+            raise ValueError(f"unknown suite or topic {name!r}: expected quick, full or one of "
+                             f"{', '.join(TOPICS)}")
+        chosen.extend(t for t in topics if t not in chosen)
+    return chosen, quick
+
+
+# ---------------------------------------------------------------- records
+def environment() -> dict:
+    """Package version and machine, recorded with every result."""
+    import numpy
+
+    import wse
+    machine = {
+        "platform": platform.platform(), "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(), "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+    }
+    try:
+        import psutil
+        machine["memory_gib"] = round(psutil.virtual_memory().total / (1 << 30), 1)
+    except ImportError:
+        pass
+    versions = {"wse": wse.__version__, "numpy": numpy.__version__}
+    try:
+        from importlib.metadata import version
+        versions["numba"] = version("numba")
+    except Exception:           # numba's metadata missing: record what we know
+        pass
+    return {"package": {"name": "wse", "version": wse.__version__, "git": _git_commit(),
+                        "versions": versions},
+            "machine": machine}
+
+
+def _git_commit() -> str | None:
+    root = pathlib.Path(__file__).resolve().parent.parent
+    try:
+        done = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root,
+                              capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
+
+
+def _plain(value):
+    """JSON-ready copy of a row value (NumPy scalars and arrays included)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, pathlib.PurePath):
+        return str(value)
+    return value
+
+
+def write_json(path: pathlib.Path, record: dict) -> pathlib.Path:
+    path.write_text(json.dumps(_plain(record), indent=1, default=str))
+    return path
+
+
+def write_csv(path: pathlib.Path, rows: list[dict]) -> pathlib.Path:
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (json.dumps(_plain(v)) if isinstance(v, (dict, list, tuple))
+                                 else _plain(v)) for k, v in row.items()})
+    return path
+
+
+# ---------------------------------------------------------------- running
+@dataclass
+class TopicResult:
+    name: str
+    title: str
+    status: str
+    """"ok", "not available" or "error"."""
+    seconds: float = 0.0
+    rows: list = field(default_factory=list)
+    files: list = field(default_factory=list)
+    message: str = ""
+
+
+def _load(topic: Topic):
+    """The topic's module, or the reason it is not available (a string)."""
+    try:
+        module = importlib.import_module(topic.module)
+    except ModuleNotFoundError as error:
+        missing = error.name or ""
+        if missing == topic.module or missing.split(".")[0] in ("benchmarks", "kernels"):
+            return f"module {missing} does not exist yet"
+        raise
+    if topic.runner is _run_module and not callable(getattr(module, "run", None)):
+        return f"{topic.module} has no run(quick) function"
+    return module
+
+
+def run_topic(name: str, quick: bool, out_dir: pathlib.Path, config: dict | None = None,
+              env: dict | None = None) -> TopicResult:
+    """Run one topic and write its JSON, CSV and plots. Never raises for a
+    topic's own failure: the result says "error" and <topic>.error.txt holds
+    the traceback."""
+    topic = TOPICS[name]
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        module = _load(topic)
+        if isinstance(module, str):
+            return TopicResult(name, topic.title, "not available", message=module)
+        rows, pngs = topic.runner(module, quick, out_dir)
+    except Exception as error:     # a failing topic must not stop the suite
+        path = out_dir / f"{name}.error.txt"
+        path.write_text(traceback.format_exc())
+        return TopicResult(name, topic.title, "error", time.perf_counter() - started,
+                           files=[path], message=f"{type(error).__name__}: {error}")
+    seconds = time.perf_counter() - started
+    record = {"topic": name, "title": topic.title,
+              "config": dict(config or {}, topic=name, module=topic.module, quick=quick),
+              **(env or environment()),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "seconds": seconds, "rows": rows}
+    files = [write_json(out_dir / f"{name}.json", record), write_csv(out_dir / f"{name}.csv", rows),
+             *pngs]
+    return TopicResult(name, topic.title, "ok", seconds, rows, files)
+
+
+def run_suite(names: list[str], quick: bool, out_dir, console=None, show_progress: bool = True,
+              config: dict | None = None) -> list[TopicResult]:
+    """Run topics in order with a progress bar, printing each table as it
+    finishes; write summary.json. Returns the results."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn,
+                               TextColumn, TimeElapsedColumn)
+    console = console or Console()
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    config = dict(config or {}, suite_quick=quick)
+    results: list[TopicResult] = []
+    started = time.perf_counter()
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=console, disable=not show_progress) as progress:
+        task = progress.add_task("benchmarks", total=len(names))
+        for name in names:
+            progress.update(task, description=f"{name}: running")
+            result = run_topic(name, quick, out_dir, config, env)
+            results.append(result)
+            progress.console.print(render_result(result, console.width))
+            progress.advance(task)
+        progress.update(task, description="done")
+    total = time.perf_counter() - started
+    summary = {"config": config, **env, "seconds": total,
+               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "topics": [{"topic": r.name, "title": r.title, "status": r.status,
+                           "seconds": r.seconds, "message": r.message,
+                           "files": [pathlib.Path(f).name for f in r.files]} for r in results]}
+    write_json(out_dir / "summary.json", summary)
+    console.print(render_summary(results, total, out_dir))
+    return results
+
+
+# ---------------------------------------------------------------- tables
+def format_value(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 100_000 else str(value)
+    return str(value)
+
+
+def rows_table(rows: list[dict], title: str = "", max_rows: int = 40, width: int = 100):
+    """A rich Table of rows that fits `width` characters: as is when it fits;
+    turned on its side (one line per column) when a few rows are too wide;
+    else with long text columns left out (they stay in the CSV)."""
+    from rich.table import Table
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    shown = rows[:max_rows]
+    cells = {c: [format_value(r.get(c)) for r in shown] for c in columns}
+
+    def needed(cols):
+        return sum(max([len(c)] + [len(v) for v in cells[c]]) + 3 for c in cols) + 1
+
+    table = Table(title=title, title_justify="left")
+    notes = []
+    if needed(columns) > width and len(shown) <= 8:
+        labels = []
+        for i, r in enumerate(shown):
+            text = [str(v) for v in r.values() if isinstance(v, str)][:2]
+            labels.append(", ".join(text) or f"row {i}")
+        table.add_column("")
+        for label in labels:
+            table.add_column(label, justify="right", overflow="fold")
+        for c in columns:
+            table.add_row(c, *cells[c])
+        return table
+    if needed(columns) > width:
+        long_text = [c for c in columns if any(len(v) > 24 for v in cells[c])
+                     and not all(isinstance(r.get(c), (int, float)) for r in shown)]
+        columns = [c for c in columns if c not in long_text]
+        if long_text:
+            notes.append(f"left out here, in the CSV: {', '.join(long_text)}")
+    for c in columns:
+        table.add_column(c, overflow="fold", justify="right" if all(
+            isinstance(r.get(c), (int, float)) or r.get(c) is None for r in shown) else "left")
+    for i in range(len(shown)):
+        table.add_row(*(cells[c][i] for c in columns))
+    if len(rows) > max_rows:
+        notes.append(f"{len(rows) - max_rows} more rows in the CSV")
+    table.caption = "; ".join(notes) or None
+    return table
+
+
+def render_result(result: TopicResult, width: int = 100):
+    from rich.text import Text
+    if result.status == "ok":
+        return rows_table(result.rows, f"{result.name}: {result.title} ({result.seconds:.1f} s)",
+                          width=width)
+    style = "yellow" if result.status == "not available" else "bold red"
+    return Text(f"{result.name}: {result.status}: {result.message}", style=style)
+
+
+def render_summary(results: list[TopicResult], seconds: float, out_dir: pathlib.Path):
+    from rich.table import Table
+    table = Table(title=f"Suite finished in {seconds:.1f} s; results in {out_dir}/",
+                  title_justify="left")
+    for c in ("topic", "status", "seconds", "files"):
+        table.add_column(c)
+    colours = {"ok": "green", "not available": "yellow", "error": "bold red"}
+    for r in results:
+        table.add_row(r.name, f"[{colours[r.status]}]{r.status}[/]", f"{r.seconds:.1f}",
+                      ", ".join(pathlib.Path(f).name for f in r.files) or r.message)
+    return table

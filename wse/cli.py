@@ -1,0 +1,659 @@
+"""The `wse` command.
+
+    wse info [PRESET]                            a preset's parameters and their sources
+    wse run KERNEL [--grid RxC] [--preset P] ... run one kernel, print its RunReport
+    wse compare --model M --phase decode ...     a transformer on the wafer vs a GPU cluster
+    wse bench [--suite quick|full|TOPIC ...]     benchmark suites (= python -m benchmarks)
+
+Bad arguments print one line and exit with status 2. Every import beyond
+argparse happens inside the command that needs it, so that `import wse` and
+`wse --help` load neither rich, matplotlib nor numba.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+COLLECTIVES = ("allreduce", "broadcast", "reduce", "shift")
+KERNELS = COLLECTIVES + ("gemm", "gemv", "attention", "layer")
+GPU_SPEC_HELP = "N x a GPU name: 8xH100, 16xA100, 4xH200, 8xB200"
+
+
+class UsageError(Exception):
+    """A bad argument, or a kernel that is not there: one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an error is one line (with where to find help), not the usage block."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+# ------------------------------------------------------------------ argument types
+def parse_grid(text: str) -> tuple[int, int]:
+    """'16x16' -> (rows, cols)."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"grid {text!r} must look like ROWSxCOLS, e.g. 16x16")
+    rows, cols = (int(p) for p in parts)
+    if rows < 1 or cols < 1:
+        raise argparse.ArgumentTypeError(f"grid {text!r} needs at least one row and one column")
+    return rows, cols
+
+
+def parse_preset(text: str) -> str:
+    """'wse2', 'WSE-2', 'WSE2' -> 'WSE2'."""
+    from .config import PRESETS
+    key = text.upper().replace("-", "").replace("_", "")
+    if key not in PRESETS:
+        raise argparse.ArgumentTypeError(f"unknown preset {text!r}: expected one of "
+                                         f"{', '.join(PRESETS)}")
+    return key
+
+
+def parse_gpus(text: str) -> tuple[int, str]:
+    """'8xH100' -> (8, 'H100')."""
+    count, sep, name = text.partition("x")
+    if not sep or not count.strip().isdigit() or int(count) < 1 or not name:
+        raise argparse.ArgumentTypeError(f"GPUs {text!r} must be {GPU_SPEC_HELP}")
+    from .gpu import DEVICES
+    if name.strip().upper() not in DEVICES:
+        raise argparse.ArgumentTypeError(f"unknown GPU {name!r} in {text!r}: expected one of "
+                                         f"{', '.join(DEVICES)}")
+    return int(count), name.strip().upper()
+
+
+def _positive(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
+def wafer_config(preset: str, grid: tuple[int, int]):
+    """The preset on a rows x cols region; the region must fit the wafer."""
+    from .config import PRESETS
+    base = PRESETS[preset]
+    rows, cols = grid
+    if rows > base.rows or cols > base.cols:
+        raise UsageError(f"grid {rows}x{cols} does not fit {base.name}'s {base.rows}x{base.cols} "
+                         "fabric")
+    return base.with_grid(rows=rows, cols=cols)
+
+
+# ------------------------------------------------------------------ kernels
+def find_kernel(name: str):
+    """kernels.<name> when the package exports it, else the function <name> of
+    kernels.<name> or kernels.collectives; None when it does not exist yet."""
+    import kernels
+    found = getattr(kernels, name, None)
+    if callable(found):
+        return found
+    for module_name in (f"kernels.{name}", "kernels.collectives"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue
+        found = getattr(module, name, None)
+        if callable(found):
+            return found
+    return None
+
+
+def _optional_module(name: str):
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name != name:
+            raise
+        return None
+
+
+def _accepts(fn, parameter: str) -> bool:
+    import inspect
+    try:
+        return parameter in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _qualname(fn) -> str:
+    return f"{fn.__module__}.{fn.__name__}"
+
+
+def _kernel_call(args, cfg):
+    """(function, positional args, keyword args, float64 reference, what was run)."""
+    import numpy as np
+
+    from kernels import reference
+    rng = np.random.default_rng(args.seed)
+    side = 4 * max(cfg.rows, cfg.cols)
+    if args.kernel in COLLECTIVES:
+        fn = find_kernel(args.kernel)
+        if fn is None:
+            return None
+        x = rng.standard_normal((cfg.rows, cfg.cols, args.size))
+        kwargs = {"along": args.along}
+        if args.kernel == "broadcast":
+            kwargs["root"] = (0, 0) if args.along == "xy" else 0
+            expected = reference.broadcast(x, args.along, kwargs["root"])
+        elif args.kernel == "shift":
+            if args.along == "xy":
+                raise UsageError("wse run shift: --along must be x or y")
+            expected = np.roll(x, 1, axis=1 if args.along == "x" else 0)
+        else:
+            expected = getattr(reference, args.kernel)(x, args.along)
+        what = f"{args.kernel} along {args.along}, {args.size} values per PE"
+        return fn, (x, cfg), kwargs, expected, what
+    if args.kernel == "gemm":
+        fn = find_kernel("gemm")
+        if fn is None:
+            return None
+        m, k, n = args.m or side, args.k or side, args.n or side
+        A, B = rng.standard_normal((m, k)), rng.standard_normal((k, n))
+        return fn, (A, B, cfg), {}, reference.matmul(A, B), f"gemm C({m}x{n}) = A({m}x{k}) B({k}x{n})"
+    if args.kernel == "gemv":
+        fn = find_kernel("gemv")
+        if fn is None:
+            return None
+        m, k = args.m or side, args.k or side
+        W, x = rng.standard_normal((m, k)), rng.standard_normal(k)
+        return fn, (W, x, cfg), {}, reference.gemv(W, x), f"gemv y({m}) = W({m}x{k}) x({k})"
+    if args.kernel == "attention":
+        fn = find_kernel("attention")
+        if fn is None:
+            return None
+        Q, K, V = (rng.standard_normal((args.seq, args.head_dim)) for _ in range(3))
+        causal = not args.no_causal
+        return (fn, (Q, K, V, cfg), {"causal": causal}, reference.attention(Q, K, V, causal),
+                f"attention over {args.seq} positions, head_dim {args.head_dim}, "
+                f"{'causal' if causal else 'full'}")
+    # one transformer layer, prefill over --seq positions
+    transformer = _optional_module("kernels.transformer")
+    if transformer is None or not callable(getattr(transformer, "prefill", None)):
+        return None
+    from kernels import models
+    model = models.preset(args.model)
+    weights = models.random_weights(model, seed=args.seed, n_layers=1)
+    x = rng.standard_normal((args.seq, model.d_model))
+    expected = reference.prefill(model, weights, x).hidden
+    return (transformer.prefill, (model, weights, x), {"target": cfg}, expected,
+            f"one {model.name} layer, prefill over {args.seq} positions")
+
+
+def _max_errors(result, expected):
+    import numpy as np
+    result = np.asarray(result, dtype=np.float64)
+    if result.shape != expected.shape:
+        return None
+    err = float(np.max(np.abs(result - expected))) if result.size else 0.0
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    return err, err / scale if scale else err
+
+
+def cmd_run(args) -> int:
+    cfg = wafer_config(args.preset, args.grid)
+    if args.kernel in ("gemm", "gemv") and args.along != "x":
+        raise UsageError(f"wse run {args.kernel}: --along applies to collectives only")
+    call = _kernel_call(args, cfg)
+    if call is None:
+        where = "kernels.transformer.prefill" if args.kernel == "layer" else f"kernels.{args.kernel}"
+        print(f"wse run {args.kernel}: not available yet ({where} has not been written)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    fn, positional, kwargs, expected, what = call
+    name = _qualname(fn)
+    for option, value, default in (("algorithm", args.algorithm, None),
+                                   ("dtype", args.dtype, "float32")):
+        if value == default:
+            continue
+        if not _accepts(fn, option):
+            raise UsageError(f"wse run {args.kernel}: {name} has no {option} parameter, so "
+                             f"--{option} {value} cannot be applied")
+        kwargs[option] = value
+    if args.trace:
+        if not _accepts(fn, "trace"):
+            raise UsageError(f"wse run {args.kernel}: {name} does not pass trace=True through to "
+                             "Program.run, so --trace cannot record its task slices; run it "
+                             "without --trace")
+        kwargs["trace"] = True
+    returned = fn(*positional, **kwargs)
+    result, report = returned[0], returned[-1]
+    errors = _max_errors(result, expected)
+
+    from rich.console import Console
+    console = Console()
+    console.print(report_table(report, f"{name}: {what} on {cfg.name} {cfg.rows}x{cfg.cols}"
+                                       f" ({args.dtype})", errors))
+    if args.trace:
+        if report.task_events is None:
+            print(f"wse run {args.kernel}: {name} accepted trace=True but its report holds no "
+                  "task events; no trace written", file=sys.stderr)
+            return EXIT_FAILED
+        slices = report.to_chrome_trace(args.trace)
+        console.print(f"wrote {slices} task slices to {args.trace} (open in ui.perfetto.dev or "
+                      "chrome://tracing; 1 cycle = 1 us)")
+    if args.json:
+        report.to_json(args.json)
+        console.print(f"wrote the report to {args.json}")
+    if args.plot:
+        import pathlib
+
+        from benchmarks import plots
+        out = pathlib.Path(args.plot)
+        made = [plots.link_heatmap(report, out / f"{args.kernel}_links.png"),
+                plots.busy_heatmap(report, out / f"{args.kernel}_busy.png")]
+        console.print("wrote " + ", ".join(str(p) for p in made))
+    return 0
+
+
+def report_table(report, title: str, errors=None):
+    """A RunReport as a two-column rich table (with the error against float64)."""
+    from rich.table import Table
+    table = Table(title=title, title_justify="left")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    s = report.summary()
+    rows = [
+        ("cycles", f"{s['cycles']:,}"),
+        ("time at clock", f"{s['seconds'] * 1e6:.3f} us"),
+        ("wavelet-hops", f"{s['wavelet_hops']:,}"),
+        ("busiest link", f"{s['busiest_link_wavelets']:,} wavelets "
+                         f"({s['busiest_link_wavelets'] / max(s['cycles'], 1):.2f} per cycle)"),
+        ("FLOPs", f"{s['flops']:,}"),
+        ("compute efficiency", f"{s['compute_efficiency']:.2%}"),
+        ("mean compute cycles per PE", f"{s['compute_cycles_mean']:.1f}"),
+        ("mean stall cycles per PE", f"{s['stall_cycles_mean']:.1f}"),
+        ("max busy cycles of a PE", f"{s['busy_cycles_max']:,}"),
+        ("max SRAM of a PE", f"{s['sram_peak_bytes_max']:,} B"),
+        ("energy", f"{s['energy_joules']:.4g} J"),
+    ]
+    rows += [(f"  energy: {k}", f"{v:.4g} J") for k, v in report.energy_breakdown.items()]
+    rows += [(f"  phase {p['name']}", f"{p['cycles']:,} cycles") for p in report.phases]
+    if errors is not None:
+        rows += [("max |error| vs float64", f"{errors[0]:.3g}"),
+                 ("  relative to max |reference|", f"{errors[1]:.3g}")]
+    rows.append(("emulator wall time", f"{s['wall_seconds']:.3f} s"))
+    for figure, value in rows:
+        table.add_row(figure, value)
+    return table
+
+
+# ------------------------------------------------------------------ info
+def _sources_legend() -> dict[str, str]:
+    """'[SDK]   Cerebras SDK documentation ...' lines of wse.config's docstring."""
+    import re
+
+    from . import config
+    legend = {}
+    for line in (config.__doc__ or "").splitlines():
+        found = re.match(r"\s*\[(\w+)\]\s+(.+)", line)
+        if found:
+            legend[found.group(1)] = found.group(2).strip()
+    return legend
+
+
+def _sources_of(doc: str) -> str:
+    import re
+    tags = re.findall(r"\[([A-Z0-9]+)[^\]]*\]", doc)
+    if "ASSUMPTION" in doc:
+        tags.append("ASSUMPTION")
+    return ", ".join(dict.fromkeys(tags)) or "-"
+
+
+def cmd_info(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .config import PRESETS
+    cfg = PRESETS[args.preset]
+    table = Table(title=f"{args.preset}: {cfg.name} (wse.{args.preset}; other presets: "
+                        f"{', '.join(p for p in PRESETS if p != args.preset)})",
+                  title_justify="left", show_lines=True)
+    table.add_column("parameter", no_wrap=True)
+    table.add_column("value", justify="right", no_wrap=True)
+    table.add_column("source", no_wrap=True)
+    table.add_column("what it is and where it comes from")
+    for name, value, doc in cfg.fields_with_docs():
+        shown = f"{value:.4g}" if isinstance(value, float) else f"{value}"
+        table.add_row(name, shown, _sources_of(doc), doc)
+    console = Console()
+    console.print(table)
+    derived = Table(title="Derived", title_justify="left")
+    derived.add_column("figure")
+    derived.add_column("value", justify="right")
+    derived.add_row("PEs", f"{cfg.num_pes:,}")
+    derived.add_row("SRAM, all PEs", f"{cfg.num_pes * cfg.sram_bytes / (1 << 30):.2f} GiB")
+    for dtype in ("float16", "float32"):
+        peak = cfg.num_pes * cfg.peak_flops_per_pe_cycle(dtype) * cfg.clock_hz
+        derived.add_row(f"peak {dtype}", f"{peak / 1e15:.3g} PFLOP/s")
+    derived.add_row("link bandwidth, one direction",
+                    f"{cfg.link_bits / 8 * cfg.clock_hz / 1e9:.2f} GB/s")
+    console.print(derived)
+    legend = Table(title="Sources", title_justify="left")
+    legend.add_column("tag")
+    legend.add_column("source")
+    for tag, text in _sources_legend().items():
+        legend.add_row(tag, text)
+    legend.add_row("ASSUMPTION", "not published; a field so that it can be varied")
+    console.print(legend)
+    return 0
+
+
+# ------------------------------------------------------------------ compare
+def _gpu_side(model, phase: str, seq: int, cluster, tp, seed: int):
+    """The GPU cluster's cost for the whole model, from one emulated layer
+    (every layer does the same work) times the model's layer count."""
+    import numpy as np
+
+    from kernels import models, sharded
+    tp = sharded.default_tp(model, cluster) if tp is None else tp
+    positions = seq + 1 if phase == "decode" else seq
+    sharded.check_fits(model, cluster, tp, positions)        # the whole model must fit
+    weights = models.random_weights(model, seed=seed, n_layers=1)
+    rng = np.random.default_rng(seed)
+    if phase == "prefill":
+        x = rng.standard_normal((seq, model.d_model)).astype(np.float32)
+        _, report = sharded.prefill(model, weights, x, cluster, tp=tp)
+    else:
+        shape = (model.n_kv_heads, seq, model.head_dim)
+        state = models.KVCache((rng.standard_normal(shape).astype(np.float32),),
+                               (rng.standard_normal(shape).astype(np.float32),),
+                               rng.standard_normal(model.d_model).astype(np.float32))
+        _, _, report = sharded.decode_step(model, weights, state, cluster, tp=tp)
+    return tp, weights, report
+
+
+def cmd_compare(args) -> int:
+    from kernels import models
+
+    from .gpu import Cluster, device
+    model = models.preset(args.model)
+    if args.seq > model.max_seq_len - (args.phase == "decode"):
+        raise UsageError(f"wse compare: --seq {args.seq} exceeds {model.name}'s max_seq_len "
+                         f"{model.max_seq_len}")
+    cfg = wafer_config(args.preset, args.grid)
+    n_gpus, gpu_name = args.gpus
+    cluster = Cluster(device(gpu_name), n_gpus=n_gpus)
+    if args.tp is not None and args.tp > n_gpus:
+        raise UsageError(f"wse compare: --tp {args.tp} exceeds the {n_gpus} GPUs of --gpus")
+
+    from rich.console import Console
+    from rich.table import Table
+    console = Console()
+    with console.status(f"emulating one {model.name} layer on {cluster.name}"):
+        tp, weights, gpu = _gpu_side(model, args.phase, args.seq, cluster, args.tp, args.seed)
+    layers = model.n_layers
+    what = (f"{model.name} {args.phase}: "
+            + (f"{args.seq} prompt positions" if args.phase == "prefill"
+               else f"one new token after {args.seq} cached positions")
+            + f", {layers} layers (one emulated, times {layers})")
+
+    wafer = None
+    transformer = _optional_module("kernels.transformer")
+    if transformer is not None and callable(getattr(transformer, "compare", None)):
+        with console.status(f"emulating one {model.name} layer on a {cfg.rows}x{cfg.cols} wafer"):
+            wafer = _wafer_side(transformer, model, weights, args.phase, args.seq, cfg, args.seed)
+
+    table = Table(title=what, title_justify="left")
+    table.add_column("figure")
+    table.add_column(f"wafer {cfg.name} {cfg.rows}x{cfg.cols}", justify="right")
+    table.add_column(f"GPUs {cluster.name}, tp={tp}", justify="right")
+    rows = _comparison_rows(gpu, wafer, layers)
+    for r in rows:
+        fmt = r["format"]
+        table.add_row(f"{r['metric']} ({r['unit']})",
+                      "not available" if r["wafer"] is None else fmt.format(r["wafer"]),
+                      fmt.format(r["gpu"]))
+    console.print(table)
+    if wafer is None:
+        console.print("[yellow]wafer side: not available yet (kernels.transformer.compare has "
+                      "not been written); the GPU side comes from kernels.sharded[/]")
+    else:
+        extra = transformer.compare(wafer, gpu)
+        console.print(_render_any(extra, "kernels.transformer.compare (one layer)"))
+    if args.plot:
+        import pathlib
+
+        from benchmarks import plots
+        path = pathlib.Path(args.plot) / f"compare_{model.name}_{args.phase}.png"
+        for r in rows:
+            r["wafer_label"] = f"wafer {cfg.rows}x{cfg.cols}"
+            r["gpu_label"] = cluster.name
+        plots.wafer_vs_gpu_bars(rows, path, title=what)
+        console.print(f"wrote {path}")
+    if args.json:
+        import json
+        with open(args.json, "w") as f:
+            json.dump({"model": model.name, "phase": args.phase, "seq": args.seq,
+                       "grid": list(args.grid), "preset": args.preset, "gpus": cluster.name,
+                       "tp": tp, "layers": layers, "rows": [{k: v for k, v in r.items()
+                                                             if k != "format"} for r in rows],
+                       "gpu_layer_report": gpu.to_dict(),
+                       "wafer_layer_report": None if wafer is None else wafer.to_dict(False)},
+                      f, indent=1)
+        console.print(f"wrote {args.json}")
+    return 0
+
+
+def _wafer_side(transformer, model, weights, phase, seq, cfg, seed):
+    """One layer on the wafer through kernels.transformer (the API of
+    shared/design/architecture.md); returns its RunReport."""
+    import numpy as np
+
+    from kernels import reference
+    rng = np.random.default_rng(seed)
+    if phase == "prefill":
+        x = rng.standard_normal((seq, model.d_model)).astype(np.float32)
+        returned = transformer.prefill(model, weights, x, target=cfg)
+    else:
+        prompt = rng.standard_normal((seq, model.d_model)).astype(np.float32)
+        state = reference.prefill(model, weights, prompt).cache
+        returned = transformer.decode_step(model, weights, state, target=cfg)
+    return returned[-1]
+
+
+def _comparison_rows(gpu, wafer, layers: int) -> list[dict]:
+    def wafer_value(get):
+        return None if wafer is None else get(wafer) * layers
+    return [
+        {"metric": "time", "unit": "ms", "format": "{:.4g}",
+         "wafer": wafer_value(lambda r: r.seconds * 1e3), "gpu": gpu.seconds * layers * 1e3},
+        {"metric": "energy", "unit": "J", "format": "{:.4g}",
+         "wafer": wafer_value(lambda r: r.energy_joules), "gpu": gpu.energy_joules * layers},
+        {"metric": "FLOPs", "unit": "GFLOP", "format": "{:.4g}",
+         "wafer": wafer_value(lambda r: r.flops / 1e9), "gpu": gpu.flops * layers / 1e9},
+        {"metric": "communication time", "unit": "ms", "format": "{:.4g}",
+         "wafer": None, "gpu": gpu.comm_seconds * layers * 1e3},
+        {"metric": "bytes sent between devices", "unit": "MB", "format": "{:.4g}",
+         "wafer": wafer_value(lambda r: r.wavelet_hops * 4 / 1e6),
+         "gpu": gpu.bytes_sent_total * layers / 1e6},
+    ]
+
+
+def _render_any(value, title: str):
+    """A table of whatever compare() returns: rows of dicts, a dict, or text."""
+    from rich.table import Table
+    if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+        from benchmarks.suites import rows_table
+        return rows_table(value, title)
+    if isinstance(value, dict):
+        table = Table(title=title, title_justify="left")
+        table.add_column("key")
+        table.add_column("value")
+        for k, v in value.items():
+            table.add_row(str(k), str(v))
+        return table
+    return str(value)
+
+
+# ------------------------------------------------------------------ bench
+def cmd_bench(args) -> int:
+    from benchmarks import suites
+    if args.list:
+        import importlib.util
+        from rich.console import Console
+        from rich.table import Table
+        table = Table(title="Benchmark topics (wse bench --suite NAME ...)", title_justify="left")
+        for c in ("topic", "module", "available", "what it measures"):
+            table.add_column(c)
+        for t in suites.TOPICS.values():
+            there = importlib.util.find_spec(t.module) is not None
+            table.add_row(t.name, t.module, "yes" if there else "not yet", t.title)
+        Console().print(table)
+        return 0
+    try:
+        names, quick = suites.resolve(args.suite)
+    except ValueError as error:
+        raise UsageError(f"wse bench: {error}") from None
+    if quick is None:
+        quick = not args.full
+    elif args.full and quick:
+        raise UsageError("wse bench: --full contradicts --suite quick")
+    results = suites.run_suite(names, quick, args.out, show_progress=not args.no_progress,
+                               config={"command": "wse bench " + " ".join(args.raw_argv)})
+    return EXIT_FAILED if any(r.status == "error" for r in results) else 0
+
+
+# ------------------------------------------------------------------ parser
+def _add_machine_options(p, grid: str):
+    p.add_argument("--grid", type=parse_grid, default=parse_grid(grid), metavar="ROWSxCOLS",
+                   help=f"the region of the wafer to emulate (default {grid})")
+    p.add_argument("--preset", type=parse_preset, default="WSE2", metavar="PRESET",
+                   help="wafer parameters: WSE2 or WSE3 (default WSE2; see 'wse info')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="wse", description="A cycle-level emulator of a wafer-scale engine: "
+                     "run kernels, compare with GPUs, benchmark.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"wse {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    info = commands.add_parser("info", help="a preset's parameters and their sources",
+                               description="Print a wafer preset's parameters, each with its "
+                               "value, its source tag and its documentation.")
+    info.add_argument("preset", nargs="?", type=parse_preset, default="WSE2", metavar="PRESET",
+                      help="WSE2 (default) or WSE3")
+    info.set_defaults(handler=cmd_info)
+
+    run = commands.add_parser(
+        "run", help="run one kernel and print its RunReport",
+        description="Run one kernel on random inputs, check it against the float64 NumPy "
+        "reference and print its RunReport as a table. A kernel that has not been written "
+        "yet prints one line and exits with status 2.")
+    run.add_argument("kernel", choices=KERNELS, metavar="KERNEL",
+                     help=f"one of: {', '.join(KERNELS)} (layer: one transformer layer, prefill)")
+    _add_machine_options(run, "4x4")
+    run.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                     help="element type the kernel computes in (default float32; passed only "
+                     "to kernels with a dtype parameter)")
+    run.add_argument("--algorithm", default=None,
+                     help="the kernel's algorithm, e.g. chain, ring, summa, cannon, meshgemm "
+                     "(default: the kernel's own default)")
+    run.add_argument("--along", choices=("x", "y", "xy"), default="x",
+                     help="collectives: within rows (x), columns (y) or the whole grid (xy)")
+    run.add_argument("--size", type=_positive, default=16, metavar="B",
+                     help="collectives: values per PE (default 16)")
+    run.add_argument("--m", type=_positive, default=None,
+                     help="gemm/gemv: rows of A / W (default 4 x the larger grid side)")
+    run.add_argument("--k", type=_positive, default=None,
+                     help="gemm/gemv: inner dimension (default 4 x the larger grid side)")
+    run.add_argument("--n", type=_positive, default=None,
+                     help="gemm: columns of B (default 4 x the larger grid side)")
+    run.add_argument("--seq", type=_positive, default=16,
+                     help="attention/layer: sequence length (default 16)")
+    run.add_argument("--head-dim", type=_positive, default=16,
+                     help="attention: head dimension (default 16)")
+    run.add_argument("--no-causal", action="store_true", help="attention: no causal mask")
+    run.add_argument("--model", default="tiny",
+                     help="layer: model preset whose first layer runs (default tiny)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    run.add_argument("--trace", metavar="FILE", default=None,
+                     help="write a Chrome trace (one slice per task run per PE) to FILE; the "
+                     "kernel must take trace=True and pass it to Program.run")
+    run.add_argument("--json", metavar="FILE", default=None,
+                     help="write the full report (per-PE arrays included) as JSON")
+    run.add_argument("--plot", metavar="DIR", default=None,
+                     help="write link-utilisation and PE-busy heatmaps (PNG) into DIR")
+    run.set_defaults(handler=cmd_run)
+
+    compare = commands.add_parser(
+        "compare", help="a transformer on the wafer vs a GPU cluster",
+        description="Time, energy and traffic of a transformer phase on a wafer region and on "
+        "a GPU cluster (Megatron tensor parallelism, kernels.sharded). One layer is emulated "
+        "on each side and multiplied by the model's layer count.")
+    compare.add_argument("--model", default="llama3-8b",
+                         help="model preset: tiny, gpt2-small, llama3-8b, llama2-13b, "
+                         "llama3-70b (default llama3-8b)")
+    compare.add_argument("--phase", choices=("prefill", "decode"), default="decode",
+                         help="prefill a prompt, or decode one token (default decode)")
+    compare.add_argument("--seq", type=_positive, default=128,
+                         help="prompt length (prefill) or cached positions (decode); default 128")
+    _add_machine_options(compare, "420x420")
+    compare.add_argument("--gpus", type=parse_gpus, default=parse_gpus("8xH100"),
+                         metavar="NxGPU", help=f"the GPU cluster: {GPU_SPEC_HELP} "
+                         "(default 8xH100)")
+    compare.add_argument("--tp", type=_positive, default=None,
+                         help="tensor-parallel degree (default: the largest up to the GPU count "
+                         "that divides the model)")
+    compare.add_argument("--seed", type=int, default=0, help="seed of the synthetic weights")
+    compare.add_argument("--plot", metavar="DIR", default=None,
+                         help="write wafer-vs-GPU bars (PNG) into DIR")
+    compare.add_argument("--json", metavar="FILE", default=None,
+                         help="write the comparison and both per-layer reports as JSON")
+    compare.set_defaults(handler=cmd_compare)
+
+    bench = commands.add_parser(
+        "bench", help="run benchmark suites (also: python -m benchmarks)",
+        description="Run benchmark suites or single topics; print tables, write JSON, CSV and "
+        "PNG files. 'quick' takes under 3 minutes on 2 cores; see benchmarks/RESULTS.md for "
+        "a full run.")
+    bench.add_argument("--suite", nargs="+", default=["quick"], metavar="NAME",
+                       help="quick (default), full, or topic names (see --list)")
+    bench.add_argument("--full", action="store_true",
+                       help="run the named topics at full size (the full suite does)")
+    bench.add_argument("--out", default="bench-out", metavar="DIR",
+                       help="where results go (default ./bench-out)")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.add_argument("--list", action="store_true",
+                       help="list the topics and whether their modules exist yet")
+    bench.set_defaults(handler=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 failed, 2 bad usage)."""
+    from .errors import ConfigError, SramOverflowError, WseError
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        args.raw_argv = argv[1:]
+        return args.handler(args)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ConfigError, SramOverflowError) as error:
+        command = f"wse {argv[0]}" if argv else "wse"
+        print(f"{command}: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except WseError as error:
+        command = f"wse {argv[0]}" if argv else "wse"
+        print(f"{command}: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except SystemExit as done:          # --help and --version
+        return done.code if isinstance(done.code, int) else 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
