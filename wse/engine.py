@@ -298,7 +298,10 @@ def _apply(op, a, b, s):
     if op == OP_SUBS:
         return a - s
     if op == OP_EXP:
-        return np.float32(math.exp(a)) if a < 88.72 else np.float32(np.inf)
+        # NaN fails every comparison, so it reaches math.exp and stays NaN; the
+        # guard only keeps pure Python (NUMBA_DISABLE_JIT) from an OverflowError:
+        # exp(89) already exceeds float32 and rounds to inf in the cast
+        return np.float32(np.inf) if a >= 89.0 else np.float32(math.exp(a))
     if op == OP_RSQRT:
         x = a + s
         if x > 0:
