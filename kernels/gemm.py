@@ -207,9 +207,9 @@ def expected_wavelet_hops(p: GemmPlan) -> int:
 
     cannon/meshgemm: L-1 shifts; per shift every row moves a tile of A over
     each of its ring's streams (sum of the stream lengths) and every column
-    a tile of B. summa: per step each row floods A from its root to both
-    ends (P-1 links, twice... once per direction: the root's two streams
-    cover the whole line once) and each column floods B likewise."""
+    a tile of B. summa: per step each row floods A from its root towards
+    both ends (its two streams together cross each of the row's C-1 links
+    once) and each column floods B likewise."""
     R, C, L = p.rows, p.cols, p.steps
     if p.algorithm == "summa":
         per_step = R * (C - 1) * p.tile_a * p.shifts_a + C * (R - 1) * p.tile_b * p.shifts_b
@@ -229,49 +229,92 @@ def matmul_cycles(p: GemmPlan, cfg: wse.WaferConfig) -> int:
 
 
 def model_cycles(p: GemmPlan, cfg: wse.WaferConfig) -> int:
-    """First-principles cycle count (T_R ramp latency, H hop latency).
+    """First-principles cycle count: the critical path through the steps.
 
-    A stream of n wavelets over d hops, started at cycle 0, completes at its
-    receiver at 2*T_R + d*H + n (one wavelet per cycle; the first needs two
-    ramps and d hops). A PE's ramp carries one wavelet per cycle each way, so
-    its A and B streams go one after the other: a shift of both costs
-        shift = 2*T_R + D*H + tile_a + tile_b       (D: the longest stream)
-    and the local product costs mm = ceil(mt*kt*nt / SIMD).
-      cannon:   L*mm + (L-1)*shift     (multiply, then shift; D = P-1)
-      meshgemm: mm + (L-1)*max(mm, shift) (the shift overlaps the product;
-                D <= 2)
-      summa:    L*(mm + bcast_a + bcast_b) with a panel flood from root r
-                costing 2*T_R + D*H + 2*tile (the root injects the tile on
-                both directions' colors, one after the other, and the
-                later copy travels D = the farther end's distance).
+    Building blocks (T = ramp latency, H = hop latency, from machine.md):
+    a stream of n wavelets over d hops, started at cycle S, is complete at
+    its receiver at S + 2*T + d*H + n (one wavelet per cycle; the first
+    needs two ramps and d hops). A PE's ramp carries one wavelet per cycle
+    each way, so its A stream and then its B stream take tile_a + tile_b
+    cycles. A local product takes mm = ceil(mt*kt*nt / SIMD).
+
+    PEs are not synchronised by any barrier: a PE starts step t+1 as soon as
+    its own work and the tiles it needs have arrived. With S[x, y] the cycle
+    PE (x, y) starts a step, post = mm for cannon (multiply, then shift) and
+    0 for meshgemm (the shift is posted before the multiply):
+        S'[x, y] = max( S[x, y] + post + tiles,                  own sends
+                        S[x, y] + mm,                            own product
+                        S[succ_x, y] + post + 2T + dA[x]*H + tiles,   A in
+                        S[x, succ_y] + post + 2T + dB[y]*H + tiles,   B in
+                        S[pred_x, y] + post + tiles,  S[x, pred_y] + ...)
+    (pred/succ along the ring; dA[x] the hops of the stream into x) and the
+    run ends at max S + mm after L-1 shifts. The recurrence shows why the
+    wrap-around edge of Cannon costs its P-1 hops only once per trip round
+    the ring, not once per step: the critical path crosses it at most once
+    every P steps. For meshgemm every d <= 2 and the shift hides behind the
+    product when mm >= 2T + 2H + tiles.
+
+    summa: step s has its A root at column s mod C and its B root at row
+    s mod R. The root injects its tile on the forward and on the backward
+    color; both copies come back to it through its own ramp, which takes one
+    wavelet a cycle, so the two streams share it and every PE has the panel
+    at S[root] + 2T + |x - r|*H + 2*tile; the root's sends also wait for every receiver
+    of its line to have posted: a flood moves a wavelet to all its ports at
+    once, so it is as fast as its latest receiver (max S on that side of
+    the line + tile). B follows A (the PE waits for A before posting B),
+    then the product:
+        S'[x, y] = B_done[x, y] + mm.
     A term for an axis of one PE (no shifts) is left out."""
     R, C, L = p.rows, p.cols, p.steps
     T, H = cfg.ramp_latency, cfg.hop_latency
     mm = matmul_cycles(p, cfg)
-
-    def longest(order):
-        return max(_ring_hops(order)) if len(order) > 1 else 0
-
+    ta = p.tile_a if p.shifts_a else 0
+    tb = p.tile_b if p.shifts_b else 0
+    start = np.zeros((R, C))
     if p.algorithm in ("cannon", "meshgemm"):
-        d_a = longest(ring_order(p.algorithm, C)) if p.shifts_a else 0
-        d_b = longest(ring_order(p.algorithm, R)) if p.shifts_b else 0
-        moved = p.tile_a * p.shifts_a + p.tile_b * p.shifts_b
-        shift = (2 * T + max(d_a, d_b) * H + moved) if moved else 0
-        if p.algorithm == "cannon":
-            return L * mm + (L - 1) * shift
-        return mm + (L - 1) * max(mm, shift)
-    # summa
-    total = 0
+        post = mm if p.algorithm == "cannon" else 0
+        tiles = ta + tb
+        order_x, order_y = ring_order(p.algorithm, C), ring_order(p.algorithm, R)
+        pos_x, pos_y = routes.ring_position(order_x), routes.ring_position(order_y)
+        succ_x = np.asarray(order_x)[(pos_x + 1) % C]
+        pred_x = np.asarray(order_x)[(pos_x - 1) % C]
+        succ_y = np.asarray(order_y)[(pos_y + 1) % R]
+        pred_y = np.asarray(order_y)[(pos_y - 1) % R]
+        hops_x = np.abs(succ_x - np.arange(C))[None, :] * H
+        hops_y = np.abs(succ_y - np.arange(R))[:, None] * H
+        for _ in range(L - 1):
+            s = start
+            nxt = np.maximum(s + post + tiles, s + mm)
+            if p.shifts_a:
+                nxt = np.maximum(nxt, s[:, succ_x] + post + 2 * T + hops_x + tiles)
+                nxt = np.maximum(nxt, s[:, pred_x] + post + tiles)
+            if p.shifts_b:
+                nxt = np.maximum(nxt, s[succ_y, :] + post + 2 * T + hops_y + tiles)
+                nxt = np.maximum(nxt, s[pred_y, :] + post + tiles)
+            start = nxt
+        return int(round(start.max() + mm))
+    def flood(ready, r, tile, index, axis):
+        """Panel arrival on every line (along `axis`) whose root is at index r."""
+        root = np.take(ready, [r], axis=axis)
+        after = np.where(index >= r, ready, -np.inf).max(axis=axis, keepdims=True)
+        before = np.where(index <= r, ready, -np.inf).max(axis=axis, keepdims=True)
+        # both copies loop back through the root's ramp, one wavelet a cycle,
+        # so the two streams share it and each finishes after 2 * tile
+        fwd_sent = np.maximum(root + 2 * tile, after + tile)
+        back_sent = np.maximum(root + 2 * tile, before + tile)
+        dist = np.abs(index - r) * H
+        arrive = np.where(index > r, fwd_sent, back_sent) + 2 * T + dist
+        return np.maximum(ready, arrive)
+
+    xs, ys = np.arange(C)[None, :], np.arange(R)[:, None]
     for s in range(L):
-        step = mm
+        done = start
         if p.shifts_a:
-            r = s % C
-            step += 2 * T + max(r, C - 1 - r) * H + 2 * p.tile_a
+            done = flood(done, s % C, ta, xs, 1)
         if p.shifts_b:
-            r = s % R
-            step += 2 * T + max(r, R - 1 - r) * H + 2 * p.tile_b
-        total += step
-    return total
+            done = flood(done, s % R, tb, ys, 0)
+        start = done + mm
+    return int(round(start.max()))
 
 
 def tolerance(dtype: str, accumulate: str, K: int, steps: int) -> float:
