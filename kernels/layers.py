@@ -1,0 +1,329 @@
+"""Transformer building blocks on the mesh: feature layouts, segmented
+allreduces, norms, RoPE, activations, residuals and online softmax.
+
+These are *emitters*: functions that append instructions to a task of a
+Program someone else builds (kernels/attention.py, kernels/transformer.py),
+so that one engine run can fuse a norm, a GEMV and its allreduce.
+
+Feature layouts
+  A vector of n features spread over the P PEs of a line (a row or a column)
+  is described by a FeatureLayout: `index[p, j]` is the feature PE p holds in
+  its slot j (-1: padding, held as 0). Two kinds:
+  * plain(n, P): P chunks of w = ceil(n / P) consecutive features.
+  * heads(H, hd, P) (needs P >= H): each head gets g = P // H consecutive PEs
+    and each of them ceil(hd / g) features, rounded up to an even count; the
+    last P - H*g PEs hold padding only. Inside a head the features are
+    stored in the order 0, hd/2, 1, hd/2 + 1, ... so that the two elements
+    RoPE rotates together (i and i + hd/2, "rotate half") sit side by side on
+    one PE. Q and K are permuted the same way, so every dot product q.k is
+    unchanged; the weights are placed in that order once, when they are
+    loaded.
+  The head groups are the *segments* of the line: a per-head reduction (the
+  partial scores q.k of a head spread over g PEs) is an allreduce inside
+  each segment only.
+
+Segmented allreduce (SegmentChannel)
+  Inside each segment [lo, hi] of a line: a pipelined chain from hi down to
+  lo (PE o of the segment receives from o + 1, adds its own element, sends
+  to o - 1; two colors alternate so that no router both receives and sends
+  one color), then a flood from lo back over the segment. A whole line is one
+  segment. Cost, with T_R ramp latency, H hop latency, g PEs, n elements:
+      chain (g-1) * (2*T_R + H) + n,   flood 2*T_R + (g-1)*H + n
+  (`allreduce_cycles`). A channel's routes are static and used by every
+  allreduce a phase does on that axis; successive uses are ordered on every
+  path (FIFO per color), so they need no extra colors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+import wse
+from wse import routes
+from wse.errors import ConfigError
+
+NEG_INF = -1.0e30
+"""Additive mask value: exp(NEG_INF - max) underflows to exactly 0 in fp32."""
+
+
+# ----------------------------------------------------------------------------
+# Feature layouts
+@dataclass(frozen=True)
+class FeatureLayout:
+    n: int                       # true number of features
+    parts: int                   # PEs on the line
+    index: np.ndarray            # (parts, width) feature id or -1
+    segments: tuple              # ((lo, hi), ...): reduction groups (heads)
+    head_dim: int = 0            # 0: plain layout
+
+    @property
+    def width(self) -> int:
+        return int(self.index.shape[1])
+
+    @classmethod
+    def plain(cls, n: int, parts: int) -> "FeatureLayout":
+        w = -(-n // parts)
+        idx = np.arange(parts * w).reshape(parts, w)
+        idx[idx >= n] = -1
+        return cls(n, parts, idx, tuple((p, p) for p in range(parts)))
+
+    @classmethod
+    def heads(cls, n_heads: int, head_dim: int, parts: int) -> "FeatureLayout":
+        if parts < n_heads:
+            raise ConfigError(f"{n_heads} heads need at least {n_heads} PEs along the head "
+                              f"axis (each head owns >= 1 PE), the grid has {parts}")
+        if head_dim % 2:
+            raise ConfigError(f"head_dim {head_dim} must be even (RoPE pairs)")
+        g = parts // n_heads
+        w = -(-head_dim // g)
+        w += w % 2
+        half = head_dim // 2
+        order = np.empty(head_dim, np.int64)          # 0, hd/2, 1, hd/2+1, ...
+        order[0::2] = np.arange(half)
+        order[1::2] = np.arange(half) + half
+        padded = np.full(g * w, -1, np.int64)
+        padded[:head_dim] = order
+        idx = np.full((parts, w), -1, np.int64)
+        for h in range(n_heads):
+            idx[h * g:(h + 1) * g] = np.where(padded >= 0, padded + h * head_dim, -1).reshape(g, w)
+        segs = tuple((h * g, h * g + g - 1) for h in range(n_heads))
+        return cls(n_heads * head_dim, parts, idx, segs, head_dim)
+
+    @property
+    def group(self) -> int:
+        """PEs per segment (head)."""
+        lo, hi = self.segments[0]
+        return hi - lo + 1
+
+    def scatter(self, M) -> np.ndarray:
+        """(..., n) -> (..., parts, width), padding as 0."""
+        M = np.asarray(M)
+        out = np.zeros(M.shape[:-1] + self.index.shape, M.dtype)
+        valid = self.index >= 0
+        out[..., valid] = M[..., self.index[valid]]
+        return out
+
+    def gather(self, T) -> np.ndarray:
+        """(..., parts, width) -> (..., n)."""
+        T = np.asarray(T)
+        out = np.zeros(T.shape[:-2] + (self.n,), T.dtype)
+        valid = self.index >= 0
+        out[..., self.index[valid]] = T[..., valid]
+        return out
+
+    def pair_frequency_index(self) -> np.ndarray:
+        """(parts, width // 2): RoPE frequency index i of each adjacent pair (-1: padding)."""
+        first = self.index[:, 0::2]
+        return np.where(first >= 0, first % max(self.head_dim, 1), -1)
+
+
+def place_matrix(W, rows_layout: FeatureLayout, cols_layout: FeatureLayout) -> np.ndarray:
+    """W (n_in, n_out) -> (rows_layout.parts, cols_layout.parts, w_in, w_out) blocks:
+    block [a, b] = W[features of part a, features of part b] (0 for padding)."""
+    W = np.asarray(W, np.float64)
+    ri, ci = rows_layout.index, cols_layout.index
+    Wp = np.zeros((W.shape[0] + 1, W.shape[1] + 1))
+    Wp[:-1, :-1] = W
+    return Wp[ri[:, None, :, None], ci[None, :, None, :]]
+
+
+def rope_tables(layout: FeatureLayout, positions, theta: float):
+    """cos and sin per (position, part, pair): shape (len(positions), parts, width // 2);
+    padding pairs get cos 1, sin 0."""
+    freq = layout.pair_frequency_index()
+    hd = layout.head_dim
+    inv = np.where(freq >= 0, theta ** (-2.0 * np.maximum(freq, 0) / hd), 0.0)
+    angle = np.asarray(positions, np.float64)[:, None, None] * inv[None]
+    return np.cos(angle), np.sin(angle)
+
+
+# ----------------------------------------------------------------------------
+# Segmented allreduce channels
+def allreduce_cycles(cfg: wse.WaferConfig, g: int, n: int) -> int:
+    """First-principles cycles of one segmented allreduce of n elements over g PEs."""
+    if g <= 1:
+        return 0
+    T, H = cfg.ramp_latency, cfg.hop_latency
+    return (g - 1) * (2 * T + H) + n + 2 * T + (g - 1) * H + n
+
+
+class SegmentChannel:
+    """Routes for allreduces inside the segments of every line along one axis.
+
+    label (rows, cols): 0 segment root, 1 middle, 2 last, -1 not in a segment
+    of two or more PEs (its allreduce is a no-op)."""
+
+    ROOT, MIDDLE, LAST = 0, 1, 2
+
+    def __init__(self, prog: wse.Program, along: str, segments, name: str):
+        self.prog, self.along, self.name = prog, along, name
+        length = prog.cols if along == "x" else prog.rows
+        segments = [(int(lo), int(hi)) for lo, hi in segments if hi > lo]
+        self.segments = segments
+        label_line = np.full(length, -1, np.int64)
+        send_line = np.full(length, -1, np.int64)
+        recv_line = np.full(length, -1, np.int64)
+        self.active = bool(segments)
+        if self.active:
+            fwd, back = ("E", "W") if along == "x" else ("S", "N")
+            chain = [prog.color(f"{name}_c0"), prog.color(f"{name}_c1")]
+            self.flood = prog.color(f"{name}_fl")
+            rx = [np.zeros(length, np.uint8) for _ in chain]
+            tx = [np.zeros(length, np.uint8) for _ in chain]
+            for lo, hi in segments:
+                for i in range(lo, hi + 1):
+                    o = i - lo
+                    label_line[i] = self.ROOT if o == 0 else (self.LAST if i == hi else
+                                                              self.MIDDLE)
+                    if o >= 1:          # i sends its partial towards lo on chain[o % 2]
+                        c = o % 2
+                        rx[c][i], tx[c][i] = routes.BIT["RAMP"], routes.BIT[back]
+                        rx[c][i - 1], tx[c][i - 1] = routes.BIT[fwd], routes.BIT["RAMP"]
+                        send_line[i] = chain[c].index
+                        recv_line[i - 1] = chain[c].index
+                routes.multicast(prog, self.flood, along, root=lo, span=(lo, hi))
+            for c, color in enumerate(chain):
+                routes.set_line_routes(prog, color, along, rx[c], tx[c])
+        grid = (lambda line: np.broadcast_to(line[None, :], (prog.rows, prog.cols))) \
+            if along == "x" else (lambda line: np.broadcast_to(line[:, None],
+                                                                (prog.rows, prog.cols)))
+        self.label = grid(label_line).copy()
+        if self.active:
+            self.send = prog.color_param_indices(f"{name}_send", grid(send_line))
+            self.recv = prog.color_param_indices(f"{name}_recv", grid(recv_line))
+
+    def allreduce(self, t, part: int, view, n: int, op: str = "sum") -> None:
+        """Emit this PE's code: afterwards `view` (n elements) holds the segment's
+        sum (or max) on every PE of the segment."""
+        if not self.active or part < 0:
+            return
+        prog = self.prog
+        combine = t.add if op == "sum" else t.max
+        if part == self.ROOT:
+            combine(view, prog.fabin(self.recv, n), view)
+            t.mov(prog.fabout(self.flood, n), view)
+        elif part == self.MIDDLE:
+            combine(prog.fabout(self.send, n), prog.fabin(self.recv, n), view)
+            t.mov(view, prog.fabin(self.flood, n))
+        else:
+            t.mov(prog.fabout(self.send, n), view)
+            t.mov(view, prog.fabin(self.flood, n))
+
+
+def build_roles(prog: wse.Program, channels: dict, body, where=None) -> int:
+    """One role per combination of channel parts; body(t, parts) emits the task,
+    parts[name] being this PE's label in channel `name`. Returns the role count."""
+    names = list(channels)
+    where = np.ones((prog.rows, prog.cols), bool) if where is None else where
+    if names:
+        key = np.stack([channels[n].label for n in names], axis=-1)
+        combos, inverse = np.unique(key.reshape(-1, len(names)), axis=0, return_inverse=True)
+        inverse = inverse.reshape(prog.rows, prog.cols)
+    else:
+        combos, inverse = np.zeros((1, 0), np.int64), np.zeros((prog.rows, prog.cols), np.int64)
+    made = 0
+    for i, combo in enumerate(combos):
+        mask = (inverse == i) & where
+        if not mask.any():
+            continue
+        role = prog.role(f"r{made}", where=mask)
+        with role.task("main", entry=True) as t:
+            body(t, {n: int(v) for n, v in zip(names, combo)})
+        made += 1
+    return made
+
+
+# ----------------------------------------------------------------------------
+# Emitters of per-PE vector work
+def emit_rows(t, rows: int, body):
+    """Run body(r) for each of `rows` rows with r a register (loop, not unrolled)."""
+    r = t.reg()
+    t.set(r, 0)
+    with t.loop(rows):
+        body(r)
+        t.addi(r, 1)
+    t.program.free_reg(r)
+
+
+def emit_norm(t, parts, channel: SegmentChannel, part: int, x, out, stats, rows: int,
+              width: int, n: int, kind: str, eps: float, weight, bias=None):
+    """out[r, :] = norm(x[r, :]) * weight (+ bias) for `rows` rows of `width`
+    features each, the feature sums reduced over the channel (n true features).
+
+    kind "rms": x / sqrt(mean(x^2) + eps); "layer": (x - mean) / sqrt(var + eps),
+    with var = mean(x^2) - mean^2. stats: fp32 buffer of >= 3*rows + width."""
+    sq = stats.view(0, rows)
+    sm = stats.view(rows, rows)
+    msq = stats.view(2 * rows, rows)
+    tmp = stats.view(3 * rows, width)
+
+    def partial(r):
+        row = x.view(offset=r * width, length=width)
+        t.mul(tmp, row, row)
+        t.sum(stats.view(offset=r, length=1), tmp)
+        if kind == "layer":
+            t.sum(stats.view(offset=r + rows, length=1), row)
+
+    emit_rows(t, rows, partial)
+    nstat = 2 * rows if kind == "layer" else rows
+    channel.allreduce(t, part, stats.view(0, nstat), nstat, "sum")
+    t.scale(stats.view(0, nstat), stats.view(0, nstat), 1.0 / n)       # mean(x^2), mean
+    if kind == "layer":
+        t.mul(msq, sm, sm)                                             # mean^2
+        t.sub(sq, sq, msq)                                             # var
+    t.rsqrt(sq, sq, eps=eps)
+
+    def finish(r):
+        row_out = out.view(offset=r * width, length=width)
+        row_in = x.view(offset=r * width, length=width)
+        if kind == "layer":
+            t.subs(row_out, row_in, stats.view(offset=r + rows, length=1, stride=0))
+            t.scale(row_out, row_out, stats.view(offset=r, length=1, stride=0))
+        else:
+            t.scale(row_out, row_in, stats.view(offset=r, length=1, stride=0))
+        t.mul(row_out, row_out, weight.view(0, width))
+        if bias is not None:
+            t.add(row_out, row_out, bias.view(0, width))
+
+    emit_rows(t, rows, finish)
+
+
+def emit_rope(t, x, cos, sin, tmp, n: int):
+    """Rotate adjacent pairs (x[2j], x[2j+1]) of x's first n elements by the
+    angles whose cos/sin are in cos/sin (n/2 each); tmp holds n elements."""
+    half = n // 2
+    even = x.view(0, half, stride=2)
+    odd = x.view(1, half, stride=2)
+    a = tmp.view(0, half)
+    b = tmp.view(half, half)
+    t.mul(a, even, cos.view(0, half))
+    t.mul(b, odd, sin.view(0, half))
+    t.sub(a, a, b)                       # new even = e cos - o sin
+    t.mul(b, even, sin.view(0, half))
+    t.mul(odd, odd, cos.view(0, half))
+    t.add(odd, odd, b)                   # new odd = e sin + o cos
+    t.mov(even, a)
+
+
+def emit_gelu(t, x, tmp, n: int):
+    """x = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) in place; tmp: n elements."""
+    u = tmp.view(0, n)
+    v = x.view(0, n)
+    t.mul(u, v, v)
+    t.mul(u, u, v)                        # x^3
+    t.fmac(u, v, u, 0.044715)             # x + 0.044715 x^3
+    t.scale(u, u, float(np.sqrt(2.0 / np.pi)))
+    t.tanh(u, u)
+    t.adds(u, u, 1.0)
+    t.mul(v, v, u)
+    t.scale(v, v, 0.5)
+
+
+def emit_swiglu(t, gate, up, out, n: int):
+    """out = silu(gate) * up = gate * sigmoid(gate) * up (gate is overwritten)."""
+    g = gate.view(0, n)
+    o = out.view(0, n)
+    t.sigmoid(o, g)
+    t.mul(o, o, g)
+    t.mul(o, o, up.view(0, n))
