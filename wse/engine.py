@@ -720,6 +720,9 @@ def _pick_task(S, st, p, now):
                 st.pq[q, Q_HEAD] = (st.pq[q, Q_HEAD] + 1) % idepth
                 st.pq[q, Q_COUNT] -= 1
                 st.pq[q, Q_LAST_POP] = now
+                # taking the wavelet off the fabric is work done in this cycle,
+                # even when the task itself costs nothing
+                _progress(st.counters, now, now + 1)
                 return t
     return -1
 
