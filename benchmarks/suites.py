@@ -42,10 +42,12 @@ def _run_module(module, quick: bool, out_dir: pathlib.Path):
     return rows, list(pngs or [])
 
 
+ENGINE_SIZE = {True: 64, False: 256}
+
+
 def _run_engine(module, quick: bool, out_dir: pathlib.Path):
     """engine_throughput.run takes a grid size: quick = 64x64, full = 256x256."""
-    size = 64 if quick else 256
-    rows = module.run(size=size, length=256, repeats=3)
+    rows = module.run(size=ENGINE_SIZE[quick], length=256, repeats=3)
     from . import plots
     return rows, [plots.throughput_bars(rows, out_dir / "engine_throughput.png")]
 
@@ -66,7 +68,9 @@ def _run_fabric_maps(module, quick: bool, out_dir: pathlib.Path):
     """Where traffic and work land on the grid: link-utilisation and PE-busy
     heatmaps of a few collectives (and of GEMM when kernels.gemm exists) on
     one square grid. Each row gives the engine's cycles beside the kernel's
-    own cost formula where it documents one."""
+    own cost model (kernels.collectives.cost, the GEMM report's model_cycles;
+    for the 2-D broadcast the flood formula 2*T_R + D*H + B, D the hops to
+    the farthest corner)."""
     import numpy as np
 
     import wse
@@ -78,27 +82,36 @@ def _run_fabric_maps(module, quick: bool, out_dir: pathlib.Path):
     x = np.random.default_rng(0).standard_normal((n, n, length)).astype(np.float32)
     T_R, H = cfg.ramp_latency, cfg.hop_latency
     centre = n // 2
+    line_cost = getattr(collectives, "cost", None)      # the kernels' own cost model
+
+    def predicted(*args, **kwargs):
+        return line_cost(*args, **kwargs) if line_cost is not None else None
+
     cases = [
         ("broadcast xy from the centre", lambda: collectives.broadcast(
             x, cfg, along="xy", root=(centre, centre)),
          2 * T_R + 2 * max(centre, n - 1 - centre) * H + length),
         ("shift x by 1 (wrap)", lambda: collectives.shift(x, cfg, along="x", k=1),
-         2 * T_R + (n - 1) * H + length),
-        ("reduce x, chain to column 0", lambda: collectives.reduce(x, cfg, along="x", root=0),
-         (n - 1) * (2 * T_R + H) + length),
+         predicted("shift", "plain", n, length, cfg, k=1)),
+        ("reduce x, chain to column 0",
+         lambda: collectives.reduce(x, cfg, along="x", root=0, algorithm="chain"),
+         predicted("reduce", "chain", n, length, cfg, root=0)),
     ]
     allreduce = getattr(collectives, "allreduce", None)
     if allreduce is not None:
-        cases.append(("allreduce x (auto)", lambda: allreduce(x, cfg, along="x"), None))
+        cases.append(("allreduce x, chain", lambda: allreduce(x, cfg, along="x", algorithm="chain"),
+                      predicted("allreduce", "chain", n, length, cfg)))
     gemm = _find_kernel("gemm")
     if gemm is not None:
         side = 4 * n
         rng = np.random.default_rng(1)
         A, B = rng.standard_normal((side, side)), rng.standard_normal((side, side))
-        cases.append((f"gemm {side}x{side}x{side}", lambda: gemm(A, B, cfg), None))
+        cases.append((f"gemm {side}x{side}x{side}", lambda: gemm(A, B, cfg), "extra"))
     rows, pngs = [], []
     for name, call, formula in cases:
         _, report = call()
+        if formula == "extra":       # gemm puts its model's cycles into the report
+            formula = report.extra.get("gemm", {}).get("model_cycles")
         slug = name.split()[0]
         pngs.append(plots.link_heatmap(report, out_dir / f"fabric_{slug}_links.png",
                                        title=f"{name}: link utilisation ({n}x{n})"))

@@ -123,6 +123,12 @@ def _accepts(fn, parameter: str) -> bool:
         return False
 
 
+def _default(fn, parameter: str):
+    import inspect
+    default = inspect.signature(fn).parameters[parameter].default
+    return None if default is inspect.Parameter.empty else default
+
+
 def _qualname(fn) -> str:
     return f"{fn.__module__}.{fn.__name__}"
 
@@ -209,14 +215,19 @@ def cmd_run(args) -> int:
         return EXIT_USAGE
     fn, positional, kwargs, expected, what = call
     name = _qualname(fn)
-    for option, value, default in (("algorithm", args.algorithm, None),
-                                   ("dtype", args.dtype, "float32")):
-        if value == default:
-            continue
-        if not _accepts(fn, option):
-            raise UsageError(f"wse run {args.kernel}: {name} has no {option} parameter, so "
-                             f"--{option} {value} cannot be applied")
-        kwargs[option] = value
+    if args.algorithm is not None:
+        if not _accepts(fn, "algorithm"):
+            raise UsageError(f"wse run {args.kernel}: {name} has no algorithm parameter, so "
+                             f"--algorithm {args.algorithm} cannot be applied")
+        kwargs["algorithm"] = args.algorithm
+    dtype = args.dtype
+    if _accepts(fn, "dtype"):
+        kwargs["dtype"] = dtype = dtype or _default(fn, "dtype") or "float32"
+    elif dtype not in (None, "float32"):
+        raise UsageError(f"wse run {args.kernel}: {name} has no dtype parameter (it computes in "
+                         f"float32), so --dtype {dtype} cannot be applied")
+    else:
+        dtype = "float32"
     if args.trace:
         if not _accepts(fn, "trace"):
             raise UsageError(f"wse run {args.kernel}: {name} does not pass trace=True through to "
@@ -230,7 +241,7 @@ def cmd_run(args) -> int:
     from rich.console import Console
     console = Console()
     console.print(report_table(report, f"{name}: {what} on {cfg.name} {cfg.rows}x{cfg.cols}"
-                                       f" ({args.dtype})", errors))
+                                       f" ({dtype})", errors))
     if args.trace:
         if report.task_events is None:
             print(f"wse run {args.kernel}: {name} accepted trace=True but its report holds no "
@@ -276,6 +287,11 @@ def report_table(report, title: str, errors=None):
     ]
     rows += [(f"  energy: {k}", f"{v:.4g} J") for k, v in report.energy_breakdown.items()]
     rows += [(f"  phase {p['name']}", f"{p['cycles']:,} cycles") for p in report.phases]
+    for group, values in report.extra.items():
+        if isinstance(values, dict):
+            rows += [(f"  {group}.{k}", _short(v)) for k, v in values.items()]
+        else:
+            rows.append((f"  {group}", _short(values)))
     if errors is not None:
         rows += [("max |error| vs float64", f"{errors[0]:.3g}"),
                  ("  relative to max |reference|", f"{errors[1]:.3g}")]
@@ -283,6 +299,14 @@ def report_table(report, title: str, errors=None):
     for figure, value in rows:
         table.add_row(figure, value)
     return table
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
 
 
 # ------------------------------------------------------------------ info
@@ -409,8 +433,9 @@ def cmd_compare(args) -> int:
     for r in rows:
         fmt = r["format"]
         table.add_row(f"{r['metric']} ({r['unit']})",
-                      "not available" if r["wafer"] is None else fmt.format(r["wafer"]),
-                      fmt.format(r["gpu"]))
+                      fmt.format(r["wafer"]) if r["wafer"] is not None
+                      else "-" if r.get("gpu_only") else "not available",
+                      "-" if r["gpu"] is None else fmt.format(r["gpu"]))
     console.print(table)
     if wafer is None:
         console.print("[yellow]wafer side: not available yet (kernels.transformer.compare has "
@@ -469,11 +494,12 @@ def _comparison_rows(gpu, wafer, layers: int) -> list[dict]:
          "wafer": wafer_value(lambda r: r.energy_joules), "gpu": gpu.energy_joules * layers},
         {"metric": "FLOPs", "unit": "GFLOP", "format": "{:.4g}",
          "wafer": wafer_value(lambda r: r.flops / 1e9), "gpu": gpu.flops * layers / 1e9},
-        {"metric": "communication time", "unit": "ms", "format": "{:.4g}",
+        {"metric": "GPU communication time", "unit": "ms", "format": "{:.4g}", "gpu_only": True,
          "wafer": None, "gpu": gpu.comm_seconds * layers * 1e3},
-        {"metric": "bytes sent between devices", "unit": "MB", "format": "{:.4g}",
-         "wafer": wafer_value(lambda r: r.wavelet_hops * 4 / 1e6),
-         "gpu": gpu.bytes_sent_total * layers / 1e6},
+        {"metric": "fabric byte-hops", "unit": "MB", "format": "{:.4g}",
+         "wafer": wafer_value(lambda r: r.wavelet_hops * 4 / 1e6), "gpu": None},
+        {"metric": "bytes sent between GPUs", "unit": "MB", "format": "{:.4g}", "gpu_only": True,
+         "wafer": None, "gpu": gpu.bytes_sent_total * layers / 1e6},
     ]
 
 
@@ -551,9 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("kernel", choices=KERNELS, metavar="KERNEL",
                      help=f"one of: {', '.join(KERNELS)} (layer: one transformer layer, prefill)")
     _add_machine_options(run, "4x4")
-    run.add_argument("--dtype", choices=("float32", "float16"), default="float32",
-                     help="element type the kernel computes in (default float32; passed only "
-                     "to kernels with a dtype parameter)")
+    run.add_argument("--dtype", choices=("float32", "float16"), default=None,
+                     help="element type the kernel computes in (default: the kernel's own, "
+                     "float32 for kernels without a dtype parameter)")
     run.add_argument("--algorithm", default=None,
                      help="the kernel's algorithm, e.g. chain, ring, summa, cannon, meshgemm "
                      "(default: the kernel's own default)")
