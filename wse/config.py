@@ -20,6 +20,14 @@ from .errors import ConfigError
 
 DTYPES = ("float32", "float16")
 
+SOURCES = {
+    "SDK": "Cerebras SDK documentation",
+    "HC34": "Hot Chips 34 presentation on WSE-2",
+    "LLM": "WaferLLM, OSDI 2025",
+    "SC24": "Luczynski et al., spatial collectives, HPDC 2024",
+    "PR": "vendor launch material and press",
+}
+
 
 def _check_int(name: str, value, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -159,7 +167,10 @@ class WaferConfig:
         for node, following in zip(body, body[1:] + [None]):
             if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) \
                     and isinstance(getattr(following, "value", None), ast.Constant):
-                docs[node.target.id] = " ".join(str(following.value.value).split())
+                text = " ".join(str(following.value.value).split())
+                for tag, source in SOURCES.items():
+                    text = text.replace(f"[{tag}", f"[{source}")
+                docs[node.target.id] = text
         return [(f.name, getattr(self, f.name), docs.get(f.name, ""))
                 for f in dataclasses.fields(self)]
 
