@@ -417,7 +417,30 @@ def _reduce_line_steps(line: _Line, algorithm: str, root: int, B: int, group_siz
         s = None
         if algorithm in ("two_phase", "ktree"):
             s = group_size if group_size is not None else _best_group_size(algorithm, n, B, cfg)
-        arms.append((sign, _arm_plan(algorithm, n, s)))
+        finish = _arm_cost(algorithm, n, B, cfg, s)
+        arms.append((finish, sign, _arm_plan(algorithm, n, s)))
+    # the root folds the arm whose stream arrives later first: the other one
+    # has filled its input queue by then and is drained at full rate after
+    arms = [(sign, plan) for _, sign, plan in sorted(arms, key=lambda a: -a[0])]
+    if algorithm == "tree" and root not in (0, P - 1):
+        # the shorter arm reduces into the root; the longer one into the root's
+        # neighbour on its side, which streams into the root last (after the
+        # root is done with its own arm, so nothing meets at its ramp)
+        low, high = _arms(P, root)
+        own_sign, far_sign = (-1, +1) if low <= high else (+1, -1)
+        own_plan = _arm_plan("tree", min(low, high))
+        far_root = root + far_sign
+        far_plan = _arm_plan("tree", max(low, high) - 1)
+        arms = [(own_sign, own_plan), (far_sign, [[[v + 1 for v in c] for c in ph]
+                                                  for ph in far_plan])]
+        depth = max(len(own_plan), len(far_plan))
+        for phase in range(depth):
+            for sign, plan in arms:
+                if phase < len(plan):
+                    chains = [[root + sign * v for v in c] for c in plan[phase]]
+                    _add_chains(line, steps, chains, f"{name}{phase}{'lh'[sign > 0]}")
+        _add_chains(line, steps, [[far_root, root]], f"{name}j")
+        return steps
     depth = max(len(plan) for _, plan in arms)
     if algorithm == "star":
         # all sources stream at once, each on its own color (their paths all end
@@ -782,13 +805,27 @@ def _reduce_cost(algorithm: str, P: int, B: int, cfg, root: int, group_size) -> 
     first = [f - B for f in finish]
     if algorithm in ("chain", "two_phase", "ktree"):
         late = max(first)
-        steal = max(0, min(cfg.input_queue_depth, B) - abs(first[0] - first[1]))
+        steal = max(0, min(cfg.input_queue_depth, B - 1) - abs(first[0] - first[1]))
         return late + 2 * B + steal
-    # star and tree: every stream of both arms goes through the root's ramp;
-    # an estimate (not exact): the longer arm's time plus the other arm's ramp load
-    if algorithm == "star":
-        return max(finish) + (min(low, high) - 1) * B
-    return max(finish) + (math.ceil(math.log2(min(low, high))) + 1) * B
+    if algorithm == "tree":
+        # the longer arm (without the root) reduces into the root's neighbour,
+        # which streams into the root one hop after the root's own arm is done
+        own = _tree_cost(min(low, high), B, cfg.ramp_latency, cfg.hop_latency)
+        far = _tree_cost(max(low, high) - 1, B, cfg.ramp_latency, cfg.hop_latency)
+        arrive = far + 2 * cfg.ramp_latency + cfg.hop_latency
+        # equal arms: the neighbour's stream arrives while the root still folds
+        # its own arm and takes ramp slots from it (one per element, up to the
+        # input queue)
+        steal = min(cfg.input_queue_depth, B - 1) if arrive < own else 0
+        return max(own + steal, arrive) + B
+    # star (an estimate, a few % high for large B): the root drains the longer
+    # arm's streams first. While it drains the first, every other stream of that
+    # arm takes link slots (up to Q) and every stream of the other arm ramp
+    # slots (up to the input queue)
+    first_arm, other_arm = max(low, high) - 1, min(low, high) - 1
+    return (2 * cfg.ramp_latency + cfg.hop_latency + (P - 1) * B
+            + (first_arm - 1) * min(B - 1, cfg.queue_depth + cfg.input_queue_depth)
+            + other_arm * min(B - 1, cfg.input_queue_depth))
 
 
 def _broadcast_cost(P: int, B: int, cfg, root: int) -> int:
@@ -798,19 +835,38 @@ def _broadcast_cost(P: int, B: int, cfg, root: int) -> int:
     return 2 * cfg.ramp_latency + D * cfg.hop_latency + B
 
 
+def _ring_hops(P: int, ring: str) -> list[int]:
+    """Hops of each ring edge, in ring order (edge j: order[j] -> order[j+1])."""
+    order = _ring_order(P, ring)
+    return [abs(order[j] - order[(j + 1) % P]) for j in range(P)]
+
+
 def _ring_cost(P: int, B: int, cfg, ring: str) -> int:
-    """2(P-1) steps of c = ceil(B/P) elements; in each step a PE sends a chunk
-    and folds (then stores) the one it receives, and starts the next step when
-    that receive is done. The PE behind the longest ring edge (d hops) waits
-    Lat(d) + c per step, and the others cannot get ahead of it:
-        cycles = 2*(P-1) * (c + 2*T_R + d*H),
-    d = P-1 on the plain ring (the wrap-around edge), 2 on the interleaved ring
-    (1 when P = 2)."""
+    """Ring allreduce: 2(P-1) steps of c = ceil(B/P) elements. In step s a PE
+    sends one chunk (asynchronously) and folds (later: stores) the chunk its
+    ring predecessor sends, and starts step s+1 when both are done. With
+    t(i, s) the cycle PE i finishes step s, and Lat_i = 2*T_R + d_i*H over the
+    d_i hops of the edge into PE i:
+        t(i, s) = max(t(i, s-1), t(i-1, s-1) + Lat_i) + c
+    (a chunk handled one element per cycle from its first arrival). Nothing
+    is synchronised step by step, so the critical path walks forward round the
+    ring, one edge per step; the long edges are paid only when that walk
+    crosses them:
+        cycles = 2(P-1) * (c + 2*T_R) + H * W,
+    W = the most hops on 2(P-1) consecutive ring edges. Plain ring: P-1 edges
+    of one hop and the wrap-around edge of P-1 hops, crossed twice:
+    W = 4P - 6. Interleaved ring: P-2 edges of two hops and two of one hop:
+    W = 4P - 7 for P >= 4 (the walk cannot avoid a one-hop edge; W = 6 for
+    P = 3). The wrap-around edge costs the plain ring almost nothing
+    here: steps overlap instead of waiting for the slowest edge."""
     if P == 1:
         return 0
-    d = P - 1 if ring == "plain" else min(2, P - 1)
+    hops = _ring_hops(P, ring)
+    steps = 2 * (P - 1)
+    cyclic = hops * (steps // P + 2)
+    window = max(sum(cyclic[j:j + steps]) for j in range(P))
     c = -(-B // P)
-    return 2 * (P - 1) * (c + 2 * cfg.ramp_latency + d * cfg.hop_latency)
+    return steps * (c + 2 * cfg.ramp_latency) + cfg.hop_latency * window
 
 
 def cost(collective: str, algorithm: str, P: int, B: int, cfg: wse.WaferConfig,
