@@ -687,6 +687,13 @@ def _start_op(S, st, p, s, ins, now):
     elif fabric:
         slot[p, s, S_BUSY_UNTIL] = INF
     else:
+        # even at the widest SIMD an operation of `count` elements cannot end by
+        # max_cycles: stop now rather than compute it (a stride-0 view with a
+        # huge register length would otherwise loop for hours)
+        widest = max(S.settings[C_SIMD32], S.settings[C_SIMD16])
+        if count > (S.settings[C_MAX_CYCLES] - now) * widest:
+            _fail(st.counters, STATUS_CYCLE_LIMIT, p, -1, -1, now, 0, 0)
+            return False
         cost = _memory_op(S, st, p, s, ins, count, now)
         begin = max(now, st.pe[p, P_DATAPATH_FREE])
         slot[p, s, S_BUSY_UNTIL] = begin + cost
