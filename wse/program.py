@@ -828,7 +828,9 @@ class Program:
             raise RouteError(f"{where}, {self._color_name(color)}: a wavelet is waiting at cycle "
                              f"{cycle} but the route has no tx port")
         if code == isa.STATUS_CYCLE_LIMIT:
-            raise CycleLimitError(f"the run reached max_cycles = {cycle} before finishing; "
+            limit = int(static.settings[engine.C_MAX_CYCLES])
+            raise CycleLimitError(f"the run reached max_cycles = {limit} before finishing "
+                                  f"(stopped at cycle {cycle}); "
                                   f"{self._describe_waiting(static, state, limit=5)}")
         if code == isa.STATUS_DEADLOCK:
             if detail == 2:
