@@ -1,0 +1,988 @@
+"""Property-based testing for wafer kernels: hypothesis strategies, `assert_close`
+and `check_report`.
+
+    from wse import testing
+    from hypothesis import given, settings
+
+    @settings(max_examples=20, deadline=None)
+    @given(testing.collective_problems(alongs=("x",), ops=("sum",)))
+    def test_my_reduce(problem):
+        y, report = my_reduce(problem.x, problem.cfg, along=problem.along, root=problem.root)
+        testing.assert_close(y, problem.reference(), "float32", terms=problem.line_length)
+        testing.check_report(report, cfg=problem.cfg)
+
+This module imports hypothesis, so `import wse` does not import it; import it
+as `from wse import testing` in test code only.
+
+What is here
+  * configurations: `grids`, `wafer_configs` (small grids, optionally varied
+    latencies and queue depths);
+  * values: `elements` (dtype-exact floats, with awkward ones: -0.0, tiny and
+    huge magnitudes, fp16 subnormals), `matrices`, `pe_vectors`;
+  * problems sized to fit SRAM, each with a float64 `reference()`:
+    `collective_problems`, `gemm_problems`, `gemv_problems`,
+    `attention_problems`;
+  * the engine's own inputs: `routes` (random route sets) and `programs`
+    (random PE programs, built with `ProgramSpec.build`), for fuzzing;
+  * `assert_close(actual, reference, dtype, terms=...)` with the tolerances
+    documented on it, and `check_report(report or run result)` for the
+    invariants every run must satisfy.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from . import isa
+from .config import DTYPES, PRESETS, WSE2, WaferConfig
+from .errors import ConfigError
+
+__all__ = [
+    "DTYPES", "AWKWARD_VALUES", "UNIT_ROUNDOFF", "RTOL_SAFETY",
+    "grids", "wafer_configs", "dtypes", "elements", "matrices", "pe_vectors",
+    "CollectiveProblem", "GemmProblem", "GemvProblem", "AttentionProblem",
+    "collective_problems", "gemm_problems", "gemv_problems", "attention_problems",
+    "gemm_sram_bytes", "RouteSpec", "routes", "ProgramSpec", "programs",
+    "tolerance", "assert_close", "check_report",
+]
+
+NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+def _dtype_name(dtype) -> str:
+    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name not in NUMPY_DTYPES:
+        raise ConfigError(f"dtype {dtype!r}: expected one of {DTYPES}")
+    return name
+
+
+# ----------------------------------------------------------------------------
+# Configurations
+def grids(min_rows: int = 1, max_rows: int = 4, min_cols: int = 1, max_cols: int = 4,
+          square: bool = False):
+    """(rows, cols) of a small grid; square=True gives rows == cols."""
+    if square:
+        side = st.integers(max(min_rows, min_cols), min(max_rows, max_cols))
+        return side.map(lambda n: (n, n))
+    return st.tuples(st.integers(min_rows, max_rows), st.integers(min_cols, max_cols))
+
+
+@st.composite
+def wafer_configs(draw, min_rows: int = 1, max_rows: int = 4, min_cols: int = 1,
+                  max_cols: int = 4, square: bool = False, base: WaferConfig = WSE2,
+                  vary_timing: bool = False):
+    """`base` on a small grid. vary_timing also draws the parameters the vendor has
+    not published (ramp and hop latency, queue depths, async slots), so a kernel's
+    cycle formula is tested against more than the defaults."""
+    rows, cols = draw(grids(min_rows, max_rows, min_cols, max_cols, square))
+    cfg = base.with_grid(rows=rows, cols=cols)
+    if vary_timing:
+        cfg = cfg.replace(ramp_latency=draw(st.integers(1, 3)),
+                          hop_latency=draw(st.integers(1, 2)),
+                          queue_depth=draw(st.integers(1, 6)),
+                          input_queue_depth=draw(st.integers(1, 6)),
+                          async_slots=draw(st.integers(1, 4)))
+    return cfg
+
+
+def dtypes(choices=DTYPES):
+    return st.sampled_from(tuple(_dtype_name(d) for d in choices))
+
+
+# ----------------------------------------------------------------------------
+# Values
+AWKWARD_VALUES = {
+    "float32": (0.0, -0.0, 1.0, -1.0, 2.0 ** -149, -(2.0 ** -149), 2.0 ** -126,
+                (1 - 2.0 ** -23) * 2.0 ** -126, 1.0 + 2.0 ** -23, 1.0 - 2.0 ** -24,
+                float(np.float32(0.1)), 1e-30, -1e-30, 1e30, -1e30,
+                float(np.finfo(np.float32).max), -float(np.finfo(np.float32).max),
+                65504.0, 2.0 ** -24),
+    "float16": (0.0, -0.0, 1.0, -1.0, 2.0 ** -24, -(2.0 ** -24), 1023 * 2.0 ** -24,
+                2.0 ** -14, -(2.0 ** -14), 1.0 + 2.0 ** -10, 1.0 - 2.0 ** -11,
+                float(np.float16(0.1)), 65504.0, -65504.0, 2048.0, 2049.0 - 1.0),
+}
+"""Per dtype: values that trip careless code (signed zero, the smallest
+subnormal, the largest subnormal and the smallest normal, one ulp either side
+of 1, the largest finite value). All are exactly representable in the dtype."""
+
+
+def elements(dtype: str = "float32", awkward: bool = True, max_magnitude: float | None = None,
+             allow_nan: bool = False, allow_infinity: bool = False):
+    """Python floats exactly representable in `dtype`.
+
+    awkward mixes in AWKWARD_VALUES (those within max_magnitude); max_magnitude
+    bounds |value| (use it where sums or products must stay finite)."""
+    dtype = _dtype_name(dtype)
+    width = 32 if dtype == "float32" else 16
+    bound = {}
+    if max_magnitude is not None:
+        limit = float(NUMPY_DTYPES[dtype](max_magnitude))
+        bound = {"min_value": -limit, "max_value": limit}
+    plain = st.floats(width=width, allow_nan=allow_nan and not bound,
+                      allow_infinity=allow_infinity and not bound, allow_subnormal=True,
+                      **bound)
+    specials = []
+    if allow_nan:
+        specials.append(math.nan)
+    if allow_infinity:
+        specials += [math.inf, -math.inf]
+    if awkward:
+        specials += [v for v in AWKWARD_VALUES[dtype]
+                     if max_magnitude is None or abs(v) <= max_magnitude]
+    if specials:
+        return st.one_of(plain, st.sampled_from(specials))
+    return plain
+
+
+def matrices(shape, dtype: str = "float32", **element_options):
+    """An ndarray of `shape` (a tuple or a strategy of tuples) in `dtype`;
+    element_options go to `elements`."""
+    dtype = _dtype_name(dtype)
+    return hnp.arrays(NUMPY_DTYPES[dtype], shape, elements=elements(dtype, **element_options))
+
+
+def pe_vectors(rows: int, cols: int, length: int, dtype: str = "float32", **element_options):
+    """One vector of `length` per PE: shape (rows, cols, length)."""
+    return matrices((rows, cols, length), dtype, **element_options)
+
+
+# ----------------------------------------------------------------------------
+# Problems
+@dataclass(frozen=True)
+class CollectiveProblem:
+    """x of shape (rows, cols, B) on cfg's grid; `root` is an index along the
+    line (along x or y) or an (x, y) pair (along xy)."""
+    cfg: WaferConfig
+    x: np.ndarray
+    along: str
+    root: object
+    op: str
+
+    @property
+    def line_length(self) -> int:
+        """PEs whose vectors one result combines."""
+        return {"x": self.cfg.cols, "y": self.cfg.rows, "xy": self.cfg.num_pes}[self.along]
+
+    def reference(self, kind: str = "allreduce") -> np.ndarray:
+        """float64 result of `kind`: "reduce" -> (rows, B) along x, (cols, B) along y,
+        (B,) along xy; "allreduce" and "broadcast" -> (rows, cols, B)."""
+        x = self.x.astype(np.float64)
+        axes = {"x": (1,), "y": (0,), "xy": (0, 1)}[self.along]
+        combine = {"sum": np.sum, "max": np.max, "min": np.min}[self.op]
+        if kind == "reduce":
+            return combine(x, axis=axes)
+        if kind == "allreduce":
+            return np.broadcast_to(combine(x, axis=axes, keepdims=True), x.shape).copy()
+        if kind == "broadcast":
+            if self.along == "x":
+                source = x[:, self.root:self.root + 1, :]
+            elif self.along == "y":
+                source = x[self.root:self.root + 1, :, :]
+            else:
+                source = x[self.root[1], self.root[0]][None, None, :]
+            return np.broadcast_to(source, x.shape).copy()
+        raise ConfigError(f"reference kind {kind!r}: expected reduce, allreduce or broadcast")
+
+
+@st.composite
+def collective_problems(draw, alongs=("x", "y", "xy"), ops=("sum", "max"), min_rows: int = 1,
+                        max_rows: int = 4, min_cols: int = 1, max_cols: int = 4,
+                        min_length: int = 1, max_length: int = 8, dtype: str = "float32",
+                        max_magnitude: float = 1e3, awkward: bool = True,
+                        vary_timing: bool = False):
+    """A vector per PE, an axis, a root on it and an operation. Values are
+    bounded by max_magnitude so that sums stay finite in `dtype`."""
+    cfg = draw(wafer_configs(min_rows, max_rows, min_cols, max_cols, vary_timing=vary_timing))
+    along = draw(st.sampled_from(alongs))
+    if along == "x":
+        root = draw(st.integers(0, cfg.cols - 1))
+    elif along == "y":
+        root = draw(st.integers(0, cfg.rows - 1))
+    else:
+        root = (draw(st.integers(0, cfg.cols - 1)), draw(st.integers(0, cfg.rows - 1)))
+    length = draw(st.integers(min_length, max_length))
+    x = draw(pe_vectors(cfg.rows, cfg.cols, length, dtype, awkward=awkward,
+                        max_magnitude=max_magnitude))
+    return CollectiveProblem(cfg, x, along, root, draw(st.sampled_from(ops)))
+
+
+def gemm_sram_bytes(M: int, K: int, N: int, rows: int, cols: int, dtype: str,
+                    buffers: int = 2) -> int:
+    """Bytes per PE for C = A @ B tiled over a rows x cols grid: `buffers` copies
+    of the A and B tiles (2: double buffering, as MeshGEMM does) and one fp32 C
+    tile. An estimate for sizing problems, not any kernel's exact layout."""
+    item = np.dtype(NUMPY_DTYPES[_dtype_name(dtype)]).itemsize
+    mt, kt_r, kt_c, nt = -(-M // rows), -(-K // rows), -(-K // cols), -(-N // cols)
+    return buffers * item * (mt * kt_c + kt_r * nt) + 4 * mt * nt
+
+
+@dataclass(frozen=True)
+class GemmProblem:
+    """C = A @ B (A: (M, K); B: (K, N), or (N, K) when transpose_b) on cfg's grid."""
+    cfg: WaferConfig
+    A: np.ndarray
+    B: np.ndarray
+    M: int
+    K: int
+    N: int
+    dtype: str
+    transpose_b: bool = False
+
+    def reference(self) -> np.ndarray:
+        B = self.B.astype(np.float64)
+        return self.A.astype(np.float64) @ (B.T if self.transpose_b else B)
+
+    def magnitude(self) -> np.ndarray:
+        """|A| @ |B|: the scale of each output's terms (for assert_close(scale=...))."""
+        B = np.abs(self.B.astype(np.float64))
+        return np.abs(self.A.astype(np.float64)) @ (B.T if self.transpose_b else B)
+
+
+@st.composite
+def gemm_problems(draw, min_side: int = 1, max_side: int = 4, square_grid: bool = True,
+                  dtypes=DTYPES, max_tile: int = 6, transpose_b=(False,),
+                  multiple_of_grid: bool = True, max_magnitude: float = 2.0,
+                  awkward: bool = True, sram_fraction: float = 0.5):
+    """A GEMM on a grid of side min_side..max_side (square by default, as Cannon
+    and MeshGEMM need). With multiple_of_grid, M and K are multiples of the rows
+    and K and N of the cols (K of both), so every PE holds an equal tile of at most
+    max_tile per side; otherwise sizes are arbitrary up to max_tile per PE. The
+    problem fits in sram_fraction of a PE's SRAM by `gemm_sram_bytes`."""
+    rows, cols = draw(grids(min_side, max_side, min_side, max_side, square_grid))
+    cfg = WSE2.with_grid(rows=rows, cols=cols)
+    dtype = draw(st.sampled_from(tuple(_dtype_name(d) for d in dtypes)))
+    lcm = rows * cols // math.gcd(rows, cols)
+    if multiple_of_grid:
+        M = rows * draw(st.integers(1, max_tile))
+        K = lcm * draw(st.integers(1, max(1, max_tile * min(rows, cols) // lcm)))
+        N = cols * draw(st.integers(1, max_tile))
+    else:
+        M = draw(st.integers(1, rows * max_tile))
+        K = draw(st.integers(1, min(rows, cols) * max_tile))
+        N = draw(st.integers(1, cols * max_tile))
+    budget = int(cfg.sram_bytes * sram_fraction)
+    if gemm_sram_bytes(M, K, N, rows, cols, dtype) > budget:
+        raise ConfigError(f"gemm_problems: max_tile={max_tile} does not fit {budget} bytes")
+    tb = draw(st.sampled_from(tuple(transpose_b)))
+    opts = dict(awkward=awkward, max_magnitude=max_magnitude)
+    A = draw(matrices((M, K), dtype, **opts))
+    B = draw(matrices((N, K) if tb else (K, N), dtype, **opts))
+    return GemmProblem(cfg, A, B, M, K, N, dtype, tb)
+
+
+@dataclass(frozen=True)
+class GemvProblem:
+    """y = W @ x (W: (M, K), x: (K,)) on cfg's grid."""
+    cfg: WaferConfig
+    W: np.ndarray
+    x: np.ndarray
+    dtype: str
+
+    @property
+    def K(self) -> int:
+        return self.W.shape[1]
+
+    def reference(self) -> np.ndarray:
+        return self.W.astype(np.float64) @ self.x.astype(np.float64)
+
+
+@st.composite
+def gemv_problems(draw, min_rows: int = 1, max_rows: int = 4, min_cols: int = 1,
+                  max_cols: int = 4, dtypes=DTYPES, max_block: int = 8,
+                  multiple_of_grid: bool = True, max_magnitude: float = 2.0,
+                  awkward: bool = True):
+    """A GEMV whose weight block per PE (W split rows x cols) is at most
+    max_block x max_block; with multiple_of_grid M is a multiple of rows and K of cols."""
+    rows, cols = draw(grids(min_rows, max_rows, min_cols, max_cols))
+    cfg = WSE2.with_grid(rows=rows, cols=cols)
+    dtype = draw(st.sampled_from(tuple(_dtype_name(d) for d in dtypes)))
+    if multiple_of_grid:
+        M = rows * draw(st.integers(1, max_block))
+        K = cols * draw(st.integers(1, max_block))
+    else:
+        M = draw(st.integers(1, rows * max_block))
+        K = draw(st.integers(1, cols * max_block))
+    opts = dict(awkward=awkward, max_magnitude=max_magnitude)
+    return GemvProblem(cfg, draw(matrices((M, K), dtype, **opts)),
+                       draw(matrices((K,), dtype, **opts)), dtype)
+
+
+@dataclass(frozen=True)
+class AttentionProblem:
+    """softmax(Q K^T / sqrt(d) [+ causal mask]) V; Q: (sq, d), K and V: (sk, d).
+    Causal: query i sits at position sk - sq + i."""
+    cfg: WaferConfig
+    Q: np.ndarray
+    K: np.ndarray
+    V: np.ndarray
+    causal: bool
+    dtype: str
+
+    def reference(self) -> np.ndarray:
+        Q, K, V = (a.astype(np.float64) for a in (self.Q, self.K, self.V))
+        sq, d = Q.shape
+        sk = K.shape[0]
+        scores = Q @ K.T / math.sqrt(d)
+        if self.causal:
+            visible = np.arange(sk)[None, :] <= (sk - sq + np.arange(sq))[:, None]
+            scores = np.where(visible, scores, -np.inf)
+        weights = np.exp(scores - scores.max(axis=1, keepdims=True))
+        return (weights / weights.sum(axis=1, keepdims=True)) @ V
+
+
+@st.composite
+def attention_problems(draw, min_side: int = 1, max_side: int = 4, square_grid: bool = True,
+                       dtypes=DTYPES, max_per_pe: int = 4, causal=(True, False),
+                       max_magnitude: float = 2.0, awkward: bool = True):
+    """One attention head with sequence lengths and head dim that are multiples
+    of the grid side (at most max_per_pe per PE); causal problems have sq <= sk."""
+    rows, cols = draw(grids(min_side, max_side, min_side, max_side, square_grid))
+    cfg = WSE2.with_grid(rows=rows, cols=cols)
+    dtype = draw(st.sampled_from(tuple(_dtype_name(d) for d in dtypes)))
+    is_causal = draw(st.sampled_from(tuple(causal)))
+    sk = rows * draw(st.integers(1, max_per_pe))
+    sq = rows * draw(st.integers(1, sk // rows)) if is_causal else \
+        rows * draw(st.integers(1, max_per_pe))
+    d = cols * draw(st.integers(1, max_per_pe))
+    opts = dict(awkward=awkward, max_magnitude=max_magnitude)
+    return AttentionProblem(cfg, draw(matrices((sq, d), dtype, **opts)),
+                            draw(matrices((sk, d), dtype, **opts)),
+                            draw(matrices((sk, d), dtype, **opts)), is_causal, dtype)
+
+
+# ----------------------------------------------------------------------------
+# Random routes and programs (for fuzzing the engine)
+PORT_BITS = {name: 1 << index for index, name in enumerate(isa.PORT_NAMES)}
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """The rx and tx port masks of one color, each (rows, cols) uint8."""
+    rx: np.ndarray
+    tx: np.ndarray
+    how: str           # "random", "line" (a multicast) or "pairs" (point-to-point)
+
+
+def _off_grid_bits(rows: int, cols: int) -> np.ndarray:
+    """Per PE, the tx bits that would leave the grid."""
+    bits = np.zeros((rows, cols), np.uint8)
+    bits[0, :] |= PORT_BITS["N"]
+    bits[-1, :] |= PORT_BITS["S"]
+    bits[:, 0] |= PORT_BITS["W"]
+    bits[:, -1] |= PORT_BITS["E"]
+    return bits
+
+
+@st.composite
+def _route(draw, rows: int, cols: int, off_grid: bool):
+    how = draw(st.sampled_from(("random", "line", "pairs")))
+    rx = np.zeros((rows, cols), np.uint8)
+    tx = np.zeros((rows, cols), np.uint8)
+    if how == "random":
+        masks = st.integers(0, 31)
+        rx[:] = np.array(draw(st.lists(masks, min_size=rows * cols, max_size=rows * cols)),
+                         np.uint8).reshape(rows, cols)
+        tx[:] = np.array(draw(st.lists(masks, min_size=rows * cols, max_size=rows * cols)),
+                         np.uint8).reshape(rows, cols)
+    elif how == "line":
+        # flood along one row or column from a root, the idiom of a broadcast
+        along_x = draw(st.booleans())
+        length = cols if along_x else rows
+        fwd, back = ("E", "W") if along_x else ("S", "N")
+        line = draw(st.integers(0, (rows if along_x else cols) - 1))
+        root = draw(st.integers(0, length - 1))
+        for i in range(length):
+            onward = (PORT_BITS[fwd] if i >= root and i < length - 1 else 0) | \
+                (PORT_BITS[back] if i <= root and i > 0 else 0)
+            if i == root:
+                r_bits, t_bits = PORT_BITS["RAMP"], onward or PORT_BITS["RAMP"]
+            else:
+                r_bits = PORT_BITS[back if i > root else fwd]
+                t_bits = PORT_BITS["RAMP"] | onward
+            at = (line, i) if along_x else (i, line)
+            rx[at], tx[at] = r_bits, t_bits
+    else:
+        # straight paths between random PE pairs on one row or column
+        for _ in range(draw(st.integers(1, 3))):
+            along_x = draw(st.booleans())
+            length = cols if along_x else rows
+            line = draw(st.integers(0, (rows if along_x else cols) - 1))
+            s, d = draw(st.integers(0, length - 1)), draw(st.integers(0, length - 1))
+            step = 1 if d >= s else -1
+            out, inn = (("E", "W") if step > 0 else ("W", "E")) if along_x else \
+                (("S", "N") if step > 0 else ("N", "S"))
+            for i in range(s, d + step, step):
+                at = (line, i) if along_x else (i, line)
+                rx[at] = PORT_BITS["RAMP"] if i == s else PORT_BITS[inn]
+                tx[at] = PORT_BITS["RAMP"] if i == d else PORT_BITS[out]
+    if not off_grid:
+        tx &= ~_off_grid_bits(rows, cols)
+    return RouteSpec(rx, tx, how)
+
+
+def routes(rows: int, cols: int, min_colors: int = 1, max_colors: int = 3,
+           off_grid: bool = False):
+    """A list of RouteSpec, one per color: random port masks, floods along a line
+    and point-to-point paths. off_grid=True keeps tx bits that leave the grid (the
+    program builder must reject them)."""
+    return st.lists(_route(rows, cols, off_grid), min_size=min_colors, max_size=max_colors)
+
+
+VECTOR_OPS = {
+    # name: (number of vector operands after dst, takes a scalar)
+    "mov": (1, False), "add": (2, False), "sub": (2, False), "mul": (2, False),
+    "max": (2, False), "min": (2, False), "fmac": (2, True), "scale": (1, True),
+    "adds": (1, True), "subs": (1, True), "exp": (1, False), "rsqrt": (1, True),
+    "recip": (1, False), "tanh": (1, False), "sigmoid": (1, False), "fill": (0, True),
+    "sum": (1, False), "rmax": (1, False), "dot": (2, False),
+}
+
+
+@dataclass(frozen=True)
+class ProgramSpec:
+    """A random program as plain data; `build()` turns it into a wse.Program
+    through the public API (which may reject it with a WseError)."""
+    cfg: WaferConfig
+    route_specs: tuple
+    buffers: tuple          # (name, size, dtype, where mask or None)
+    data: tuple             # per buffer: (rows, cols, size) float32 values
+    roles: tuple            # (name, where mask, tasks); task: (name, kind, color, entry, code)
+    color_param: np.ndarray | None
+    int_param: np.ndarray
+
+    def build(self):
+        """(program, buffers): the Program with data loaded, and its Buffers."""
+        from .program import WAVELET, Program
+        prog = Program(self.cfg)
+        colors = [prog.color(f"c{i}") for i in range(len(self.route_specs))]
+        for color, spec in zip(colors, self.route_specs):
+            prog.route_masks(color, spec.rx, spec.tx)
+        buffers = [prog.buffer(name, size, dtype, where=where)
+                   for name, size, dtype, where in self.buffers]
+        for buf, values in zip(buffers, self.data):
+            prog.load(buf, values)
+        color_param = (prog.color_param_indices("color_param", self.color_param)
+                       if self.color_param is not None else None)
+        int_param = prog.param("int_param", self.int_param)
+        registers = [prog.reg(), prog.reg()]
+
+        def operand(t, spec):
+            kind = spec[0]
+            if kind == "mem":
+                _, b, offset, length, stride, use_reg = spec
+                buf = buffers[b % len(buffers)]
+                if use_reg == "offset":
+                    return buf.view(offset=registers[0] * 1 + offset, length=length, stride=stride)
+                if use_reg == "length":
+                    return buf.view(offset=offset, length=registers[1], stride=stride)
+                return buf.view(offset=offset, length=length, stride=stride)
+            _, c, length, by_param, length_in_reg = spec
+            color = color_param if by_param and color_param is not None else \
+                colors[c % len(colors)] if colors else color_param
+            if color is None:
+                return None
+            if length_in_reg:
+                length = registers[1]
+            return prog.fabin(color, length) if kind == "fabin" else prog.fabout(color, length)
+
+        def scalar(t, spec):
+            if spec[0] == "imm":
+                return spec[1]
+            if spec[0] == "wavelet":
+                return WAVELET
+            return buffers[spec[1] % len(buffers)].scalar(spec[2])
+
+        def emit(t, role, code):
+            for ins in code:
+                what = ins[0]
+                if what == "vector":
+                    _, name, dst, srcs, s, async_, on_done = ins
+                    args = [operand(t, d) for d in (dst, *srcs)]
+                    if any(a is None for a in args):
+                        continue
+                    kw = {"async_": async_}
+                    if on_done is not None and async_:
+                        kw["on_done"] = on_done
+                    if VECTOR_OPS[name][1]:
+                        args.append(scalar(t, s))
+                    getattr(t, name)(*args, **kw)
+                elif what == "matmul":
+                    _, c, a, b, m, k, n, tb, async_ = ins
+                    t.matmul(operand(t, c), operand(t, a), operand(t, b), m, k, n,
+                             transpose_b=tb, async_=async_)
+                elif what == "wait":
+                    t.wait(ins[1])
+                elif what == "loop":
+                    count = int_param if ins[1] == "param" else ins[1]
+                    with t.loop(count):
+                        emit(t, role, ins[2])
+                elif what == "set":
+                    t.set(registers[ins[1]], int_param if ins[2] == "param" else ins[2])
+                elif what == "affine":
+                    t.affine(registers[ins[1]], registers[ins[2]], ins[3], ins[4])
+                elif what == "mod":
+                    t.mod(registers[ins[1]], ins[2])
+                elif what == "activate":
+                    t.activate(ins[1])
+
+        for name, where, tasks in self.roles:
+            role = prog.role(name, where=where)
+            builders = []
+            for task_name, kind, c, entry, _ in tasks:
+                if kind == "data":
+                    if not colors:
+                        continue
+                    builders.append(role.data_task(task_name, colors[c % len(colors)]))
+                else:
+                    builders.append(role.task(task_name, entry=entry))
+            for t, (_, _, _, _, code) in zip(builders, tasks):
+                emit(t, role, code)
+        return prog, buffers
+
+
+@st.composite
+def _memory_operand(draw, sizes):
+    """A view of a random buffer: mostly in range, sometimes not (on purpose)."""
+    b = draw(st.integers(0, len(sizes) - 1))
+    size = sizes[b]
+    use_reg = draw(st.sampled_from(("", "", "", "", "offset", "length")))
+    if draw(st.integers(0, 99)) == 0:          # anything, in range or not
+        return ("mem", b, draw(st.integers(0, 12)), draw(st.integers(0, 12)),
+                draw(st.sampled_from((0, 1, 2))), use_reg)
+    stride = draw(st.sampled_from((1, 1, 1, 2, 0)))
+    offset = draw(st.integers(0, size - 1))
+    reach = size - offset if stride == 0 else (size - 1 - offset) // stride + 1
+    length = draw(st.integers(0, reach if stride else 4))
+    return ("mem", b, offset, length, stride, use_reg)
+
+
+def _operand_strategies(sizes, n_colors: int, fabric: bool):
+    mem = _memory_operand(sizes)
+    if not fabric or n_colors == 0:
+        return mem, mem
+
+    def fab(kind):
+        return st.tuples(st.just(kind), st.integers(0, n_colors - 1), st.integers(0, 6),
+                         st.booleans(), st.sampled_from((False, False, False, True)))
+    return st.one_of(mem, mem, fab("fabin")), st.one_of(mem, mem, fab("fabout"))
+
+
+@st.composite
+def _code(draw, sources, dests, memory, n_buffers: int, local_tasks, data_task: bool, depth: int,
+          max_len: int):
+    code = []
+    scalars = st.one_of(
+        st.tuples(st.just("imm"), st.sampled_from((0.0, 1.0, -2.5, 0.5, math.inf, math.nan))),
+        st.tuples(st.just("mem"), st.integers(0, n_buffers - 1), st.sampled_from((0, 0, 0, 1, 5))),
+        *([st.just(("wavelet",))] if data_task else []))
+    kinds = ["vector"] * 6 + ["wait", "set", "affine", "mod", "matmul"] + \
+        (["loop"] if depth < 2 else []) + (["activate"] if local_tasks else [])
+    for _ in range(draw(st.integers(0, max_len))):
+        kind = draw(st.sampled_from(kinds))
+        if kind == "vector":
+            name = draw(st.sampled_from(sorted(VECTOR_OPS)))
+            n_src, _ = VECTOR_OPS[name]
+            reduction = name in ("sum", "rmax", "dot")
+            srcs = tuple(draw(memory if reduction else sources) for _ in range(n_src))
+            async_ = draw(st.booleans())
+            on_done = draw(st.sampled_from((None, *local_tasks))) if async_ else None
+            code.append(("vector", name, draw(memory if reduction else dests), srcs,
+                         draw(scalars), async_, on_done))
+        elif kind == "matmul":
+            mem = st.tuples(st.just("mem"), st.integers(0, n_buffers - 1), st.integers(0, 1),
+                            st.just(1), st.just(1), st.just(""))
+            code.append(("matmul", draw(mem), draw(mem), draw(mem), draw(st.integers(1, 2)),
+                         draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.booleans()),
+                         draw(st.booleans())))
+        elif kind == "wait":
+            code.append(("wait", draw(st.sampled_from((None, 1, 2)))))
+        elif kind == "loop":
+            body = draw(_code(sources, dests, memory, n_buffers, local_tasks, data_task, depth + 1,
+                              max(1, max_len // 2)))
+            code.append(("loop", draw(st.sampled_from((0, 1, 2, 3, "param"))), body))
+        elif kind == "set":
+            code.append(("set", draw(st.integers(0, 1)),
+                         draw(st.sampled_from((0, 1, 2, 5, -1, 1 << 40, "param")))))
+        elif kind == "affine":
+            code.append(("affine", draw(st.integers(0, 1)), draw(st.integers(0, 1)),
+                         draw(st.integers(-2, 3)), draw(st.integers(-2, 3))))
+        elif kind == "mod":
+            code.append(("mod", draw(st.integers(0, 1)), draw(st.integers(1, 4))))
+        else:
+            code.append(("activate", draw(st.sampled_from(local_tasks))))
+    return tuple(code)
+
+
+@st.composite
+def programs(draw, min_rows: int = 1, max_rows: int = 4, min_cols: int = 1, max_cols: int = 4,
+             max_colors: int = 3, max_buffers: int = 3, max_roles: int = 3,
+             max_instructions: int = 5, fabric: bool = True, vary_timing: bool = True):
+    """A ProgramSpec: random routes, buffers (random dtype, size and placement),
+    roles by random PE assignment, local and data tasks whose code mixes vector
+    operations on random descriptors (memory views, fabric in/out, by color or
+    by per-PE color parameter, register offsets and lengths), async operations
+    with on_done tasks, waits, loops, register arithmetic and activations.
+    Most of it is legal; some of it is not, on purpose."""
+    cfg = draw(wafer_configs(min_rows, max_rows, min_cols, max_cols, vary_timing=vary_timing))
+    rows, cols = cfg.rows, cfg.cols
+    n_colors = draw(st.integers(0, max_colors)) if fabric else 0
+    route_specs = tuple(draw(routes(rows, cols, n_colors, n_colors,
+                                    off_grid=draw(st.integers(0, 9)) == 0)))
+    pe_mask = hnp.arrays(bool, (rows, cols))
+    n_buffers = draw(st.integers(1, max_buffers))
+    buffers, data = [], []
+    for b in range(n_buffers):
+        size = draw(st.integers(1, 10))
+        dtype = draw(dtypes())
+        where = draw(st.one_of(st.none(), st.none(), pe_mask))
+        buffers.append((f"b{b}", size, dtype, where))
+        values = draw(hnp.arrays(np.float32, (rows, cols, size),
+                                 elements=st.sampled_from((0.0, 1.0, -1.0, 0.5, 3.0, -0.0, 1e-3))))
+        data.append(values)
+    sources, dests = _operand_strategies([b[1] for b in buffers], n_colors, fabric)
+    n_roles = draw(st.integers(1, max_roles))
+    role_of_pe = draw(hnp.arrays(np.int64, (rows, cols), elements=st.integers(0, n_roles)))
+    roles = []
+    for r in range(n_roles):
+        n_tasks = draw(st.integers(1, 3))
+        kinds = [draw(st.sampled_from(("local", "local", "data"))) if i else "local"
+                 for i in range(n_tasks)]
+        local_names = [f"t{i}" for i, k in enumerate(kinds) if k == "local"]
+        tasks = []
+        for i, kind in enumerate(kinds):
+            code = draw(_code(sources, dests, _memory_operand(tuple(b[1] for b in buffers)),
+                              n_buffers, tuple(local_names),
+                              kind == "data", 0, max_instructions))
+            tasks.append((f"t{i}", kind, draw(st.integers(0, max(n_colors - 1, 0))),
+                          i == 0, code))
+        roles.append((f"role{r}", role_of_pe == r + 1, tuple(tasks)))
+    color_param = None
+    if n_colors:
+        color_param = draw(hnp.arrays(np.int64, (rows, cols),
+                                      elements=st.integers(-1, n_colors)))
+        if draw(st.integers(0, 3)):          # mostly valid per-PE colors
+            color_param = np.clip(color_param, 0, n_colors - 1)
+    int_param = draw(hnp.arrays(np.int64, (rows, cols), elements=st.integers(0, 3)))
+    return ProgramSpec(cfg, route_specs, tuple(buffers), tuple(data), tuple(roles),
+                       color_param, int_param)
+
+
+# ----------------------------------------------------------------------------
+# Assertions
+UNIT_ROUNDOFF = {"float32": 2.0 ** -24, "float16": 2.0 ** -11}
+"""u: half the distance from 1 to the next representable number."""
+RTOL_SAFETY = 4
+"""Multiplier on the first-order rounding bound (covers a rounding of the
+inputs, of each partial result and of the output)."""
+
+
+def tolerance(dtype, terms: int = 1) -> tuple[float, float]:
+    """(rtol, atol) that `assert_close` uses for `dtype` and `terms` accumulated terms:
+        rtol = RTOL_SAFETY * u * (terms + 1)
+        atol = (terms + 1) * smallest subnormal of dtype
+    u = 2**-24 (float32) or 2**-11 (float16). terms + 1 is the number of
+    roundings on the worst path of a recursive sum of `terms` products plus
+    the final rounding to dtype (the classic gamma_n bound, Higham, Accuracy
+    and Stability of Numerical Algorithms, 2nd ed., section 3.1)."""
+    dtype = _dtype_name(dtype)
+    if int(terms) < 0:
+        raise ConfigError(f"terms = {terms}: must be >= 0")
+    rtol = RTOL_SAFETY * UNIT_ROUNDOFF[dtype] * (int(terms) + 1)
+    atol = (int(terms) + 1) * float(np.finfo(NUMPY_DTYPES[dtype]).smallest_subnormal)
+    return rtol, atol
+
+
+def assert_close(actual, reference, dtype, terms: int = 1, scale=None, rtol: float | None = None,
+                 err_msg: str = "") -> None:
+    """Assert that `actual` (computed in `dtype`) matches a float64 `reference`.
+
+    Non-finite entries must agree exactly: NaN where the reference is NaN, the
+    same infinity where it is infinite. Finite entries must satisfy
+        |actual - reference| <= rtol * magnitude + atol
+    elementwise, with (rtol, atol) = tolerance(dtype, terms) unless rtol is given,
+    and magnitude = |reference| + max|reference| (so results that cancel to
+    near zero are judged against the size of the whole result), or `scale`
+    when given (e.g. |A| @ |B| for a matrix product, the rigorous bound).
+    `terms` is the length of the longest sum behind one output (K for a GEMM,
+    the number of PEs for a reduction; 1 for element-wise work).
+    The inputs behind `reference` must be exactly representable in dtype (the
+    strategies of this module guarantee it)."""
+    actual = np.asarray(actual)
+    ref = np.asarray(reference, np.float64)
+    if actual.shape != ref.shape:
+        raise AssertionError(f"{err_msg}shape {actual.shape} != reference shape {ref.shape}")
+    act = actual.astype(np.float64)
+    base_rtol, atol = tolerance(dtype, terms)
+    rtol = base_rtol if rtol is None else float(rtol)
+    finite = np.isfinite(ref)
+    same_special = (np.isnan(ref) & np.isnan(act)) | (np.isinf(ref) & (act == ref))
+    bad = ~finite & ~same_special
+    if scale is None:
+        magnitude = np.abs(ref) + (np.abs(ref[finite]).max() if finite.any() else 0.0)
+    else:
+        magnitude = np.broadcast_to(np.abs(np.asarray(scale, np.float64)), ref.shape)
+    with np.errstate(invalid="ignore"):
+        error = np.abs(act - ref)
+        allowed = rtol * magnitude + atol
+        bad |= finite & ~(error <= allowed)
+    if bad.any():
+        where = np.argwhere(bad)
+        first = tuple(int(i) for i in where[0])
+        raise AssertionError(
+            f"{err_msg}{int(bad.sum())} of {bad.size} entries differ beyond tolerance "
+            f"(dtype {_dtype_name(dtype)}, terms {terms}, rtol {rtol:.3g}, atol {atol:.3g}); "
+            f"first at {first}: actual {act[first]!r}, reference {ref[first]!r}, "
+            f"allowed error {float(allowed[first]) if finite[first] else 0.0:.3g}")
+
+
+def _latencies(report, cfg) -> tuple[int, int]:
+    if cfg is None:
+        return 1, 1         # the smallest a config allows: the bounds stay valid
+    return cfg.ramp_latency, cfg.hop_latency
+
+
+def _neighbour(pe: int, port: int, cols: int) -> int:
+    return pe + isa.PORT_DX[port] + isa.PORT_DY[port] * cols
+
+
+def _distance_to(mask: np.ndarray) -> np.ndarray:
+    """Per PE, the Manhattan distance to the nearest PE in mask (large where none)."""
+    rows, cols = mask.shape
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return np.full(mask.shape, 1 << 30, np.int64)
+    gy, gx = np.mgrid[0:rows, 0:cols]
+    return (np.abs(gy[..., None] - ys) + np.abs(gx[..., None] - xs)).min(axis=-1)
+
+
+def _route_paths(program, color_index: int, source: int, limit: int):
+    """Follow the static route of a color from `source`'s ramp: Counters of the
+    (pe, port) links crossed and of the PEs delivered to, counting every path
+    (two paths to one PE deliver two copies), with each delivery's hop count."""
+    rx, tx = (m.reshape(-1) for m in program.routes_of(program.colors[color_index]))
+    cols = program.cols
+    links, deliveries, hops = Counter(), Counter(), {}
+    frontier = [(source, 0)]
+    steps = 0
+    while frontier:
+        pe, distance = frontier.pop()
+        steps += 1
+        if steps > limit:
+            raise AssertionError(f"color index {color_index}: the route from PE "
+                                 f"({source % cols}, {source // cols}) does not end")
+        for port in range(5):
+            if not tx[pe] >> port & 1:
+                continue
+            if port == isa.RAMP:
+                deliveries[pe] += 1
+                hops[pe] = min(hops.get(pe, distance), distance)
+            else:
+                links[(pe, port)] += 1
+                frontier.append((_neighbour(pe, port, cols), distance + 1))
+    return links, deliveries, hops
+
+
+def check_report(report, cfg: WaferConfig | None = None, program=None) -> tuple[str, ...]:
+    """Assert the invariants every completed run satisfies; returns the names of
+    the checks that could be made.
+
+    `report` is a RunReport or a RunResult (which brings its program and config).
+    Without a config the latencies are taken as 1 (the bounds stay valid, only
+    looser) and SRAM capacity from the preset of the report's config name.
+
+    Always:
+      counts     all counts are non-negative; wavelet_hops = sum of link_wavelets;
+                 no link leaves the grid; if nothing was injected nothing moved.
+      sram       sram_peak_bytes <= the PE's SRAM (when the capacity is known).
+      rate       no link, ramp-in or ramp-out carries more wavelets than there
+                 were cycles.
+      bound      cycles >= what traffic and distance imply. A wavelet injected in
+                 cycle t >= 0 is at its router at t + T_R and hops in H each; a
+                 link carries one wavelet per cycle and every wavelet ends in a
+                 ramp. For a link out of router r into n carrying c wavelets:
+                   cycles >= 2*T_R + (d_in(r) + 1 + d_out(n))*H + c
+                 (d_in: hops from the nearest injecting PE, d_out: hops to the
+                 nearest receiving PE); a PE receiving c: 2*T_R + d_in*H + c;
+                 a PE injecting c: 2*T_R + d_out*H + c.
+    With report.link_events (run(record_links=True)):
+      links      no (cycle, pe, port) twice; per link, the events add up to
+                 link_wavelets.
+    With report.delivery_events (run(record_deliveries=True)):
+      deliveries no PE receives two wavelets ready in the same cycle; per PE the
+                 events add up to ramp_in; the wavelet ids delivered are exactly
+                 the ones injected (0 .. sum(ramp_out) - 1).
+    With both and the program (a RunResult):
+      paths      every wavelet crosses exactly the links of its color's route from
+                 its source and is delivered to each destination of that route
+                 once per path, no earlier than 2*T_R + hops*H; each PE's count
+                 of sources equals its ramp_out.
+    """
+    from .program import RunResult
+    if isinstance(report, RunResult):
+        program = program or report.program
+        cfg = cfg or report.program.cfg
+        report = report.report
+    if cfg is None and program is not None:
+        cfg = program.cfg
+    done = []
+    rows, cols, cycles = report.rows, report.cols, int(report.cycles)
+    T_R, H = _latencies(report, cfg)
+    links = np.asarray(report.link_wavelets)
+    ramp_in, ramp_out = np.asarray(report.ramp_in), np.asarray(report.ramp_out)
+
+    def fail(what: str):
+        raise AssertionError(f"check_report: {what}")
+
+    # counts
+    if links.shape != (rows, cols, 4) or ramp_in.shape != (rows, cols) \
+            or ramp_out.shape != (rows, cols):
+        fail(f"array shapes {links.shape}, {ramp_in.shape}, {ramp_out.shape} do not match "
+             f"the {rows} x {cols} grid")
+    for name in ("link_wavelets", "ramp_in", "ramp_out", "busy_cycles", "compute_cycles",
+                 "stall_cycles", "sram_peak_bytes"):
+        value = np.asarray(getattr(report, name))
+        if (value < 0).any():
+            fail(f"{name} has negative entries")
+    if cycles < 0 or report.flops < 0 or report.energy_joules < 0:
+        fail("cycles, flops and energy must be non-negative")
+    if int(links.sum()) != int(report.wavelet_hops):
+        fail(f"wavelet_hops = {report.wavelet_hops} but link_wavelets sum to {int(links.sum())}")
+    leaving = np.stack([np.zeros((rows, cols), bool)] * 4, axis=-1)
+    leaving[0, :, isa.NORTH] = leaving[-1, :, isa.SOUTH] = True
+    leaving[:, 0, isa.WEST] = leaving[:, -1, isa.EAST] = True
+    if (links[leaving] != 0).any():
+        fail("wavelets left the grid through an edge link")
+    if ramp_out.sum() == 0 and (links.sum() or ramp_in.sum()):
+        fail("nothing was injected, yet wavelets moved")
+    done.append("counts")
+
+    # sram
+    capacity = cfg.sram_bytes if cfg is not None else next(
+        (p.sram_bytes for p in PRESETS.values() if p.name == report.config_name), None)
+    if capacity is not None:
+        peak = np.asarray(report.sram_peak_bytes)
+        if (peak > capacity).any():
+            y, x = np.argwhere(peak > capacity)[0]
+            fail(f"PE ({x}, {y}) holds {peak[y, x]} bytes, more than its {capacity}")
+        done.append("sram")
+
+    # rate: one wavelet per cycle per link and per ramp direction
+    for name, value in (("a link", links), ("a ramp (in)", ramp_in), ("a ramp (out)", ramp_out)):
+        if value.size and value.max() > cycles:
+            fail(f"{name} carried {int(value.max())} wavelets in {cycles} cycles")
+    done.append("rate")
+
+    # bound: cycles implied by traffic and distance
+    d_in = _distance_to(ramp_out > 0)
+    d_out = _distance_to(ramp_in > 0)
+    need, why = 0, ""
+    for y, x in zip(*np.nonzero(ramp_in)):
+        b = 2 * T_R + d_in[y, x] * H + int(ramp_in[y, x])
+        if b > need:
+            need, why = b, f"PE ({x}, {y}) receives {int(ramp_in[y, x])} wavelets"
+    for y, x in zip(*np.nonzero(ramp_out)):
+        b = 2 * T_R + d_out[y, x] * H + int(ramp_out[y, x])
+        if b > need:
+            need, why = b, f"PE ({x}, {y}) injects {int(ramp_out[y, x])} wavelets"
+    for y, x, port in zip(*np.nonzero(links)):
+        ny, nx = y + isa.PORT_DY[port], x + isa.PORT_DX[port]
+        b = 2 * T_R + (d_in[y, x] + 1 + d_out[ny, nx]) * H + int(links[y, x, port])
+        if b > need:
+            need, why = b, (f"the {isa.PORT_NAMES[port]} link of PE ({x}, {y}) carries "
+                            f"{int(links[y, x, port])} wavelets")
+    if cycles < need:
+        fail(f"{cycles} cycles, but {why}: at least {need} (T_R={T_R}, H={H})")
+    done.append("bound")
+
+    # links
+    total_hops = int(links.sum())
+    link_events = report.link_events
+    if link_events is not None and len(link_events) == total_hops:
+        ev = np.asarray(link_events, np.int64).reshape(-1, 5)
+        keys = ev[:, 0] * (rows * cols * 4) + ev[:, 1] * 4 + ev[:, 2]
+        if len(np.unique(keys)) != len(keys):
+            k = Counter(keys.tolist()).most_common(1)[0][0]
+            fail(f"a link carried two wavelets in one cycle (cycle {k // (rows * cols * 4)})")
+        if (ev[:, 0] < 0).any() or (ev[:, 0] >= max(cycles, 1)).any():
+            fail("a link event lies outside the run")
+        per_link = np.zeros(rows * cols * 4, np.int64)
+        np.add.at(per_link, ev[:, 1] * 4 + ev[:, 2], 1)
+        if not np.array_equal(per_link.reshape(rows, cols, 4), links):
+            fail("link events do not add up to link_wavelets")
+        done.append("links")
+    else:
+        link_events = None
+
+    # deliveries
+    delivery_events = report.delivery_events
+    injected = int(ramp_out.sum())
+    if delivery_events is not None and len(delivery_events) == int(ramp_in.sum()):
+        dv = np.asarray(delivery_events, np.int64).reshape(-1, 4)
+        keys = dv[:, 0] * (rows * cols) + dv[:, 1]
+        if len(np.unique(keys)) != len(keys):
+            fail("a PE's ramp delivered two wavelets in one cycle")
+        if len(dv) and dv[:, 0].max() >= max(cycles, 1):
+            fail(f"a wavelet is delivered at cycle {dv[:, 0].max()}, after the run's "
+                 f"{cycles} cycles")
+        per_pe = np.bincount(dv[:, 1], minlength=rows * cols).reshape(rows, cols)
+        if not np.array_equal(per_pe, ramp_in):
+            fail("delivery events do not add up to ramp_in")
+        if set(dv[:, 3].tolist()) != set(range(injected)):
+            fail(f"{injected} wavelets were injected but the delivered ids are "
+                 f"{sorted(set(dv[:, 3].tolist()))[:10]}...")
+        done.append("deliveries")
+    else:
+        delivery_events = None
+
+    # paths: replay each wavelet along its route
+    if program is not None and link_events is not None and delivery_events is not None:
+        ev_by_id: dict[int, list] = {}
+        for t, pe, port, c, wid in ev.tolist():
+            ev_by_id.setdefault(wid, []).append((t, pe, port, c))
+        dv_by_id: dict[int, list] = {}
+        for ready, pe, c, wid in dv.tolist():
+            dv_by_id.setdefault(wid, []).append((ready, pe, c))
+        sources = Counter()
+        limit = 8 * rows * cols * 5 + 8
+        for wid, got in dv_by_id.items():
+            colors = {c for _, _, c in got} | {c for _, _, _, c in ev_by_id.get(wid, [])}
+            if len(colors) != 1:
+                fail(f"wavelet {wid} changed color on its way")
+            color = colors.pop()
+            crossed = ev_by_id.get(wid, [])
+            if crossed:
+                targets = {_neighbour(pe, port, cols) for _, pe, port, _ in crossed}
+                roots = {pe for _, pe, _, _ in crossed} - targets
+                if len(roots) != 1:
+                    fail(f"wavelet {wid}: its links do not form a tree from one source")
+                source = roots.pop()
+            else:
+                receivers = {pe for _, pe, _ in got}
+                if len(receivers) != 1:
+                    fail(f"wavelet {wid} reached several PEs without crossing a link")
+                source = receivers.pop()
+            sources[source] += 1
+            want_links, want_pes, hops = _route_paths(program, color, source, limit)
+            if Counter((pe, port) for _, pe, port, _ in crossed) != want_links:
+                fail(f"wavelet {wid} (color index {color}) did not follow its route from PE "
+                     f"({source % cols}, {source // cols})")
+            if Counter(pe for _, pe, _ in got) != want_pes:
+                fail(f"wavelet {wid} (color index {color}) from PE ({source % cols}, "
+                     f"{source // cols}) was delivered to {sorted(Counter(pe for _, pe, _ in got).items())}, "
+                     f"its route reaches {sorted(want_pes.items())}")
+            for ready, pe, _ in got:
+                if ready < 2 * T_R + hops[pe] * H:
+                    fail(f"wavelet {wid} is ready at PE ({pe % cols}, {pe // cols}) in cycle "
+                         f"{ready}, before 2*T_R + {hops[pe]}*H")
+        counted = np.zeros(rows * cols, np.int64)
+        for pe, n in sources.items():
+            counted[pe] = n
+        if not np.array_equal(counted.reshape(rows, cols), ramp_out):
+            fail("wavelets traced back to their sources do not add up to ramp_out")
+        done.append("paths")
+    return tuple(done)
