@@ -54,11 +54,12 @@ engine in tests/kernels/test_gemm.py) and `expected_wavelet_hops`.
 Accuracy: the engine multiplies in fp32 and rounds to the accumulator's
 dtype when it stores each tile product. With accumulate="float32" (the
 default) the fp32 accumulator is rounded to `dtype` once at the end; with
-accumulate="float16" every step's sum is rounded to fp16. Tolerances
-(elementwise, relative to |A| @ |B|, see `tolerance`):
-    float32:                      (K/L + L + 2) * 2**-24   (fp32 rounding)
-    float16, accumulate float32:  3 * 2**-11 + K * 2**-24  (inputs and output rounded)
-    float16, accumulate float16:  (L + 3) * 2**-11         (one rounding per step)
+accumulate="float16" every step's sum is rounded to fp16. The result is
+checked elementwise against the float64 product of the unrounded inputs:
+    |C - C_ref| <= tol * (|A| @ |B|),
+    tol = 3*u(dtype) + 2*(kt + 2)*2**-24 + (L + 1)*u(accumulate)
+with u = 2**-24 (float32) or 2**-11 (float16); e.g. fp16 with an fp32
+accumulator and kt = 32: about 1.5e-3 (`tolerance`).
 """
 from __future__ import annotations
 
@@ -318,14 +319,17 @@ def model_cycles(p: GemmPlan, cfg: wse.WaferConfig) -> int:
 
 
 def tolerance(dtype: str, accumulate: str, K: int, steps: int) -> float:
-    """Elementwise bound on |C - C_ref| / (|A| @ |B|) (module docstring)."""
-    u16, u32 = 2.0 ** -11, 2.0 ** -24
+    """Elementwise bound on |C - C_ref| / (|A| @ |B|) against the float64
+    product of the unrounded inputs. With u(dt) the unit roundoff of a
+    dtype (2**-24 for float32, 2**-11 for float16):
+        2*u(dtype)            A and B rounded to their storage dtype
+      + 2*(kt + 2)*2**-24     the fp32 dot products inside a tile product
+      + (steps + 1)*u(acc)    the accumulator rounded after every step
+      + u(dtype)              C rounded to the output dtype."""
+    def unit(dt):
+        return 2.0 ** -11 if dt == "float16" else 2.0 ** -24
     kt = -(-K // steps)
-    if dtype == "float32":
-        return (kt + steps + 2) * u32 * 2
-    if accumulate == "float32":
-        return 3 * u16 + (kt + steps + 2) * u32 * 2
-    return (steps + 3) * u16
+    return 3 * unit(dtype) + 2 * (kt + 2) * 2.0 ** -24 + (steps + 1) * unit(accumulate)
 
 
 # ----------------------------------------------------------------------------
