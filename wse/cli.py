@@ -311,21 +311,27 @@ def _short(value) -> str:
 
 # ------------------------------------------------------------------ info
 def _sources_legend() -> dict[str, str]:
-    """'[SDK]   Cerebras SDK documentation ...' lines of wse.config's docstring."""
+    """Source tag -> publication: wse.config.SOURCES, else the '[SDK]  ...'
+    lines of wse.config's docstring."""
     import re
 
     from . import config
-    legend = {}
+    legend = dict(getattr(config, "SOURCES", {}))
     for line in (config.__doc__ or "").splitlines():
         found = re.match(r"\s*\[(\w+)\]\s+(.+)", line)
         if found:
-            legend[found.group(1)] = found.group(2).strip()
+            legend.setdefault(found.group(1), found.group(2).strip())
     return legend
 
 
-def _sources_of(doc: str) -> str:
+def _sources_of(doc: str, legend: dict[str, str]) -> str:
+    """The short tags of the sources a field's documentation cites ([SDK], or
+    the expanded [Cerebras SDK documentation]), and ASSUMPTION where it says so."""
     import re
-    tags = re.findall(r"\[([A-Z0-9]+)[^\]]*\]", doc)
+    tags = []
+    for cited in re.findall(r"\[([^\]]+)\]", doc):
+        tag = next((t for t, text in legend.items() if cited.startswith((t, text))), None)
+        tags.append(tag or cited)
     if "ASSUMPTION" in doc:
         tags.append("ASSUMPTION")
     return ", ".join(dict.fromkeys(tags)) or "-"
@@ -342,11 +348,12 @@ def cmd_info(args) -> int:
                   title_justify="left", show_lines=True)
     table.add_column("parameter", no_wrap=True)
     table.add_column("value", justify="right", no_wrap=True)
-    table.add_column("source", no_wrap=True)
-    table.add_column("what it is and where it comes from")
+    table.add_column("source", overflow="fold", min_width=10)
+    table.add_column("what it is and where it comes from", ratio=1)
+    legend = _sources_legend()
     for name, value, doc in cfg.fields_with_docs():
         shown = f"{value:.4g}" if isinstance(value, float) else f"{value}"
-        table.add_row(name, shown, _sources_of(doc), doc)
+        table.add_row(name, shown, _sources_of(doc, legend), doc)
     console = Console()
     console.print(table)
     derived = Table(title="Derived", title_justify="left")
@@ -360,13 +367,13 @@ def cmd_info(args) -> int:
     derived.add_row("link bandwidth, one direction",
                     f"{cfg.link_bits / 8 * cfg.clock_hz / 1e9:.2f} GB/s")
     console.print(derived)
-    legend = Table(title="Sources", title_justify="left")
-    legend.add_column("tag")
-    legend.add_column("source")
-    for tag, text in _sources_legend().items():
-        legend.add_row(tag, text)
-    legend.add_row("ASSUMPTION", "not published; a field so that it can be varied")
-    console.print(legend)
+    sources = Table(title="Sources", title_justify="left")
+    sources.add_column("tag")
+    sources.add_column("source")
+    for tag, text in legend.items():
+        sources.add_row(tag, text)
+    sources.add_row("ASSUMPTION", "not published; a field so that it can be varied")
+    console.print(sources)
     return 0
 
 
@@ -419,11 +426,22 @@ def cmd_compare(args) -> int:
                else f"one new token after {args.seq} cached positions")
             + f", {layers} layers (one emulated, times {layers})")
 
-    wafer = None
+    wafer, wafer_problem, status = None, None, 0
     transformer = _optional_module("kernels.transformer")
-    if transformer is not None and callable(getattr(transformer, "compare", None)):
-        with console.status(f"emulating one {model.name} layer on a {cfg.rows}x{cfg.cols} wafer"):
-            wafer = _wafer_side(transformer, model, weights, args.phase, args.seq, cfg, args.seed)
+    if transformer is None or not callable(getattr(transformer, "compare", None)):
+        wafer_problem = ("not available yet (kernels.transformer.compare has not been written); "
+                         "the GPU side comes from kernels.sharded")
+    else:
+        from .errors import ConfigError, SramOverflowError, WseError
+        try:
+            with console.status(f"emulating one {model.name} layer on a {cfg.rows}x{cfg.cols} "
+                                "wafer"):
+                wafer = _wafer_side(transformer, model, weights, args.phase, args.seq, cfg,
+                                    args.seed)
+        except WseError as error:      # the GPU side still stands; say why the wafer's does not
+            wafer_problem = f"failed: {type(error).__name__}: {error}"
+            status = EXIT_USAGE if isinstance(error, (ConfigError, SramOverflowError)) \
+                else EXIT_FAILED
 
     table = Table(title=what, title_justify="left")
     table.add_column("figure")
@@ -438,11 +456,11 @@ def cmd_compare(args) -> int:
                       "-" if r["gpu"] is None else fmt.format(r["gpu"]))
     console.print(table)
     if wafer is None:
-        console.print("[yellow]wafer side: not available yet (kernels.transformer.compare has "
-                      "not been written); the GPU side comes from kernels.sharded[/]")
+        console.print(f"[yellow]wafer side: {wafer_problem}[/]")
     else:
-        extra = transformer.compare(wafer, gpu)
-        console.print(_render_any(extra, "kernels.transformer.compare (one layer)"))
+        tokens = args.seq if args.phase == "prefill" else 1
+        console.print(_render_any(transformer.compare(wafer, gpu, tokens=tokens),
+                                  "kernels.transformer.compare, one layer"))
     if args.plot:
         import pathlib
 
@@ -464,7 +482,7 @@ def cmd_compare(args) -> int:
                        "wafer_layer_report": None if wafer is None else wafer.to_dict(False)},
                       f, indent=1)
         console.print(f"wrote {args.json}")
-    return 0
+    return status
 
 
 def _wafer_side(transformer, model, weights, phase, seq, cfg, seed):
@@ -504,11 +522,22 @@ def _comparison_rows(gpu, wafer, layers: int) -> list[dict]:
 
 
 def _render_any(value, title: str):
-    """A table of whatever compare() returns: rows of dicts, a dict, or text."""
+    """A table of what compare() returns: rows of (metric, wafer, gpu, unit)
+    tuples (kernels.transformer.Comparison), rows of dicts, a dict, or text."""
     from rich.table import Table
-    if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+    rows = getattr(value, "rows", value)
+    if isinstance(rows, list) and rows and all(isinstance(r, tuple) and len(r) == 4
+                                               for r in rows):
+        table = Table(title=title, title_justify="left")
+        for c in ("metric", "wafer", "GPUs", "unit"):
+            table.add_column(c, justify="left" if c in ("metric", "unit") else "right")
+        for metric, w, g, unit in rows:
+            table.add_row(str(metric), _short(w) if w is not None else "-",
+                          _short(g) if g is not None else "-", str(unit))
+        return table
+    if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
         from benchmarks.suites import rows_table
-        return rows_table(value, title)
+        return rows_table(rows, title)
     if isinstance(value, dict):
         table = Table(title=title, title_justify="left")
         table.add_column("key")
