@@ -645,13 +645,13 @@ class Program:
         addr = self._buffer_addresses(buffer)
         pes = np.nonzero(mask.reshape(-1))[0]
         if buffer.dtype == "float32":
-            view = arena.view(np.float32)
-            idx = addr[pes, None] // 4 + np.arange(buffer.size)
-            view[idx] = flat[pes].astype(np.float32)
+            view, unit, convert = arena.view(np.float32), 4, np.float32
         else:
-            view = arena.view(np.uint16)
-            idx = addr[pes, None] // 2 + np.arange(buffer.size)
-            view[idx] = flat[pes].astype(np.float16).view(np.uint16)
+            view, unit, convert = arena.view(np.uint16), 2, np.float16
+        for chunk in _pe_chunks(pes, buffer.size):
+            idx = addr[chunk, None] // unit + np.arange(buffer.size)
+            values = flat[chunk].astype(convert)
+            view[idx] = values if unit == 4 else values.view(np.uint16)
 
     def _ensure_arena(self) -> np.ndarray:
         if self._arena is None:
@@ -906,12 +906,13 @@ class RunResult:
         out_dtype = np.float32 if buffer.dtype == "float32" else np.float16
         out = np.full((prog.rows * prog.cols, buffer.size), np.nan, out_dtype)
         pes = np.nonzero(present)[0]
-        if buffer.dtype == "float32":
-            idx = addr[pes, None] // 4 + np.arange(buffer.size)
-            out[pes] = self.state.sram_f32[idx]
-        else:
-            idx = addr[pes, None] // 2 + np.arange(buffer.size)
-            out[pes] = self.state.sram_u16[idx].view(np.float16)
+        for chunk in _pe_chunks(pes, buffer.size):
+            if buffer.dtype == "float32":
+                idx = addr[chunk, None] // 4 + np.arange(buffer.size)
+                out[chunk] = self.state.sram_f32[idx]
+            else:
+                idx = addr[chunk, None] // 2 + np.arange(buffer.size)
+                out[chunk] = self.state.sram_u16[idx].view(np.float16)
         return out.reshape((prog.rows, prog.cols) + buffer.shape)
 
 
@@ -950,6 +951,14 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
         scratch=np.zeros(_matmul_scratch(static), np.float32),
         counters=np.zeros(engine.COUNTERS, i64),
     )
+
+
+def _pe_chunks(pes: np.ndarray, elements: int, budget: int = 1 << 24):
+    """Split PE indices so that index arrays for one chunk stay under `budget`
+    elements (a full-wafer load would otherwise build gigabytes of indices)."""
+    step = max(1, budget // max(elements, 1))
+    for start in range(0, len(pes), step):
+        yield pes[start:start + step]
 
 
 def _matmul_scratch(static) -> int:
