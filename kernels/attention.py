@@ -195,10 +195,15 @@ def gather_sequence(T, layout: FeatureLayout, seq: int) -> np.ndarray:
     return layout.gather(M)[:seq]
 
 
-def kv_block(k_tiles, v_tiles, rows: int, st_k: int, sk: int) -> np.ndarray:
+FP16_MASK = -6.0e4
+"""The key-padding bias travels with K and V in their dtype; fp16 cannot hold
+NEG_INF, and exp(-6e4 + a score) is 0 all the same."""
+
+
+def kv_block(k_tiles, v_tiles, rows: int, st_k: int, sk: int, dtype: str = "float32"):
     """K tile, V tile and key-padding bias (0 for keys < sk, -inf after) per PE."""
     key = np.arange(rows * st_k).reshape(rows, st_k)
-    bias = np.where(key < sk, 0.0, NEG_INF)
+    bias = np.where(key < sk, 0.0, FP16_MASK if dtype == "float16" else NEG_INF)
     parts = k_tiles.shape[1]
     return np.concatenate([k_tiles, v_tiles,
                            np.broadcast_to(bias[:, None, :], (rows, parts, st_k))], axis=2)
@@ -248,7 +253,7 @@ def attention(Q, K, V, cfg: wse.WaferConfig, causal: bool = True, dtype: str = "
     flat = lambda a: a.transpose(1, 0, 2).reshape(a.shape[1], -1)       # noqa: E731
     q_tiles = place_sequence(flat(Q), layout, R, st_q)
     kv_tiles = kv_block(place_sequence(flat(Kx), layout, R, st_k),
-                        place_sequence(flat(Vx), layout, R, st_k), R, st_k, sk)
+                        place_sequence(flat(Vx), layout, R, st_k), R, st_k, sk, dtype)
     prog, out = prefill_program(cfg, layout, q_tiles, kv_tiles, st_q, st_k, causal,
                                 1.0 / math.sqrt(hd), dtype)
     result = prog.run()

@@ -331,7 +331,7 @@ def _layer_prefill(cfg, model, lw, x_tiles, st, lay: PrefillLayouts, positions, 
         add("qkv_bias", r)
     seq = len(positions)
     prog, o_buf = prefill_program(cfg, lay.attn, qkv["q"], kv_block(qkv["k"], qkv["v"], R, st,
-                                                                     seq),
+                                                                     seq, dtype),
                                   st, st, True, 1.0 / math.sqrt(model.head_dim), dtype)
     out, r = _run(prog, {"o": o_buf})
     add("attention", r)

@@ -1,0 +1,275 @@
+"""One transformer layer on the wafer and on 8-GPU tensor parallelism.
+
+quick: the tiny model on an 8 x 8 grid (prefill of 32 tokens, one decode
+       step), against 8 x H100 and 8 x A100.
+full:  LLaMA-3-8B, one layer
+  * decode with a 4096-token context on a 420 x 420 grid, emulated in full
+    (the cache is synthetic: a prefill of 4096 tokens on the wafer is not
+    emulated, see below); output checked against kernels.reference;
+  * prefill of 4096 tokens on a 660 x 660 grid: too slow to emulate here
+    (the SUMMA GEMMs alone move ~KN/C values per PE per GEMM, ~10^10 router
+    steps), so the layer is emulated on n x n proxies (n = 16, 32, 64) whose
+    every PE holds the same tiles as a PE of the 660 x 660 run (st = 7
+    positions, 8 d_model features, 8 features of one head spread over 16
+    columns, 22 d_ff features); each phase's cycles are fitted as a + b*n
+    (every phase is a loop of n steps, or a chain over n PEs) and evaluated
+    at n = 660. The fit's error at n = 64 from the n = 16, 32 fit is reported.
+  * the same layer on 8 x H100 and 8 x A100 (kernels.sharded, tp = 8).
+Extrapolation to 32 layers: kernels.transformer.extrapolate.
+
+Run alone: python -m benchmarks.transformer [--full]
+"""
+from __future__ import annotations
+
+import pathlib
+import resource
+import sys
+import time
+
+import numpy as np
+
+import wse
+from wse import gpu
+
+LLAMA = "llama3-8b"
+
+
+def _rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def _gpu_rows(model, weights, x_prefill, cache, tag: str) -> list[dict]:
+    from kernels import transformer as T
+    rows = []
+    for dev in (gpu.H100, gpu.A100):
+        cluster = gpu.Cluster(dev, n_gpus=8)
+        started = time.perf_counter()
+        _, rep_p = T.prefill(model, weights, x_prefill, cluster)
+        _, _, rep_d = T.decode_step(model, weights, cache, cluster)
+        rows.append({"case": tag, "machine": f"{rep_p.n_gpus}x{dev.name}", "mode": "prefill",
+                     "tokens": len(x_prefill), "seconds": rep_p.seconds,
+                     "compute_s": rep_p.compute_seconds, "comm_s": rep_p.comm_seconds,
+                     "bytes": rep_p.bytes_sent_total, "energy_j": rep_p.energy_joules,
+                     "report": rep_p, "wall_s": time.perf_counter() - started})
+        rows.append({"case": tag, "machine": f"{rep_d.n_gpus}x{dev.name}", "mode": "decode",
+                     "tokens": 1, "seconds": rep_d.seconds, "compute_s": rep_d.compute_seconds,
+                     "comm_s": rep_d.comm_seconds, "bytes": rep_d.bytes_sent_total,
+                     "energy_j": rep_d.energy_joules, "report": rep_d})
+    return rows
+
+
+def _wafer_row(case, mode, cfg, report, tokens, wall, emulated, **extra) -> dict:
+    row = {"case": case, "machine": f"wafer {cfg.rows}x{cfg.cols}", "mode": mode,
+           "tokens": tokens, "cycles": report.cycles if report is not None else None,
+           "seconds": report.seconds if report is not None else None,
+           "bytes": 4 * report.wavelet_hops if report is not None else None,
+           "busiest_link_bytes": 4 * report.busiest_link_wavelets if report is not None else None,
+           "energy_j": report.energy_joules if report is not None else None,
+           "wall_s": wall, "rss_gib": _rss_gib(), "emulated": emulated,
+           "phases": report.phases if report is not None else None, "report": report}
+    row.update(extra)
+    return row
+
+
+def quick_case() -> list[dict]:
+    from kernels import models, reference
+    from kernels import transformer as T
+    model = models.preset("tiny")
+    weights = models.random_weights(model, seed=0)
+    x = np.random.default_rng(0).standard_normal((32, model.d_model))
+    cfg = wse.WSE2.with_grid(rows=8, cols=8)
+    started = time.perf_counter()
+    res, rep_p = T.prefill(model, weights, x, cfg)
+    wall_p = time.perf_counter() - started
+    ref = reference.prefill(model, weights, x)
+    started = time.perf_counter()
+    out, _, rep_d = T.decode_step(model, weights, res.cache, cfg)
+    wall_d = time.perf_counter() - started
+    ref_out, _ = reference.decode_step(model, weights, ref.cache)
+    rows = [
+        _wafer_row("tiny", "prefill", cfg, rep_p, 32, wall_p, True,
+                   rel_err=float(np.abs(res.hidden - ref.hidden).max()
+                                 / np.abs(ref.hidden).max())),
+        _wafer_row("tiny", "decode", cfg, rep_d, 1, wall_d, True,
+                   rel_err=float(np.abs(out - ref_out).max() / np.abs(ref_out).max())),
+    ]
+    return rows + _gpu_rows(model, weights, x, ref.cache, "tiny")
+
+
+def decode_case(grid: int = 420, context: int = 4096, dtype: str = "float16") -> dict:
+    """LLaMA-3-8B layer, one decode step at `context` on a grid x grid region."""
+    from kernels import models, reference
+    from kernels import transformer as T
+    from kernels.models import KVCache
+    model = models.preset(LLAMA)
+    weights = models.random_weights(model, seed=0, n_layers=1)
+    rng = np.random.default_rng(1)
+    shape = (model.n_kv_heads, context, model.head_dim)
+    cache = KVCache((rng.standard_normal(shape).astype(np.float32),),
+                    (rng.standard_normal(shape).astype(np.float32),),
+                    rng.standard_normal(model.d_model).astype(np.float32))
+    cfg = wse.WSE2.with_grid(rows=grid, cols=grid)
+    started = time.perf_counter()
+    out, state, report = T.decode_step(model, weights, cache, cfg, dtype=dtype)
+    wall = time.perf_counter() - started
+    ref_out, _ = reference.decode_step(model, weights, cache)
+    err = float(np.abs(out - ref_out).max() / np.abs(ref_out).max())
+    lay = T.decode_layouts(model, cfg)
+    per_layer = T.decode_weight_bytes(model, lay, dtype) + \
+        state.capacity * (2 * lay.attn.width * 2 + 4)
+    ext = T.extrapolate(report, model, 1, cfg, per_layer, tokens=1,
+                        handover_wavelets=lay.d.width)
+    return _wafer_row("llama3-8b layer", "decode", cfg, report, 1, wall, True, rel_err=err,
+                      context=context, dtype=dtype, extrapolation=ext.to_dict(),
+                      sram_bytes_per_pe_max=int(report.sram_peak_bytes.max()),
+                      weights=weights, cache=cache)
+
+
+def proxy_model(n: int):
+    """A model whose layer puts on every PE of an n x n grid the tiles a LLaMA-3-8B
+    layer with a 4096-token prefill puts on a 660 x 660 grid (module docstring)."""
+    from kernels import models
+    heads = max(n // 16, 1)
+    return models.ModelConfig(f"llama3-8b-proxy{n}", "llama", d_model=128 * heads,
+                              n_heads=heads, n_kv_heads=1 if heads < 4 else heads // 4,
+                              d_ff=22 * n, n_layers=1, max_seq_len=8192, rope_theta=500000.0)
+
+
+def prefill_proxy_case(sizes=(16, 32, 64), target: int = 660, dtype: str = "float16"):
+    from kernels import models, reference
+    from kernels import transformer as T
+    rows, per_phase = [], {}
+    for n in sizes:
+        model = proxy_model(n)
+        weights = models.random_weights(model, seed=0)
+        seq = 7 * n
+        x = np.random.default_rng(2).standard_normal((seq, model.d_model))
+        cfg = wse.WSE2.with_grid(rows=n, cols=n)
+        started = time.perf_counter()
+        res, report = T.prefill(model, weights, x, cfg, dtype=dtype)
+        wall = time.perf_counter() - started
+        err = None
+        if n <= 32:
+            ref = reference.prefill(model, weights, x)
+            err = float(np.abs(res.hidden - ref.hidden).max() / np.abs(ref.hidden).max())
+        for ph in report.phases:
+            per_phase.setdefault(ph["name"], {})[n] = ph["cycles"]
+        rows.append(_wafer_row(f"llama3-8b prefill proxy n={n}", "prefill", cfg, report, seq,
+                               wall, True, rel_err=err, d_model=model.d_model, d_ff=model.d_ff,
+                               heads=model.n_heads))
+    # fit a + b*n per phase on the two smallest sizes; check on the largest; evaluate
+    lo, mid = sizes[0], sizes[1]
+    fitted, check = {}, {}
+    for name, by_n in per_phase.items():
+        b = (by_n[mid] - by_n[lo]) / (mid - lo)
+        a = by_n[lo] - b * lo
+        fitted[name] = a + b * target
+        if len(sizes) > 2:
+            check[name] = (a + b * sizes[2], by_n[sizes[2]])
+    # refit on all sizes (least squares) for the estimate
+    ns = np.array(sizes, float)
+    estimate = {}
+    for name, by_n in per_phase.items():
+        ys = np.array([by_n[n] for n in sizes], float)
+        b, a = np.polyfit(ns, ys, 1)
+        estimate[name] = a + b * target
+    cycles = float(sum(estimate.values()))
+    cfg = wse.WSE2.with_grid(rows=target, cols=target)
+    pred = sum(c[0] for c in check.values()) if check else None
+    meas = sum(c[1] for c in check.values()) if check else None
+    rows.append({"case": "llama3-8b layer", "machine": f"wafer {target}x{target}",
+                 "mode": "prefill", "tokens": 7 * target, "cycles": cycles,
+                 "seconds": cycles / cfg.clock_hz, "emulated": False,
+                 "how": f"a + b*n fit per phase over proxies n = {list(sizes)}",
+                 "phase_cycles": estimate,
+                 "fit_check_n": sizes[2] if len(sizes) > 2 else None,
+                 "fit_check_predicted": pred, "fit_check_measured": meas,
+                 "note": f"{7 * target} positions (7 per row); 4096 tokens need 7 per row "
+                         f"as well (ceil(4096/660) = 7), so the cycles are those of 4096"})
+    return rows
+
+
+def full_cases() -> list[dict]:
+    from kernels import models
+    rows = [decode_case()]
+    weights, cache = rows[0].pop("weights"), rows[0].pop("cache")
+    rows += prefill_proxy_case()
+    model = models.preset(LLAMA)
+    x = np.random.default_rng(3).standard_normal((4096, model.d_model)).astype(np.float32)
+    rows += _gpu_rows(model, weights, x, cache, "llama3-8b layer")
+    return rows
+
+
+def run(quick: bool = True) -> list[dict]:
+    rows = quick_case() if quick else full_cases()
+    # side-by-side tables for the wafer rows that have a report
+    from kernels import transformer as T
+    by_mode = {}
+    for r in rows:
+        if r.get("report") is not None and "x" in r["machine"].split()[0] and not r["machine"].startswith("wafer"):
+            by_mode.setdefault((r["case"], r["mode"]), []).append(r)
+    for r in rows:
+        rep = r.get("report")
+        if rep is not None and r["machine"].startswith("wafer"):
+            for g in by_mode.get((r["case"], r["mode"]), []):
+                r[f"vs_{g['machine']}"] = T.compare(rep, g["report"], r["tokens"]).to_dict()
+    for r in rows:
+        r.pop("report", None)
+        r.pop("weights", None)
+        r.pop("cache", None)
+    return rows
+
+
+def plot(rows, out_dir) -> list[pathlib.Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    made = []
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, mode in zip(axes, ("prefill", "decode")):
+        sel = [r for r in rows if r["mode"] == mode and r.get("seconds")
+               and "proxy" not in r["case"]]
+        if not sel:
+            continue
+        labels = [r["machine"] + ("" if r.get("emulated", True) else "\n(extrapolated)")
+                  for r in sel]
+        tps = [r["tokens"] / r["seconds"] for r in sel]
+        ax.bar(range(len(sel)), tps, color=["tab:blue" if r["machine"].startswith("wafer")
+                                            else "tab:orange" for r in sel])
+        ax.set_xticks(range(len(sel)), labels, fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("tokens / s (one layer)")
+        ax.set_title(f"{sel[0]['case']}: {mode}")
+    fig.tight_layout()
+    path = out_dir / "transformer_layer.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    made.append(path)
+    phases = [r for r in rows if r["mode"] == "decode" and r.get("phases")]
+    if phases:
+        r = phases[-1]
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        names = [p["name"] for p in r["phases"]]
+        ax.barh(names, [p["cycles"] for p in r["phases"]])
+        ax.set_xlabel("cycles")
+        ax.set_title(f"decode phases, {r['case']} on {r['machine']}")
+        fig.tight_layout()
+        path = out_dir / "transformer_decode_phases.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
+if __name__ == "__main__":
+    import json
+    full = "--full" in sys.argv
+    rows = run(quick=not full)
+    out = pathlib.Path("bench-out")
+    out.mkdir(exist_ok=True)
+    (out / ("transformer_full.json" if full else "transformer.json")).write_text(
+        json.dumps(rows, indent=1, default=str))
+    print(json.dumps(rows, indent=1, default=str))
+    print(plot(rows, out))
