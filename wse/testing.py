@@ -384,11 +384,9 @@ def _route(draw, rows: int, cols: int, off_grid: bool):
     rx = np.zeros((rows, cols), np.uint8)
     tx = np.zeros((rows, cols), np.uint8)
     if how == "random":
-        masks = st.integers(0, 31)
-        rx[:] = np.array(draw(st.lists(masks, min_size=rows * cols, max_size=rows * cols)),
-                         np.uint8).reshape(rows, cols)
-        tx[:] = np.array(draw(st.lists(masks, min_size=rows * cols, max_size=rows * cols)),
-                         np.uint8).reshape(rows, cols)
+        rng = _rng(draw)
+        rx[:] = rng.integers(0, 32, (rows, cols))
+        tx[:] = rng.integers(0, 32, (rows, cols))
     elif how == "line":
         # flood along one row or column from a root, the idiom of a broadcast
         along_x = draw(st.booleans())
@@ -545,76 +543,84 @@ class ProgramSpec:
         return prog, buffers
 
 
-@st.composite
+def _rng(draw) -> np.random.Generator:
+    return np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+
+
+# The program generator draws plain integers and picks from Python tuples:
+# building a hypothesis strategy per operand made generation cost more than
+# running the engine.
+def _pick(draw, options):
+    return options[draw(st.integers(0, len(options) - 1))]
+
+
 def _memory_operand(draw, sizes):
     """A view of a random buffer: mostly in range, sometimes not (on purpose)."""
     b = draw(st.integers(0, len(sizes) - 1))
     size = sizes[b]
-    use_reg = draw(st.sampled_from(("", "", "", "", "offset", "length")))
+    use_reg = _pick(draw, ("", "", "", "", "offset", "length"))
     if draw(st.integers(0, 99)) == 0:          # anything, in range or not
         return ("mem", b, draw(st.integers(0, 12)), draw(st.integers(0, 12)),
-                draw(st.sampled_from((0, 1, 2))), use_reg)
-    stride = draw(st.sampled_from((1, 1, 1, 2, 0)))
+                draw(st.integers(0, 2)), use_reg)
+    stride = _pick(draw, (1, 1, 1, 2, 0))
     offset = draw(st.integers(0, size - 1))
-    reach = size - offset if stride == 0 else (size - 1 - offset) // stride + 1
-    length = draw(st.integers(0, reach if stride else 4))
-    return ("mem", b, offset, length, stride, use_reg)
+    reach = (size - 1 - offset) // stride + 1 if stride else 4
+    return ("mem", b, offset, draw(st.integers(0, reach)), stride, use_reg)
 
 
-def _operand_strategies(sizes, n_colors: int, fabric: bool):
-    mem = _memory_operand(sizes)
-    if not fabric or n_colors == 0:
-        return mem, mem
-
-    def fab(kind):
-        return st.tuples(st.just(kind), st.integers(0, n_colors - 1), st.integers(0, 6),
-                         st.booleans(), st.sampled_from((False, False, False, True)))
-    return st.one_of(mem, mem, fab("fabin")), st.one_of(mem, mem, fab("fabout"))
+def _operand(draw, sizes, n_colors: int, fabric_kind: str | None):
+    """A memory view (2 in 3) or, with fabric_kind, a fabric descriptor."""
+    if fabric_kind is None or n_colors == 0 or draw(st.integers(0, 2)) < 2:
+        return _memory_operand(draw, sizes)
+    return (fabric_kind, draw(st.integers(0, n_colors - 1)), draw(st.integers(0, 6)),
+            draw(st.booleans()), draw(st.integers(0, 3)) == 0)
 
 
-@st.composite
-def _code(draw, sources, dests, memory, n_buffers: int, local_tasks, data_task: bool, depth: int,
-          max_len: int):
+SCALAR_IMMEDIATES = (0.0, 1.0, -2.5, 0.5, math.inf, math.nan)
+REGISTER_VALUES = (0, 1, 2, 5, -1, 1 << 40, "param")
+
+
+def _code(draw, sizes, n_colors: int, local_tasks, data_task: bool, depth: int, max_len: int):
     code = []
-    scalars = st.one_of(
-        st.tuples(st.just("imm"), st.sampled_from((0.0, 1.0, -2.5, 0.5, math.inf, math.nan))),
-        st.tuples(st.just("mem"), st.integers(0, n_buffers - 1), st.sampled_from((0, 0, 0, 1, 5))),
-        *([st.just(("wavelet",))] if data_task else []))
-    kinds = ["vector"] * 6 + ["wait", "set", "affine", "mod", "matmul"] + \
-        (["loop"] if depth < 2 else []) + (["activate"] if local_tasks else [])
+    kinds = ("vector",) * 6 + ("wait", "set", "affine", "mod", "matmul") + \
+        (("loop",) if depth < 2 else ()) + (("activate",) if local_tasks else ())
+    op_names = tuple(sorted(VECTOR_OPS))
     for _ in range(draw(st.integers(0, max_len))):
-        kind = draw(st.sampled_from(kinds))
+        kind = _pick(draw, kinds)
         if kind == "vector":
-            name = draw(st.sampled_from(sorted(VECTOR_OPS)))
+            name = _pick(draw, op_names)
             n_src, _ = VECTOR_OPS[name]
-            reduction = name in ("sum", "rmax", "dot")
-            srcs = tuple(draw(memory if reduction else sources) for _ in range(n_src))
+            memory_only = name in ("sum", "rmax", "dot")
+            srcs = tuple(_operand(draw, sizes, n_colors, None if memory_only else "fabin")
+                         for _ in range(n_src))
+            dst = _operand(draw, sizes, n_colors, None if memory_only else "fabout")
+            which = draw(st.integers(0, 2 if data_task else 1))
+            scalar = (("imm", _pick(draw, SCALAR_IMMEDIATES)) if which == 0 else
+                      ("mem", draw(st.integers(0, len(sizes) - 1)), _pick(draw, (0, 0, 0, 1, 5)))
+                      if which == 1 else ("wavelet",))
             async_ = draw(st.booleans())
-            on_done = draw(st.sampled_from((None, *local_tasks))) if async_ else None
-            code.append(("vector", name, draw(memory if reduction else dests), srcs,
-                         draw(scalars), async_, on_done))
+            on_done = _pick(draw, (None, *local_tasks)) if async_ else None
+            code.append(("vector", name, dst, srcs, scalar, async_, on_done))
         elif kind == "matmul":
-            mem = st.tuples(st.just("mem"), st.integers(0, n_buffers - 1), st.integers(0, 1),
-                            st.just(1), st.just(1), st.just(""))
-            code.append(("matmul", draw(mem), draw(mem), draw(mem), draw(st.integers(1, 2)),
-                         draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.booleans()),
-                         draw(st.booleans())))
+            tiles = [("mem", draw(st.integers(0, len(sizes) - 1)), draw(st.integers(0, 1)),
+                      1, 1, "") for _ in range(3)]
+            code.append(("matmul", *tiles, draw(st.integers(1, 2)), draw(st.integers(1, 2)),
+                         draw(st.integers(1, 2)), draw(st.booleans()), draw(st.booleans())))
         elif kind == "wait":
-            code.append(("wait", draw(st.sampled_from((None, 1, 2)))))
+            code.append(("wait", _pick(draw, (None, 1, 2))))
         elif kind == "loop":
-            body = draw(_code(sources, dests, memory, n_buffers, local_tasks, data_task, depth + 1,
-                              max(1, max_len // 2)))
-            code.append(("loop", draw(st.sampled_from((0, 1, 2, 3, "param"))), body))
+            body = _code(draw, sizes, n_colors, local_tasks, data_task, depth + 1,
+                         max(1, max_len // 2))
+            code.append(("loop", _pick(draw, (0, 1, 2, 3, "param")), body))
         elif kind == "set":
-            code.append(("set", draw(st.integers(0, 1)),
-                         draw(st.sampled_from((0, 1, 2, 5, -1, 1 << 40, "param")))))
+            code.append(("set", draw(st.integers(0, 1)), _pick(draw, REGISTER_VALUES)))
         elif kind == "affine":
             code.append(("affine", draw(st.integers(0, 1)), draw(st.integers(0, 1)),
                          draw(st.integers(-2, 3)), draw(st.integers(-2, 3))))
         elif kind == "mod":
             code.append(("mod", draw(st.integers(0, 1)), draw(st.integers(1, 4))))
         else:
-            code.append(("activate", draw(st.sampled_from(local_tasks))))
+            code.append(("activate", _pick(draw, local_tasks)))
     return tuple(code)
 
 
@@ -633,20 +639,22 @@ def programs(draw, min_rows: int = 1, max_rows: int = 4, min_cols: int = 1, max_
     n_colors = draw(st.integers(0, max_colors)) if fabric else 0
     route_specs = tuple(draw(routes(rows, cols, n_colors, n_colors,
                                     off_grid=draw(st.integers(0, 9)) == 0)))
-    pe_mask = hnp.arrays(bool, (rows, cols))
+    # per-PE tables come from a drawn seed: drawing them element by element
+    # made generation slower than running the engine
+    rng = _rng(draw)
     n_buffers = draw(st.integers(1, max_buffers))
     buffers, data = [], []
     for b in range(n_buffers):
         size = draw(st.integers(1, 10))
         dtype = draw(dtypes())
-        where = draw(st.one_of(st.none(), st.none(), pe_mask))
+        where = rng.integers(0, 2, (rows, cols)).astype(bool) if draw(st.integers(0, 2)) == 0 \
+            else None
         buffers.append((f"b{b}", size, dtype, where))
-        values = draw(hnp.arrays(np.float32, (rows, cols, size),
-                                 elements=st.sampled_from((0.0, 1.0, -1.0, 0.5, 3.0, -0.0, 1e-3))))
-        data.append(values)
-    sources, dests = _operand_strategies([b[1] for b in buffers], n_colors, fabric)
+        palette = np.array((0.0, 1.0, -1.0, 0.5, 3.0, -0.0, 1e-3), np.float32)
+        data.append(palette[rng.integers(0, len(palette), (rows, cols, size))])
+    sizes = tuple(b[1] for b in buffers)
     n_roles = draw(st.integers(1, max_roles))
-    role_of_pe = draw(hnp.arrays(np.int64, (rows, cols), elements=st.integers(0, n_roles)))
+    role_of_pe = rng.integers(0, n_roles + 1, (rows, cols))
     roles = []
     for r in range(n_roles):
         n_tasks = draw(st.integers(1, 3))
@@ -655,19 +663,17 @@ def programs(draw, min_rows: int = 1, max_rows: int = 4, min_cols: int = 1, max_
         local_names = [f"t{i}" for i, k in enumerate(kinds) if k == "local"]
         tasks = []
         for i, kind in enumerate(kinds):
-            code = draw(_code(sources, dests, _memory_operand(tuple(b[1] for b in buffers)),
-                              n_buffers, tuple(local_names),
-                              kind == "data", 0, max_instructions))
+            code = _code(draw, sizes, n_colors, tuple(local_names), kind == "data", 0,
+                         max_instructions)
             tasks.append((f"t{i}", kind, draw(st.integers(0, max(n_colors - 1, 0))),
                           i == 0, code))
         roles.append((f"role{r}", role_of_pe == r + 1, tuple(tasks)))
     color_param = None
     if n_colors:
-        color_param = draw(hnp.arrays(np.int64, (rows, cols),
-                                      elements=st.integers(-1, n_colors)))
+        color_param = rng.integers(-1, n_colors + 1, (rows, cols))
         if draw(st.integers(0, 3)):          # mostly valid per-PE colors
             color_param = np.clip(color_param, 0, n_colors - 1)
-    int_param = draw(hnp.arrays(np.int64, (rows, cols), elements=st.integers(0, 3)))
+    int_param = rng.integers(0, 4, (rows, cols))
     return ProgramSpec(cfg, route_specs, tuple(buffers), tuple(data), tuple(roles),
                        color_param, int_param)
 
