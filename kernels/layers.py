@@ -122,6 +122,9 @@ def place_matrix(W, rows_layout: FeatureLayout, cols_layout: FeatureLayout) -> n
     """W (n_in, n_out) -> (rows_layout.parts, cols_layout.parts, w_in, w_out) blocks:
     block [a, b] = W[features of part a, features of part b] (0 for padding)."""
     W = np.asarray(W, np.float64)
+    if W.shape != (rows_layout.n, cols_layout.n):
+        raise ConfigError(f"a {W.shape} weight does not match layouts of {rows_layout.n} x "
+                          f"{cols_layout.n} features")
     ri, ci = rows_layout.index, cols_layout.index
     Wp = np.zeros((W.shape[0] + 1, W.shape[1] + 1))
     Wp[:-1, :-1] = W

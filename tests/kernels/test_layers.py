@@ -1,0 +1,152 @@
+"""kernels.layers: feature layouts, segmented allreduce, norm/RoPE/activation emitters."""
+import numpy as np
+import pytest
+
+import wse
+from kernels import reference
+from kernels.layers import (FeatureLayout, SegmentChannel, allreduce_cycles, build_roles,
+                            emit_gelu, emit_norm, emit_rope, emit_swiglu, place_matrix,
+                            rope_tables)
+
+
+def test_plain_layout_round_trip_and_padding():
+    lay = FeatureLayout.plain(10, 4)
+    assert lay.width == 3
+    M = np.arange(20.0).reshape(2, 10)
+    T = lay.scatter(M)
+    assert T.shape == (2, 4, 3)
+    assert T[0, 3, 1] == 0 and T[0, 3, 0] == 9          # feature 9, then padding
+    np.testing.assert_array_equal(lay.gather(T), M)
+
+
+@pytest.mark.parametrize("heads, hd, parts", [(4, 16, 4), (4, 16, 8), (4, 16, 12), (2, 8, 5)])
+def test_head_layout_keeps_rope_pairs_together(heads, hd, parts):
+    lay = FeatureLayout.heads(heads, hd, parts)
+    g = parts // heads
+    assert lay.group == g and len(lay.segments) == heads and lay.width % 2 == 0
+    idx = lay.index
+    first, second = idx[:, 0::2], idx[:, 1::2]
+    real = first >= 0
+    # each adjacent pair is (i, i + hd/2) of one head
+    np.testing.assert_array_equal(second[real], first[real] + hd // 2)
+    assert sorted(idx[idx >= 0].tolist()) == list(range(heads * hd))
+    for h, (lo, hi) in enumerate(lay.segments):
+        feats = idx[lo:hi + 1]
+        assert set(feats[feats >= 0] // hd) == {h}
+    M = np.random.default_rng(0).standard_normal((3, heads * hd))
+    np.testing.assert_array_equal(lay.gather(lay.scatter(M)), M)
+
+
+def test_head_layout_needs_a_pe_per_head():
+    with pytest.raises(wse.ConfigError, match="at least 4 PEs"):
+        FeatureLayout.heads(4, 16, 3)
+
+
+def test_place_matrix_blocks():
+    W = np.random.default_rng(1).standard_normal((10, 8))
+    a, b = FeatureLayout.plain(10, 3), FeatureLayout.heads(2, 4, 2)
+    blocks = place_matrix(W, a, b)
+    assert blocks.shape == (3, 2, a.width, b.width)
+    for p in range(3):
+        for q in range(2):
+            for i, fi in enumerate(a.index[p]):
+                for j, fj in enumerate(b.index[q]):
+                    expect = W[fi, fj] if fi >= 0 and fj >= 0 else 0.0
+                    assert blocks[p, q, i, j] == expect
+    with pytest.raises(wse.ConfigError, match="does not match"):
+        place_matrix(W[:, :6], a, b)
+
+
+@pytest.mark.parametrize("along, segments, op", [
+    ("x", [(0, 1), (2, 4)], "sum"), ("y", [(0, 5)], "max"), ("x", [(1, 4)], "sum")])
+def test_segmented_allreduce_values_and_cycles(along, segments, op):
+    rows, cols, n = (3, 5, 7) if along == "x" else (6, 2, 7)
+    cfg = wse.WSE2.with_grid(rows=rows, cols=cols)
+    x = np.random.default_rng(2).standard_normal((rows, cols, n)).astype(np.float32)
+    prog = wse.Program(cfg)
+    buf = prog.buffer("v", (n,), "float32")
+    prog.load(buf, x)
+    ch = SegmentChannel(prog, along, segments, "s")
+    build_roles(prog, {"s": ch}, lambda t, parts: ch.allreduce(t, parts["s"], buf.view(), n, op))
+    res = prog.run()
+    got = res.read(buf)
+    expect = x.copy()
+    red = np.sum if op == "sum" else np.max
+    for lo, hi in segments:
+        if along == "x":
+            expect[:, lo:hi + 1] = red(x[:, lo:hi + 1], axis=1, keepdims=True)
+        else:
+            expect[lo:hi + 1] = red(x[lo:hi + 1], axis=0, keepdims=True)
+    np.testing.assert_allclose(got, expect, rtol=1e-6, atol=1e-6)
+    g = max(hi - lo + 1 for lo, hi in segments)
+    # the engine's count against the first-principles formula (layers docstring)
+    assert abs(res.report.cycles - allreduce_cycles(cfg, g, n)) <= 2 + g
+
+
+def _run_rowwise(cfg, arrays, body, out_names):
+    prog = wse.Program(cfg)
+    bufs = {k: prog.buffer(k, (v.shape[-1],), "float32") for k, v in arrays.items()}
+    for k, v in arrays.items():
+        prog.load(bufs[k], v)
+    row = SegmentChannel(prog, "x", [(0, cfg.cols - 1)], "row")
+    build_roles(prog, {"row": row}, lambda t, parts: body(t, parts, row, bufs))
+    res = prog.run()
+    return {k: res.read(bufs[k]).astype(np.float64) for k in out_names}
+
+
+@pytest.mark.parametrize("kind", ["rms", "layer"])
+def test_norm_over_a_row_of_pes(kind):
+    rows, cols, st, w = 2, 3, 2, 4
+    cfg = wse.WSE2.with_grid(rows=rows, cols=cols)
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((rows * st, cols * w))
+    weight, bias = rng.standard_normal(cols * w), rng.standard_normal(cols * w)
+    tiles = X.reshape(rows, st, cols, w).transpose(0, 2, 1, 3).reshape(rows, cols, st * w)
+    per_col = lambda v: np.broadcast_to(v.reshape(cols, w)[None], (rows, cols, w))  # noqa
+    arrays = {"x": tiles, "out": np.zeros_like(tiles), "stats": np.zeros((rows, cols, 3 * st + w)),
+              "w": per_col(weight), "b": per_col(bias)}
+
+    def body(t, parts, row, b):
+        emit_norm(t, parts, row, parts["row"], b["x"], b["out"], b["stats"], st, w, cols * w,
+                  kind, 1e-5, b["w"], b["b"] if kind == "layer" else None)
+
+    out = _run_rowwise(cfg, arrays, body, ["out"])["out"]
+    got = out.reshape(rows, cols, st, w).transpose(0, 2, 1, 3).reshape(rows * st, cols * w)
+    ref = (reference.rmsnorm(X, weight) if kind == "rms"
+           else reference.layernorm(X, weight, bias))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_rope_matches_rotate_half_reference():
+    heads, hd, cols = 2, 8, 4
+    lay = FeatureLayout.heads(heads, hd, cols)
+    positions = np.array([0, 3, 17])
+    rng = np.random.default_rng(4)
+    Q = rng.standard_normal((len(positions), heads * hd))
+    cos, sin = rope_tables(lay, positions, 10000.0)           # (3, cols, w/2)
+    tiles = lay.scatter(Q).transpose(1, 0, 2).reshape(1, cols, -1)
+    n = tiles.shape[-1]
+    cfg = wse.WSE2.with_grid(rows=1, cols=cols)
+    arrays = {"x": tiles, "cos": cos.transpose(1, 0, 2).reshape(1, cols, -1),
+              "sin": sin.transpose(1, 0, 2).reshape(1, cols, -1), "tmp": np.zeros((1, cols, n))}
+    out = _run_rowwise(cfg, arrays, lambda t, p, r, b: emit_rope(t, b["x"], b["cos"], b["sin"],
+                                                                 b["tmp"], n), ["x"])["x"]
+    got = lay.gather(out.reshape(cols, len(positions), -1).transpose(1, 0, 2))
+    ref = reference.rope(Q.reshape(len(positions), heads, hd).transpose(1, 0, 2), positions)
+    np.testing.assert_allclose(got, ref.transpose(1, 0, 2).reshape(len(positions), -1),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_activations():
+    cfg = wse.WSE2.with_grid(rows=1, cols=2)
+    rng = np.random.default_rng(5)
+    x, g, u = (rng.standard_normal((1, 2, 6)) * 2 for _ in range(3))
+    arrays = {"x": x, "tmp": np.zeros_like(x), "g": g, "u": u, "o": np.zeros_like(x)}
+
+    def body(t, parts, row, b):
+        emit_gelu(t, b["x"], b["tmp"], 6)
+        emit_swiglu(t, b["g"], b["u"], b["o"], 6)
+
+    out = _run_rowwise(cfg, arrays, body, ["x", "o"])
+    np.testing.assert_allclose(out["x"], reference.gelu(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["o"], reference.silu(g) * u, rtol=1e-5, atol=1e-6)
