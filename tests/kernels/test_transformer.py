@@ -1,0 +1,176 @@
+"""kernels.transformer: prefill and decode on the mesh against the float64 reference
+and the sharded GPU reference; KV cache policies; comparison; extrapolation; errors."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import wse
+from kernels import kvcache, models, reference, sharded
+from kernels import transformer as T
+from wse import gpu
+
+
+def _rel(a, b):
+    return float(np.abs(np.asarray(a) - b).max() / np.abs(b).max())
+
+
+def _setup(name="tiny", seq=6, n_layers=None, seed=0, **changes):
+    model = models.preset(name)
+    if changes:
+        model = model.replace(**changes)
+    weights = models.random_weights(model, seed=seed, n_layers=n_layers)
+    x = np.random.default_rng(seed + 1).standard_normal((seq, model.d_model))
+    return model, weights, x
+
+
+@pytest.mark.parametrize("name, n, dtype, tol", [("tiny", 4, "float32", 1e-4),
+                                                 ("tiny", 16, "float32", 1e-4),
+                                                 ("tiny-gpt2", 8, "float32", 1e-4),
+                                                 ("tiny", 8, "float16", 2e-2)])
+def test_prefill_then_decode_matches_references(name, n, dtype, tol):
+    model, weights, x = _setup(name, seq=9)
+    cfg = wse.WSE2.with_grid(rows=n, cols=n)
+    result, report = T.prefill(model, weights, x, cfg, dtype=dtype)
+    ref = reference.prefill(model, weights, x)
+    assert _rel(result.hidden, ref.hidden) < tol
+    gpu_out, _ = sharded.prefill(model, weights, x, gpu.Cluster(gpu.H100, n_gpus=2), tp=2)
+    assert _rel(result.hidden, gpu_out) < tol
+    cache = result.cache.to_kvcache()
+    for got, want in zip(cache.keys + cache.values, ref.cache.keys + ref.cache.values):
+        assert _rel(got, want) < tol
+    assert [p["name"] for p in report.phases][:2] == ["L0.attn_norm", "L0.q_proj"]
+    state, ref_state = result.cache, ref.cache
+    for _ in range(2):
+        out, state, rep = T.decode_step(model, weights, state, cfg)
+        ref_out, ref_state = reference.decode_step(model, weights, ref_state)
+        assert _rel(out, ref_out) < tol
+    gout, _, _ = sharded.decode_step(model, weights, ref_state, gpu.Cluster(gpu.H100, n_gpus=2),
+                                     tp=2)
+    out, state, _ = T.decode_step(model, weights, state, cfg)
+    assert _rel(out, gout) < tol
+    assert rep.extra["transformer"]["mode"] == "decode"
+
+
+@settings(max_examples=4, deadline=None)
+@given(n=st.sampled_from([4, 5, 8]), seq=st.integers(1, 12), heads=st.sampled_from([2, 4]),
+       seed=st.integers(0, 5))
+def test_prefill_hypothesis(n, seq, heads, seed):
+    model, weights, x = _setup(seq=seq, n_layers=1, seed=seed, n_heads=heads,
+                               n_kv_heads=heads // 2)
+    cfg = wse.WSE2.with_grid(rows=n, cols=n)
+    result, _ = T.prefill(model, weights, x, cfg)
+    assert _rel(result.hidden, reference.prefill(model, weights, x).hidden) < 1e-4
+
+
+@settings(max_examples=4, deadline=None)
+@given(rows=st.integers(1, 7), cols=st.integers(4, 9), past=st.integers(1, 10),
+       policy=st.sampled_from(kvcache.POLICIES), seed=st.integers(0, 5))
+def test_decode_on_rectangular_grids(rows, cols, past, policy, seed):
+    model, weights, x = _setup(seq=past, n_layers=1, seed=seed)
+    ref = reference.prefill(model, weights, x)
+    cfg = wse.WSE2.with_grid(rows=rows, cols=cols)
+    state, ref_state = ref.cache, ref.cache
+    for _ in range(2):
+        out, state, _ = T.decode_step(model, weights, state, cfg, policy=policy)
+        ref_out, ref_state = reference.decode_step(model, weights, ref_state)
+        assert _rel(out, ref_out) < 1e-4
+    assert state.length == past + 2 and state.row_counts().sum() == past + 2
+
+
+def _decode_until_overflow(policy, sram, limit=40):
+    model, weights, x = _setup(seq=8, n_layers=1)
+    ref = reference.prefill(model, weights, x)
+    cfg = wse.WSE2.with_grid(rows=4, cols=4).replace(sram_bytes=sram)
+    state = kvcache.WaferKVCache.from_kvcache(model, ref.cache, 4, 4, policy)
+    ref_state, steps = ref.cache, 0
+    while steps < limit:
+        try:
+            out, state, _ = T.decode_step(model, weights, state, cfg)
+        except wse.SramOverflowError as err:
+            return steps, state, err
+        ref_out, ref_state = reference.decode_step(model, weights, ref_state)
+        assert _rel(out, ref_out) < 1e-4          # the moved entries are still right
+        steps += 1
+    return steps, state, None
+
+
+def test_shift_cache_decodes_many_more_tokens_than_append():
+    sram = 11400          # the layer's decode weights (10 KiB here) plus ~7 cache slots
+    append_steps, append_state, err = _decode_until_overflow("append", sram)
+    assert isinstance(err, wse.SramOverflowError) and "PE (" in str(err)
+    counts = append_state.row_counts()
+    assert counts[-1] == 2 + append_steps and (counts[:-1] == 2).all()
+    shift_steps, shift_state, _ = _decode_until_overflow("shift", sram, limit=4 * append_steps)
+    assert append_steps >= 1 and shift_steps >= 3 * append_steps
+    counts = shift_state.row_counts()
+    assert counts.max() - counts.min() <= 1            # rows stay balanced
+
+
+def test_shift_moves_only_between_neighbouring_rows():
+    model, weights, x = _setup(seq=8, n_layers=1)
+    ref = reference.prefill(model, weights, x)
+    cfg = wse.WSE2.with_grid(rows=4, cols=4)
+    state = kvcache.WaferKVCache.from_kvcache(model, ref.cache, 4, 4, "shift")
+    hops = []
+    for _ in range(5):
+        _, state, rep = T.decode_step(model, weights, state, cfg)
+        kv = next(p for p in rep.phases if p["name"] == "L0.kv_update")
+        hops.append(kv["wavelet_hops"])
+        moves = rep.extra["transformer"]["moves"]
+        # each move: K and V (16 features each) over one link, on every column
+        assert kv["wavelet_hops"] == moves * 2 * 16 * 4
+    assert max(hops) > 0
+
+
+def test_bad_inputs_get_one_clear_error():
+    model, weights, x = _setup(seq=4)
+    cfg = wse.WSE2.with_grid(rows=4, cols=4)
+    with pytest.raises(wse.SramOverflowError, match="longest sequence that fits"):
+        T.prefill(model, weights, np.zeros((200, 64)), cfg.replace(sram_bytes=8192))
+    with pytest.raises(wse.ConfigError, match="at least 4 PEs"):
+        T.prefill(model, weights, x, wse.WSE2.with_grid(rows=3, cols=3))
+    with pytest.raises(wse.ConfigError, match="square"):
+        T.prefill(model, weights, x, wse.WSE2.with_grid(rows=4, cols=5))
+    other = models.random_weights(model.replace(d_ff=96), seed=0)
+    with pytest.raises(wse.ConfigError, match="do not match"):
+        T.prefill(model, other, x, cfg)
+    with pytest.raises(wse.ConfigError, match="target"):
+        T.prefill(model, weights, x, "wafer")
+    ref = reference.prefill(model, weights, x)
+    with pytest.raises(wse.ConfigError, match="layers"):
+        T.decode_step(model, models.random_weights(model, n_layers=1), ref.cache, cfg)
+
+
+def test_gpu_target_dispatches_to_sharded_and_compare_table():
+    model, weights, x = _setup(seq=5)
+    cluster = gpu.Cluster(gpu.H100, n_gpus=8)
+    result, g_rep = T.prefill(model, weights, x, cluster)
+    direct, _ = sharded.prefill(model, weights, x, cluster)
+    np.testing.assert_array_equal(result.hidden, direct)
+    out, state, g_dec = T.decode_step(model, weights, result.cache, cluster)
+    cfg = wse.WSE2.with_grid(rows=4, cols=4)
+    _, _, w_dec = T.decode_step(model, weights, result.cache, cfg)
+    table = T.compare(w_dec, g_dec)
+    d = table.to_dict()
+    assert d["latency"]["wafer"] == w_dec.seconds and d["latency"]["gpu"] == g_dec.seconds
+    assert d["bytes moved"]["wafer"] == 4 * w_dec.wavelet_hops
+    assert d["bytes moved"]["gpu"] == g_dec.bytes_sent_total
+    assert d["tokens per second"]["wafer"] == pytest.approx(1 / w_dec.seconds)
+    assert "energy" in str(table)
+    with pytest.raises(wse.ConfigError):
+        T.compare(g_dec, w_dec)
+
+
+def test_extrapolation_from_one_layer_matches_full_emulation():
+    model, weights, x = _setup(seq=6, n_layers=2)
+    cfg = wse.WSE2.with_grid(rows=4, cols=4)
+    _, full = T.prefill(model, weights, x, cfg)
+    one = models.ModelWeights(weights.layers[:1])
+    _, single = T.prefill(model, one, x, cfg)
+    ext = T.extrapolate(single, model.replace(n_layers=2), 1, cfg, bytes_per_layer_per_pe=1000)
+    assert ext.regions == 1
+    assert abs(ext.cycles - full.cycles) / full.cycles < 0.02
+    # a layer that does not fit with another one goes to its own region
+    ext2 = T.extrapolate(single, model.replace(n_layers=2), 1, cfg,
+                         bytes_per_layer_per_pe=cfg.sram_bytes // 2 + 1)
+    assert ext2.regions == 2 and ext2.cycles > ext.cycles
