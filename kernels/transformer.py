@@ -603,6 +603,11 @@ def _layer_decode(cfg, model, lw, x_vec, cache: WaferKVCache, layer: int, lay: D
 
     # ---- phase 3: attention over the cache
     prog = _Program(cfg)
+    # the layer's weights stay resident while the cache grows: reserve them first,
+    # so that an overflow names the cache buffer
+    resident = _resident_bytes(model, lay, dtype)
+    if resident > 0:
+        prog.buffer("resident_weights", (resident // 4,), "float32")
     q = prog.buffer("q", (wa,), dtype)
     kb = prog.buffer("k_cache", (cap * wa,), dtype)
     vb = prog.buffer("v_cache", (cap * wa,), dtype)
@@ -611,9 +616,6 @@ def _layer_decode(cfg, model, lw, x_vec, cache: WaferKVCache, layer: int, lay: D
     o = prog.buffer("o_acc", (wa,), "float32")
     sc = prog.buffer("scalars", (4,), "float32")
     ob = prog.buffer("o", (wa,), dtype)
-    resident = _resident_bytes(model, lay, dtype) - _attention_weight_bytes()
-    if resident > 0:
-        prog.buffer("resident_weights", (resident // 4,), "float32")
     prog.load(q, qkv_vec[:, :, :wa])
     prog.load(kb, K)
     prog.load(vb, V)
@@ -741,10 +743,6 @@ class _Sub:
         if length is None:
             length = self.buf.size - self.offset
         return self.buf.view(offset=offset + self.offset, length=length, stride=stride)
-
-
-def _attention_weight_bytes() -> int:
-    return 0
 
 
 def decode_weight_bytes(model: ModelConfig, lay: DecodeLayouts, dtype: str) -> int:
