@@ -99,12 +99,13 @@ def dtypes(choices=DTYPES):
 AWKWARD_VALUES = {
     "float32": (0.0, -0.0, 1.0, -1.0, 2.0 ** -149, -(2.0 ** -149), 2.0 ** -126,
                 (1 - 2.0 ** -23) * 2.0 ** -126, 1.0 + 2.0 ** -23, 1.0 - 2.0 ** -24,
-                float(np.float32(0.1)), 1e-30, -1e-30, 1e30, -1e30,
+                float(np.float32(0.1)), float(np.float32(1e-30)), -float(np.float32(1e-30)),
+                float(np.float32(1e30)), -float(np.float32(1e30)),
                 float(np.finfo(np.float32).max), -float(np.finfo(np.float32).max),
                 65504.0, 2.0 ** -24),
     "float16": (0.0, -0.0, 1.0, -1.0, 2.0 ** -24, -(2.0 ** -24), 1023 * 2.0 ** -24,
                 2.0 ** -14, -(2.0 ** -14), 1.0 + 2.0 ** -10, 1.0 - 2.0 ** -11,
-                float(np.float16(0.1)), 65504.0, -65504.0, 2048.0, 2049.0 - 1.0),
+                float(np.float16(0.1)), 65504.0, -65504.0, 2048.0, 2050.0),
 }
 """Per dtype: values that trip careless code (signed zero, the smallest
 subnormal, the largest subnormal and the smallest normal, one ulp either side
