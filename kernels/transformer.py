@@ -83,7 +83,7 @@ from wse.config import DTYPES
 from wse.errors import ConfigError, SramOverflowError
 from wse.gpu import Cluster, GpuReport
 
-from . import gemm as gemm_module
+from .gemm import gemm as mesh_gemm
 from . import reference, sharded
 from .attention import gather_sequence, kv_block, place_sequence, prefill_program
 from .kvcache import WaferKVCache
@@ -221,7 +221,7 @@ def _run(prog: wse.Program, reads: dict):
 
 def _gemm_phase(tiles, w_in: int, W_placed: np.ndarray, cfg, w_out: int, dtype: str):
     A = _tiles_to_matrix(tiles, w_in)
-    C, report = gemm_module.gemm(A, W_placed, cfg, algorithm=GEMM_ALGORITHM, dtype=dtype)
+    C, report = mesh_gemm(A, W_placed, cfg, algorithm=GEMM_ALGORITHM, dtype=dtype)
     return _matrix_to_tiles(C.astype(np.float64), cfg.rows, cfg.cols, w_out), report
 
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import wse
-from kernels import attention as att
+from kernels.attention import attention as mesh_attention
 from kernels import reference
 
 
@@ -27,7 +27,7 @@ def test_attention_matches_reference(rows, extra_cols, heads, group, seq, causal
     sk = seq if causal else seq + seed % 4
     Q, K, V = _inputs(heads, heads // group, seq, sk, 8, seed)
     cfg = wse.WSE2.with_grid(rows=rows, cols=cols)
-    O, report = att.attention(Q, K, V, cfg, causal=causal)
+    O, report = mesh_attention(Q, K, V, cfg, causal=causal)
     np.testing.assert_allclose(O, reference.attention(Q, K, V, causal=causal), rtol=1e-4,
                                atol=1e-5)
     assert report.extra["attention"]["columns_per_head"] == cols // heads
@@ -36,7 +36,7 @@ def test_attention_matches_reference(rows, extra_cols, heads, group, seq, causal
 def test_attention_fp16_within_2e_2():
     Q, K, V = _inputs(4, 2, 12, 12, 16, 3)
     cfg = wse.WSE2.with_grid(rows=4, cols=8)
-    O, _ = att.attention(Q, K, V, cfg, causal=True, dtype="float16")
+    O, _ = mesh_attention(Q, K, V, cfg, causal=True, dtype="float16")
     assert O.dtype == np.float16
     ref = reference.attention(Q, K, V, causal=True)
     assert np.abs(O - ref).max() / np.abs(ref).max() < 2e-2
@@ -47,7 +47,7 @@ def test_single_head_2d_input_and_cost_grows_with_ring_steps():
     reports = {}
     for rows in (2, 4, 8):
         cfg = wse.WSE2.with_grid(rows=rows, cols=1)
-        O, r = att.attention(Q, K, V, cfg, causal=False)
+        O, r = mesh_attention(Q, K, V, cfg, causal=False)
         np.testing.assert_allclose(O, reference.attention(Q, K, V, causal=False), rtol=1e-4,
                                    atol=1e-6)
         reports[rows] = r
@@ -65,15 +65,15 @@ def test_bad_inputs_get_one_clear_error():
     cfg = wse.WSE2.with_grid(rows=2, cols=2)
     Q, K, V = _inputs(4, 2, 4, 4, 8)
     with pytest.raises(wse.ConfigError, match="at least 4 PEs"):
-        att.attention(Q, K, V, cfg)
+        mesh_attention(Q, K, V, cfg)
     Q, K, V = _inputs(2, 2, 3, 5, 8)
     with pytest.raises(wse.ConfigError, match="as many queries as keys"):
-        att.attention(Q, K, V, cfg, causal=True)
+        mesh_attention(Q, K, V, cfg, causal=True)
     with pytest.raises(wse.ConfigError, match="multiple"):
-        att.attention(*_inputs(2, 3, 4, 4, 8)[:1], *_inputs(3, 3, 4, 4, 8)[1:], cfg)
+        mesh_attention(*_inputs(2, 3, 4, 4, 8)[:1], *_inputs(3, 3, 4, 4, 8)[1:], cfg)
     with pytest.raises(wse.ConfigError, match="dtype"):
-        att.attention(*_inputs(2, 2, 4, 4, 8), cfg, dtype="int8")
+        mesh_attention(*_inputs(2, 2, 4, 4, 8), cfg, dtype="int8")
     Q, K, V = _inputs(2, 2, 4, 4, 8)
     Q[0, 0, 0] = math.nan
     with pytest.raises(wse.ConfigError, match="NaN"):
-        att.attention(Q, K, V, cfg)
+        mesh_attention(Q, K, V, cfg)
