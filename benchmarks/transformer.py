@@ -38,19 +38,22 @@ def _rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
-def _gpu_rows(model, weights, x_prefill, cache, tag: str) -> list[dict]:
+def _gpu_rows(model, weights, x_prefill, cache, tag: str, modes=("prefill", "decode")):
     from kernels import transformer as T
     rows = []
     for dev in (gpu.H100, gpu.A100):
         cluster = gpu.Cluster(dev, n_gpus=8)
         started = time.perf_counter()
-        _, rep_p = T.prefill(model, weights, x_prefill, cluster)
+        if "prefill" in modes:
+            _, rep_p = T.prefill(model, weights, x_prefill, cluster)
+            rows.append({"case": tag, "machine": f"{rep_p.n_gpus}x{dev.name}",
+                         "mode": "prefill", "tokens": len(x_prefill), "seconds": rep_p.seconds,
+                         "compute_s": rep_p.compute_seconds, "comm_s": rep_p.comm_seconds,
+                         "bytes": rep_p.bytes_sent_total, "energy_j": rep_p.energy_joules,
+                         "report": rep_p, "wall_s": time.perf_counter() - started})
+        if "decode" not in modes:
+            continue
         _, _, rep_d = T.decode_step(model, weights, cache, cluster)
-        rows.append({"case": tag, "machine": f"{rep_p.n_gpus}x{dev.name}", "mode": "prefill",
-                     "tokens": len(x_prefill), "seconds": rep_p.seconds,
-                     "compute_s": rep_p.compute_seconds, "comm_s": rep_p.comm_seconds,
-                     "bytes": rep_p.bytes_sent_total, "energy_j": rep_p.energy_joules,
-                     "report": rep_p, "wall_s": time.perf_counter() - started})
         rows.append({"case": tag, "machine": f"{rep_d.n_gpus}x{dev.name}", "mode": "decode",
                      "tokens": 1, "seconds": rep_d.seconds, "compute_s": rep_d.compute_seconds,
                      "comm_s": rep_d.comm_seconds, "bytes": rep_d.bytes_sent_total,
@@ -189,19 +192,32 @@ def prefill_proxy_case(sizes=(16, 32, 64), target: int = 660, dtype: str = "floa
     return rows
 
 
-def full_cases() -> list[dict]:
+def decode_part() -> list[dict]:
     from kernels import models
     rows = [decode_case()]
     weights, cache = rows[0].pop("weights"), rows[0].pop("cache")
-    rows += prefill_proxy_case()
     model = models.preset(LLAMA)
+    return rows + _gpu_rows(model, weights, None, cache, "llama3-8b layer", ("decode",))
+
+
+def prefill_part() -> list[dict]:
+    from kernels import models
+    rows = prefill_proxy_case()
+    model = models.preset(LLAMA)
+    weights = models.random_weights(model, seed=0, n_layers=1)
     x = np.random.default_rng(3).standard_normal((4096, model.d_model)).astype(np.float32)
-    rows += _gpu_rows(model, weights, x, cache, "llama3-8b layer")
-    return rows
+    return rows + _gpu_rows(model, weights, x, None, "llama3-8b layer", ("prefill",))
 
 
-def run(quick: bool = True) -> list[dict]:
-    rows = quick_case() if quick else full_cases()
+def full_cases() -> list[dict]:
+    return decode_part() + prefill_part()
+
+
+def run(quick: bool = True, part: str | None = None) -> list[dict]:
+    if part is not None:
+        rows = {"decode": decode_part, "prefill": prefill_part}[part]()
+    else:
+        rows = quick_case() if quick else full_cases()
     # side-by-side tables for the wafer rows that have a report
     from kernels import transformer as T
     by_mode = {}
@@ -266,10 +282,12 @@ def plot(rows, out_dir) -> list[pathlib.Path]:
 if __name__ == "__main__":
     import json
     full = "--full" in sys.argv
-    rows = run(quick=not full)
+    part = sys.argv[sys.argv.index("--part") + 1] if "--part" in sys.argv else None
+    rows = run(quick=not full, part=part)
     out = pathlib.Path("bench-out")
     out.mkdir(exist_ok=True)
-    (out / ("transformer_full.json" if full else "transformer.json")).write_text(
+    name = f"transformer_{part}" if part else ("transformer_full" if full else "transformer")
+    (out / f"{name}.json").write_text(
         json.dumps(rows, indent=1, default=str))
     print(json.dumps(rows, indent=1, default=str))
     print(plot(rows, out))
