@@ -31,7 +31,7 @@ def _pyplot():
 def _save(fig, path) -> pathlib.Path:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=100)
     _pyplot().close(fig)
     return path
 
@@ -49,14 +49,15 @@ def link_heatmap(report, path, title: str | None = None) -> pathlib.Path:
     cycles = max(int(report.cycles), 1)
     util = np.asarray(report.link_wavelets, dtype=float) / cycles
     vmax = max(float(util.max()), 1e-9)
-    fig, axes = plt.subplots(2, 2, figsize=(9, 8), constrained_layout=True)
+    fig, axes = plt.subplots(2, 2, figsize=(9, 8))
+    fig.subplots_adjust(left=0.07, right=0.84, top=0.9, bottom=0.07, hspace=0.3, wspace=0.25)
     image = None
     for port, ax in zip(range(4), axes.flat):
         image = _grid_image(ax, util[:, :, port], vmax)
         ax.set_title(f"out of the {PORTS[port]} side (max {util[:, :, port].max():.2f})")
         ax.set_xlabel("column (x)")
         ax.set_ylabel("row (y)")
-    fig.colorbar(image, ax=axes, label="wavelets per cycle", shrink=0.8)
+    fig.colorbar(image, cax=fig.add_axes([0.87, 0.2, 0.025, 0.6]), label="wavelets per cycle")
     fig.suptitle(title or f"Link utilisation, {report.rows}x{report.cols} grid, "
                  f"{report.cycles} cycles, {report.wavelet_hops} wavelet-hops")
     return _save(fig, path)
@@ -67,7 +68,8 @@ def busy_heatmap(report, path, title: str | None = None) -> pathlib.Path:
     plt = _pyplot()
     cycles = max(int(report.cycles), 1)
     busy = np.asarray(report.busy_cycles, dtype=float) / cycles
-    fig, ax = plt.subplots(figsize=(6.5, 5.5), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig.subplots_adjust(left=0.1, right=0.95, top=0.92, bottom=0.1)
     image = _grid_image(ax, busy, max(float(busy.max()), 1e-9), cmap="magma")
     fig.colorbar(image, ax=ax, label="busy cycles / run cycles")
     ax.set_xlabel("column (x)")

@@ -62,6 +62,8 @@ def _run_gpu_calibration(module, quick: bool, out_dir: pathlib.Path):
 
 FABRIC_GRID = {True: 16, False: 64}
 FABRIC_LENGTH = {True: 64, False: 256}
+FABRIC_KERNELS = ("broadcast", "shift", "reduce", "allreduce", "gemm")
+FABRIC_PLOTS = True
 
 
 def _run_fabric_maps(module, quick: bool, out_dir: pathlib.Path):
@@ -101,7 +103,8 @@ def _run_fabric_maps(module, quick: bool, out_dir: pathlib.Path):
     if allreduce is not None:
         cases.append(("allreduce x, chain", lambda: allreduce(x, cfg, along="x", algorithm="chain"),
                       predicted("allreduce", "chain", n, length, cfg)))
-    gemm = _find_kernel("gemm")
+    from wse.cli import find_kernel
+    gemm = find_kernel("gemm")
     if gemm is not None:
         side = 4 * n
         rng = np.random.default_rng(1)
@@ -109,14 +112,17 @@ def _run_fabric_maps(module, quick: bool, out_dir: pathlib.Path):
         cases.append((f"gemm {side}x{side}x{side}", lambda: gemm(A, B, cfg), "extra"))
     rows, pngs = [], []
     for name, call, formula in cases:
+        if name.split()[0] not in FABRIC_KERNELS:
+            continue
         _, report = call()
         if formula == "extra":       # gemm puts its model's cycles into the report
             formula = report.extra.get("gemm", {}).get("model_cycles")
         slug = name.split()[0]
-        pngs.append(plots.link_heatmap(report, out_dir / f"fabric_{slug}_links.png",
-                                       title=f"{name}: link utilisation ({n}x{n})"))
-        pngs.append(plots.busy_heatmap(report, out_dir / f"fabric_{slug}_busy.png",
-                                       title=f"{name}: PE busy fraction ({n}x{n})"))
+        if FABRIC_PLOTS:
+            pngs.append(plots.link_heatmap(report, out_dir / f"fabric_{slug}_links.png",
+                                           title=f"{name}: link utilisation ({n}x{n})"))
+            pngs.append(plots.busy_heatmap(report, out_dir / f"fabric_{slug}_busy.png",
+                                           title=f"{name}: PE busy fraction ({n}x{n})"))
         rows.append({
             "kernel": name, "grid": f"{n}x{n}", "wavelets_per_pe": length,
             "cycles": report.cycles, "cycles_formula": formula,
@@ -126,20 +132,6 @@ def _run_fabric_maps(module, quick: bool, out_dir: pathlib.Path):
             "engine_wall_s": report.wall_seconds,
         })
     return rows, pngs
-
-
-def _find_kernel(name: str):
-    """kernels.<name> if the package exports it, else kernels.<name>.<name>, else None."""
-    import kernels
-    found = getattr(kernels, name, None)
-    if callable(found):
-        return found
-    try:
-        module = importlib.import_module(f"kernels.{name}")
-    except ModuleNotFoundError:
-        return None
-    found = getattr(module, name, None)
-    return found if callable(found) else None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,146 @@
+"""Benchmark suites: a tiny suite writes JSON, CSV and real PNG plots; missing and
+failing topics are reported without stopping the suite."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import wse
+from benchmarks import plots, scaling, suites
+from wse import cli
+
+
+def _broken(module, quick, out_dir):
+    raise RuntimeError("this topic always fails")
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    """Every built-in topic at toy size, plus a topic whose module does not exist
+    and one that raises."""
+    monkeypatch.setattr(suites, "ENGINE_SIZE", {True: 8, False: 8})
+    monkeypatch.setattr(suites, "FABRIC_GRID", {True: 4, False: 4})
+    monkeypatch.setattr(suites, "FABRIC_LENGTH", {True: 8, False: 8})
+    monkeypatch.setattr(suites, "FABRIC_KERNELS", ("shift",))
+    monkeypatch.setattr(scaling, "QUICK_POINTS", [(2, 2, 8)])
+    topics = dict(suites.TOPICS)
+    topics["ghost"] = suites.Topic("ghost", "benchmarks.no_such_topic_yet", "not written")
+    topics["broken"] = suites.Topic("broken", "benchmarks.suites", "always fails", _broken)
+    monkeypatch.setattr(suites, "TOPICS", topics)
+    return ["engine", "scaling", "fabric", "gpu_calibration", "ghost", "broken"]
+
+
+def _is_real_plot(path) -> bool:
+    import matplotlib.image
+    image = matplotlib.image.imread(path)
+    height, width = image.shape[:2]
+    # a real figure: a sensible size and more than one colour
+    return height > 200 and width > 200 and float(np.std(image[..., :3])) > 0.02
+
+
+def test_tiny_suite_writes_json_csv_and_plots(tmp_path, tiny):
+    out = io.StringIO()
+    from rich.console import Console
+    results = suites.run_suite(tiny, True, tmp_path, console=Console(file=out, width=120),
+                               show_progress=False)
+    status = {r.name: r.status for r in results}
+    assert status == {"engine": "ok", "scaling": "ok", "fabric": "ok", "gpu_calibration": "ok",
+                      "ghost": "not available", "broken": "error"}
+    for r in results:
+        if r.status != "ok":
+            continue
+        record = json.loads((tmp_path / f"{r.name}.json").read_text())
+        assert record["package"]["version"] == wse.__version__
+        assert record["machine"]["cpu_count"] == os.cpu_count()
+        assert record["machine"]["platform"]
+        assert record["config"]["quick"] is True and record["config"]["topic"] == r.name
+        with open(tmp_path / f"{r.name}.csv") as f:
+            table = list(csv.DictReader(f))
+        assert len(table) == len(record["rows"]) > 0
+        assert list(table[0]) == list(record["rows"][0])
+        pngs = [f for f in r.files if str(f).endswith(".png")]
+        assert pngs, f"{r.name} made no plot"
+        for png in pngs:
+            assert _is_real_plot(png), png
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [t["status"] for t in summary["topics"]] == [status[n] for n in tiny]
+    assert "this topic always fails" in (tmp_path / "broken.error.txt").read_text()
+    printed = out.getvalue()
+    assert "benchmarks.no_such_topic_yet does not exist yet" in " ".join(printed.split())
+
+
+def test_scaling_rows_follow_the_shift_cost_and_grow_with_work(monkeypatch):
+    rows = scaling.run(points=[(4, 4, 8), (2, 2, 8)])
+    assert [r["pes"] for r in rows] == [4, 16]               # smallest work first
+    for r in rows:
+        assert r["cycles"] == r["cycles_formula"]
+        assert r["pe_cycles"] == r["pes"] * r["cycles"]
+        assert r["rss_growth_mb"] >= 0 and r["engine_wall_s"] > 0
+    assert rows[1]["pe_cycles"] > rows[0]["pe_cycles"]
+
+
+def test_fabric_cycles_match_the_kernels_cost_models(tmp_path, monkeypatch):
+    monkeypatch.setattr(suites, "FABRIC_GRID", {True: 5})
+    monkeypatch.setattr(suites, "FABRIC_LENGTH", {True: 6})
+    monkeypatch.setattr(suites, "FABRIC_PLOTS", False)      # plots: see the suite test
+    rows, pngs = suites._run_fabric_maps(None, True, tmp_path)
+    checked = [r for r in rows if r["cycles_formula"] is not None]
+    assert len(checked) >= 3
+    for r in checked:
+        assert r["cycles"] == r["cycles_formula"], r["kernel"]
+    assert pngs == []
+
+
+def test_resolve_suites_and_topics():
+    assert suites.resolve([]) == (list(suites.TOPICS), True)
+    assert suites.resolve(["full"]) == (list(suites.TOPICS), False)
+    assert suites.resolve(["scaling", "engine", "scaling"]) == (["scaling", "engine"], None)
+    with pytest.raises(ValueError, match="unknown suite or topic"):
+        suites.resolve(["nope"])
+    with pytest.raises(ValueError, match="not both"):
+        suites.resolve(["quick", "full"])
+
+
+def test_wse_bench_command_writes_results(tmp_path, capsys):
+    code = cli.main(["bench", "--suite", "gpu_calibration", "--out", str(tmp_path),
+                     "--no-progress"])
+    assert code == 0
+    record = json.loads((tmp_path / "gpu_calibration.json").read_text())
+    assert record["config"]["command"] == (
+        f"wse bench --suite gpu_calibration --out {tmp_path} --no-progress")
+    assert _is_real_plot(tmp_path / "gpu_calibration.png")
+
+
+def test_python_m_benchmarks_is_the_bench_command():
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--list"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0
+    assert "scaling" in done.stdout and "engine" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "benchmarks", "--suite", "nope"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def test_rows_table_turns_a_wide_table_on_its_side():
+    from rich.console import Console
+    wide = [{f"a_rather_long_column_name_{i}": 1.0 * i for i in range(12)}]
+    console = Console(file=io.StringIO(), width=80, record=True)
+    console.print(suites.rows_table(wide, "wide", width=80))
+    text = console.export_text()
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert sum("a_rather_long_column_name_" in line for line in text.splitlines()) == 12
+
+
+def test_link_heatmap_is_a_real_plot(tmp_path):
+    from kernels import collectives
+    cfg = wse.WSE2.with_grid(rows=3, cols=5)
+    _, report = collectives.shift(np.ones((3, 5, 4)), cfg, along="x", k=1)
+    assert _is_real_plot(plots.link_heatmap(report, tmp_path / "links.png"))
+    assert _is_real_plot(plots.busy_heatmap(report, tmp_path / "busy.png"))
