@@ -805,8 +805,16 @@ def decode_step(model: ModelConfig, weights: ModelWeights, state, target, x=None
     x_vec = np.array(_vec(lay.d, x, cfg.rows, cfg.cols, "y"))
     reports, names = [], []
     for i, lw in enumerate(weights.layers):
-        x_vec, reps, nms = _layer_decode(cfg, model, lw, x_vec, state, i, lay, pos, dtype,
-                                         moves, insert, grow)
+        try:
+            x_vec, reps, nms = _layer_decode(cfg, model, lw, x_vec, state, i, lay, pos, dtype,
+                                             moves, insert, grow)
+        except SramOverflowError as err:
+            counts = state.row_counts()
+            raise SramOverflowError(
+                f"decode of position {pos}: the KV cache no longer fits the {cfg.rows} x "
+                f"{cfg.cols} grid (policy {state.policy!r}: the fullest row would hold "
+                f"{int(counts.max()) + 1} positions, {state.capacity} slots per PE, next to "
+                f"the layer's resident weights); engine: {err}") from err
         reports += reps
         names += [f"L{i}.{n}" for n in nms]
     state.commit_append(moves, insert, pos)

@@ -98,6 +98,7 @@ def test_shift_cache_decodes_many_more_tokens_than_append():
     sram = 11400          # the layer's decode weights (10 KiB here) plus ~7 cache slots
     append_steps, append_state, err = _decode_until_overflow("append", sram)
     assert isinstance(err, wse.SramOverflowError) and "PE (" in str(err)
+    assert "no longer fits" in str(err) and "'append'" in str(err)
     counts = append_state.row_counts()
     assert counts[-1] == 2 + append_steps and (counts[:-1] == 2).all()
     shift_steps, shift_state, _ = _decode_until_overflow("shift", sram, limit=4 * append_steps)
