@@ -137,18 +137,21 @@ def test_gemm_problems_tile_evenly_fit_sram_and_match_the_reference(p):
 
 
 @FAST
-@given(testing.gemv_problems())
+@given(testing.gemv_problems(max_batch=3))
 def test_gemv_problems_match_the_reference(p):
     assert p.W.shape[0] % p.cfg.rows == 0 and p.W.shape[1] % p.cfg.cols == 0
+    assert p.x.shape[0] == p.K and p.x.ndim in (1, 2)
     np.testing.assert_allclose(p.reference(), reference.gemv(p.W, p.x))
 
 
 @FAST
-@given(testing.attention_problems())
+@given(testing.attention_problems(heads=(None, 2, 4), groups=(1, 2)))
 def test_attention_problems_match_the_reference(p):
-    sq, d = p.Q.shape
-    sk = p.K.shape[0]
-    assert p.V.shape == (sk, d) and (sq <= sk or not p.causal)
+    sq, d = p.Q.shape[-2:]
+    sk = p.K.shape[-2]
+    assert p.V.shape == p.K.shape and p.K.shape[-1] == d and (sq <= sk or not p.causal)
+    if p.Q.ndim == 3:
+        assert p.Q.shape[0] % p.K.shape[0] == 0
     assert sq % p.cfg.rows == 0 and sk % p.cfg.rows == 0 and d % p.cfg.cols == 0
     np.testing.assert_allclose(p.reference(), reference.attention(p.Q, p.K, p.V, p.causal),
                                rtol=1e-12, atol=1e-12)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from hypothesis import strategies as st
@@ -278,7 +278,7 @@ def gemm_problems(draw, min_side: int = 1, max_side: int = 4, square_grid: bool 
 
 @dataclass(frozen=True)
 class GemvProblem:
-    """y = W @ x (W: (M, K), x: (K,)) on cfg's grid."""
+    """y = W @ x (W: (M, K), x: (K,), or (K, batch) for several vectors) on cfg's grid."""
     cfg: WaferConfig
     W: np.ndarray
     x: np.ndarray
@@ -296,9 +296,10 @@ class GemvProblem:
 def gemv_problems(draw, min_rows: int = 1, max_rows: int = 4, min_cols: int = 1,
                   max_cols: int = 4, dtypes=DTYPES, max_block: int = 8,
                   multiple_of_grid: bool = True, max_magnitude: float = 2.0,
-                  awkward: bool = True):
+                  awkward: bool = True, max_batch: int = 0):
     """A GEMV whose weight block per PE (W split rows x cols) is at most
-    max_block x max_block; with multiple_of_grid M is a multiple of rows and K of cols."""
+    max_block x max_block; with multiple_of_grid M is a multiple of rows and K of cols.
+    With max_batch > 0, x is (K, batch) for a batch of 0..max_batch (0: x is (K,))."""
     rows, cols = draw(grids(min_rows, max_rows, min_cols, max_cols))
     cfg = WSE2.with_grid(rows=rows, cols=cols)
     dtype = draw(st.sampled_from(tuple(_dtype_name(d) for d in dtypes)))
@@ -309,14 +310,17 @@ def gemv_problems(draw, min_rows: int = 1, max_rows: int = 4, min_cols: int = 1,
         M = draw(st.integers(1, rows * max_block))
         K = draw(st.integers(1, cols * max_block))
     opts = dict(awkward=awkward, max_magnitude=max_magnitude)
+    batch = draw(st.integers(0, max_batch))
     return GemvProblem(cfg, draw(matrices((M, K), dtype, **opts)),
-                       draw(matrices((K,), dtype, **opts)), dtype)
+                       draw(matrices((K, batch) if batch else (K,), dtype, **opts)), dtype)
 
 
 @dataclass(frozen=True)
 class AttentionProblem:
-    """softmax(Q K^T / sqrt(d) [+ causal mask]) V; Q: (sq, d), K and V: (sk, d).
-    Causal: query i sits at position sk - sq + i."""
+    """softmax(Q K^T / sqrt(d) [+ causal mask]) V; Q: (sq, d), K and V: (sk, d),
+    or with heads Q: (heads, sq, d), K and V: (kv_heads, sk, d), query head h
+    reading KV head h // (heads // kv_heads). Causal: query i sits at position
+    sk - sq + i."""
     cfg: WaferConfig
     Q: np.ndarray
     K: np.ndarray
@@ -325,6 +329,12 @@ class AttentionProblem:
     dtype: str
 
     def reference(self) -> np.ndarray:
+        if self.Q.ndim == 3:
+            group = self.Q.shape[0] // self.K.shape[0]
+            return np.stack([AttentionProblem(self.cfg, self.Q[h], self.K[h // group],
+                                              self.V[h // group], self.causal,
+                                              self.dtype).reference()
+                             for h in range(self.Q.shape[0])])
         Q, K, V = (a.astype(np.float64) for a in (self.Q, self.K, self.V))
         sq, d = Q.shape
         sk = K.shape[0]
@@ -339,9 +349,12 @@ class AttentionProblem:
 @st.composite
 def attention_problems(draw, min_side: int = 1, max_side: int = 4, square_grid: bool = True,
                        dtypes=DTYPES, max_per_pe: int = 4, causal=(True, False),
-                       max_magnitude: float = 2.0, awkward: bool = True):
-    """One attention head with sequence lengths and head dim that are multiples
-    of the grid side (at most max_per_pe per PE); causal problems have sq <= sk."""
+                       max_magnitude: float = 2.0, awkward: bool = True,
+                       heads=(None,), groups=(1,)):
+    """Attention with sequence lengths and head dim that are multiples of the
+    grid side (at most max_per_pe per PE); causal problems have sq <= sk.
+    heads: choices of the number of query heads (None: one head, 2-D arrays);
+    groups: choices of query heads per KV head (grouped-query attention)."""
     rows, cols = draw(grids(min_side, max_side, min_side, max_side, square_grid))
     cfg = WSE2.with_grid(rows=rows, cols=cols)
     dtype = draw(st.sampled_from(tuple(_dtype_name(d) for d in dtypes)))
@@ -351,9 +364,15 @@ def attention_problems(draw, min_side: int = 1, max_side: int = 4, square_grid: 
         rows * draw(st.integers(1, max_per_pe))
     d = cols * draw(st.integers(1, max_per_pe))
     opts = dict(awkward=awkward, max_magnitude=max_magnitude)
-    return AttentionProblem(cfg, draw(matrices((sq, d), dtype, **opts)),
-                            draw(matrices((sk, d), dtype, **opts)),
-                            draw(matrices((sk, d), dtype, **opts)), is_causal, dtype)
+    n_heads = draw(st.sampled_from(tuple(heads)))
+    if n_heads is None:
+        q_shape, kv_shape = (sq, d), (sk, d)
+    else:
+        group = draw(st.sampled_from(tuple(g for g in groups if n_heads % g == 0) or (1,)))
+        q_shape, kv_shape = (n_heads, sq, d), (n_heads // group, sk, d)
+    return AttentionProblem(cfg, draw(matrices(q_shape, dtype, **opts)),
+                            draw(matrices(kv_shape, dtype, **opts)),
+                            draw(matrices(kv_shape, dtype, **opts)), is_causal, dtype)
 
 
 # ----------------------------------------------------------------------------
@@ -747,7 +766,7 @@ def assert_close(actual, reference, dtype, terms: int = 1, scale=None, rtol: flo
             f"allowed error {float(allowed[first]) if finite[first] else 0.0:.3g}")
 
 
-def _latencies(report, cfg) -> tuple[int, int]:
+def _latencies(cfg) -> tuple[int, int]:
     if cfg is None:
         return 1, 1         # the smallest a config allows: the bounds stay valid
     return cfg.ramp_latency, cfg.hop_latency
@@ -838,7 +857,7 @@ def check_report(report, cfg: WaferConfig | None = None, program=None) -> tuple[
         cfg = program.cfg
     done = []
     rows, cols, cycles = report.rows, report.cols, int(report.cycles)
-    T_R, H = _latencies(report, cfg)
+    T_R, H = _latencies(cfg)
     links = np.asarray(report.link_wavelets)
     ramp_in, ramp_out = np.asarray(report.ramp_in), np.asarray(report.ramp_out)
 
@@ -978,10 +997,11 @@ def check_report(report, cfg: WaferConfig | None = None, program=None) -> tuple[
             if Counter((pe, port) for _, pe, port, _ in crossed) != want_links:
                 fail(f"wavelet {wid} (color index {color}) did not follow its route from PE "
                      f"({source % cols}, {source // cols})")
-            if Counter(pe for _, pe, _ in got) != want_pes:
+            delivered = Counter(pe for _, pe, _ in got)
+            if delivered != want_pes:
                 fail(f"wavelet {wid} (color index {color}) from PE ({source % cols}, "
-                     f"{source // cols}) was delivered to {sorted(Counter(pe for _, pe, _ in got).items())}, "
-                     f"its route reaches {sorted(want_pes.items())}")
+                     f"{source // cols}) was delivered to {sorted(delivered.items())} "
+                     f"(PE: copies), its route reaches {sorted(want_pes.items())}")
             for ready, pe, _ in got:
                 if ready < 2 * T_R + hops[pe] * H:
                     fail(f"wavelet {wid} is ready at PE ({pe % cols}, {pe // cols}) in cycle "
