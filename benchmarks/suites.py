@@ -134,6 +134,22 @@ def _run_fabric_maps(module, quick: bool, out_dir: pathlib.Path):
     return rows, pngs
 
 
+MEMORY_GRID = {True: (256, 256), False: (996, 757)}
+
+
+def _run_memory(module, quick: bool, out_dir: pathlib.Path):
+    """benchmarks.memory measures a whole process's peak RSS, so it runs in a
+    child process: quick on 256 x 256 PEs, full on WSE-2's whole 996 x 757 fabric."""
+    import ast
+    import sys
+    rows, cols = MEMORY_GRID[quick]
+    done = subprocess.run([sys.executable, "-m", module.__name__, str(rows), str(cols)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{module.__name__} {rows} {cols} failed:\n{done.stderr[-2000:]}")
+    return [ast.literal_eval(done.stdout.strip().splitlines()[-1])], []
+
+
 @dataclass(frozen=True)
 class Topic:
     name: str
@@ -152,14 +168,17 @@ TOPICS: dict[str, Topic] = {t.name: t for t in [
     Topic("attention", "benchmarks.attention", "Attention"),
     Topic("transformer", "benchmarks.transformer", "Transformer layer: wafer vs GPU"),
     Topic("scaling", "benchmarks.scaling", "Emulator scaling: wall time and memory vs PEs x cycles"),
+    Topic("memory", "benchmarks.memory", "Peak memory of a whole-wafer run (full suite only)",
+          _run_memory),
     Topic("fabric", "benchmarks.suites", "Fabric heatmaps: link utilisation and PE busy",
           _run_fabric_maps),
     Topic("gpu_calibration", "benchmarks.gpu_calibration",
           "GPU cost model against published nccl-tests figures", _run_gpu_calibration),
 ]}
 
-SUITES = {"quick": list(TOPICS), "full": list(TOPICS)}
-"""Both suites run every topic; quick uses each topic's small sizes."""
+SUITES = {"quick": [t for t in TOPICS if t != "memory"], "full": list(TOPICS)}
+"""quick runs every topic at its small sizes but the whole-wafer memory run;
+full runs every topic at full size."""
 
 
 def resolve(names: list[str]) -> tuple[list[str], bool | None]:
@@ -368,23 +387,26 @@ def rows_table(rows: list[dict], title: str = "", max_rows: int = 40, width: int
     for row in rows:
         columns.extend(k for k in row if k not in columns)
     shown = rows[:max_rows]
+    nested = [c for c in columns if any(isinstance(r.get(c), (dict, list, tuple)) for r in shown)]
+    columns = [c for c in columns if c not in nested]
     cells = {c: [format_value(r.get(c)) for r in shown] for c in columns}
+    notes = [f"nested values in the JSON: {', '.join(nested)}"] if nested else []
 
     def needed(cols):
         return sum(max([len(c)] + [len(v) for v in cells[c]]) + 3 for c in cols) + 1
 
     table = Table(title=title, title_justify="left")
-    notes = []
     if needed(columns) > width and len(shown) <= 8:
         labels = []
         for i, r in enumerate(shown):
-            text = [str(v) for v in r.values() if isinstance(v, str)][:2]
+            text = [str(v) for v in r.values() if isinstance(v, str)][:3]
             labels.append(", ".join(text) or f"row {i}")
         table.add_column("")
         for label in labels:
             table.add_column(label, justify="right", overflow="fold")
         for c in columns:
             table.add_row(c, *cells[c])
+        table.caption = "; ".join(notes) or None
         return table
     if needed(columns) > width:
         long_text = [c for c in columns if any(len(v) > 24 for v in cells[c])
