@@ -58,6 +58,7 @@ from .isa import (
 )
 
 INF = np.int64(1) << 62
+LOW_63_BITS = np.int64(0x7FFFFFFFFFFFFFFF)
 
 # The state lives in a few flat arrays (few arguments keep Numba's compile time
 # low); these name their columns.
@@ -76,12 +77,12 @@ K_ROUTER_LIST_LEN, K_PE_LIST_LEN = 10, 12     # two each: one per cycle parity
 (ST_CODE, ST_PE, ST_COLOR, ST_PORT, ST_CYCLE, ST_DETAIL, ST_DETAIL2) = range(14, 21)
 COUNTERS = 21
 
-# pe: one row per PE (and its router)
-(P_TASK, P_PC, P_PENDING, P_TASK_START, P_DATAPATH_FREE, P_LISTED, P_SLEEP, P_WAKE,
- P_STALL_SINCE, P_BUSY_SINCE, P_R_NONEMPTY, P_R_RR, P_R_LISTED,
- P_RAMP_IN, P_RAMP_OUT, P_COMPUTE, P_STALL, P_BUSY, P_FLOPS, P_SRAM_BYTES,
- P_SLOTS_BUSY, P_SLOT_RR) = range(22)
-PE_FIELDS = 22     # P_SLOTS_BUSY: bitmask of slots holding an operation; P_SLOT_RR: ramp turn
+# pe: one row per PE (and its router); the fields every step touches come first
+(P_TASK, P_PC, P_PENDING, P_SLOTS_BUSY, P_SLEEP, P_R_NONEMPTY, P_R_RR, P_SLOT_RR,
+ P_WAKE, P_STALL_SINCE, P_BUSY_SINCE, P_DATAPATH_FREE, P_TASK_START, P_COMPUTE, P_FLOPS,
+ P_SRAM_BYTES, P_RAMP_IN, P_RAMP_OUT, P_STALL, P_BUSY) = range(20)
+PE_FIELDS = 24     # padded to three cache lines
+# P_SLOTS_BUSY: bitmask of slots holding an operation; P_SLOT_RR: whose turn at the ramp
 
 # slot: per PE and slot (0 = main thread, 1.. = asynchronous operations)
 (S_INSTR, S_PROGRESS, S_LEN, S_BUSY_UNTIL, S_BASE_DST, S_BASE_A, S_BASE_B,
@@ -113,7 +114,7 @@ State = namedtuple("State", [
     "rq_val", "rq_entry", "rq",        # router queues: values, (ready, id), (head, count, last pop)
     "pq_val", "pq_entry", "pq",        # PE input queues, same layout
     "pe", "regs", "wavelet", "slot",
-    "lists",                           # (4, pes) int32: routers (even, odd cycle), PEs (even, odd)
+    "active",                          # (4, pes / 64) bitmaps: routers (even, odd cycle), PEs (even, odd)
     "heap",                            # (2, capacity): wake time, PE
     "link_wavelets",                   # (pes, 4): wavelets sent out N, E, S, W
     "link_events", "delivery_events", "task_events",
@@ -169,25 +170,24 @@ def _fail(counters, code, pe, color, port, now, detail, detail2):
 
 
 @njit(cache=True, _nrt=False)
-def _enlist(lists, counters, pe, column, first_list, length_at, who, cycle):
-    """Visit `who` (a router or a PE, by the columns given) in `cycle`."""
-    if pe[who, column] == cycle:
-        return
-    pe[who, column] = cycle
-    parity = cycle & 1
-    n = counters[length_at + parity]
-    lists[first_list + parity, n] = who
-    counters[length_at + parity] = n + 1
+def _enlist(active, counters, first_row, length_at, who, cycle):
+    """Visit `who` (a router or a PE, by the rows given) in `cycle`."""
+    row = first_row + (cycle & 1)
+    word = who >> 6
+    bit = np.int64(1) << (who & 63)
+    if active[row, word] & bit == 0:
+        active[row, word] |= bit
+        counters[length_at + (cycle & 1)] += 1
 
 
 @njit(cache=True, _nrt=False)
-def _list_router(lists, counters, pe, r, cycle):
-    _enlist(lists, counters, pe, P_R_LISTED, 0, K_ROUTER_LIST_LEN, r, cycle)
+def _list_router(active, counters, r, cycle):
+    _enlist(active, counters, 0, K_ROUTER_LIST_LEN, r, cycle)
 
 
 @njit(cache=True, _nrt=False)
-def _list_pe(lists, counters, pe, p, cycle):
-    _enlist(lists, counters, pe, P_LISTED, 2, K_PE_LIST_LEN, p, cycle)
+def _list_pe(active, counters, p, cycle):
+    _enlist(active, counters, 2, K_PE_LIST_LEN, p, cycle)
 
 
 @njit(cache=True, _nrt=False)
@@ -243,10 +243,10 @@ def _heap_pop(heap, counters):
 
 
 @njit(cache=True, _nrt=False)
-def _wake_at(lists, heap, counters, pe, p, t, now):
+def _wake_at(active, heap, counters, pe, p, t, now):
     """Make sure PE p is visited at cycle t (> now)."""
     if t == now + 1:
-        _list_pe(lists, counters, pe, p, t)
+        _list_pe(active, counters, p, t)
     elif t < pe[p, P_WAKE]:
         pe[p, P_WAKE] = t
         _heap_push(heap, counters, pe, t, p)
@@ -391,7 +391,7 @@ def _router_step(S, st, r, now):
                 pe[r, P_RAMP_IN] += 1
                 if pe[r, P_SLEEP] & SLEEP_INPUT:
                     pe[r, P_SLEEP] = 0
-                    _list_pe(st.lists, st.counters, pe, r, now + 1)
+                    _list_pe(st.active, st.counters, r, now + 1)
                 if record & RECORD_DELIVERIES:
                     n_ev = st.counters[K_DELIVERY_EVENTS]
                     if n_ev < st.delivery_events.shape[0]:
@@ -411,7 +411,7 @@ def _router_step(S, st, r, now):
             st.rq_entry[tail, E_ID] = wid
             st.rq[dq, Q_COUNT] += 1
             pe[n, P_R_NONEMPTY] |= np.int64(1) << c
-            _list_router(st.lists, st.counters, pe, n, now + 1)
+            _list_router(st.active, st.counters, n, now + 1)
             st.link_wavelets[r, port] += 1
             if record & RECORD_LINKS:
                 n_ev = st.counters[K_LINK_EVENTS]
@@ -432,9 +432,9 @@ def _router_step(S, st, r, now):
         _progress(st.counters, now, now + 1)
         if pe[r, P_SLEEP] & SLEEP_OUTPUT:     # our own PE may be waiting for this slot
             pe[r, P_SLEEP] = 0
-            _list_pe(st.lists, st.counters, pe, r, now + 1)
+            _list_pe(st.active, st.counters, r, now + 1)
     if pe[r, P_R_NONEMPTY] != 0:
-        _list_router(st.lists, st.counters, pe, r, now + 1)
+        _list_router(st.active, st.counters, r, now + 1)
 
 
 # ----------------------------------------------------------------------------
@@ -596,6 +596,11 @@ def _fabric_step(S, st, p, s, now, ramp_used):
         if ramp_used:
             return 1
         if st.rq[bd, Q_COUNT] + (st.rq[bd, Q_LAST_POP] == now) >= depth:
+            if st.rq[bd, Q_LAST_POP] == now:
+                # the router freed a slot earlier in this cycle, so its wake-up
+                # call came before we slept: look again next cycle, when the
+                # credit arrives
+                _list_pe(st.active, st.counters, p, now + 1)
             return 1
     if ka == FABIN:
         va = st.pq_val[ba * idepth + pq[ba, Q_HEAD]]
@@ -631,7 +636,7 @@ def _fabric_step(S, st, p, s, now, ramp_used):
         st.counters[K_NEXT_WAVELET_ID] += 1
         st.rq[bd, Q_COUNT] += 1
         st.pe[p, P_R_NONEMPTY] |= np.int64(1) << (bd - p * colors)
-        _list_router(st.lists, st.counters, st.pe, p, now + 1)
+        _list_router(st.active, st.counters, p, now + 1)
         st.pe[p, P_RAMP_OUT] += 1
     else:
         dd = S.desc[dst, D_DTYPE]
@@ -871,9 +876,9 @@ def _pe_step(S, st, p, now):
         if (busy_slots >> s) & 1 and slot[p, s, S_BUSY_UNTIL] < wake:
             wake = slot[p, s, S_BUSY_UNTIL]
     if progressed or budget == 0:
-        _list_pe(st.lists, st.counters, pe, p, now + 1)
+        _list_pe(st.active, st.counters, p, now + 1)
     elif wake < INF:
-        _wake_at(st.lists, st.heap, st.counters, pe, p, max(wake, now + 1), now)
+        _wake_at(st.active, st.heap, st.counters, pe, p, max(wake, now + 1), now)
     if not progressed and (waiting_in or waiting_out):
         if pe[p, P_STALL_SINCE] < 0:
             pe[p, P_STALL_SINCE] = now
@@ -915,7 +920,7 @@ def _wake_for_queued_input(S, st, p, now, data_tasks_only):
             if t < soonest:
                 soonest = t
     if soonest < INF:
-        _wake_at(st.lists, st.heap, st.counters, st.pe, p, max(soonest, now + 1), now)
+        _wake_at(st.active, st.heap, st.counters, st.pe, p, max(soonest, now + 1), now)
 
 
 # ----------------------------------------------------------------------------
@@ -929,13 +934,13 @@ def run(S, st):
     max_cycles = cfg[C_MAX_CYCLES]
     window = cfg[C_DEADLOCK_WINDOW]
     n_pe = cfg[C_ROWS] * cfg[C_COLS]
-    counters, lists, pe = st.counters, st.lists, st.pe
+    counters, active, pe = st.counters, st.active, st.pe
     now = counters[K_NOW]
     for p in range(n_pe):           # every PE with an entry task starts now
         entry = S.role[S.pe_role[p], R_ENTRY]
         if entry != 0:
             pe[p, P_PENDING] |= entry
-            _list_pe(lists, counters, pe, p, now)
+            _list_pe(active, counters, p, now)
     counters[K_LAST_PROGRESS] = now
     while True:
         parity = now & 1
@@ -945,7 +950,7 @@ def run(S, st):
             _heap_pop(st.heap, counters)
             if pe[p, P_WAKE] == t:
                 pe[p, P_WAKE] = INF
-                _list_pe(lists, counters, pe, p, now)
+                _list_pe(active, counters, p, now)
                 counters[K_LAST_PROGRESS] = now      # a computation completes
         n_r = counters[K_ROUTER_LIST_LEN + parity]
         n_p = counters[K_PE_LIST_LEN + parity]
@@ -957,19 +962,29 @@ def run(S, st):
         if now >= max_cycles:
             _fail(counters, STATUS_CYCLE_LIMIT, -1, -1, -1, now, 0, 0)
             break
-        for i in range(n_r):
-            _router_step(S, st, lists[parity, i], now)
+        for kind in range(2):             # routers, then PEs; each in index order
+            row = 2 * kind + parity
+            for w in range(active.shape[1]):
+                bits = active[row, w]
+                if bits == 0:
+                    continue
+                active[row, w] = 0        # what this cycle enlists goes to the other row
+                b = 0
+                while bits != 0 and counters[ST_CODE] == STATUS_OK:
+                    if bits & 1:
+                        if kind == 0:
+                            _router_step(S, st, w * 64 + b, now)
+                        else:
+                            _pe_step(S, st, w * 64 + b, now)
+                    bits = (bits >> 1) & LOW_63_BITS
+                    b += 1
+                if counters[ST_CODE] != STATUS_OK:
+                    break
             if counters[ST_CODE] != STATUS_OK:
                 break
         counters[K_STEPS_ROUTER] += n_r
-        counters[K_ROUTER_LIST_LEN + parity] = 0
-        if counters[ST_CODE] != STATUS_OK:
-            break
-        for i in range(n_p):
-            _pe_step(S, st, lists[2 + parity, i], now)
-            if counters[ST_CODE] != STATUS_OK:
-                break
         counters[K_STEPS_PE] += n_p
+        counters[K_ROUTER_LIST_LEN + parity] = 0
         counters[K_PE_LIST_LEN + parity] = 0
         if counters[ST_CODE] != STATUS_OK:
             break
