@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import wse
@@ -111,6 +111,39 @@ def test_fuzz_random_routes_with_a_sender_everywhere(data):
     except (wse.RouteError, wse.FabricDeadlockError, wse.CycleLimitError):
         return
     assert result.report.ramp_out.sum() == cfg.num_pes * n * len(colors)
+    assert "paths" in testing.check_report(result)
+
+
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(testing.wafer_configs(max_rows=3, max_cols=4, vary_timing=True), st.data())
+def test_a_flood_completes_on_any_latencies_and_queue_depths(cfg, data):
+    """A flood from one root along a row or column, every other PE of the line
+    receiving the whole stream, cannot deadlock whatever the latencies and queue
+    depths: it completes and every wavelet follows its route. (This found a
+    false deadlock with ramp_latency = 1 and queue_depth = 1: a sender that saw
+    a full queue slept through the cycle its credit came back.)"""
+    spec = data.draw(testing.routes(cfg.rows, cfg.cols, 1, 1).filter(
+        lambda specs: specs[0].how == "line"))[0]
+    n = data.draw(st.integers(1, 5))
+    prog = wse.Program(cfg)
+    color = prog.color("flood")
+    prog.route_masks(color, spec.rx, spec.tx)
+    on_line = spec.tx != 0
+    root = on_line & (spec.rx == 1 << 4)
+    assume(on_line.sum() > 1)                  # a one-PE line only talks to itself
+    x = prog.buffer("x", (n,))
+    prog.load(x, np.arange(cfg.num_pes * n, dtype=np.float32).reshape(cfg.rows, cfg.cols, n))
+    sender = prog.role("root", where=root)
+    with sender.task("main", entry=True) as t:
+        t.mov(prog.fabout(color, n), x.view())
+    receiver = prog.role("line", where=on_line & ~root)
+    with receiver.task("main", entry=True) as t:
+        t.mov(x.view(), prog.fabin(color, n))
+    result = prog.run(max_cycles=5000, deadlock_window=500, record_links=True,
+                      record_deliveries=True)
+    got = result.read(x)
+    (ry, rx_), = np.argwhere(root)
+    np.testing.assert_array_equal(got[on_line], np.broadcast_to(got[ry, rx_], got[on_line].shape))
     assert "paths" in testing.check_report(result)
 
 
