@@ -236,6 +236,7 @@ def cmd_run(args) -> int:
         kwargs["trace"] = True
     returned = fn(*positional, **kwargs)
     result, report = returned[0], returned[-1]
+    result = getattr(result, "hidden", result)      # transformer.prefill: a PrefillResult
     errors = _max_errors(result, expected)
 
     from rich.console import Console
