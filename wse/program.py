@@ -930,8 +930,7 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
         return np.zeros(nq * d, np.float32), np.zeros((nq * d, 2), i64), q
 
     pe = np.zeros((n_pe, engine.PE_FIELDS), i64)
-    for column in (engine.P_TASK, engine.P_LISTED, engine.P_STALL_SINCE, engine.P_BUSY_SINCE,
-                   engine.P_R_LISTED):
+    for column in (engine.P_TASK, engine.P_STALL_SINCE, engine.P_BUSY_SINCE):
         pe[:, column] = -1
     pe[:, engine.P_WAKE] = engine.INF
     pe[:, engine.P_SLEEP] = engine.SLEEP_INPUT      # an idle PE wakes when a wavelet arrives
@@ -944,7 +943,7 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
         rq_val=rq_val, rq_entry=rq_entry, rq=rq, pq_val=pq_val, pq_entry=pq_entry, pq=pq,
         pe=pe, regs=np.zeros((n_pe, isa.NUM_REGISTERS), i64),
         wavelet=np.zeros(n_pe, np.float32), slot=slot,
-        lists=np.zeros((4, n_pe), np.int32), heap=np.zeros((2, 2 * n_pe + 16), i64),
+        active=np.zeros((4, (n_pe + 63) // 64), i64), heap=np.zeros((2, 2 * n_pe + 16), i64),
         link_wavelets=np.zeros((n_pe, 4), i64),
         link_events=np.zeros((events, 5), i64), delivery_events=np.zeros((events, 4), i64),
         task_events=np.zeros((events, 4), i64),
