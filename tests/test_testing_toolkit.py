@@ -19,7 +19,7 @@ from kernels import collectives, reference
 from wse import testing
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-README_PATH = ROOT / "docs" / "testing.md"
+README_PATH = ROOT / "README.md"
 """The file whose "Testing your own kernel" section holds the example (to be
 pointed at README.md once the section is copied there)."""
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
