@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import wse
-from wse import routes
+from wse import routes, testing
 from wse.engine import float_to_half_bits
 
 
@@ -189,6 +189,8 @@ def test_multicast_delivers_every_wavelet_exactly_once_to_each_destination():
     tree_links = (cols - 1) + cols * (rows - 1)
     assert result.report.wavelet_hops == B * tree_links
     assert result.report.ramp_out.sum() == B
+    # and every wavelet followed its route, one per link per cycle
+    assert {"links", "deliveries", "paths"} <= set(testing.check_report(result))
 
 
 def test_identical_runs_give_identical_cycles_bits_and_traffic():

@@ -380,3 +380,27 @@ def test_more_colors_than_the_config_has_is_a_route_error():
     small = wse.WSE2.with_grid(1, 16).replace(num_colors=3)
     with pytest.raises(RouteError):
         C.reduce(np.ones((1, 16, 2), np.float32), small, algorithm="tree")
+
+
+# ----------------------------------------------------------------------------
+# The same properties through the user-facing toolkit (wse.testing), with
+# awkward values (negative zero, tiny and huge magnitudes) and random timing
+# constants, and the run invariants checked on every report.
+from wse import testing as T  # noqa: E402
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(T.collective_problems(alongs=("x", "y"), ops=C.OPS, max_rows=5, max_cols=6,
+                             max_length=16, vary_timing=True),
+       st.sampled_from(C.REDUCE_ALGORITHMS))
+def test_toolkit_reduce_and_allreduce_hold_the_invariants(problem, algorithm):
+    if algorithm == "star" and problem.line_length - 1 > problem.cfg.num_colors:
+        algorithm = "chain"
+    y, report = C.reduce(problem.x, problem.cfg, along=problem.along, root=problem.root,
+                         op=problem.op, algorithm=algorithm)
+    T.assert_close(y, problem.reference("reduce"), "float32", terms=problem.line_length)
+    T.check_report(report, cfg=problem.cfg)
+    y, report = C.allreduce(problem.x, problem.cfg, along=problem.along, op=problem.op,
+                            algorithm="ring_interleaved")
+    T.assert_close(y, problem.reference("allreduce"), "float32", terms=problem.line_length)
+    T.check_report(report, cfg=problem.cfg)
