@@ -255,7 +255,6 @@ def plot(rows, out_dir) -> list[pathlib.Path]:
         ax.bar(range(len(sel)), tps, color=["tab:blue" if r["machine"].startswith("wafer")
                                             else "tab:orange" for r in sel])
         ax.set_xticks(range(len(sel)), labels, fontsize=8)
-        ax.set_yscale("log")
         ax.set_ylabel("tokens / s (one layer)")
         ax.set_title(f"{sel[0]['case']}: {mode}")
     fig.tight_layout()
