@@ -155,8 +155,7 @@ def test_run_rejects_options_the_kernel_does_not_take(capsys, monkeypatch):
     def plain(x, cfg, along="x"):
         raise AssertionError("must not run")
     monkeypatch.setattr(kernels, "shift", plain, raising=False)
-    for argv, expected in ((("--trace", "t.json"), "does not pass trace"),
-                           (("--dtype", "float16"), "no dtype parameter"),
+    for argv, expected in ((("--dtype", "float16"), "no dtype parameter"),
                            (("--algorithm", "ring"), "no algorithm parameter")):
         code, out, err = run_cli(capsys, "run", "shift", "--grid", "2x2", *argv)
         assert code == 2 and expected in err and err.count("\n") == 1
@@ -169,15 +168,15 @@ def test_run_not_available_kernel_is_one_line_exit_2(capsys, monkeypatch):
     assert err.strip() == "wse run gemv: not available yet (kernels.gemv has not been written)"
 
 
-def _doubling_kernel(x, cfg, along="x", trace=False):
-    """Every PE doubles its vector (one task per PE): a kernel that passes trace through."""
+def _doubling_kernel(x, cfg, along="x"):
+    """Every PE doubles its vector (one task per PE); it knows nothing of tracing."""
     prog = wse.Program(cfg)
     buf = prog.buffer("x", (x.shape[2],))
     prog.load(buf, np.asarray(x, np.float32))
     everyone = prog.role("all")
     with everyone.task("main", entry=True) as t:
         t.scale(buf.view(), buf.view(), 2.0)
-    result = prog.run(trace=trace)
+    result = prog.run()
     return result.read(buf), result.report
 
 
@@ -271,3 +270,12 @@ def test_bench_list_names_every_topic(capsys):
     assert code == 0
     for name in suites.TOPICS:
         assert name in out
+
+
+def test_trace_of_a_real_multi_run_kernel(capsys, tmp_path):
+    path = tmp_path / "allreduce.json"
+    code, out, err = run_cli(capsys, "run", "allreduce", "--grid", "2x4", "--size", "8",
+                             "--trace", str(path))
+    assert code == 0, err
+    slices = [e for e in json.loads(path.read_text())["traceEvents"] if e["ph"] == "X"]
+    assert len(slices) >= 8

@@ -429,3 +429,20 @@ def test_program_errors_name_the_pe_and_instruction():
         t.mov(a.view(offset=r * 2, length=2), a.view(length=2))   # elements 6..7 of 4
     with pytest.raises(wse.ProgramError, match=r"PE \(0, 0\).*role 'r' task 'main'.*'a'"):
         prog.run()
+
+
+def test_run_options_reach_the_runs_inside_a_kernel(tmp_path):
+    """A kernel built of several runs is traced whole: phases follow each other."""
+    from kernels.collectives import allreduce
+    cfg = wse.WSE2.with_grid(rows=2, cols=3)
+    x = np.ones((2, 3, 4), np.float32)
+    with wse.run_options(trace=True):
+        _, report = allreduce(x, cfg, along="x", algorithm="chain")
+    assert report.task_events is not None and len(report.task_events) > 0
+    assert report.task_events[:, 3].max() <= report.cycles
+    assert report.to_chrome_trace(tmp_path / "t.json") == len(report.task_events)
+    _, plain = allreduce(x, cfg, along="x", algorithm="chain")
+    assert plain.task_events is None
+    with pytest.raises(wse.ConfigError, match="unknown run options"):
+        with wse.run_options(colour=True):
+            pass

@@ -228,13 +228,13 @@ def cmd_run(args) -> int:
                          f"float32), so --dtype {dtype} cannot be applied")
     else:
         dtype = "float32"
-    if args.trace:
-        if not _accepts(fn, "trace"):
-            raise UsageError(f"wse run {args.kernel}: {name} does not pass trace=True through to "
-                             "Program.run, so --trace cannot record its task slices; run it "
-                             "without --trace")
-        kwargs["trace"] = True
-    returned = fn(*positional, **kwargs)
+    import contextlib
+
+    import wse
+    # every Program.run inside the kernel records its task slices
+    tracing = wse.run_options(trace=True) if args.trace else contextlib.nullcontext()
+    with tracing:
+        returned = fn(*positional, **kwargs)
     result, report = returned[0], returned[-1]
     result = getattr(result, "hidden", result)      # transformer.prefill: a PrefillResult
     errors = _max_errors(result, expected)
@@ -245,8 +245,8 @@ def cmd_run(args) -> int:
                                        f" ({dtype})", errors))
     if args.trace:
         if report.task_events is None:
-            print(f"wse run {args.kernel}: {name} accepted trace=True but its report holds no "
-                  "task events; no trace written", file=sys.stderr)
+            print(f"wse run {args.kernel}: {name} returned a report without task events "
+                  "(it combines runs in a way that drops them); no trace written", file=sys.stderr)
             return EXIT_FAILED
         slices = report.to_chrome_trace(args.trace)
         console.print(f"wrote {slices} task slices to {args.trace} (open in ui.perfetto.dev or "
@@ -632,8 +632,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="layer: model preset whose first layer runs (default tiny)")
     run.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     run.add_argument("--trace", metavar="FILE", default=None,
-                     help="write a Chrome trace (one slice per task run per PE) to FILE; the "
-                     "kernel must take trace=True and pass it to Program.run")
+                     help="write a Chrome trace (one slice per task run per PE) to FILE; every "
+                     "engine run inside the kernel is traced (wse.run_options)")
     run.add_argument("--json", metavar="FILE", default=None,
                      help="write the full report (per-PE arrays included) as JSON")
     run.add_argument("--plot", metavar="DIR", default=None,

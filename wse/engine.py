@@ -643,7 +643,8 @@ def _fabric_step(S, st, p, s, now, ramp_used):
         _write(f32, u16, dd, bd + i * S.desc[dst, D_STRIDE], v)
         st.pe[p, P_SRAM_BYTES] += 4 if dd == F32 else 2
     st.pe[p, P_FLOPS] += S.flops_of_op[op]
-    st.pe[p, P_COMPUTE] += 1
+    if op != OP_MOV:                  # arithmetic on a stream; a plain send or receive is not
+        st.pe[p, P_COMPUTE] += 1
     st.slot[p, s, S_PROGRESS] = i + 1
     if i + 1 == st.slot[p, s, S_LEN]:
         st.slot[p, s, S_BUSY_UNTIL] = now + 1

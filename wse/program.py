@@ -26,6 +26,7 @@ Everything compiles to flat arrays that `wse.engine` interprets.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import time
 from dataclasses import dataclass
 from typing import Iterable
@@ -38,6 +39,30 @@ from .errors import (ConfigError, CycleLimitError, FabricDeadlockError, Floating
                      ProgramError, RouteError, SramOverflowError, WseError)
 
 IN_PLACE_BYTES = 256 << 20
+
+RUN_DEFAULTS = dict(max_cycles=100_000_000, deadlock_window=100_000, trap_nan=False,
+                    record_links=False, record_deliveries=False, trace=False,
+                    event_capacity=1_000_000)
+_RUN_OPTIONS: contextvars.ContextVar[dict] = contextvars.ContextVar("run_options", default={})
+
+
+@contextlib.contextmanager
+def run_options(**options):
+    """Defaults for every Program.run inside the block (e.g. trace=True,
+    trap_nan=True, record_links=True): reach the runs inside any kernel.
+
+        with wse.run_options(trace=True):
+            C, report = kernels.gemm(A, B, cfg)
+        report.to_chrome_trace("gemm.json")
+    """
+    unknown = set(options) - set(RUN_DEFAULTS)
+    if unknown:
+        raise ConfigError(f"unknown run options {sorted(unknown)}; known: {sorted(RUN_DEFAULTS)}")
+    token = _RUN_OPTIONS.set({**_RUN_OPTIONS.get(), **options})
+    try:
+        yield
+    finally:
+        _RUN_OPTIONS.reset(token)
 
 PORT_BY_NAME = {"N": isa.NORTH, "E": isa.EAST, "S": isa.SOUTH, "W": isa.WEST,
                 "RAMP": isa.RAMP}
@@ -743,13 +768,27 @@ class Program:
         )
         return static, ncolors
 
-    def run(self, max_cycles: int = 100_000_000, deadlock_window: int = 100_000,
-            trap_nan: bool = False, record_links: bool = False,
-            record_deliveries: bool = False, trace: bool = False,
-            event_capacity: int = 1_000_000) -> "RunResult":
-        """Run the program to completion; raises a WseError subclass on any fault."""
+    def run(self, max_cycles: int | None = None, deadlock_window: int | None = None,
+            trap_nan: bool | None = None, record_links: bool | None = None,
+            record_deliveries: bool | None = None, trace: bool | None = None,
+            event_capacity: int | None = None) -> "RunResult":
+        """Run the program to completion; raises a WseError subclass on any fault.
+
+        Options left as None take their value from the innermost
+        `wse.run_options(...)` block, else from RUN_DEFAULTS, so a caller can
+        trace or trap NaNs inside a kernel it did not write."""
         from . import engine
         from .report import RunReport
+        given = dict(max_cycles=max_cycles, deadlock_window=deadlock_window,
+                     trap_nan=trap_nan, record_links=record_links,
+                     record_deliveries=record_deliveries, trace=trace,
+                     event_capacity=event_capacity)
+        options = {**RUN_DEFAULTS, **_RUN_OPTIONS.get(),
+                   **{k: v for k, v in given.items() if v is not None}}
+        max_cycles, deadlock_window = options["max_cycles"], options["deadlock_window"]
+        trap_nan, trace = options["trap_nan"], options["trace"]
+        record_links, record_deliveries = options["record_links"], options["record_deliveries"]
+        event_capacity = options["event_capacity"]
         if not 1 <= int(max_cycles) <= 1 << 60:
             raise ConfigError(f"max_cycles = {max_cycles}: must be in [1, 2**60]")
         if int(deadlock_window) < 1:

@@ -13,7 +13,14 @@ class RunReport:
     """Cycles, traffic, SRAM, compute and energy of one run (or of phases in sequence).
 
     Per-PE and per-link arrays have shape (rows, cols[, 4]); ports are N, E, S, W
-    (wavelets sent out of that side of the PE's router)."""
+    (wavelets sent out of that side of the PE's router). Per PE:
+      busy_cycles     from a task starting on an idle PE until it is idle again
+      compute_cycles  datapath cycles of memory-only vector operations and
+                      matmuls, plus one per element of an arithmetic operation
+                      on a stream (plain sends and receives are not compute);
+                      concurrent operations add up
+      stall_cycles    cycles in which a fabric operation could not move
+      ramp_in/out     wavelets delivered to / injected by the PE"""
 
     config_name: str
     rows: int
@@ -123,6 +130,18 @@ class RunReport:
             if (r.rows, r.cols) != (first.rows, first.cols):
                 raise ValueError("reports on different grids cannot be put in sequence")
         names = names or [f"phase{i}" for i in range(len(reports))]
+        # traced phases: task slices shifted to the phase's start, names prefixed
+        events, task_names = None, None
+        if all(r.task_events is not None for r in reports):
+            chunks, task_names, start = [], [], 0
+            for name, r in zip(names, reports):
+                e = r.task_events.copy()
+                e[:, 1] += len(task_names)
+                e[:, 2:4] += start
+                chunks.append(e)
+                task_names += [f"{name}/{t}" for t in (r.task_names or [])]
+                start += r.cycles
+            events = np.concatenate(chunks) if chunks else None
         breakdown = {k: sum(r.energy_breakdown.get(k, 0.0) for r in reports)
                      for k in first.energy_breakdown}
         return cls(
@@ -144,6 +163,7 @@ class RunReport:
             pe_steps=sum(r.pe_steps for r in reports),
             phases=[{"name": n, "cycles": r.cycles, "wavelet_hops": r.wavelet_hops,
                      "flops": r.flops} for n, r in zip(names, reports)],
+            task_events=events, task_names=task_names,
         )
 
     def summary(self) -> dict:
