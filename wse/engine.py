@@ -261,6 +261,16 @@ def _progress(counters, now, done_at):
 
 
 @njit(cache=True, _nrt=False)
+def _pop_input(pq_val, pq, q, depth, now):
+    """Take the head wavelet of PE input queue q (the caller checked it is ready)."""
+    value = pq_val[q * depth + pq[q, Q_HEAD]]
+    pq[q, Q_HEAD] = (pq[q, Q_HEAD] + 1) % depth
+    pq[q, Q_COUNT] -= 1
+    pq[q, Q_LAST_POP] = now
+    return value
+
+
+@njit(cache=True, _nrt=False)
 def _read(f32, u16, half_to_float, dtype, index):
     if dtype == F32:
         return f32[index]
@@ -603,19 +613,13 @@ def _fabric_step(S, st, p, s, now, ramp_used):
                 _list_pe(st.active, st.counters, p, now + 1)
             return 1
     if ka == FABIN:
-        va = st.pq_val[ba * idepth + pq[ba, Q_HEAD]]
-        pq[ba, Q_HEAD] = (pq[ba, Q_HEAD] + 1) % idepth
-        pq[ba, Q_COUNT] -= 1
-        pq[ba, Q_LAST_POP] = now
+        va = _pop_input(st.pq_val, pq, ba, idepth, now)
     elif a >= 0:
         va = _read(f32, u16, lut, S.desc[a, D_DTYPE], ba + i * S.desc[a, D_STRIDE])
     else:
         va = np.float32(0.0)
     if kb == FABIN:
-        vb = st.pq_val[bb * idepth + pq[bb, Q_HEAD]]
-        pq[bb, Q_HEAD] = (pq[bb, Q_HEAD] + 1) % idepth
-        pq[bb, Q_COUNT] -= 1
-        pq[bb, Q_LAST_POP] = now
+        vb = _pop_input(st.pq_val, pq, bb, idepth, now)
     elif b >= 0:
         vb = _read(f32, u16, lut, S.desc[b, D_DTYPE], bb + i * S.desc[b, D_STRIDE])
     else:
@@ -729,10 +733,7 @@ def _pick_task(S, st, p, now):
             q = p * colors + S.task[t, T_COLOR]
             head = q * idepth + st.pq[q, Q_HEAD]
             if st.pq[q, Q_COUNT] > 0 and st.pq_entry[head, E_READY] <= now:
-                st.wavelet[p] = st.pq_val[head]
-                st.pq[q, Q_HEAD] = (st.pq[q, Q_HEAD] + 1) % idepth
-                st.pq[q, Q_COUNT] -= 1
-                st.pq[q, Q_LAST_POP] = now
+                st.wavelet[p] = _pop_input(st.pq_val, st.pq, q, idepth, now)
                 # taking the wavelet off the fabric is work done in this cycle,
                 # even when the task itself costs nothing
                 _progress(st.counters, now, now + 1)
