@@ -54,9 +54,8 @@ def run(quick: bool = True) -> list[dict]:
 
 
 def plot(rows, out_dir) -> list[pathlib.Path]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from benchmarks.plots import pyplot
+    plt = pyplot()
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 3.5))

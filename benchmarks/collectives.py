@@ -100,9 +100,8 @@ def markdown(rows: list[dict], collective: str) -> str:
 def plot(rows: list[dict], out_dir) -> list[pathlib.Path]:
     """Cycles against P (one panel per B) and against B (one panel per P), log-log,
     per collective; the fastest algorithm of each point is circled."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from benchmarks.plots import pyplot
+    plt = pyplot()
 
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -78,9 +78,8 @@ def run(quick: bool = True, points=None, timeout: float | None = None) -> list[d
 def plot(rows: list[dict], out_dir) -> list:
     import pathlib
 
-    import matplotlib
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    from benchmarks.plots import pyplot
+    plt = pyplot()
     ok = [r for r in rows if r.get("status") == "ok"]
     if not ok:
         return []

@@ -21,7 +21,8 @@ import numpy as np
 PORTS = ("N", "E", "S", "W")
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, imported on first use."""
     import matplotlib
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
@@ -32,7 +33,7 @@ def _save(fig, path) -> pathlib.Path:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -45,7 +46,7 @@ def _grid_image(ax, values: np.ndarray, vmax: float, cmap: str = "viridis"):
 def link_heatmap(report, path, title: str | None = None) -> pathlib.Path:
     """Link utilisation: wavelets each PE's router sent out of each side,
     divided by the run's cycles (1.0 = the link carried a wavelet every cycle)."""
-    plt = _pyplot()
+    plt = pyplot()
     cycles = max(int(report.cycles), 1)
     util = np.asarray(report.link_wavelets, dtype=float) / cycles
     vmax = max(float(util.max()), 1e-9)
@@ -65,7 +66,7 @@ def link_heatmap(report, path, title: str | None = None) -> pathlib.Path:
 
 def busy_heatmap(report, path, title: str | None = None) -> pathlib.Path:
     """Fraction of the run's cycles each PE spent busy (running a task)."""
-    plt = _pyplot()
+    plt = pyplot()
     cycles = max(int(report.cycles), 1)
     busy = np.asarray(report.busy_cycles, dtype=float) / cycles
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
@@ -102,7 +103,7 @@ def algorithm_bars(rows: list[dict], path, value: str = "cycles", algorithm: str
         if name not in algorithms:
             algorithms.append(name)
         groups[_label(r, group_by) or "all"][name] = float(r[value])
-    plt = _pyplot()
+    plt = pyplot()
     labels = list(groups)
     width = 0.8 / len(algorithms)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(labels) * len(algorithms) * 0.5 + 3), 4.5),
@@ -123,7 +124,7 @@ def algorithm_bars(rows: list[dict], path, value: str = "cycles", algorithm: str
 def scaling_curves(rows: list[dict], path, title: str | None = None) -> pathlib.Path:
     """Emulator cost against work: wall time against PE-cycles (log-log, with a
     slope-1 guide through the largest point) and peak memory against PEs."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True)
     by_length: dict[int, list[dict]] = defaultdict(list)
     for r in rows:
@@ -159,7 +160,7 @@ def wafer_vs_gpu_bars(rows: list[dict], path, title: str | None = None) -> pathl
     """rows: {"metric", "unit", "wafer", "gpu"}; one pair of bars per metric on a
     log axis (the two sides often differ by orders of magnitude). A side that
     is None is left out and marked "n/a"."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows) + 1, 4.2),
                              constrained_layout=True, squeeze=False)
     for ax, r in zip(axes[0], rows):
@@ -182,7 +183,7 @@ def wafer_vs_gpu_bars(rows: list[dict], path, title: str | None = None) -> pathl
 
 def throughput_bars(rows: list[dict], path, title: str | None = None) -> pathlib.Path:
     """Engine PE-cycles per second beside the same-run bare Numba loop."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     labels = [f"{r['workload']}\n{r['grid']}" for r in rows]
     xs = np.arange(len(rows))
@@ -206,7 +207,7 @@ def calibration_bars(rows: list[dict], path, title: str | None = None) -> pathli
     points = [r for r in rows if r.get("published") is not None]
     if not points:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(points) + 1.5), constrained_layout=True)
     labels, ratios = [], []
     for r in points:
