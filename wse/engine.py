@@ -99,14 +99,15 @@ Static = namedtuple("Static", [
     "instr", "instr_imm",    # (n_instr, INSTR_FIELDS) int64; (n_instr,) float32
     "desc",                  # (n_desc, DESC_FIELDS) int64
     "task",                  # (n_tasks, 3): first pc, kind, color
-    "role",                  # (n_roles + 1, 2): first index into role_tasks, entry-task mask
+    "role",                  # (n_roles + 1, 3): first index into role_tasks, entry-task mask,
+                             # mask of the colors its data tasks listen to
     "role_tasks",            # task ids, role by role
     "pe_role", "pe_params",  # (pes,), (pes, n_params)
     "buf_len", "buf_addr",   # (n_buf,) elements; (pes, n_buf) arena byte address or -1
     "half_to_float", "flops_of_op",
 ])
 T_PC, T_KIND, T_COLOR = range(3)
-R_FIRST, R_ENTRY = range(2)
+R_FIRST, R_ENTRY, R_DATA_COLORS = range(3)
 RX, TX = range(2)
 
 State = namedtuple("State", [
@@ -905,17 +906,11 @@ def _wake_for_queued_input(S, st, p, now, data_tasks_only):
     colors only, for an idle PE): a wavelet already delivered wakes nobody."""
     colors = S.settings[C_NCOLORS]
     idepth = S.settings[C_IQDEPTH]
-    role = S.pe_role[p]
+    listened = S.role[S.pe_role[p], R_DATA_COLORS]
     soonest = INF
     for c in range(colors):
-        if data_tasks_only:
-            wanted = False
-            for j in range(S.role[role, R_FIRST], S.role[role + 1, R_FIRST]):
-                t = S.role_tasks[j]
-                if S.task[t, T_KIND] == TASK_DATA and S.task[t, T_COLOR] == c:
-                    wanted = True
-            if not wanted:
-                continue
+        if data_tasks_only and (listened >> c) & 1 == 0:
+            continue
         q = p * colors + c
         if st.pq[q, Q_COUNT] > 0:
             t = st.pq_entry[q * idepth + st.pq[q, Q_HEAD], E_READY]

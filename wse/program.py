@@ -747,9 +747,13 @@ class Program:
         flops = np.zeros(64, np.int64)
         for op, f in isa.FLOPS_PER_ELEMENT.items():
             flops[op] = f
-        roles = np.zeros((len(self.roles) + 1, 2), np.int64)
+        roles = np.zeros((len(self.roles) + 1, 3), np.int64)
         roles[:, 0] = role_start
         roles[:-1, 1] = role_entry
+        for role in self.roles:
+            for t in role.tasks:
+                if t.kind == isa.TASK_DATA:
+                    roles[role.index, 2] |= 1 << t.color
         static = Static(
             settings=np.zeros(0, np.int64),
             route=np.stack([route_rx.reshape(-1), route_tx.reshape(-1)], axis=1),
