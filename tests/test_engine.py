@@ -373,7 +373,6 @@ def test_data_tasks_fire_per_wavelet_and_local_tasks_on_completion():
 
 
 def test_chrome_trace_has_a_slice_per_task_run(tmp_path):
-    from kernels.collectives import broadcast  # noqa: F401  (a real kernel's program)
     cfg = wse.WSE2.with_grid(rows=1, cols=4)
     result, _ = line_stream(4, 8, cfg=cfg, trace=True)
     path = tmp_path / "trace.json"
