@@ -127,11 +127,10 @@ def test_backpressure_stalls_the_sender_and_drops_nothing():
 
 
 def test_two_colors_share_a_link_fairly():
-    """Two streams of B wavelets on different colors cross the same link
-    (PE 0 -> PE 2 and PE 1 -> PE 2 both through link 1 -> 2 ... they cannot: a
-    PE's ramp carries one wavelet a cycle, so put the second source at PE 0 of
-    another color). Round-robin arbitration alternates the colors, the link
-    carries one wavelet per cycle, and both finish within a cycle of 2B."""
+    """PE 0 streams B wavelets on each of two colors to PE 2 (two async sends):
+    the slots take turns at PE 0's ramp, the routers serve the colors round
+    robin, so the link 1 -> 2 carries them alternately, one wavelet per cycle,
+    and the run takes 2B cycles plus the latency of one path."""
     B = 100
     cfg = wse.WSE2.with_grid(rows=1, cols=3)
     prog = wse.Program(cfg)
