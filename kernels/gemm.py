@@ -283,15 +283,22 @@ def model_cycles(p: GemmPlan, cfg: wse.WaferConfig) -> int:
         pred_y = np.asarray(order_y)[(pos_y - 1) % R]
         hops_x = np.abs(succ_x - np.arange(C))[None, :] * H
         hops_y = np.abs(succ_y - np.arange(R))[:, None] * H
+        # A sender runs ahead of its receiver by as many wavelets as the queues
+        # on its path hold: one queue per router passed and the receiver's input
+        # queue (a long wrap-around path buffers a whole tile)
+        ahead_x = (np.abs(pred_x - np.arange(C)) + 1)[None, :] * cfg.queue_depth \
+            + cfg.input_queue_depth
+        ahead_y = (np.abs(pred_y - np.arange(R)) + 1)[:, None] * cfg.queue_depth \
+            + cfg.input_queue_depth
         for _ in range(L - 1):
             s = start
             nxt = np.maximum(s + post + tiles, s + mm)
             if p.shifts_a:
                 nxt = np.maximum(nxt, s[:, succ_x] + post + 2 * T + hops_x + tiles)
-                nxt = np.maximum(nxt, s[:, pred_x] + post + tiles)
+                nxt = np.maximum(nxt, s[:, pred_x] + post + np.maximum(tiles - ahead_x, 0))
             if p.shifts_b:
                 nxt = np.maximum(nxt, s[succ_y, :] + post + 2 * T + hops_y + tiles)
-                nxt = np.maximum(nxt, s[pred_y, :] + post + tiles)
+                nxt = np.maximum(nxt, s[pred_y, :] + post + np.maximum(tiles - ahead_y, 0))
             start = nxt
         return int(round(start.max() + mm))
     def flood(ready, r, tile, index, axis):
