@@ -285,7 +285,8 @@ def model_cycles(p: GemmPlan, cfg: wse.WaferConfig) -> int:
         hops_y = np.abs(succ_y - np.arange(R))[:, None] * H
         # A sender runs ahead of its receiver by as many wavelets as the queues
         # on its path hold: one queue per router passed and the receiver's input
-        # queue (a long wrap-around path buffers a whole tile)
+        # queue; a path that holds the whole tile (the long wrap-around one)
+        # never makes the sender wait for its receiver
         ahead_x = (np.abs(pred_x - np.arange(C)) + 1)[None, :] * cfg.queue_depth \
             + cfg.input_queue_depth
         ahead_y = (np.abs(pred_y - np.arange(R)) + 1)[:, None] * cfg.queue_depth \
@@ -295,10 +296,12 @@ def model_cycles(p: GemmPlan, cfg: wse.WaferConfig) -> int:
             nxt = np.maximum(s + post + tiles, s + mm)
             if p.shifts_a:
                 nxt = np.maximum(nxt, s[:, succ_x] + post + 2 * T + hops_x + tiles)
-                nxt = np.maximum(nxt, s[:, pred_x] + post + np.maximum(tiles - ahead_x, 0))
+                nxt = np.maximum(nxt, np.where(tiles > ahead_x,
+                                               s[:, pred_x] + post + tiles - ahead_x, 0))
             if p.shifts_b:
                 nxt = np.maximum(nxt, s[succ_y, :] + post + 2 * T + hops_y + tiles)
-                nxt = np.maximum(nxt, s[pred_y, :] + post + np.maximum(tiles - ahead_y, 0))
+                nxt = np.maximum(nxt, np.where(tiles > ahead_y,
+                                               s[pred_y, :] + post + tiles - ahead_y, 0))
             start = nxt
         return int(round(start.max() + mm))
     def flood(ready, r, tile, index, axis):
