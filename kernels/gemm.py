@@ -63,6 +63,7 @@ accumulator and kt = 32: about 1.5e-3 (`tolerance`).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -613,7 +614,7 @@ def _summa_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks):
     with role.task("main", entry=True) as t:
         tmp = t.reg()
 
-        @_contextmanager
+        @contextlib.contextmanager
         def if_zero(value, modulus, offset=0):
             """Run the body once when value + offset == 0 (|value + offset| < modulus)."""
             t.affine(tmp, value, 1, offset)
@@ -687,8 +688,3 @@ def _summa_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks):
             if own_b is not None:
                 t.addi(own_b, p.tile_b)
     return prog, c_buf
-
-
-def _contextmanager(fn):
-    import contextlib
-    return contextlib.contextmanager(fn)
