@@ -125,6 +125,9 @@ State = namedtuple("State", [
 
 SLEEP_INPUT, SLEEP_OUTPUT = 1, 2
 
+# what one step of a fabric operation did (MOVED and above: it moved an element)
+WAIT_INPUT, WAIT_OUTPUT, MOVED, MOVED_ON_RAMP = 0, 1, 2, 3
+
 
 # ----------------------------------------------------------------------------
 # fp16 storage: values are held as IEEE binary16 bit patterns (uint16).
@@ -580,7 +583,9 @@ def _memory_op(S, st, p, s, ins, n, now):
 def _fabric_step(S, st, p, s, now, ramp_used):
     """Move one element of the fabric operation in slot s, if its operands allow.
 
-    Returns 0 if it waits for input, 1 if it waits for output room, 2 if it moved."""
+    Returns WAIT_INPUT, WAIT_OUTPUT, MOVED, or MOVED_ON_RAMP (it injected a
+    wavelet: the PE's ramp is taken for this cycle and the next turn at it
+    goes to the following slot)."""
     f32, u16, lut = st.sram_f32, st.sram_u16, S.half_to_float
     ins = st.slot[p, s, S_INSTR]
     op = S.instr[ins, I_OP]
@@ -598,21 +603,21 @@ def _fabric_step(S, st, p, s, now, ramp_used):
     pq, pq_entry = st.pq, st.pq_entry
     if ka == FABIN:
         if pq[ba, Q_COUNT] == 0 or pq_entry[ba * idepth + pq[ba, Q_HEAD], E_READY] > now:
-            return 0
+            return WAIT_INPUT
     if kb == FABIN:
         if pq[bb, Q_COUNT] == 0 or pq_entry[bb * idepth + pq[bb, Q_HEAD], E_READY] > now:
-            return 0
+            return WAIT_INPUT
     out_fabric = S.desc[dst, D_KIND] == FABOUT
     if out_fabric:
         if ramp_used:
-            return 1
+            return WAIT_OUTPUT
         if st.rq[bd, Q_COUNT] + (st.rq[bd, Q_LAST_POP] == now) >= depth:
             if st.rq[bd, Q_LAST_POP] == now:
                 # the router freed a slot earlier in this cycle, so its wake-up
                 # call came before we slept: look again next cycle, when the
                 # credit arrives
                 _list_pe(st.active, st.counters, p, now + 1)
-            return 1
+            return WAIT_OUTPUT
     if ka == FABIN:
         va = _pop_input(st.pq_val, pq, ba, idepth, now)
     elif a >= 0:
@@ -633,7 +638,7 @@ def _fabric_step(S, st, p, s, now, ramp_used):
         if (S.route[bd, RX] >> RAMP) & 1 == 0:
             _fail(st.counters, STATUS_ROUTE, p, bd - p * colors, RAMP,
                   now + S.settings[C_RAMP], ROUTE_RX_MISMATCH, 0)
-            return 1
+            return WAIT_OUTPUT
         tail = bd * depth + (st.rq[bd, Q_HEAD] + st.rq[bd, Q_COUNT]) % depth
         st.rq_val[tail] = v
         st.rq_entry[tail, E_READY] = now + S.settings[C_RAMP]
@@ -643,6 +648,7 @@ def _fabric_step(S, st, p, s, now, ramp_used):
         st.pe[p, P_R_NONEMPTY] |= np.int64(1) << (bd - p * colors)
         _list_router(st.active, st.counters, p, now + 1)
         st.pe[p, P_RAMP_OUT] += 1
+        st.pe[p, P_SLOT_RR] = s + 1 if s < S.settings[C_SLOTS] else 0
     else:
         dd = S.desc[dst, D_DTYPE]
         _write(f32, u16, dd, bd + i * S.desc[dst, D_STRIDE], v)
@@ -654,7 +660,7 @@ def _fabric_step(S, st, p, s, now, ramp_used):
     if i + 1 == st.slot[p, s, S_LEN]:
         st.slot[p, s, S_BUSY_UNTIL] = now + 1
     _progress(st.counters, now, now + 1)
-    return 2
+    return MOVED_ON_RAMP if out_fabric else MOVED
 
 
 @njit(cache=True, _nrt=False)
@@ -794,12 +800,10 @@ def _pe_step(S, st, p, now):
             continue
         if slot[p, s, S_BUSY_UNTIL] == INF:
             result = _fabric_step(S, st, p, s, now, ramp_used)
-            if result == 2:
+            if result >= MOVED:
                 progressed = True
-                if S.desc[S.instr[slot[p, s, S_INSTR], I_DST], D_KIND] == FABOUT:
-                    ramp_used = True
-                    pe[p, P_SLOT_RR] = s + 1 if s < slots else 0
-            elif result == 0:
+                ramp_used = ramp_used or result == MOVED_ON_RAMP
+            elif result == WAIT_INPUT:
                 waiting_in = True
             else:
                 waiting_out = True
@@ -858,11 +862,9 @@ def _pe_step(S, st, p, now):
         progressed = True
         if slot[p, s, S_BUSY_UNTIL] == INF:
             result = _fabric_step(S, st, p, s, now, ramp_used)
-            if result == 2:
-                if S.desc[S.instr[ins, I_DST], D_KIND] == FABOUT:
-                    ramp_used = True
-                    pe[p, P_SLOT_RR] = s + 1 if s < slots else 0
-            elif result == 0:
+            if result >= MOVED:
+                ramp_used = ramp_used or result == MOVED_ON_RAMP
+            elif result == WAIT_INPUT:
                 waiting_in = True
             else:
                 waiting_out = True
