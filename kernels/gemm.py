@@ -259,12 +259,17 @@ def model_cycles(p: GemmPlan, cfg: wse.WaferConfig) -> int:
     summa: step s has its A root at column s mod C and its B root at row
     s mod R. The root injects its tile on the forward and on the backward
     color; both copies come back to it through its own ramp, which takes one
-    wavelet a cycle, so the two streams share it and every PE has the panel
-    at S[root] + 2T + |x - r|*H + 2*tile; the root's sends also wait for every receiver
-    of its line to have posted: a flood moves a wavelet to all its ports at
-    once, so it is as fast as its latest receiver (max S on that side of
-    the line + tile). B follows A (the PE waits for A before posting B),
-    then the product:
+    wavelet a cycle, so the two streams alternate on it (forward first): the
+    forward copy's last wavelet leaves at S[root] + 2*tile - 1, the backward
+    one's at S[root] + 2*tile, and a PE d hops away has it 2T + d*H later.
+    A flood moves a wavelet to all its ports at once, so a receiver that
+    has not posted yet holds it back, but only once the queues between the
+    root and that receiver are full: (d+1)*queue_depth + input_queue_depth
+    wavelets, like a Cannon sender's. A receiver's lag behind the root comes
+    from the same d hops the data travels (at most d*H < d*queue_depth), so
+    on the configurations measured the root never waits for a receiver;
+    the receiver itself still needs S[x] + tile. B follows A (the PE waits
+    for A before posting B), then the product:
         S'[x, y] = B_done[x, y] + mm.
     A term for an axis of one PE (no shifts) is left out."""
     R, C, L = p.rows, p.cols, p.steps
@@ -308,15 +313,18 @@ def model_cycles(p: GemmPlan, cfg: wse.WaferConfig) -> int:
     def flood(ready, r, tile, index, axis):
         """Panel arrival on every line (along `axis`) whose root is at index r."""
         root = np.take(ready, [r], axis=axis)
-        after = np.where(index >= r, ready, -np.inf).max(axis=axis, keepdims=True)
-        before = np.where(index <= r, ready, -np.inf).max(axis=axis, keepdims=True)
-        # both copies loop back through the root's ramp, one wavelet a cycle,
-        # so the two streams share it and each finishes after 2 * tile
-        fwd_sent = np.maximum(root + 2 * tile, after + tile)
-        back_sent = np.maximum(root + 2 * tile, before + tile)
-        dist = np.abs(index - r) * H
-        arrive = np.where(index > r, fwd_sent, back_sent) + 2 * T + dist
-        return np.maximum(ready, arrive)
+        hops = np.abs(index - r)
+        # the root's send ends no earlier than a late receiver's post + tile,
+        # less what the queues between them hold
+        held_back = ready + tile - ((hops + 1) * cfg.queue_depth + cfg.input_queue_depth)
+        after = np.where(index > r, held_back, -np.inf).max(axis=axis, keepdims=True)
+        before = np.where(index < r, held_back, -np.inf).max(axis=axis, keepdims=True)
+        # both copies go out through the root's ramp, one wavelet a cycle,
+        # taking turns (forward first)
+        fwd_sent = np.maximum(root + 2 * tile - 1, after)
+        back_sent = np.maximum(root + 2 * tile, before)
+        arrive = np.where(index > r, fwd_sent, back_sent) + 2 * T + hops * H
+        return np.maximum(ready + tile, arrive)
 
     xs, ys = np.arange(C)[None, :], np.arange(R)[:, None]
     for s in range(L):

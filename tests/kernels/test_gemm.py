@@ -78,14 +78,15 @@ COST_CASES = [  # rows, cols, M, K, N, dtype
 
 @pytest.mark.parametrize("rows,cols,M,K,N,dtype", COST_CASES)
 @pytest.mark.parametrize("algorithm", G.ALGORITHMS)
-def test_cycles_within_10_percent_of_model_and_hops_exact(rows, cols, M, K, N, dtype, algorithm):
+def test_cycles_equal_the_model_and_hops_exact(rows, cols, M, K, N, dtype, algorithm):
+    # the issue asks for 10%; every algorithm's model is exact on these points
     cfg = wse.WSE2.with_grid(rows=rows, cols=cols)
     rng = np.random.default_rng(1)
     _, report = G.gemm(rng.standard_normal((M, K)), rng.standard_normal((K, N)), cfg,
                        algorithm=algorithm, dtype=dtype)
     p = G.plan(M, K, N, cfg, algorithm, dtype, "float32")
     model = G.model_cycles(p, cfg)
-    assert abs(report.cycles - model) <= 0.10 * model, (report.cycles, model)
+    assert report.cycles == model
     assert report.wavelet_hops == G.expected_wavelet_hops(p)
     # every PE runs L tile products at the FMAC rate
     assert report.flops == 2 * p.steps * p.mt * p.kt * p.nt * rows * cols
@@ -102,6 +103,29 @@ def test_meshgemm_hides_the_shift_when_compute_bound():
     p = G.plan(128, 128, 128, cfg, "meshgemm", "float16", "float32")
     assert report.cycles == p.steps * G.matmul_cycles(p, cfg)
     assert report.compute_efficiency == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("P,n", [(16, 32), (8, 8), (8, 256)])
+def test_summa_on_a_square_grid_follows_the_chain_of_roots(P, n):
+    """On a P x P grid the roots of step s (column s, row s) pass the step on
+    to those of step s+1 one hop away: PE (s+1, s) has A's forward copy
+    2*ta - 1 + 2T + H after PE (s, s) started (the root's ramp alternates the
+    forward and backward copies), then injects B, which reaches PE (s+1, s+1)
+    2*tb - 1 + 2T + H later, which multiplies. The last step ends when the
+    backward copies reach the far corner, (P-1) hops on each axis.
+    With 2 x 2 tiles on 16 x 16 a receiver far from the root lags it by more
+    than a tile (15 hops against 4 wavelets), yet the root never waits for
+    it: the queues on those 15 hops hold the whole tile (a model that made
+    the root wait for its latest receiver was 47% high here, 64% at 2048^3
+    on 256 x 256)."""
+    cfg = wse.WSE2.with_grid(rows=P, cols=P)
+    T, H = cfg.ramp_latency, cfg.hop_latency
+    p = G.plan(n, n, n, cfg, "summa", "float16", "float32")
+    ta, tb, mm = p.tile_a, p.tile_b, G.matmul_cycles(p, cfg)
+    step = (2 * ta - 1 + 2 * T + H) + (2 * tb - 1 + 2 * T + H) + mm
+    last = (2 * ta + 2 * T + (P - 1) * H) + (2 * tb + 2 * T + (P - 1) * H) + mm
+    _, report = G.gemm(np.ones((n, n)), np.ones((n, n)), cfg, algorithm="summa")
+    assert report.cycles == (P - 1) * step + last == G.model_cycles(p, cfg)
 
 
 def test_meshgemm_beats_cannon_beats_summa_on_a_comm_bound_grid():
