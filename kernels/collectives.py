@@ -235,6 +235,8 @@ def _sequence(a: Emitter | None, b: Emitter | None) -> Emitter:
 #   ("send", c)              mov  fabout(c) <- data
 #   ("store", c)             mov  data <- fabin(c)
 #   ("fold", c)              data <- data (+|max) fabin(c)
+#   ("fold_each", cs)        for each element i, for each c in cs in turn:
+#                            data[i] <- data[i] (+|max) fabin(c)  (star's root)
 #   ("fold_send", cin, cout) fabout(cout) <- fabin(cin) (+|max) data
 # where c is a wse.Color. Chains and trees are built from these.
 @dataclass
@@ -285,6 +287,15 @@ def _steps_emitter(program: list[tuple], data: wse.Buffer, n: int, op: str) -> E
                 t.mov(mine, prog.fabin(step[1], n))
             elif kind == "fold":
                 combine(mine, prog.fabin(step[1], n), mine)
+            elif kind == "fold_each":
+                at = t.reg()
+                t.set(at, 0)
+                here = data.view(at, 1)
+                with t.loop(n):
+                    for c in step[1]:
+                        combine(here, prog.fabin(c, 1), here)
+                    t.addi(at, 1)
+                prog.free_reg(at)
             elif kind == "fold_send":
                 combine(prog.fabout(step[2], n), prog.fabin(step[1], n), mine)
             else:                                   # pragma: no cover - internal
@@ -444,13 +455,17 @@ def _reduce_line_steps(line: _Line, algorithm: str, root: int, B: int, group_siz
     depth = max(len(plan) for _, plan in arms)
     if algorithm == "star":
         # all sources stream at once, each on its own color (their paths all end
-        # in the root's router, so no two can share one)
-        pairs = [(root + sign * c[0], root) for sign, plan in arms for ph in plan for c in ph]
-        for k, (src, dst) in enumerate(pairs):
-            c = routes.transfers(line.prog, line.along, [(src, dst)], lines=line.lines,
+        # in the root's router, so no two can share one). The root takes element
+        # i of every stream in turn, nearest source first, the longer arm first:
+        # the order in which the link into it delivers them (see _arm_cost)
+        sources = [root + sign * c[0] for sign, plan in arms for ph in plan for c in ph]
+        colors = []
+        for k, src in enumerate(sources):
+            c = routes.transfers(line.prog, line.along, [(src, root)], lines=line.lines,
                                  name=f"{name}s{k}").colors[0]
             steps[src].append(("send", c))
-            steps[dst].append(("fold", c))
+            colors.append(c)
+        steps[root].append(("fold_each", tuple(colors)))
         return steps
     for phase in range(depth):
         for sign, plan in arms:
@@ -705,12 +720,28 @@ def _arm_cost(algorithm: str, n: int, B: int, cfg, s: int | None = None) -> int:
     Lat(d) = 2*T_R + d*H (a stream's first element over d hops):
 
     chain      (n-1)*T + B.
-    star       2*T_R + H + (n-1)*B + (n-2)*min(B-1, Q), Q = queue_depth +
-               input_queue_depth. The root's ramp takes the (n-1)*B wavelets
-               one stream after the other; every stream crosses the link next
-               to the root, and while the first is drained each other stream
-               takes one link slot per round-robin turn until the Q buffer
-               slots in front of the root hold its wavelets.
+    star       2*T_R + H + (n-1)*B + (n-2)*(H-1). Every source streams to
+               the root on its own color; the root takes element i of every
+               stream in turn (source 1, 2, .., n-1), then element i+1. Its
+               ramp moves one wavelet a cycle and the first is ready at
+               2*T_R + H, so 2*T_R + H + (n-1)*B is the floor; round 0 also
+               waits for the farthest source's first element, ready at
+               2*T_R + (n-1)*H: the (n-2)*(H-1) term. With H = 1 the two
+               coincide and the engine meets the floor: the first elements
+               reach router 1 one cycle apart in source order, the link into
+               the root grants them in that order (round robin starts after
+               the color granted last) and keeps carrying, one a cycle, the
+               wavelet the root takes next; each stream needs only one slot
+               per round of n-1 cycles. For H > 1 this is a lower bound: the
+               first elements arrive H cycles apart, round robin gives the
+               gaps to near sources' later elements, and the far streams,
+               behind by those slots, stall the root later (measured: +10
+               cycles at n = 7, +83 at n = 16, +210 at n = 25 with H = 2).
+               (Draining one whole stream after another instead loses up to
+               10% more: while the first is folded the others fill the
+               queues on their paths, and the link into the root, and
+               farther out the links shared by the later streams, serve
+               them round robin.)
     tree       binomial on n = 2^L: L levels, level l a stream over 2^l hops
                that starts when both ends are done with level l-1:
                    f(2^L) = L*(2*T_R + B) + (2^L - 1)*H.
@@ -738,8 +769,7 @@ def _arm_cost(algorithm: str, n: int, B: int, cfg, s: int | None = None) -> int:
     if algorithm == "chain":
         return (n - 1) * hop + B
     if algorithm == "star":
-        q = cfg.queue_depth + cfg.input_queue_depth
-        return 2 * T_R + H + (n - 1) * B + (n - 2) * min(B - 1, q)
+        return _star_cost(n - 1, n - 1, B, T_R, H)
     if algorithm == "tree":
         return _tree_cost(n, B, T_R, H)
     groups = _groups(n, s)
@@ -758,6 +788,14 @@ def _arm_cost(algorithm: str, n: int, B: int, cfg, s: int | None = None) -> int:
     for g in range(len(groups) - 2, -1, -1):
         first = max(done[g], first + lat(roots[g + 1] - roots[g]))
     return first + lat(roots[0]) + B
+
+
+def _star_cost(sources: int, longer_arm: int, B: int, T_R: int, H: int) -> int:
+    """Star (see _arm_cost): the root takes element i of every source in turn,
+    the longer arm's `longer_arm` sources first, nearest first: the ramp's
+    floor 2*T_R + H + sources*B, plus round 0's wait for the farthest source
+    of the longer arm (exact for H = 1, a lower bound for H > 1)."""
+    return 2 * T_R + H + sources * B + (longer_arm - 1) * (H - 1)
 
 
 @lru_cache(maxsize=None)
@@ -818,14 +856,9 @@ def _reduce_cost(algorithm: str, P: int, B: int, cfg, root: int, group_size) -> 
         # input queue)
         steal = min(cfg.input_queue_depth, B - 1) if arrive < own else 0
         return max(own + steal, arrive) + B
-    # star (an estimate, a few % high for large B): the root drains the longer
-    # arm's streams first. While it drains the first, every other stream of that
-    # arm takes link slots (up to Q) and every stream of the other arm ramp
-    # slots (up to the input queue)
-    first_arm, other_arm = max(low, high) - 1, min(low, high) - 1
-    return (2 * cfg.ramp_latency + cfg.hop_latency + (P - 1) * B
-            + (first_arm - 1) * min(B - 1, cfg.queue_depth + cfg.input_queue_depth)
-            + other_arm * min(B - 1, cfg.input_queue_depth))
+    # star: one round of elements at a time, the longer arm's sources first;
+    # the other arm's first elements arrive earlier and wait in their queues
+    return _star_cost(P - 1, max(low, high) - 1, B, cfg.ramp_latency, cfg.hop_latency)
 
 
 def _broadcast_cost(P: int, B: int, cfg, root: int) -> int:

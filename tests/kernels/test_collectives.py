@@ -221,6 +221,26 @@ def test_interior_root_cycles_match_cost(algorithm, P, B, root):
     assert abs(report.cycles - predicted) <= 0.05 * predicted
 
 
+@pytest.mark.parametrize("collective,P,B,root", [
+    ("reduce", 12, 16, 0), ("reduce", 16, 24, 0), ("reduce", 20, 32, 0), ("reduce", 24, 12, 0),
+    ("reduce", 16, 16, 5), ("reduce", 23, 40, 11), ("allreduce", 16, 16, 0),
+    ("allreduce", 23, 24, 0)])
+def test_star_meets_its_ramp_floor_where_whole_stream_draining_did_not(collective, P, B, root):
+    """9 < B < 64 with P >= 12: where draining one whole stream after another
+    lost up to 10.6% to the link into the root. Taking element i of every
+    stream in turn, the root's ramp never idles after its first wavelet
+    (hop latency 1): cycles = 2 T_R + H + (P-1) B, for any root and any
+    ramp latency (allreduce: reduce into index 0, then flood back)."""
+    for cfg in (wse.WSE2.with_grid(1, P), wse.WSE2.with_grid(1, P).replace(ramp_latency=3)):
+        call = C.reduce if collective == "reduce" else C.allreduce
+        kw = {"root": root} if collective == "reduce" else {}
+        _, report = call(np.ones((1, P, B), np.float32), cfg, algorithm="star", **kw)
+        floor = 2 * cfg.ramp_latency + cfg.hop_latency + (P - 1) * B
+        if collective == "allreduce":
+            floor += 2 * cfg.ramp_latency + (P - 1) * cfg.hop_latency + B   # the flood back
+        assert report.cycles == floor == C.cost(collective, "star", P, B, cfg, **kw)
+
+
 @pytest.mark.parametrize("P,B,root", [(2, 1, 0), (7, 64, 3), (32, 1024, 31)])
 def test_broadcast_cycles_are_exact(P, B, root):
     cfg = wse.WSE2.with_grid(1, P)
