@@ -5,6 +5,15 @@ own): `python -m benchmarks.gemm --point ALGORITHM SIZE GRID` prints one JSON
 row. quick: 256^3 on 8x8 and 16x16 and 512^3 on 32x32; full: the issue's
 points, 2048^3 (fp16) on 64x64, 128x128, 256x256 and 8192^3 on 256x256
 (the last ones take long; see docs/gemm.md for what finished).
+
+Where a full emulation is too long (8192^3 on 256x256: about 6.8e10
+wavelet-hops), `python -m benchmarks.gemm --first-steps ALGORITHM SIZE GRID
+K1 K2` emulates only the first K1 and then the first K2 of the L steps on the
+full grid with the full-size tiles (kernels.gemm.gemm_first_steps) and
+extrapolates linearly to L (`extrapolate_cycles`); its row says
+"extrapolated": true and carries both partial runs. The result of a partial
+run cannot be checked, so the row holds no error figure; each partial run's
+cycles and wavelet-hops are compared with the model for the same steps.
 """
 from __future__ import annotations
 
@@ -54,6 +63,53 @@ def measure_point(algorithm: str, size: int, grid: int, dtype: str = "float16") 
     row["max_rel_error"] = float((np.abs(C[rows] - ref) / scale).max())
     row["within_tolerance"] = bool(row["max_rel_error"] <= tol)
     return row
+
+
+def extrapolate_cycles(k1: int, cycles1: int, k2: int, cycles2: int, steps: int) -> float:
+    """Cycles of all `steps` steps from runs of the first k1 < k2 steps: the
+    programs repeat one step, so after the first the cycles grow by a fixed
+    amount per step; the last step (no shift after it) is in both runs."""
+    if not 1 <= k1 < k2 <= steps:
+        raise ValueError(f"need 1 <= k1 < k2 <= steps, got k1={k1}, k2={k2}, steps={steps}")
+    return cycles2 + (steps - k2) * (cycles2 - cycles1) / (k2 - k1)
+
+
+def measure_first_steps(algorithm: str, size: int, grid: int, k1: int, k2: int,
+                        dtype: str = "float16") -> dict:
+    """Emulate the first k1 and the first k2 steps and extrapolate to all L."""
+    import numpy as np
+
+    import wse
+    G = importlib.import_module("kernels.gemm")
+    cfg = wse.WSE2.with_grid(rows=grid, cols=grid)
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((size, size)).astype(np.float32)
+    B = rng.standard_normal((size, size)).astype(np.float32)
+    p = G.plan(size, size, size, cfg, algorithm, dtype, "float32")
+    runs = []
+    for k in (k1, k2):
+        started = time.perf_counter()
+        report = G.gemm_first_steps(A, B, cfg, k, algorithm=algorithm, dtype=dtype)
+        extra = report.extra["gemm"]
+        runs.append({"steps_run": k, "cycles": report.cycles,
+                     "model_cycles": extra["model_cycles"],
+                     "wavelet_hops": report.wavelet_hops,
+                     "expected_wavelet_hops": extra["expected_wavelet_hops"],
+                     "engine_wall_s": report.wall_seconds,
+                     "wall_s": time.perf_counter() - started})
+    cycles = extrapolate_cycles(k1, runs[0]["cycles"], k2, runs[1]["cycles"], p.steps)
+    mm_total = p.steps * G.matmul_cycles(p, cfg)
+    useful = 2 * size ** 3
+    return {"algorithm": algorithm, "size": size, "grid": f"{grid}x{grid}", "pes": grid * grid,
+            "dtype": dtype, "extrapolated": True, "steps": p.steps, "runs": runs,
+            "cycles": round(cycles), "model_cycles": G.model_cycles(p, cfg),
+            "model_ratio": cycles / G.model_cycles(p, cfg),
+            "seconds": cycles / cfg.clock_hz,
+            "compute_efficiency": useful / (cycles * grid * grid * cfg.peak_flops_per_pe_cycle(dtype)),
+            "communication_share": 1.0 - mm_total / cycles,
+            "expected_wavelet_hops": G.expected_wavelet_hops(p),
+            "tile": [p.mt, p.kt, p.nt], "sram_bytes_per_pe": p.sram_bytes(),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def overflow_message(size: int = 2048, grid: int = 16) -> str:
@@ -131,6 +187,9 @@ def plot(rows: list[dict], out_dir) -> list:
 def _main(argv: list[str]) -> None:
     if argv[:1] == ["--point"]:
         print(json.dumps(measure_point(argv[1], int(argv[2]), int(argv[3]))))
+        return
+    if argv[:1] == ["--first-steps"]:     # --first-steps ALGORITHM SIZE GRID K1 K2
+        print(json.dumps(measure_first_steps(argv[1], *(int(v) for v in argv[2:6]))))
         return
     if argv[:1] == ["--points"]:          # --points SIZE:GRID,SIZE:GRID [--plot DIR]
         pts = [tuple(int(v) for v in p.split(":")) for p in argv[1].split(",")]

@@ -138,6 +138,16 @@ class GemmPlan:
     def shifts_b(self) -> bool:
         return self.rows > 1
 
+    def check_steps(self, steps: int | None) -> int:
+        """The number of steps to run: all L when None, else 1 <= steps <= L."""
+        if steps is None:
+            return self.steps
+        if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= self.steps:
+            raise ConfigError(f"steps={steps!r}: expected an integer from 1 to {self.steps} "
+                              f"(the {self.algorithm} GEMM's L = lcm({self.rows}, "
+                              f"{self.cols}) steps)")
+        return int(steps)
+
     def buffer_elements(self) -> dict[str, tuple[int, str]]:
         """name -> (elements, dtype) of every SRAM buffer a PE allocates."""
         bufs: dict[str, tuple[int, str]] = {}
@@ -204,15 +214,17 @@ def ring_order(algorithm: str, p: int) -> list[int]:
     return routes.interleaved_order(p) if algorithm == "meshgemm" else list(range(p))
 
 
-def expected_wavelet_hops(p: GemmPlan) -> int:
-    """Wavelets x links the algorithm must move.
+def expected_wavelet_hops(p: GemmPlan, steps: int | None = None) -> int:
+    """Wavelets x links the algorithm must move (in its first `steps` steps;
+    all L by default).
 
     cannon/meshgemm: L-1 shifts; per shift every row moves a tile of A over
     each of its ring's streams (sum of the stream lengths) and every column
     a tile of B. summa: per step each row floods A from its root towards
     both ends (its two streams together cross each of the row's C-1 links
     once) and each column floods B likewise."""
-    R, C, L = p.rows, p.cols, p.steps
+    R, C = p.rows, p.cols
+    L = p.check_steps(steps)
     if p.algorithm == "summa":
         per_step = R * (C - 1) * p.tile_a * p.shifts_a + C * (R - 1) * p.tile_b * p.shifts_b
         return L * per_step
@@ -230,8 +242,9 @@ def matmul_cycles(p: GemmPlan, cfg: wse.WaferConfig) -> int:
     return -(-(p.mt * p.kt * p.nt) // _simd(cfg, p.dtype))
 
 
-def model_cycles(p: GemmPlan, cfg: wse.WaferConfig) -> int:
-    """First-principles cycle count: the critical path through the steps.
+def model_cycles(p: GemmPlan, cfg: wse.WaferConfig, steps: int | None = None) -> int:
+    """First-principles cycle count: the critical path through the steps
+    (the first `steps` of them, as `gemm_first_steps` runs; all L by default).
 
     Building blocks (T = ramp latency, H = hop latency, from machine.md):
     a stream of n wavelets over d hops, started at cycle S, is complete at
@@ -272,7 +285,8 @@ def model_cycles(p: GemmPlan, cfg: wse.WaferConfig) -> int:
     for A before posting B), then the product:
         S'[x, y] = B_done[x, y] + mm.
     A term for an axis of one PE (no shifts) is left out."""
-    R, C, L = p.rows, p.cols, p.steps
+    R, C = p.rows, p.cols
+    L = p.check_steps(steps)
     T, H = cfg.ramp_latency, cfg.hop_latency
     mm = matmul_cycles(p, cfg)
     ta = p.tile_a if p.shifts_a else 0
@@ -399,6 +413,40 @@ def gemm(A, B, cfg: wse.WaferConfig, algorithm: str = "meshgemm", dtype: str = "
     accumulator. Returns (C, report): C of shape (M, N) in `dtype`; the
     report carries compute efficiency and report.extra["gemm"] (plan,
     model cycles, compute/stall split)."""
+    p, prog, c_buf = _build(A, B, cfg, algorithm, dtype, transpose_b, accumulate, None)
+    result = prog.run(max_cycles=max_cycles)
+    c_tiles = result.read(c_buf).astype(np.float32)       # (R, C, mt*nt)
+    R, Cn = p.rows, p.cols
+    C = c_tiles.reshape(R, Cn, p.mt, p.nt).transpose(0, 2, 1, 3).reshape(R * p.mt, Cn * p.nt)
+    C = C[:p.M, :p.N].astype(np.float16 if dtype == "float16" else np.float32)
+    report = result.report
+    _annotate(report, p, cfg, p.steps)
+    return C, report
+
+
+def gemm_first_steps(A, B, cfg: wse.WaferConfig, steps: int, algorithm: str = "meshgemm",
+                     dtype: str = "float16", transpose_b: bool = False,
+                     accumulate: str = "float32", max_cycles: int = 10 ** 12) -> wse.RunReport:
+    """Benchmark only: emulate the first `steps` of the algorithm's L steps
+    on the full grid with the full-size tiles, and return only the report.
+
+    The programs are loops over identical steps; this runs the same program
+    with its loop cut short (cannon/meshgemm: `steps` products and steps-1
+    shifts; summa: `steps` broadcasts and products), so its C holds only
+    part of the sum and is not returned. benchmarks/gemm.py uses it where a
+    full run is too long to emulate: it measures two step counts and
+    extrapolates the per-step cycles linearly to L, and says so.
+    report.extra["gemm"] describes the partial run ("steps_run", and the
+    model's cycles and wavelet-hops for those steps)."""
+    p, prog, _ = _build(A, B, cfg, algorithm, dtype, transpose_b, accumulate, steps)
+    report = prog.run(max_cycles=max_cycles).report
+    _annotate(report, p, cfg, p.check_steps(steps))
+    return report
+
+
+def _build(A, B, cfg, algorithm: str, dtype: str, transpose_b: bool, accumulate: str,
+           steps: int | None):
+    """Check the inputs, plan, and build the program of the first `steps` steps."""
     check_common(cfg, dtype, accumulate)
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"unknown GEMM algorithm {algorithm!r}: expected one of {ALGORITHMS}")
@@ -418,42 +466,37 @@ def gemm(A, B, cfg: wse.WaferConfig, algorithm: str = "meshgemm", dtype: str = "
     _check_range("B", B, dtype)
     M, K = A.shape
     p = plan(M, K, N, cfg, algorithm, dtype, accumulate, transpose_b)
+    steps = p.check_steps(steps)
     check_fits(p, cfg)
     a_blocks, b_blocks = _blocks(p, A, B)
-    if algorithm == "summa":
-        prog, c_buf = _summa_program(p, cfg, a_blocks, b_blocks)
-    else:
-        prog, c_buf = _cannon_program(p, cfg, a_blocks, b_blocks)
-    result = prog.run(max_cycles=max_cycles)
-    c_tiles = result.read(c_buf).astype(np.float32)       # (R, C, mt*nt)
-    R, Cn = p.rows, p.cols
-    C = c_tiles.reshape(R, Cn, p.mt, p.nt).transpose(0, 2, 1, 3).reshape(R * p.mt, Cn * p.nt)
-    C = C[:M, :N].astype(np.float16 if dtype == "float16" else np.float32)
-    report = result.report
-    _annotate(report, p, cfg)
-    return C, report
+    del A, B
+    build = _summa_program if algorithm == "summa" else _cannon_program
+    prog, c_buf = build(p, cfg, a_blocks, b_blocks, steps)
+    return p, prog, c_buf
 
 
-def _annotate(report: wse.RunReport, p: GemmPlan, cfg: wse.WaferConfig) -> None:
+def _annotate(report: wse.RunReport, p: GemmPlan, cfg: wse.WaferConfig, steps: int) -> None:
+    """Describe a run of the first `steps` steps (all p.steps for gemm())."""
     compute = report.compute_cycles
     stall = report.stall_cycles
-    useful = 2 * p.M * p.K * p.N
+    useful = 2 * p.M * p.K * p.N * steps / p.steps
     report.extra["gemm"] = {
         "algorithm": p.algorithm, "M": p.M, "K": p.K, "N": p.N,
-        "grid": f"{p.rows}x{p.cols}", "steps": p.steps,
+        "grid": f"{p.rows}x{p.cols}", "steps": p.steps, "steps_run": steps,
         "tile": [p.mt, p.kt, p.nt], "dtype": p.dtype, "accumulate": p.acc_dtype,
         "transpose_b": p.transpose_b, "sram_bytes_per_pe": p.sram_bytes(),
-        "model_cycles": model_cycles(p, cfg),
-        "expected_wavelet_hops": expected_wavelet_hops(p),
+        "model_cycles": model_cycles(p, cfg, steps),
+        "expected_wavelet_hops": expected_wavelet_hops(p, steps),
         "compute_efficiency": report.compute_efficiency,
-        # FLOPs of the unpadded problem over the peak of the whole grid
+        # FLOPs of the unpadded problem (its share done in the steps run)
+        # over the peak of the whole grid
         "useful_efficiency": useful / max(report.cycles * report.pes
                                           * report.peak_flops_per_pe_cycle, 1),
-        "matmul_cycles_per_pe": p.steps * matmul_cycles(p, cfg),
+        "matmul_cycles_per_pe": steps * matmul_cycles(p, cfg),
         "compute_cycles_mean": float(compute.mean()),
         "stall_cycles_mean": float(stall.mean()),
         "stall_cycles_max": int(stall.max()),
-        "communication_share": 1.0 - p.steps * matmul_cycles(p, cfg) / max(report.cycles, 1),
+        "communication_share": 1.0 - steps * matmul_cycles(p, cfg) / max(report.cycles, 1),
     }
 
 
@@ -484,7 +527,7 @@ def _b_block(p: GemmPlan, b_blocks: np.ndarray, k: np.ndarray, x: np.ndarray) ->
 
 # ----------------------------------------------------------------------------
 # Cannon and MeshGEMM
-def _cannon_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks):
+def _cannon_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks, steps: int):
     R, C, L = p.rows, p.cols, p.steps
     a, b = p.a_blocks, p.b_blocks
     slots_a, slots_b = a + p.shifts_a, b + p.shifts_b
@@ -553,7 +596,7 @@ def _cannon_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks):
                     t.addi(r, 1)
                     t.mod(r, slots)
 
-        with t.loop(L - 1):
+        with t.loop(steps - 1):
             if p.algorithm == "meshgemm":
                 shift()           # next tiles stream in while the current ones multiply
                 multiply()
@@ -588,7 +631,7 @@ def _summa_routes(prog: wse.Program, along: str, name: str):
     return colors
 
 
-def _summa_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks):
+def _summa_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks, steps: int):
     R, C, L = p.rows, p.cols, p.steps
     a, b = p.a_blocks, p.b_blocks
     prog = wse.Program(cfg)
@@ -681,7 +724,7 @@ def _summa_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks):
             with if_zero(e, P):                # the root reached this PE
                 t.set(len_b, tile)
 
-        with t.loop(L):
+        with t.loop(steps):
             for axis, st in zip(axes, state):
                 broadcast(axis, st)
             a_op = a_panel.view() if p.shifts_a else a_store.view(offset=own_a * 1,

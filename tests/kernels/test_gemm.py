@@ -96,6 +96,56 @@ def test_cycles_equal_the_model_and_hops_exact(rows, cols, M, K, N, dtype, algor
     assert 0.0 <= extra["communication_share"] < 1.0
 
 
+@pytest.mark.parametrize("rows,cols,n", [(4, 4, 32), (3, 5, 30)])
+@pytest.mark.parametrize("algorithm", G.ALGORITHMS)
+def test_first_steps_run_the_first_k_steps_of_the_full_program(rows, cols, n, algorithm):
+    cfg = wse.WSE2.with_grid(rows=rows, cols=cols)
+    rng = np.random.default_rng(2)
+    A, B = rng.standard_normal((n, n)), rng.standard_normal((n, n))
+    p = G.plan(n, n, n, cfg, algorithm, "float16", "float32")
+    _, full = G.gemm(A, B, cfg, algorithm=algorithm)
+    everything = G.gemm_first_steps(A, B, cfg, p.steps, algorithm=algorithm)
+    assert (everything.cycles, everything.wavelet_hops) == (full.cycles, full.wavelet_hops)
+    for k in (1, 2, p.steps - 1):
+        report = G.gemm_first_steps(A, B, cfg, k, algorithm=algorithm)
+        assert report.cycles == G.model_cycles(p, cfg, k)
+        assert report.wavelet_hops == G.expected_wavelet_hops(p, k)
+        assert report.flops == 2 * k * p.mt * p.kt * p.nt * rows * cols
+        assert report.extra["gemm"]["steps_run"] == k
+        assert report.extra["gemm"]["steps"] == p.steps
+
+
+@pytest.mark.parametrize("steps", [0, 17, 2.5])
+def test_first_steps_rejects_a_step_count_outside_1_to_L(steps):
+    cfg = wse.WSE2.with_grid(rows=4, cols=4)
+    with pytest.raises(ConfigError, match="expected an integer from 1 to 4"):
+        G.gemm_first_steps(np.ones((8, 8)), np.ones((8, 8)), cfg, steps)
+
+
+def test_linear_extrapolation_of_first_steps_on_a_square_grid():
+    """After its first two steps every algorithm's cycles grow by one fixed
+    amount per step (Cannon's shift reaches its steady pace at step 3). What
+    the first steps cannot show is a one-off: the last step's wait for the
+    PEs farthest from its root (SUMMA: the far corner, P-1 hops on each
+    axis; Cannon: the wrap-around edge). So steps 3 and 6 extrapolate all
+    P steps to within one crossing of each axis, 2 * (2T + (P-1)H)."""
+    from benchmarks.gemm import extrapolate_cycles
+    P = 16
+    cfg = wse.WSE2.with_grid(rows=P, cols=P)
+    T, H = cfg.ramp_latency, cfg.hop_latency
+    rng = np.random.default_rng(3)
+    A, B = rng.standard_normal((128, 128)), rng.standard_normal((128, 128))
+    for algorithm in G.ALGORITHMS:
+        p = G.plan(128, 128, 128, cfg, algorithm, "float16", "float32")
+        k1, k2 = 3, 6
+        c1, c2 = (G.gemm_first_steps(A, B, cfg, k, algorithm=algorithm).cycles for k in (k1, k2))
+        full = G.model_cycles(p, cfg)
+        assert abs(extrapolate_cycles(k1, c1, k2, c2, p.steps) - full) \
+            <= 2 * (2 * T + (P - 1) * H), algorithm
+    with pytest.raises(ValueError):
+        extrapolate_cycles(4, 100, 4, 100, 16)
+
+
 def test_meshgemm_hides_the_shift_when_compute_bound():
     # 32x32x32 fp16 tiles: the product (8192 cycles) is far longer than a shift
     cfg = wse.WSE2.with_grid(rows=4, cols=4)
