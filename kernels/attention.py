@@ -45,15 +45,17 @@ P V st*st*w / SIMD. The shift overlaps the compute.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 import wse
 from wse import routes
 from wse.config import DTYPES
-from wse.errors import ConfigError
+from wse.errors import ConfigError, SramOverflowError
 
 from . import reference
+from .gemm import gemm as mesh_gemm, plan as gemm_plan
 from .layers import NEG_INF, FeatureLayout, SegmentChannel, build_roles, emit_rows
 
 
@@ -171,6 +173,328 @@ def prefill_program(cfg: wse.WaferConfig, layout: FeatureLayout, q_tiles, kv_til
     return prog, out
 
 
+def tiles_to_matrix(tiles, w: int) -> np.ndarray:
+    """(R, C, st*w) tiles (PE (x, y): st rows of block y, w columns of part x) ->
+    the (R*st, C*w) matrix they tile."""
+    R, C, n = np.shape(tiles)
+    st = n // w
+    return np.asarray(tiles, np.float64).reshape(R, C, st, w).transpose(0, 2, 1, 3).reshape(
+        R * st, C * w)
+
+
+def matrix_to_tiles(M, R: int, C: int, w: int) -> np.ndarray:
+    """Inverse of tiles_to_matrix."""
+    st = np.shape(M)[0] // R
+    return np.asarray(M, np.float64).reshape(R, st, C, w).transpose(0, 2, 1, 3).reshape(
+        R, C, st * w)
+
+
+# ----------------------------------------------------------------------------
+# The issue's algorithm: scores by GEMM, softmax by max- and sum-allreduces, P V by GEMM
+ALGORITHMS = ("auto", "gemm", "ring")
+
+
+@dataclass(frozen=True)
+class GemmAttentionPlan:
+    """Tile sizes of algorithm="gemm" for one head on its R x g columns.
+
+    a = R / g key blocks per PE; the scores GEMM's K dimension (the head's g*w
+    features) is cut into R blocks of kt = ceil(g*w / R); a PE keeps
+    nt = a * st_k score columns of st_q query rows."""
+    rows: int
+    group: int
+    width: int
+    st_q: int
+    st_k: int
+    dtype: str
+    causal: bool
+
+    @property
+    def blocks(self) -> int:
+        return self.rows // self.group
+
+    @property
+    def kt(self) -> int:
+        return -(-(self.group * self.width) // self.rows)
+
+    @property
+    def nt(self) -> int:
+        return self.blocks * self.st_k
+
+    def gemm_plans(self, cfg: wse.WaferConfig):
+        """(scores GemmPlan, P V GemmPlan) on the head's R x g sub-grid."""
+        sub = cfg.with_grid(rows=self.rows, cols=self.group)
+        R = self.rows
+        return (gemm_plan(R * self.st_q, R * self.kt, R * self.st_k, sub, "summa", self.dtype,
+                          transpose_b=True),
+                gemm_plan(R * self.st_q, R * self.st_k, self.group * self.width, sub, "summa",
+                          self.dtype))
+
+    def softmax_bytes(self) -> int:
+        """Bytes per PE of the softmax phase (4-byte aligned buffers, as the builder)."""
+        item = 2 if self.dtype == "float16" else 4
+        parts = [4 * self.st_q * self.nt, item * self.st_q * self.nt, 4 * self.nt,
+                 4 * 2 * self.st_q] + ([4 * self.st_q * self.st_k] if self.causal else [])
+        return sum((b + 3) // 4 * 4 for b in parts)
+
+    def sram_bytes(self, cfg: wse.WaferConfig) -> int:
+        """The largest of the three phases' bytes per PE."""
+        scores, pv = self.gemm_plans(cfg)
+        return max(scores.sram_bytes(), self.softmax_bytes(), pv.sram_bytes())
+
+
+def gemm_layout_error(rows: int, layout: FeatureLayout) -> str | None:
+    """Why algorithm="gemm" cannot run on this layout (None: it can)."""
+    g = layout.group
+    if rows % g:
+        return (f"attention algorithm 'gemm' needs the {g} columns of a head to divide the "
+                f"{rows} rows (SUMMA's K blocks of P V are then the rows' key blocks, so P and "
+                f"V are used where they lie); use algorithm='ring' on this grid")
+    return None
+
+
+def longest_gemm_sequence(cfg: wse.WaferConfig, layout: FeatureLayout, dtype: str,
+                          causal: bool = True) -> int:
+    """The longest self-attention sequence algorithm="gemm" fits on cfg (0: none):
+    R * st for the largest st positions per row whose phases fit a PE's SRAM."""
+    st = 0
+    while GemmAttentionPlan(cfg.rows, layout.group, layout.width, st + 1, st + 1, dtype,
+                            causal).sram_bytes(cfg) <= cfg.sram_bytes:
+        st += 1
+    return cfg.rows * st
+
+
+def _check_gemm_fits(p: GemmAttentionPlan, cfg: wse.WaferConfig, layout: FeatureLayout,
+                     seq: int) -> None:
+    need = p.sram_bytes(cfg)
+    if need <= cfg.sram_bytes:
+        return
+    scores, pv = p.gemm_plans(cfg)
+    longest = longest_gemm_sequence(cfg, layout, p.dtype, p.causal)
+    raise SramOverflowError(
+        f"gemm attention over {seq} positions on a {cfg.rows} x {cfg.cols} grid keeps "
+        f"{p.st_q} x {p.nt} scores per PE and needs {need} bytes per PE (scores GEMM "
+        f"{scores.sram_bytes()}, softmax {p.softmax_bytes()}, P V GEMM {pv.sram_bytes()}), more "
+        f"than the {cfg.sram_bytes} of a PE; the longest sequence that fits this grid is "
+        f"{longest} tokens (algorithm='ring' keeps no score matrix)")
+
+
+def _feature_columns(p: GemmAttentionPlan) -> np.ndarray:
+    """Column c of the scores GEMM's K dimension -> slot x*w + j of the head's tiles
+    (-1: padding). SUMMA gives PE x the K blocks x, x+g, x+2g, ...: these are
+    exactly the w features PE x already holds, so Q is used where it lies."""
+    c = np.arange(p.rows * p.kt)
+    k, o = c // p.kt, c % p.kt
+    x, i = k % p.group, k // p.group
+    j = i * p.kt + o
+    return np.where(j < p.width, x * p.width + j, -1)
+
+
+def _key_order(p: GemmAttentionPlan) -> np.ndarray:
+    """Score column n (PE x keeps n in [x*nt, (x+1)*nt)) -> key index. PE x keeps the
+    key blocks of rows x, x+g, x+2g, ...: the K blocks SUMMA gives PE x in P V."""
+    n = np.arange(p.group * p.nt)
+    x, q = n // p.nt, n % p.nt
+    i, s = q // p.st_k, q % p.st_k
+    return (x + p.group * i) * p.st_k + s
+
+
+def _k_relayout(p: GemmAttentionPlan, sk: int) -> tuple[int, int]:
+    """(elements, element-hops) of one head's K moving from the prefill layout (keys
+    along Y) to the scores GEMM's B placement (keys along X): not charged."""
+    feat = _feature_columns(p)
+    c = np.nonzero(feat >= 0)[0]
+    keys = _key_order(p)
+    n = np.nonzero(keys < sk)[0]
+    src_x, dst_y = feat[c] // p.width, c // p.kt
+    src_y, dst_x = keys[n] // p.st_k, n // p.nt
+    hops = (np.abs(src_x[:, None] - dst_x[None, :]) + np.abs(dst_y[:, None] - src_y[None, :]))
+    return int((hops > 0).sum()), int(hops.sum())
+
+
+def _side_by_side(reports: list, cfg: wse.WaferConfig, offsets: list[int]) -> wse.RunReport:
+    """Runs on disjoint column groups of one grid at the same time (one per head):
+    the grid's time is the longest run's; traffic, work and dynamic energy add
+    up; static energy is the whole grid's for that time."""
+    R, C = cfg.rows, cfg.cols
+
+    def grid(name, tail=()):
+        out = np.zeros((R, C) + tail, getattr(reports[0], name).dtype)
+        for r, lo in zip(reports, offsets):
+            out[:, lo:lo + r.cols] = getattr(r, name)
+        return out
+
+    cycles = max(r.cycles for r in reports)
+    breakdown = {k: sum(r.energy_breakdown.get(k, 0.0) for r in reports)
+                 for k in reports[0].energy_breakdown}
+    breakdown["static"] = cfg.system_watts * (R * C / cfg.system_pes) * cycles / cfg.clock_hz
+    return wse.RunReport(
+        config_name=cfg.name, rows=R, cols=C, clock_hz=cfg.clock_hz, cycles=cycles,
+        wavelet_hops=sum(r.wavelet_hops for r in reports), link_wavelets=grid("link_wavelets", (4,)),
+        ramp_in=grid("ramp_in"), ramp_out=grid("ramp_out"), sram_peak_bytes=grid("sram_peak_bytes"),
+        busy_cycles=grid("busy_cycles"), compute_cycles=grid("compute_cycles"),
+        stall_cycles=grid("stall_cycles"), flops=sum(r.flops for r in reports),
+        sram_bytes_accessed=sum(r.sram_bytes_accessed for r in reports),
+        energy_joules=float(sum(breakdown.values())), energy_breakdown=breakdown,
+        peak_flops_per_pe_cycle=max(r.peak_flops_per_pe_cycle for r in reports),
+        wall_seconds=sum(r.wall_seconds for r in reports),
+        router_steps=sum(r.router_steps for r in reports),
+        pe_steps=sum(r.pe_steps for r in reports))
+
+
+def _softmax_program(cfg, layout: FeatureLayout, p: GemmAttentionPlan, score_tiles, sk: int,
+                     scale: float):
+    """softmax(scale * S + masks) of every score row, the row spread over its head's g
+    columns: row max by a max-allreduce, row sum by a sum-allreduce (segmented, along X).
+    Returns (prog, P buffer)."""
+    R, C = cfg.rows, cfg.cols
+    g, nt, st_q, st_k = p.group, p.nt, p.st_q, p.st_k
+    prog = wse.Program(cfg)
+    s = prog.buffer("scores", (st_q * nt,), "float32")
+    pb = prog.buffer("p", (st_q * nt,), p.dtype)
+    key_bias = prog.buffer("key_bias", (nt,), "float32")
+    stat = prog.buffer("stat", (2 * st_q,), "float32")          # row max, row sum
+    tri = prog.buffer("tri", (st_q * st_k,), "float32") if p.causal else None
+    prog.load(s, score_tiles)
+    # additive bias of every score column: key padding, and (causal) the key blocks
+    # later than the PE's query block; the diagonal block gets the triangle
+    keys = _key_order(p).reshape(g, nt)                          # (head column, n)
+    y = np.arange(R)[:, None, None]
+    masked = np.broadcast_to(keys[None] >= sk, (R, g, nt))
+    if p.causal:
+        masked = masked | (keys[None] // st_k > y)
+    head_bias = np.where(masked, NEG_INF, 0.0)                   # (R, g, nt)
+    xh = np.arange(g)[None, :]
+    has_diag = (y[:, :, 0] >= xh) & ((y[:, :, 0] - xh) % g == 0)
+    diag_off = np.where(has_diag, (y[:, :, 0] - xh) // g * st_k, 0)
+    bias = np.zeros((R, C, nt))
+    diag = np.zeros((R, C), np.int64)
+    off = np.zeros((R, C), np.int64)
+    in_head = np.zeros((R, C), bool)
+    for lo, hi in layout.segments:
+        bias[:, lo:hi + 1] = head_bias
+        diag[:, lo:hi + 1] = has_diag
+        off[:, lo:hi + 1] = diag_off
+        in_head[:, lo:hi + 1] = True
+    prog.load(key_bias, bias)
+    if p.causal:
+        i = np.arange(st_q)[:, None]
+        j = np.arange(st_k)[None, :]
+        prog.load(tri, np.where(j > i, NEG_INF, 0.0).reshape(-1))
+    p_diag = prog.param("has_diagonal_block", diag)
+    p_off = prog.param("diagonal_offset", off)
+    heads = SegmentChannel(prog, "x", layout.segments, "hd")
+
+    def body(t, parts):
+        def row(r):
+            return s.view(offset=r * nt, length=nt)
+
+        t.scale(s.view(), s.view(), scale)
+        emit_rows(t, st_q, lambda r: t.add(row(r), row(r), key_bias.view()))
+        if p.causal:
+            at = t.reg()
+            with t.loop(p_diag):                   # once on a PE holding the diagonal block
+                t.set(at, p_off)
+
+                def triangle(r):
+                    block = s.view(offset=at * 1, length=st_k)
+                    t.add(block, block, tri.view(offset=r * st_k, length=st_k))
+                    t.addi(at, nt)
+
+                emit_rows(t, st_q, triangle)
+            t.program.free_reg(at)
+        emit_rows(t, st_q, lambda r: t.rmax(stat.view(offset=r, length=1), row(r)))
+        heads.allreduce(t, parts["hd"], stat.view(0, st_q), st_q, "max")
+
+        def exp_sum(r):
+            t.subs(row(r), row(r), stat.view(offset=r, length=1, stride=0))
+            t.exp(row(r), row(r))
+            t.sum(stat.view(offset=r + st_q, length=1), row(r))
+
+        emit_rows(t, st_q, exp_sum)
+        heads.allreduce(t, parts["hd"], stat.view(st_q, st_q), st_q, "sum")
+        t.recip(stat.view(st_q, st_q), stat.view(st_q, st_q))
+        emit_rows(t, st_q, lambda r: t.scale(pb.view(offset=r * nt, length=nt), row(r),
+                                             stat.view(offset=r + st_q, length=1, stride=0)))
+
+    build_roles(prog, {"hd": heads}, body, where=in_head)
+    return prog, pb
+
+
+def gemm_attention(cfg: wse.WaferConfig, layout: FeatureLayout, q_tiles, k_tiles, v_tiles,
+                   st_q: int, st_k: int, sk: int, causal: bool, scale: float, dtype: str):
+    """The issue's algorithm on the prefill layout. q/k/v_tiles: (R, C, st*w) as
+    place_sequence leaves them. Returns (output tiles (R, C, st_q*w), report with
+    the phases scores, softmax, pv). See the module docstring."""
+    R, C = cfg.rows, cfg.cols
+    g, w = layout.group, layout.width
+    why = gemm_layout_error(R, layout)
+    if why:
+        raise ConfigError(why)
+    p = GemmAttentionPlan(R, g, w, st_q, st_k, dtype, causal)
+    _check_gemm_fits(p, cfg, layout, max(R * st_q, sk))
+    sub = cfg.with_grid(rows=R, cols=g)
+    feat = _feature_columns(p)
+    valid = feat >= 0
+    keys = _key_order(p)
+    segments = list(layout.segments)
+    offsets = [lo for lo, _ in segments]
+    scores = np.zeros((R, C, st_q * p.nt))
+    runs = []
+    for lo, hi in segments:
+        Qh = tiles_to_matrix(q_tiles[:, lo:hi + 1], w)
+        Kh = tiles_to_matrix(k_tiles[:, lo:hi + 1], w)
+        A = np.zeros((R * st_q, R * p.kt))
+        A[:, valid] = Qh[:, feat[valid]]
+        B = np.zeros((R * st_k, R * p.kt))
+        B[:, valid] = Kh[keys][:, feat[valid]]
+        S, r = mesh_gemm(A, B, sub, algorithm="summa", dtype=dtype, transpose_b=True)
+        scores[:, lo:hi + 1] = matrix_to_tiles(S, R, g, p.nt)
+        runs.append(r)
+    score_report = _side_by_side(runs, cfg, offsets)
+    prog, pb = _softmax_program(cfg, layout, p, scores, sk, scale)
+    result = prog.run(max_cycles=10 ** 12)
+    probs = result.read(pb).astype(np.float64)
+    softmax_report = result.report
+    out = np.zeros((R, C, st_q * w))
+    runs = []
+    for lo, hi in segments:
+        P = tiles_to_matrix(probs[:, lo:hi + 1], p.nt)
+        A = np.empty_like(P)
+        A[:, keys] = P                                  # the same values, natural key order
+        O, r = mesh_gemm(A, tiles_to_matrix(v_tiles[:, lo:hi + 1], w), sub, algorithm="summa",
+                         dtype=dtype)
+        out[:, lo:hi + 1] = matrix_to_tiles(O, R, g, w)
+        runs.append(r)
+    report = wse.RunReport.sequence([score_report, softmax_report, _side_by_side(runs, cfg, offsets)],
+                                    ["scores", "softmax", "pv"])
+    moved, hops = _k_relayout(p, sk)
+    report.extra["gemm_attention"] = {
+        "score_columns_per_pe": p.nt, "sram_bytes_per_pe": p.sram_bytes(cfg),
+        "k_relayout_not_charged": {"elements": moved * len(segments),
+                                   "element_hops": hops * len(segments)}}
+    return out, report
+
+
+def prefill_attention(cfg: wse.WaferConfig, layout: FeatureLayout, q_tiles, k_tiles, v_tiles,
+                      st_q: int, st_k: int, sk: int, causal: bool, scale: float, dtype: str,
+                      algorithm: str):
+    """Attention on the prefill layout by `algorithm` ("gemm" or "ring"; the
+    transformer's prefill phase and the standalone kernel both come here).
+    Returns (output tiles (R, C, st_q*w) where Q was, report)."""
+    if algorithm == "gemm":
+        return gemm_attention(cfg, layout, q_tiles, k_tiles, v_tiles, st_q, st_k, sk, causal,
+                              scale, dtype)
+    if algorithm != "ring":
+        raise ConfigError(f"unknown attention algorithm {algorithm!r}: expected 'gemm' or "
+                          f"'ring'")
+    prog, out = prefill_program(cfg, layout, q_tiles,
+                                kv_block(k_tiles, v_tiles, cfg.rows, st_k, sk, dtype),
+                                st_q, st_k, causal, scale, dtype)
+    result = prog.run(max_cycles=10 ** 12)
+    return result.read(out).astype(np.float64), result.report
+
+
 def head_layout(n_heads: int, head_dim: int, cols: int) -> FeatureLayout:
     return FeatureLayout.heads(n_heads, head_dim, cols)
 
@@ -214,16 +538,23 @@ def _check_dtype(dtype: str) -> None:
         raise ConfigError(f"dtype {dtype!r}: expected one of {DTYPES}")
 
 
-def attention(Q, K, V, cfg: wse.WaferConfig, causal: bool = True, dtype: str = "float32"):
+def attention(Q, K, V, cfg: wse.WaferConfig, causal: bool = True, dtype: str = "float32",
+              algorithm: str = "auto"):
     """softmax(Q K^T / sqrt(hd) [+ causal mask]) V on the cfg.rows x cfg.cols grid.
 
     Q: (sq, hd) or (heads, sq, hd); K, V: (sk, hd) or (kv_heads, sk, hd), heads a
     multiple of kv_heads. The grid needs at least `heads` columns. With causal,
     sq must equal sk (prefill; decode attention lives in transformer.decode_step).
+    algorithm: "gemm" (scores by kernels.gemm, softmax by max- and sum-allreduces,
+    P V by kernels.gemm), "ring" (ring attention, online softmax) or "auto"
+    ("gemm" where its layout applies and its score tiles fit, "ring" otherwise).
     Returns (O like Q, report) with O in `dtype`."""
     if not isinstance(cfg, wse.WaferConfig):
         raise ConfigError(f"cfg must be a WaferConfig, got {type(cfg).__name__}")
     _check_dtype(dtype)
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(f"unknown attention algorithm {algorithm!r}: expected one of "
+                          f"{ALGORITHMS}")
     Q, K, V = (np.asarray(a, np.float64) for a in (Q, K, V))
     single = Q.ndim == 2
     if single:
@@ -252,15 +583,18 @@ def attention(Q, K, V, cfg: wse.WaferConfig, causal: bool = True, dtype: str = "
     Vx = np.repeat(V, group, axis=0)
     flat = lambda a: a.transpose(1, 0, 2).reshape(a.shape[1], -1)       # noqa: E731
     q_tiles = place_sequence(flat(Q), layout, R, st_q)
-    kv_tiles = kv_block(place_sequence(flat(Kx), layout, R, st_k),
-                        place_sequence(flat(Vx), layout, R, st_k), R, st_k, sk, dtype)
-    prog, out = prefill_program(cfg, layout, q_tiles, kv_tiles, st_q, st_k, causal,
-                                1.0 / math.sqrt(hd), dtype)
-    result = prog.run()
-    O = gather_sequence(result.read(out), layout, sq).reshape(sq, heads, hd).transpose(1, 0, 2)
+    k_tiles = place_sequence(flat(Kx), layout, R, st_k)
+    v_tiles = place_sequence(flat(Vx), layout, R, st_k)
+    if algorithm == "auto":
+        fits = GemmAttentionPlan(R, layout.group, layout.width, st_q, st_k, dtype,
+                                 causal).sram_bytes(cfg) <= cfg.sram_bytes
+        algorithm = "gemm" if gemm_layout_error(R, layout) is None and fits else "ring"
+    o_tiles, report = prefill_attention(cfg, layout, q_tiles, k_tiles, v_tiles, st_q, st_k, sk,
+                                        causal, 1.0 / math.sqrt(hd), dtype, algorithm)
+    O = gather_sequence(o_tiles, layout, sq).reshape(sq, heads, hd).transpose(1, 0, 2)
     O = O.astype(np.float16 if dtype == "float16" else np.float32)
-    report = result.report
-    report.extra["attention"] = {"heads": heads, "kv_heads": kv_heads, "sq": sq, "sk": sk,
+    report.extra["attention"] = {"algorithm": algorithm, "heads": heads, "kv_heads": kv_heads,
+                                 "sq": sq, "sk": sk,
                                  "head_dim": hd, "causal": causal, "st_q": st_q, "st_k": st_k,
                                  "columns_per_head": layout.group, "features_per_pe": layout.width,
                                  "dtype": dtype}

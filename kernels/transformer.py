@@ -85,7 +85,9 @@ from wse.gpu import Cluster, GpuReport
 
 from .gemm import gemm as mesh_gemm
 from . import reference, sharded
-from .attention import gather_sequence, kv_block, place_sequence, prefill_program
+from .attention import (GemmAttentionPlan, gather_sequence, gemm_layout_error,
+                        longest_gemm_sequence, matrix_to_tiles, place_sequence, prefill_attention,
+                        tiles_to_matrix)
 from .kvcache import WaferKVCache
 from .layers import (NEG_INF, FeatureLayout, SegmentChannel, build_roles, emit_gelu, emit_norm,
                      emit_rope, emit_swiglu, place_matrix, rope_tables)
@@ -173,19 +175,6 @@ def _vec(layout: FeatureLayout, v, rows: int, cols: int, along: str) -> np.ndarr
     return np.broadcast_to(placed[:, None], (rows, cols, placed.shape[1]))
 
 
-def _tiles_to_matrix(tiles: np.ndarray, w: int) -> np.ndarray:
-    R, C, n = tiles.shape
-    st = n // w
-    return np.asarray(tiles, np.float64).reshape(R, C, st, w).transpose(0, 2, 1, 3).reshape(
-        R * st, C * w)
-
-
-def _matrix_to_tiles(M: np.ndarray, R: int, C: int, w: int) -> np.ndarray:
-    st = M.shape[0] // R
-    return np.asarray(M, np.float64).reshape(R, st, C, w).transpose(0, 2, 1, 3).reshape(
-        R, C, st * w)
-
-
 def _placed_weight(W, rows_layout: FeatureLayout, cols_layout: FeatureLayout) -> np.ndarray:
     """W as the (parts_in*w_in, parts_out*w_out) matrix in layout order (for SUMMA,
     whose PE (x, y) holds block (y, x): exactly the pre-placed tile)."""
@@ -220,9 +209,9 @@ def _run(prog: wse.Program, reads: dict):
 
 
 def _gemm_phase(tiles, w_in: int, W_placed: np.ndarray, cfg, w_out: int, dtype: str):
-    A = _tiles_to_matrix(tiles, w_in)
+    A = tiles_to_matrix(tiles, w_in)
     C, report = mesh_gemm(A, W_placed, cfg, algorithm=GEMM_ALGORITHM, dtype=dtype)
-    return _matrix_to_tiles(C.astype(np.float64), cfg.rows, cfg.cols, w_out), report
+    return matrix_to_tiles(C.astype(np.float64), cfg.rows, cfg.cols, w_out), report
 
 
 def _norm_kind(model: ModelConfig) -> str:
@@ -284,7 +273,8 @@ def _prefill_elementwise_phase(cfg, tiles: dict, st: int, dtype: str, body_fn, c
     return _run(prog, {k: bufs[k] for k in tiles})
 
 
-def _layer_prefill(cfg, model, lw, x_tiles, st, lay: PrefillLayouts, positions, dtype):
+def _layer_prefill(cfg, model, lw, x_tiles, st, lay: PrefillLayouts, positions, dtype,
+                   attention_algorithm: str):
     """One layer on the prefill layout. Returns (x_tiles, k_tiles, v_tiles, reports, names)."""
     R, C = cfg.rows, cfg.cols
     reports, names = [], []
@@ -330,12 +320,11 @@ def _layer_prefill(cfg, model, lw, x_tiles, st, lay: PrefillLayouts, positions, 
         qkv.update(out)
         add("qkv_bias", r)
     seq = len(positions)
-    prog, o_buf = prefill_program(cfg, lay.attn, qkv["q"], kv_block(qkv["k"], qkv["v"], R, st,
-                                                                     seq, dtype),
-                                  st, st, True, 1.0 / math.sqrt(model.head_dim), dtype)
-    out, r = _run(prog, {"o": o_buf})
+    o_tiles, r = prefill_attention(cfg, lay.attn, qkv["q"], qkv["k"], qkv["v"], st, st, seq,
+                                   True, 1.0 / math.sqrt(model.head_dim), dtype,
+                                   attention_algorithm)
     add("attention", r)
-    attn_out, r = _gemm_phase(out["o"], wa, _placed_weight(lw.wo, lay.attn, lay.d), cfg,
+    attn_out, r = _gemm_phase(o_tiles, wa, _placed_weight(lw.wo, lay.attn, lay.d), cfg,
                               lay.d.width, dtype)
     add("o_proj", r)
     x_tiles, h, r = _prefill_norm_phase(cfg, model, x_tiles, st, lay.d, lw.mlp_norm,
@@ -394,11 +383,24 @@ class PrefillResult:
     cache: object
 
 
-def check_prefill_fits(model: ModelConfig, cfg: wse.WaferConfig, seq: int, dtype: str) -> None:
+def check_prefill_fits(model: ModelConfig, cfg: wse.WaferConfig, seq: int, dtype: str,
+                       attention: str = "ring") -> None:
     """One clear error when the sequence's KV cache (and the attention phase's
-    buffers) cannot fit the grid's SRAM."""
+    buffers) cannot fit the grid's SRAM, or attention="gemm" cannot run here."""
     lay = FeatureLayout.heads(model.n_heads, model.head_dim, cfg.cols)
     st = -(-seq // cfg.rows)
+    if attention == "gemm":
+        why = gemm_layout_error(cfg.rows, lay)
+        if why:
+            raise ConfigError(why)
+        plan = GemmAttentionPlan(cfg.rows, lay.group, lay.width, st, st, dtype, True)
+        need = plan.sram_bytes(cfg)
+        if need > cfg.sram_bytes:
+            raise SramOverflowError(
+                f"a {seq}-token prefill of {model.name} on a {cfg.rows} x {cfg.cols} grid with "
+                f"gemm attention keeps {st} x {plan.nt} scores per PE and needs {need} bytes per "
+                f"PE, more than the {cfg.sram_bytes} of a PE; the longest sequence that fits "
+                f"this grid is {longest_gemm_sequence(cfg, lay, dtype)} tokens")
     item = 2 if dtype == "float16" else 4
     w = lay.width
     kv = 2 * (2 * st * w + st) * item        # two ring slots of K, V, bias
@@ -420,8 +422,12 @@ def check_prefill_fits(model: ModelConfig, cfg: wse.WaferConfig, seq: int, dtype
 
 
 def prefill(model: ModelConfig, weights: ModelWeights, x, target, *, dtype: str = "float32",
-            policy: str = "shift", tp: int | None = None):
+            policy: str = "shift", tp: int | None = None, attention: str = "ring"):
     """All layers of `weights` over x (seq, d_model) on `target`.
+
+    attention (wafer only): "ring" (ring attention along Y, online softmax) or
+    "gemm" (scores by kernels.gemm, softmax by max- and sum-allreduces along X,
+    P V by kernels.gemm; see kernels/attention.py).
 
     Returns (PrefillResult(hidden, cache), report): on a wafer the report is a
     wse.RunReport (phases in report.phases) and cache a WaferKVCache; on a
@@ -445,7 +451,9 @@ def prefill(model: ModelConfig, weights: ModelWeights, x, target, *, dtype: str 
         raise ConfigError(f"wafer prefill needs a square grid (SUMMA keeps the activations "
                           f"in place only when rows == cols), got {cfg.rows} x {cfg.cols}")
     lay = prefill_layouts(model, cfg)
-    check_prefill_fits(model, cfg, seq, dtype)
+    if attention not in ("ring", "gemm"):
+        raise ConfigError(f"unknown attention algorithm {attention!r}: expected 'ring' or 'gemm'")
+    check_prefill_fits(model, cfg, seq, dtype, attention)
     R = cfg.rows
     st = -(-seq // R)
     positions = np.arange(seq)
@@ -455,7 +463,7 @@ def prefill(model: ModelConfig, weights: ModelWeights, x, target, *, dtype: str 
     reports, names, k_all, v_all = [], [], [], []
     for i, lw in enumerate(weights.layers):
         x_tiles, k, v, reps, nms = _layer_prefill(cfg, model, lw, x_tiles, st, lay, positions,
-                                                  dtype)
+                                                  dtype, attention)
         reports += reps
         names += [f"L{i}.{n}" for n in nms]
         k_all.append(k)
@@ -464,7 +472,7 @@ def prefill(model: ModelConfig, weights: ModelWeights, x, target, *, dtype: str 
     report = wse.RunReport.sequence(reports, names)
     report.extra["transformer"] = {"mode": "prefill", "model": model.name, "seq": seq,
                                    "layers": weights.n_layers, "dtype": dtype,
-                                   "positions_per_row": st}
+                                   "positions_per_row": st, "attention": attention}
     cache = WaferKVCache.from_tiles(model, R, cfg.cols, lay.attn, policy, dtype, k_all, v_all,
                                     seq, hidden[-1])
     return PrefillResult(hidden, cache), report
