@@ -330,3 +330,124 @@ def emit_swiglu(t, gate, up, out, n: int):
     t.sigmoid(o, g)
     t.mul(o, o, g)
     t.mul(o, o, up.view(0, n))
+
+
+# ----------------------------------------------------------------------------
+# Block transpose across a square grid
+def block_transpose_cycles(cfg: wse.WaferConfig, n: int, b: int) -> tuple[int, int]:
+    """First-principles (lower, upper) bounds on the cycles of
+    `block_transpose_program` on an n x n grid with tiles of b wavelets.
+
+    Tile (x, y) goes to PE (y, x) through the diagonal PE (y, y): along row y
+    to column y, then along column y to row x, stored and forwarded by every
+    PE on the way (each PE sends its own tile, then passes on what its
+    upstream neighbour sends; the diagonal turns the stream; each PE of the
+    column keeps the first tile that reaches it and passes on the rest). A
+    store-and-forward hop costs a ramp out, a hop and a ramp in: h = 2*T_R + H.
+      lower: the far tile of row 0 crosses 2(n-1) such hops and its b
+             wavelets follow one a cycle: 2(n-1)h + b; and the n-1 tiles of
+             row 0 enter its diagonal PE one wavelet a cycle and then cross
+             column 0: (n-1)*b + (n-1)h (the first arrives after h, the last
+             leaves the row after (n-1)*b and needs n-1 more hops, less the
+             first hop's overlap).
+      upper: a PE off the diagonal passes on a row stream and a column
+             stream through its one outgoing ramp, which serves them in turn,
+             so each chain moves at least one wavelet every two cycles:
+             2(n-1)*b + 2(n-1)h + b.
+    The emulation lies between (tests/kernels/test_layers.py); where exactly
+    depends on how the row and column streams of the middle PEs interleave
+    at their ramps. Any transpose: the n(n-1)/2 tiles above the diagonal all
+    cross it, over its 2(n-1) links each way: at least n*b/4 cycles.
+    n = 1: the local copy, ceil(b / SIMD) (returned for both)."""
+    if n < 2:
+        copy = -(-b // cfg.simd_width("float32"))
+        return copy, copy
+    h = 2 * cfg.ramp_latency + cfg.hop_latency
+    lower = max(2 * (n - 1) * h + b, (n - 1) * b + (n - 1) * h)
+    upper = 2 * (n - 1) * b + 2 * (n - 1) * h + b
+    return lower, upper
+
+
+def block_transpose_hops(n: int, b: int) -> int:
+    """Wavelet-hops of the transpose: tile (x, y) crosses 2|x - y| links."""
+    i = np.arange(n)
+    return int(2 * b * np.abs(i[:, None] - i[None, :]).sum())
+
+
+def block_transpose_program(cfg: wse.WaferConfig, tiles, dtype: str = "float32"):
+    """Move tile (PE (x, y)) to PE (y, x) on a square grid, over the fabric.
+
+    tiles: (n, n, b) per PE (row y, column x). Returns (prog, destination
+    buffer); after the run the destination of PE (x, y) holds what PE (y, x)
+    held (the diagonal keeps its own tile). Cost: block_transpose_cycles (bounds)."""
+    tiles = np.asarray(tiles)
+    n = cfg.rows
+    if cfg.cols != n or tiles.shape[:2] != (n, n):
+        raise ConfigError(f"a block transpose needs a square grid and one tile per PE, got a "
+                          f"{cfg.rows} x {cfg.cols} grid and tiles of shape {tiles.shape}")
+    b = int(tiles.shape[2])
+    prog = wse.Program(cfg)
+    src = prog.buffer("tile", (b,), dtype)
+    dst = prog.buffer("transposed", (b,), dtype)
+    prog.load(src, tiles)
+    y, x = np.indices((n, n))
+    diagonal = x == y
+    if n > 1:
+        # store-and-forward chains between neighbours, one per direction
+        flows = {name: routes.transfers(prog, along, [(i, i + step) for i in range(n)
+                                                      if 0 <= i + step < n], name=name)
+                 for name, along, step in (("tw", "x", -1), ("te", "x", 1),
+                                           ("ts", "y", 1), ("tn", "y", -1))}
+        east_of = x > y                  # row part flows west into the diagonal, else east
+        south_of = y > x                 # column part flows south from the diagonal, else north
+        row = {k: np.where(east_of, getattr(flows["tw"], k), getattr(flows["te"], k))
+               for k in ("send_color", "recv_color")}
+        col = {k: np.where(south_of, getattr(flows["ts"], k), getattr(flows["tn"], k))
+               for k in ("send_color", "recv_color")}
+        row_send = prog.color_param_indices("row_send", row["send_color"])
+        row_recv = prog.color_param_indices("row_recv", row["recv_color"])
+        col_send = prog.color_param_indices("col_send", col["send_color"])
+        col_recv = prog.color_param_indices("col_recv", col["recv_color"])
+        # tiles each PE passes on: along the row, those of the PEs beyond it;
+        # along the column, those for the PEs beyond it
+        def wavelets(name, tiles_passed):
+            """(wavelets to pass on, 1 if any) as per-PE parameters."""
+            return (prog.param(name, b * tiles_passed),
+                    prog.param(f"{name}_any", (tiles_passed > 0).astype(np.int64)))
+
+        row_pass = wavelets("row_pass", np.where(east_of, n - 1 - x, x))
+        col_pass = wavelets("col_pass", np.where(south_of, n - 1 - y, y))
+        from_east = wavelets("from_east", n - 1 - y)
+        from_west = wavelets("from_west", y)
+        in_w = prog.color_param_indices("diag_in_w", flows["tw"].recv_color)
+        out_s = prog.color_param_indices("diag_out_s", flows["ts"].send_color)
+        in_e = prog.color_param_indices("diag_in_e", flows["te"].recv_color)
+        out_n = prog.color_param_indices("diag_out_n", flows["tn"].send_color)
+        def pass_on(t, count, param, send, recv, slot):
+            """Forward param[0] wavelets from recv to send, if any (a PE at the end
+            of a chain has none, and no color to name). `count` keeps its value
+            until the operation ends: the engine reads the length as it runs."""
+            length, anything = param
+            t.set(count, length)
+            with t.loop(anything):
+                t.mov(prog.fabout(send, count), prog.fabin(recv, count), async_=True, slot=slot)
+
+        # the row and the column go on independently: each continues in a task
+        # that the end of its first transfer activates
+        role = prog.role("off_diagonal", where=~diagonal)
+        rows_left, cols_left = prog.reg(), prog.reg()
+        with role.task("column_on") as t:
+            pass_on(t, cols_left, col_pass, col_send, col_recv, 1)
+        with role.task("row_on") as t:
+            pass_on(t, rows_left, row_pass, row_send, row_recv, 2)
+        with role.task("main", entry=True) as t:
+            t.mov(dst.view(), prog.fabin(col_recv, b), async_=True, slot=1, on_done="column_on")
+            t.mov(prog.fabout(row_send, b), src.view(), async_=True, slot=2, on_done="row_on")
+    with prog.role("diagonal", where=diagonal).task("main", entry=True) as t:
+        if n > 1:
+            east, west = t.reg(), t.reg()
+            pass_on(t, east, from_east, out_s, in_w, 1)
+            pass_on(t, west, from_west, out_n, in_e, 2)
+        t.mov(dst.view(), src.view())            # its own tile stays, while the streams run
+        t.wait()
+    return prog, dst

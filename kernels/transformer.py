@@ -89,8 +89,9 @@ from .attention import (GemmAttentionPlan, gather_sequence, gemm_layout_error,
                         longest_gemm_sequence, matrix_to_tiles, place_sequence, prefill_attention,
                         tiles_to_matrix)
 from .kvcache import WaferKVCache
-from .layers import (NEG_INF, FeatureLayout, SegmentChannel, build_roles, emit_gelu, emit_norm,
-                     emit_rope, emit_swiglu, place_matrix, rope_tables)
+from .layers import (NEG_INF, FeatureLayout, SegmentChannel, block_transpose_cycles,
+                     block_transpose_hops, block_transpose_program, build_roles, emit_gelu,
+                     emit_norm, emit_rope, emit_swiglu, place_matrix, rope_tables)
 from .models import KVCache, ModelConfig, ModelWeights
 
 GEMM_ALGORITHM = "summa"
@@ -670,8 +671,7 @@ def _layer_decode(cfg, model, lw, x_vec, cache: WaferKVCache, layer: int, lay: D
     up = prog.buffer("up", (n_up,), "float32")
     act = prog.buffer("act", (wf,), dtype)
     prog.load(ov, o_vec)
-    blocks = place_matrix(lw.wo, lay.attn, lay.d)              # (C, R, wa, wd)
-    prog.load(wo, blocks.transpose(1, 0, 2, 3).reshape(R, C, -1))
+    prog.load(wo, decode_x_reducing_tiles(lw.wo, lay.attn, lay.d, R, C))
     prog.load(x, x_vec)
     prog.load(nw, _vec(lay.d, lw.mlp_norm, R, C, "y"))
     ups = [lw.w_gate, lw.w_up] if model.gated else [lw.w_up]
@@ -719,7 +719,7 @@ def _layer_decode(cfg, model, lw, x_vec, cache: WaferKVCache, layer: int, lay: D
     part = prog.buffer("partial", (wd,), "float32")
     x = prog.buffer("x", (wd,), "float32")
     prog.load(av, a_vec)
-    prog.load(wdn, place_matrix(lw.w_down, lay.ff, lay.d).transpose(1, 0, 2, 3).reshape(R, C, -1))
+    prog.load(wdn, decode_x_reducing_tiles(lw.w_down, lay.ff, lay.d, R, C))
     prog.load(x, x_vec)
     bd = None
     if lw.b_down is not None:
@@ -836,6 +836,66 @@ def decode_step(model: ModelConfig, weights: ModelWeights, state, target, x=None
                                    "policy": state.policy, "cache_slots_per_row": state.capacity,
                                    "moves": len(moves)}
     return out, state, report
+
+
+# ----------------------------------------------------------------------------
+# The one-time re-layout of the weights between prefill and decode
+def decode_x_reducing_tiles(W, rows_layout: FeatureLayout, d: FeatureLayout, R: int,
+                            C: int) -> np.ndarray:
+    """Decode placement of an X-reducing GEMV's weight (Wo, W_down): PE (x, y)
+    holds W[part x of the input features, chunk y of d_model]."""
+    return place_matrix(W, rows_layout, d).transpose(1, 0, 2, 3).reshape(R, C, -1)
+
+
+def prefill_weight_tiles(W, rows_layout: FeatureLayout, cols_layout: FeatureLayout) -> np.ndarray:
+    """Prefill (SUMMA) placement: PE (x, y) holds W[part y of the input, part x of
+    the output] (block (y, x) of _placed_weight)."""
+    blocks = place_matrix(W, rows_layout, cols_layout)
+    return blocks.reshape(blocks.shape[0], blocks.shape[1], -1)
+
+
+def relayout_weights(model: ModelConfig, weights: ModelWeights, cfg: wse.WaferConfig,
+                     dtype: str = "float32"):
+    """Move Wo and W_down of every layer from their prefill PEs to their decode
+    PEs over the fabric, once, between prefill and decode.
+
+    Both runs use the same square region (wafer prefill needs R == C; decode
+    could run elsewhere, but the re-layout emulated is the one on the region
+    that prefilled). On it the prefill layouts of d_model (plain over C) and of
+    the attention and d_ff features equal decode's, so decode's tile of PE
+    (x, y) is exactly prefill's tile of PE (y, x): a block transpose
+    (kernels.layers.block_transpose_program) of each PE's concatenated
+    Wo | W_down tile (wa*wd + wf*wd values). Returns ([{"wo": (R, C, wa*wd),
+    "w_down": (R, C, wf*wd)} per layer] as read back from the decode PEs,
+    report with one phase per layer and report.extra["relayout"] holding the
+    cost bounds of block_transpose_cycles)."""
+    _check_model(model, weights)
+    _check_dtype(dtype)
+    if not isinstance(cfg, wse.WaferConfig):
+        raise ConfigError(f"cfg must be a wse.WaferConfig, got {type(cfg).__name__}")
+    if cfg.rows != cfg.cols:
+        raise ConfigError(f"the prefill -> decode re-layout is emulated on the square region "
+                          f"prefill ran on; got a {cfg.rows} x {cfg.cols} grid")
+    lay = prefill_layouts(model, cfg)
+    R = cfg.rows
+    n_wo = lay.attn.width * lay.d.width
+    out, reports, names = [], [], []
+    for i, lw in enumerate(weights.layers):
+        tiles = np.concatenate([prefill_weight_tiles(lw.wo, lay.attn, lay.d),
+                                prefill_weight_tiles(lw.w_down, lay.ff, lay.d)], axis=2)
+        prog, dst = block_transpose_program(cfg, tiles, dtype)
+        result = prog.run(max_cycles=10 ** 12)
+        moved = result.read(dst).astype(np.float64)
+        out.append({"wo": moved[:, :, :n_wo], "w_down": moved[:, :, n_wo:]})
+        reports.append(result.report)
+        names.append(f"L{i}.relayout")
+    report = wse.RunReport.sequence(reports, names)
+    b = tiles.shape[2]
+    lower, upper = block_transpose_cycles(cfg, R, b)
+    report.extra["relayout"] = {"wavelets_per_pe": b, "layers": len(reports),
+                                "model_cycles_per_layer": [lower, upper],
+                                "expected_wavelet_hops_per_layer": block_transpose_hops(R, b)}
+    return out, report
 
 
 # ----------------------------------------------------------------------------
