@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import wse
-from kernels.attention import attention as mesh_attention
+from kernels.attention import (GemmAttentionPlan, attention as mesh_attention,
+                               head_layout, longest_gemm_sequence)
 from kernels import reference
 
 
@@ -27,7 +28,7 @@ def test_attention_matches_reference(rows, extra_cols, heads, group, seq, causal
     sk = seq if causal else seq + seed % 4
     Q, K, V = _inputs(heads, heads // group, seq, sk, 8, seed)
     cfg = wse.WSE2.with_grid(rows=rows, cols=cols)
-    O, report = mesh_attention(Q, K, V, cfg, causal=causal)
+    O, report = mesh_attention(Q, K, V, cfg, causal=causal, algorithm="ring")
     np.testing.assert_allclose(O, reference.attention(Q, K, V, causal=causal), rtol=1e-4,
                                atol=1e-5)
     assert report.extra["attention"]["columns_per_head"] == cols // heads
@@ -47,7 +48,7 @@ def test_single_head_2d_input_and_cost_grows_with_ring_steps():
     reports = {}
     for rows in (2, 4, 8):
         cfg = wse.WSE2.with_grid(rows=rows, cols=1)
-        O, r = mesh_attention(Q, K, V, cfg, causal=False)
+        O, r = mesh_attention(Q, K, V, cfg, causal=False, algorithm="ring")
         np.testing.assert_allclose(O, reference.attention(Q, K, V, causal=False), rtol=1e-4,
                                    atol=1e-6)
         reports[rows] = r
@@ -77,3 +78,88 @@ def test_bad_inputs_get_one_clear_error():
     Q[0, 0, 0] = math.nan
     with pytest.raises(wse.ConfigError, match="NaN"):
         mesh_attention(Q, K, V, cfg)
+
+
+# ---------------------------------------------------------------------------
+# algorithm="gemm": scores by kernels.gemm, softmax by max- and sum-allreduces, P V by GEMM
+@settings(max_examples=6, deadline=None)
+@given(group=st.integers(1, 3), blocks=st.integers(1, 3), heads=st.sampled_from([1, 2, 3]),
+       extra_cols=st.integers(0, 2), kv_group=st.sampled_from([1, 3]), seq=st.integers(1, 13),
+       causal=st.booleans(), dtype=st.sampled_from(["float32", "float16"]),
+       seed=st.integers(0, 10))
+def test_gemm_attention_matches_reference(group, blocks, heads, extra_cols, kv_group, seq,
+                                          causal, dtype, seed):
+    """Grids with g = cols // heads dividing the rows (the layout gemm needs)."""
+    if heads % kv_group:
+        kv_group = 1
+    rows, cols = group * blocks, heads * group + extra_cols
+    if cols // heads != group:          # extra columns must not widen the head groups
+        cols = heads * group
+    sk = seq if causal else seq + seed % 3
+    Q, K, V = _inputs(heads, heads // kv_group, seq, sk, 8, seed)
+    cfg = wse.WSE2.with_grid(rows=rows, cols=cols)
+    O, report = mesh_attention(Q, K, V, cfg, causal=causal, dtype=dtype, algorithm="gemm")
+    ref = reference.attention(Q, K, V, causal=causal)
+    if dtype == "float32":
+        np.testing.assert_allclose(O, ref, rtol=1e-4, atol=1e-5)
+    else:
+        assert np.abs(O - ref).max() / np.abs(ref).max() < 2e-2
+    assert report.extra["attention"]["algorithm"] == "gemm"
+    assert [p["name"] for p in report.phases] == ["scores", "softmax", "pv"]
+
+
+def test_gemm_scores_and_pv_are_the_gemm_kernel_side_by_side_per_head():
+    """The scores and P V phases are kernels.gemm SUMMA runs on each head's R x g
+    columns at once: their cycles are one such GEMM's, their traffic H times it."""
+    import kernels
+    Q, K, V = _inputs(2, 2, 8, 8, 8, 4)
+    cfg = wse.WSE2.with_grid(rows=4, cols=4)
+    _, report = mesh_attention(Q, K, V, cfg, causal=True, algorithm="gemm")
+    scores = report.phases[0]
+    p = GemmAttentionPlan(4, 2, 4, 2, 2, "float32", True)
+    A = np.ones((4 * p.st_q, 4 * p.kt))
+    B = np.ones((4 * p.st_k, 4 * p.kt))
+    _, one = kernels.gemm(A, B, wse.WSE2.with_grid(rows=4, cols=2), algorithm="summa",
+                          dtype="float32", transpose_b=True)
+    assert scores["cycles"] == one.cycles
+    assert scores["wavelet_hops"] == 2 * one.wavelet_hops
+
+
+def test_gemm_attention_rows_of_one_head_share_a_max_and_sum_allreduce():
+    """The same problem on 1 column (no allreduce) and on 2 and 4 columns per head
+    (segmented max- and sum-allreduces along X) gives the same output."""
+    Q, K, V = _inputs(1, 1, 8, 8, 8, 5)
+    outs = [mesh_attention(Q, K, V, wse.WSE2.with_grid(rows=4, cols=c), algorithm="gemm")[0]
+            for c in (1, 2, 4)]
+    for O in outs[1:]:
+        np.testing.assert_allclose(O, outs[0], rtol=1e-5, atol=1e-6)
+
+
+def test_auto_picks_gemm_where_it_applies_and_ring_elsewhere():
+    Q, K, V = _inputs(2, 2, 6, 6, 8, 2)
+    _, r = mesh_attention(Q, K, V, wse.WSE2.with_grid(rows=4, cols=4))
+    assert r.extra["attention"]["algorithm"] == "gemm"
+    _, r = mesh_attention(Q, K, V, wse.WSE2.with_grid(rows=3, cols=4))    # g = 2 does not divide 3
+    assert r.extra["attention"]["algorithm"] == "ring"
+
+
+def test_gemm_attention_longest_sequence_fits_and_one_more_row_overflows():
+    cfg = wse.WSE2.with_grid(rows=4, cols=4).replace(sram_bytes=4096)
+    layout = head_layout(2, 8, 4)
+    longest = longest_gemm_sequence(cfg, layout, "float32")
+    assert longest > 0 and longest % 4 == 0
+    Q, K, V = _inputs(2, 2, longest, longest, 8, 1)
+    O, _ = mesh_attention(Q, K, V, cfg, algorithm="gemm")
+    np.testing.assert_allclose(O, reference.attention(Q, K, V), rtol=1e-4, atol=1e-5)
+    Q, K, V = _inputs(2, 2, longest + 1, longest + 1, 8, 1)
+    with pytest.raises(wse.SramOverflowError, match=f"longest sequence that fits this grid is "
+                                                    f"{longest} tokens"):
+        mesh_attention(Q, K, V, cfg, algorithm="gemm")
+
+
+def test_gemm_attention_bad_input_errors():
+    Q, K, V = _inputs(2, 2, 6, 6, 8)
+    with pytest.raises(wse.ConfigError, match="divide"):
+        mesh_attention(Q, K, V, wse.WSE2.with_grid(rows=3, cols=4), algorithm="gemm")
+    with pytest.raises(wse.ConfigError, match="unknown attention algorithm"):
+        mesh_attention(Q, K, V, wse.WSE2.with_grid(rows=4, cols=4), algorithm="flash")

@@ -23,14 +23,14 @@ def _setup(name="tiny", seq=6, n_layers=None, seed=0, **changes):
     return model, weights, x
 
 
-@pytest.mark.parametrize("name, n, dtype, tol", [("tiny", 4, "float32", 1e-4),
-                                                 ("tiny", 16, "float32", 1e-4),
-                                                 ("tiny-gpt2", 8, "float32", 1e-4),
-                                                 ("tiny", 8, "float16", 2e-2)])
-def test_prefill_then_decode_matches_references(name, n, dtype, tol):
+@pytest.mark.parametrize("name, n, dtype, tol, attention", [
+    ("tiny", 4, "float32", 1e-4, "ring"), ("tiny", 16, "float32", 1e-4, "ring"),
+    ("tiny-gpt2", 8, "float32", 1e-4, "ring"), ("tiny", 8, "float16", 2e-2, "ring"),
+    ("tiny", 8, "float32", 1e-4, "gemm"), ("tiny-gpt2", 4, "float16", 2e-2, "gemm")])
+def test_prefill_then_decode_matches_references(name, n, dtype, tol, attention):
     model, weights, x = _setup(name, seq=9)
     cfg = wse.WSE2.with_grid(rows=n, cols=n)
-    result, report = T.prefill(model, weights, x, cfg, dtype=dtype)
+    result, report = T.prefill(model, weights, x, cfg, dtype=dtype, attention=attention)
     ref = reference.prefill(model, weights, x)
     assert _rel(result.hidden, ref.hidden) < tol
     gpu_out, _ = sharded.prefill(model, weights, x, gpu.Cluster(gpu.H100, n_gpus=2), tp=2)
@@ -60,6 +60,37 @@ def test_prefill_hypothesis(n, seq, heads, seed):
     cfg = wse.WSE2.with_grid(rows=n, cols=n)
     result, _ = T.prefill(model, weights, x, cfg)
     assert _rel(result.hidden, reference.prefill(model, weights, x).hidden) < 1e-4
+
+
+@settings(max_examples=3, deadline=None)
+@given(n=st.sampled_from([4, 6, 8]), seq=st.integers(1, 12), heads=st.sampled_from([2, 4]),
+       seed=st.integers(0, 5))
+def test_prefill_with_gemm_attention_hypothesis(n, seq, heads, seed):
+    model, weights, x = _setup(seq=seq, n_layers=1, seed=seed, n_heads=heads,
+                               n_kv_heads=heads // 2)
+    cfg = wse.WSE2.with_grid(rows=n, cols=n)
+    result, report = T.prefill(model, weights, x, cfg, attention="gemm")
+    assert _rel(result.hidden, reference.prefill(model, weights, x).hidden) < 1e-4
+    assert report.extra["transformer"]["attention"] == "gemm"
+
+
+@pytest.mark.parametrize("name, n", [("tiny", 4), ("tiny-gpt2", 8)])
+def test_relayout_puts_wo_and_w_down_in_decode_placement_over_the_fabric(name, n):
+    model, weights, _ = _setup(name, n_layers=1)
+    cfg = wse.WSE2.with_grid(rows=n, cols=n)
+    moved, report = T.relayout_weights(model, weights, cfg)
+    lay = T.decode_layouts(model, cfg)
+    lw = weights.layers[0]
+    np.testing.assert_array_equal(moved[0]["wo"], T.decode_x_reducing_tiles(
+        lw.wo, lay.attn, lay.d, n, n).astype(np.float32))
+    np.testing.assert_array_equal(moved[0]["w_down"], T.decode_x_reducing_tiles(
+        lw.w_down, lay.ff, lay.d, n, n).astype(np.float32))
+    info = report.extra["relayout"]
+    assert report.wavelet_hops == info["expected_wavelet_hops_per_layer"]
+    lower, upper = info["model_cycles_per_layer"]
+    assert lower <= report.cycles <= upper
+    with pytest.raises(wse.ConfigError, match="square region"):
+        T.relayout_weights(model, weights, wse.WSE2.with_grid(rows=n, cols=n + 1))
 
 
 @settings(max_examples=4, deadline=None)
