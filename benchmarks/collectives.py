@@ -115,6 +115,7 @@ def plot(rows: list[dict], out_dir) -> list[pathlib.Path]:
             panels = sorted({r[panel_key] for r in sub})
             fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4),
                                      squeeze=False, sharey=False)
+            handles = {}
             for ax, value in zip(axes[0], panels):
                 for a in algorithms:
                     pts = sorted((r[x_key], r["cycles"], r["best"]) for r in sub
@@ -122,7 +123,10 @@ def plot(rows: list[dict], out_dir) -> list[pathlib.Path]:
                     if not pts:
                         continue
                     xs, ys, best = zip(*pts)
-                    line, = ax.plot(xs, ys, marker=".", label=a)
+                    # one color per algorithm in every panel (star is absent from some)
+                    line, = ax.plot(xs, ys, marker=".", label=a,
+                                    color=f"C{algorithms.index(a)}")
+                    handles.setdefault(a, line)
                     bx = [x for x, b in zip(xs, best) if b]
                     by = [y for y, b in zip(ys, best) if b]
                     ax.scatter(bx, by, s=70, facecolors="none", edgecolors=line.get_color())
@@ -131,7 +135,7 @@ def plot(rows: list[dict], out_dir) -> list[pathlib.Path]:
                 ax.set_title(f"{panel_key} = {value}", fontsize=9)
                 ax.set_xlabel(x_key)
             axes[0][0].set_ylabel("cycles")
-            axes[0][-1].legend(fontsize=7)
+            axes[0][-1].legend(handles.values(), handles.keys(), fontsize=7)
             fig.suptitle(f"{collective} on a 1 x P row (circled: fastest)", fontsize=10)
             fig.tight_layout()
             path = out_dir / f"collectives_{collective}_vs_{x_key}.png"
