@@ -8,10 +8,11 @@ points, 2048^3 (fp16) on 64x64, 128x128, 256x256 and 8192^3 on 256x256
 
 Where a full emulation is too long (8192^3 on 256x256: about 6.8e10
 wavelet-hops), `python -m benchmarks.gemm --first-steps ALGORITHM SIZE GRID
-K1 K2` emulates only the first K1 and then the first K2 of the L steps on the
-full grid with the full-size tiles (kernels.gemm.gemm_first_steps) and
-extrapolates linearly to L (`extrapolate_cycles`); its row says
-"extrapolated": true and carries both partial runs. The result of a partial
+K1 K2 [K3 ...]` emulates only the first K1, then the first K2, ... of the L
+steps on the full grid with the full-size tiles (kernels.gemm.gemm_first_steps),
+extrapolates the last two linearly to L (`extrapolate_cycles`) and gives the
+cycles per step between consecutive runs (equal when the pace is steady); its
+row says "extrapolated": true and carries every partial run. The result of a partial
 run cannot be checked, so the row holds no error figure; each partial run's
 cycles and wavelet-hops are compared with the model for the same steps.
 """
@@ -74,9 +75,10 @@ def extrapolate_cycles(k1: int, cycles1: int, k2: int, cycles2: int, steps: int)
     return cycles2 + (steps - k2) * (cycles2 - cycles1) / (k2 - k1)
 
 
-def measure_first_steps(algorithm: str, size: int, grid: int, k1: int, k2: int,
+def measure_first_steps(algorithm: str, size: int, grid: int, ks: list[int],
                         dtype: str = "float16") -> dict:
-    """Emulate the first k1 and the first k2 steps and extrapolate to all L."""
+    """Emulate the first k steps for each k in ks (increasing) and
+    extrapolate the last two to all L."""
     import numpy as np
 
     import wse
@@ -87,7 +89,7 @@ def measure_first_steps(algorithm: str, size: int, grid: int, k1: int, k2: int,
     B = rng.standard_normal((size, size)).astype(np.float32)
     p = G.plan(size, size, size, cfg, algorithm, dtype, "float32")
     runs = []
-    for k in (k1, k2):
+    for k in ks:
         started = time.perf_counter()
         report = G.gemm_first_steps(A, B, cfg, k, algorithm=algorithm, dtype=dtype)
         extra = report.extra["gemm"]
@@ -97,11 +99,14 @@ def measure_first_steps(algorithm: str, size: int, grid: int, k1: int, k2: int,
                      "expected_wavelet_hops": extra["expected_wavelet_hops"],
                      "engine_wall_s": report.wall_seconds,
                      "wall_s": time.perf_counter() - started})
-    cycles = extrapolate_cycles(k1, runs[0]["cycles"], k2, runs[1]["cycles"], p.steps)
+    cycles = extrapolate_cycles(ks[-2], runs[-2]["cycles"], ks[-1], runs[-1]["cycles"], p.steps)
+    per_step = [(b["cycles"] - a["cycles"]) / (b["steps_run"] - a["steps_run"])
+                for a, b in zip(runs, runs[1:])]
     mm_total = p.steps * G.matmul_cycles(p, cfg)
     useful = 2 * size ** 3
     return {"algorithm": algorithm, "size": size, "grid": f"{grid}x{grid}", "pes": grid * grid,
             "dtype": dtype, "extrapolated": True, "steps": p.steps, "runs": runs,
+            "cycles_per_step": per_step,
             "cycles": round(cycles), "model_cycles": G.model_cycles(p, cfg),
             "model_ratio": cycles / G.model_cycles(p, cfg),
             "seconds": cycles / cfg.clock_hz,
@@ -188,8 +193,9 @@ def _main(argv: list[str]) -> None:
     if argv[:1] == ["--point"]:
         print(json.dumps(measure_point(argv[1], int(argv[2]), int(argv[3]))))
         return
-    if argv[:1] == ["--first-steps"]:     # --first-steps ALGORITHM SIZE GRID K1 K2
-        print(json.dumps(measure_first_steps(argv[1], *(int(v) for v in argv[2:6]))))
+    if argv[:1] == ["--first-steps"]:     # --first-steps ALGORITHM SIZE GRID K1 K2 [K3 ...]
+        print(json.dumps(measure_first_steps(argv[1], int(argv[2]), int(argv[3]),
+                                             [int(v) for v in argv[4:]])))
         return
     if argv[:1] == ["--points"]:          # --points SIZE:GRID,SIZE:GRID [--plot DIR]
         pts = [tuple(int(v) for v in p.split(":")) for p in argv[1].split(",")]
