@@ -1,4 +1,6 @@
-"""kernels.attention (ring attention on the mesh): cycles, traffic and accuracy.
+"""kernels.attention on the mesh, algorithm "gemm" (the issue's: scores by
+kernels.gemm, softmax by max- and sum-allreduces, P V by kernels.gemm) beside
+"ring" (ring attention, online softmax): cycles, traffic and accuracy.
 
 Each case runs causal attention with H heads of hd features over a sequence
 of `per_row` positions per row on an n x n grid (every PE keeps 4 positions;
@@ -9,7 +11,12 @@ falling as n grows (fewer features per PE), while each step's shift stays at
 most two hops and the score reduction runs over the g = n / H columns of one
 head.
 
-Run alone: python -m benchmarks.attention [--full]
+`llama_proxies` runs one LLaMA-3-8B head of the 660 x 660 prefill (4096
+tokens, fp16) with the gemm algorithm on R x g columns, R = 33 g, whose PEs
+hold the same tiles as at g = 20 (R = 660): 7 queries, 231 score columns, 8
+features, kt = 1; the heads of the real run are side by side and identical.
+
+Run alone: python -m benchmarks.attention [--full] [--llama]
 """
 from __future__ import annotations
 
@@ -37,19 +44,52 @@ def run(quick: bool = True) -> list[dict]:
         K = rng.standard_normal((max(heads // 2, 1), seq, hd))
         V = rng.standard_normal(K.shape)
         cfg = wse.WSE2.with_grid(rows=n, cols=n)
+        for algorithm in ("gemm", "ring"):
+            started = time.perf_counter()
+            O, report = attention(Q, K, V, cfg, causal=True, algorithm=algorithm)
+            wall = time.perf_counter() - started
+            err = None
+            if seq <= 64:
+                ref = reference.attention(Q, K, V, causal=True)
+                err = float(np.abs(O - ref).max() / np.abs(ref).max())
+            rows.append({"algorithm": algorithm, "grid": f"{n}x{n}", "heads": heads, "seq": seq,
+                         "head_dim": hd, "columns_per_head": n // heads, "cycles": report.cycles,
+                         "phases": {p["name"]: p["cycles"] for p in report.phases},
+                         "cycles_per_step": report.cycles / n,
+                         "wavelet_hops": report.wavelet_hops,
+                         "busiest_link_wavelets": report.busiest_link_wavelets,
+                         "flops": report.flops, "compute_efficiency": report.compute_efficiency,
+                         "rel_err": err, "wall_s": wall})
+    return rows
+
+
+def llama_proxies(groups=(1, 2, 4, 8), target_group: int = 20) -> list[dict]:
+    """One head, gemm algorithm, on 33g x g PEs (see the module docstring); the
+    phases' cycles fitted a + b*g on the last two and evaluated at g = 20."""
+    from kernels.attention import attention
+    rows = []
+    for g in groups:
+        R = 33 * g
+        hd, seq = 8 * g, 7 * R
+        rng = np.random.default_rng(g)
+        Q, K, V = (rng.standard_normal((1, seq, hd)) for _ in range(3))
+        cfg = wse.WSE2.with_grid(rows=R, cols=g)
         started = time.perf_counter()
-        O, report = attention(Q, K, V, cfg, causal=True)
-        wall = time.perf_counter() - started
-        err = None
-        if seq <= 64:
-            ref = reference.attention(Q, K, V, causal=True)
-            err = float(np.abs(O - ref).max() / np.abs(ref).max())
-        rows.append({"grid": f"{n}x{n}", "heads": heads, "seq": seq, "head_dim": hd,
-                     "columns_per_head": n // heads, "cycles": report.cycles,
-                     "cycles_per_step": report.cycles / n, "wavelet_hops": report.wavelet_hops,
-                     "busiest_link_wavelets": report.busiest_link_wavelets,
-                     "flops": report.flops, "compute_efficiency": report.compute_efficiency,
-                     "rel_err": err, "wall_s": wall})
+        _, report = attention(Q, K, V, cfg, causal=True, dtype="float16", algorithm="gemm")
+        rows.append({"algorithm": "gemm", "grid": f"{R}x{g}", "seq": seq, "head_dim": hd,
+                     "cycles": report.cycles,
+                     "phases": {p["name"]: p["cycles"] for p in report.phases},
+                     "score_columns_per_pe": report.extra["gemm_attention"]["score_columns_per_pe"],
+                     "wall_s": time.perf_counter() - started})
+    a, b = rows[-2], rows[-1]
+    ga, gb = (int(r["grid"].split("x")[1]) for r in (a, b))
+    at = {}
+    for name in a["phases"]:
+        slope = (b["phases"][name] - a["phases"][name]) / (gb - ga)
+        at[name] = b["phases"][name] + slope * (target_group - gb)
+    rows.append({"algorithm": "gemm", "grid": f"{33 * target_group}x{target_group} (one head of "
+                 f"660x660, extrapolated from g = {ga}, {gb})", "phases": at,
+                 "cycles": sum(at.values())})
     return rows
 
 
@@ -59,14 +99,15 @@ def plot(rows, out_dir) -> list[pathlib.Path]:
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    sides = [int(r["grid"].split("x")[0]) for r in rows]
-    ax.plot(sides, [r["cycles_per_step"] for r in rows], "o-", label="cycles per ring step")
-    ax.plot(sides, [r["cycles"] for r in rows], "s--", label="cycles")
+    for algorithm, style in (("gemm", "o-"), ("ring", "s--")):
+        mine = [r for r in rows if r.get("algorithm") == algorithm and "cycles_per_step" in r]
+        ax.plot([int(r["grid"].split("x")[0]) for r in mine], [r["cycles"] for r in mine], style,
+                label=f"{algorithm}: cycles")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("grid side n (n x n PEs, 4 positions per row)")
     ax.legend()
-    ax.set_title("ring attention on the mesh")
+    ax.set_title("attention on the mesh: gemm against ring")
     fig.tight_layout()
     path = out_dir / "attention.png"
     fig.savefig(path, dpi=120)
@@ -76,6 +117,8 @@ def plot(rows, out_dir) -> list[pathlib.Path]:
 
 if __name__ == "__main__":
     rows = run(quick="--full" not in sys.argv)
+    if "--llama" in sys.argv:
+        rows += llama_proxies()
     for r in rows:
         print(r)
     print(plot(rows, "bench-out"))

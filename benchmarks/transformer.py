@@ -209,13 +209,50 @@ def prefill_part() -> list[dict]:
     return rows + _gpu_rows(model, weights, x, None, "llama3-8b layer", ("prefill",))
 
 
+def relayout_part(sizes=(8, 16, 32, 64), target: int = 660, dtype: str = "float16") -> list[dict]:
+    """The prefill -> decode re-layout of one LLaMA-3-8B layer's Wo and W_down on the
+    660 x 660 prefill region: every PE moves wa*wd + wf*wd = 8*7 + 22*7 = 210 values
+    (kernels.transformer.relayout_weights, a block transpose). Emulated on n x n
+    grids with the same 210-value tiles (the transpose's cost depends only on n
+    and the tile), fitted a + b*n, and evaluated at 660 beside the first-principles
+    bounds there."""
+    import wse
+    from kernels import models
+    from kernels import transformer as T
+    from kernels.layers import block_transpose_cycles, block_transpose_program
+    model = models.preset(LLAMA)
+    lay = T.prefill_layouts(model, wse.WSE2.with_grid(rows=target, cols=target))
+    b = lay.attn.width * lay.d.width + lay.ff.width * lay.d.width
+    rows = []
+    for n in sizes:
+        cfg = wse.WSE2.with_grid(rows=n, cols=n)
+        tiles = np.random.default_rng(n).standard_normal((n, n, b))
+        started = time.perf_counter()
+        prog, _ = block_transpose_program(cfg, tiles, dtype)
+        rep = prog.run(max_cycles=10 ** 12).report
+        lower, upper = block_transpose_cycles(cfg, n, b)
+        rows.append({"case": "relayout proxy", "grid": f"{n}x{n}", "wavelets_per_pe": b,
+                     "cycles": rep.cycles, "bounds": [lower, upper],
+                     "wavelet_hops": rep.wavelet_hops, "wall_s": time.perf_counter() - started})
+    ns = np.array(sizes[-2:], float)
+    cs = np.array([r["cycles"] for r in rows[-2:]], float)
+    slope = (cs[1] - cs[0]) / (ns[1] - ns[0])
+    cfg = wse.WSE2.with_grid(rows=target, cols=target)
+    rows.append({"case": "relayout llama3-8b layer (extrapolated)", "grid": f"{target}x{target}",
+                 "wavelets_per_pe": b, "cycles": cs[1] + slope * (target - ns[1]),
+                 "fit": f"cycles = {cs[1] - slope * ns[1]:.1f} + {slope:.3f} n from n = "
+                        f"{sizes[-2]}, {sizes[-1]}",
+                 "bounds": list(block_transpose_cycles(cfg, target, b))})
+    return rows
+
+
 def full_cases() -> list[dict]:
     return decode_part() + prefill_part()
 
 
 def run(quick: bool = True, part: str | None = None) -> list[dict]:
     if part is not None:
-        rows = {"decode": decode_part, "prefill": prefill_part}[part]()
+        rows = {"decode": decode_part, "prefill": prefill_part, "relayout": relayout_part}[part]()
     else:
         rows = quick_case() if quick else full_cases()
     # side-by-side tables for the wafer rows that have a report

@@ -1,6 +1,16 @@
-"""Attention on the mesh: prefill (ring attention over rows) and its standalone kernel.
+"""Attention on the mesh: prefill attention and its standalone kernel.
 
-    O, report = kernels.attention.attention(Q, K, V, cfg, causal=True, dtype="float32")
+    O, report = kernels.attention.attention(Q, K, V, cfg, causal=True, dtype="float32",
+                                            algorithm="auto")   # "gemm" | "ring"
+
+algorithm="gemm" (the issue's): per head on its g columns, S = Q K^T by
+kernels.gemm (SUMMA, transpose_b), the causal and padding masks, row max by
+a max-allreduce and row sum by a sum-allreduce over the g columns that hold a
+score row, P = exp(S - max) / sum, and P V by kernels.gemm; see
+gemm_attention and docs/transformer.md for the layout, what is used in place
+(Q, P, V) and what is not (K's transpose, not charged), and the SRAM the
+score matrix needs (GemmAttentionPlan, longest_gemm_sequence).
+algorithm="ring": described below.
 
 Layout (the prefill layout of kernels/transformer.py): queries and keys are
 cut into R blocks along the sequence, block y on row y (sequence along Y);
@@ -11,7 +21,7 @@ Grouped-query attention: each query head's K and V columns are placed next
 to its Q columns (the KV head is stored once per query head that reads it;
 the K and V projections produce them so, see transformer.py).
 
-Algorithm (R steps; a ring over each column, in the interleaved order
+Ring algorithm (R steps; a ring over each column, in the interleaved order
 0, 2, 4, ..., 5, 3, 1 so that every transfer is at most two hops):
   step t: every PE holds the K/V block of the row t places after it on the
   ring (at t = 0 its own). It

@@ -27,8 +27,11 @@ kernels.layers.FeatureLayout). Phases per layer:
              initial skew, so the activation tiles are used where they are
              and the products land in the same layout)
   rope       RoPE (llama) or the Q/K/V biases (gpt2), elementwise
-  attention  kernels.attention.prefill_program (ring attention along Y,
-             partial scores reduced along X per head, online softmax)
+  attention  kernels.attention.prefill_attention: attention="ring" (ring
+             attention along Y, partial scores reduced along X per head,
+             online softmax) or "gemm" (scores by kernels.gemm with
+             transpose_b, softmax by max- and sum-allreduces along X, P V by
+             kernels.gemm)
   o_proj     kernels.gemm SUMMA
   mlp_norm   residual add (+ bias) and norm
   up, gate   kernels.gemm SUMMA
@@ -58,9 +61,9 @@ Phases per layer:
   down       down GEMV (allreduce along X) + residual
 Re-layout between prefill and decode: the KV cache needs none (see above).
 The weights of the X-reducing GEMVs (O and down projections) are stored
-transposed block-wise relative to their prefill placement; decode uses its
-own placement, loaded once like every weight (not charged; see
-docs/transformer.md). The decode input x comes from the host each step (the
+transposed block-wise relative to their prefill placement; relayout_weights
+moves them over the fabric once (a block transpose, charged in its own
+report; see docs/transformer.md). decode_step places the same tiles itself. The decode input x comes from the host each step (the
 embedding of the sampled token; here state.last_hidden).
 
 Whole models (`extrapolate`): one (or a few) layers are emulated and the
