@@ -231,14 +231,14 @@ def relayout_part(sizes=(8, 16, 32, 64), target: int = 660, dtype: str = "float1
         prog, _ = block_transpose_program(cfg, tiles, dtype)
         rep = prog.run(max_cycles=10 ** 12).report
         lower, upper = block_transpose_cycles(cfg, n, b)
-        rows.append({"case": "relayout proxy", "grid": f"{n}x{n}", "wavelets_per_pe": b,
+        rows.append({"case": "relayout proxy", "mode": "relayout", "grid": f"{n}x{n}", "wavelets_per_pe": b,
                      "cycles": rep.cycles, "bounds": [lower, upper],
                      "wavelet_hops": rep.wavelet_hops, "wall_s": time.perf_counter() - started})
     ns = np.array(sizes[-2:], float)
     cs = np.array([r["cycles"] for r in rows[-2:]], float)
     slope = (cs[1] - cs[0]) / (ns[1] - ns[0])
     cfg = wse.WSE2.with_grid(rows=target, cols=target)
-    rows.append({"case": "relayout llama3-8b layer (extrapolated)", "grid": f"{target}x{target}",
+    rows.append({"case": "relayout llama3-8b layer (extrapolated)", "mode": "relayout", "grid": f"{target}x{target}",
                  "wavelets_per_pe": b, "cycles": cs[1] + slope * (target - ns[1]),
                  "fit": f"cycles = {cs[1] - slope * ns[1]:.1f} + {slope:.3f} n from n = "
                         f"{sizes[-2]}, {sizes[-1]}",
