@@ -103,14 +103,14 @@ def measure_first_steps(algorithm: str, size: int, grid: int, ks: list[int],
     per_step = [(b["cycles"] - a["cycles"]) / (b["steps_run"] - a["steps_run"])
                 for a, b in zip(runs, runs[1:])]
     mm_total = p.steps * G.matmul_cycles(p, cfg)
-    useful = 2 * size ** 3
+    peak = grid * grid * cfg.peak_flops_per_pe_cycle(dtype)
     return {"algorithm": algorithm, "size": size, "grid": f"{grid}x{grid}", "pes": grid * grid,
             "dtype": dtype, "extrapolated": True, "steps": p.steps, "runs": runs,
             "cycles_per_step": per_step,
             "cycles": round(cycles), "model_cycles": G.model_cycles(p, cfg),
             "model_ratio": cycles / G.model_cycles(p, cfg),
             "seconds": cycles / cfg.clock_hz,
-            "compute_efficiency": useful / (cycles * grid * grid * cfg.peak_flops_per_pe_cycle(dtype)),
+            "compute_efficiency": 2 * size ** 3 / (cycles * peak),
             "communication_share": 1.0 - mm_total / cycles,
             "expected_wavelet_hops": G.expected_wavelet_hops(p),
             "tile": [p.mt, p.kt, p.nt], "sram_bytes_per_pe": p.sram_bytes(),
@@ -157,11 +157,13 @@ def run(quick: bool = True, points=None, timeout: float | None = None) -> list[d
 
 
 def plot(rows: list[dict], out_dir) -> list:
+    """Cycles, efficiency and communication share per point and algorithm;
+    extrapolated points (--first-steps) are hatched."""
     import pathlib
 
     from benchmarks.plots import pyplot
     plt = pyplot()
-    ok = [r for r in rows if r.get("status") == "ok"]
+    ok = [r for r in rows if r.get("status") == "ok" or r.get("extrapolated")]
     if not ok:
         return []
     out = pathlib.Path(out_dir)
@@ -175,14 +177,18 @@ def plot(rows: list[dict], out_dir) -> list:
         xs = [i + (k - 1) * width for i in range(len(cases))]
         for ax, key in zip(axes, ("cycles", "compute_efficiency", "communication_share")):
             vals = [by_case[c][key] if c in by_case else 0 for c in cases]
-            ax.bar(xs, vals, width, label=algorithm)
+            bars = ax.bar(xs, vals, width, label=algorithm, color=f"C{k}")
+            for bar, c in zip(bars, cases):
+                if by_case.get(c, {}).get("extrapolated"):
+                    bar.set_hatch("//")
     for ax, title in zip(axes, ("cycles (log)", "compute efficiency", "communication share")):
         ax.set_xticks(range(len(cases)))
         ax.set_xticklabels(labels, fontsize=8)
         ax.set_title(title)
     axes[0].set_yscale("log")
     axes[0].legend()
-    fig.suptitle("GEMM on the WSE-2 model (fp16 tiles, fp32 accumulator)")
+    fig.suptitle("GEMM on the WSE-2 model (fp16 tiles, fp32 accumulator; "
+                 "hatched: extrapolated from the first steps)")
     path = out / "gemm.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -197,7 +203,13 @@ def _main(argv: list[str]) -> None:
         print(json.dumps(measure_first_steps(argv[1], int(argv[2]), int(argv[3]),
                                              [int(v) for v in argv[4:]])))
         return
-    if argv[:1] == ["--points"]:          # --points SIZE:GRID,SIZE:GRID [--plot DIR]
+    if argv[:1] == ["--plot"]:            # --plot ROWS.jsonl DIR: rows as printed above
+        with open(argv[1]) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        for path in plot(rows, argv[2]):
+            print(path)
+        return
+    if argv[:1] == ["--points"]:          # --points SIZE:GRID,SIZE:GRID
         pts = [tuple(int(v) for v in p.split(":")) for p in argv[1].split(",")]
         rows = run(points=pts)
     else:
