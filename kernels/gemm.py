@@ -49,7 +49,9 @@ SUMMA
   SUMMA here is not pipelined: broadcast A, broadcast B, then multiply.
 
 Costs: see `model_cycles` (first-principles formulas, checked against the
-engine in tests/kernels/test_gemm.py) and `expected_wavelet_hops`.
+engine in tests/kernels/test_gemm.py) and `expected_wavelet_hops`; both take
+steps= for a run of the first steps only (`gemm_first_steps`, for benchmarks
+too long to emulate in full: it returns the report, not the partial C).
 
 Accuracy: the engine multiplies in fp32 and rounds to the accumulator's
 dtype when it stores each tile product. With accumulate="float32" (the
