@@ -80,7 +80,7 @@ COUNTERS = 21
 # pe: one row per PE (and its router); the fields every step touches come first
 (P_TASK, P_PC, P_PENDING, P_SLOTS_BUSY, P_SLEEP, P_R_NONEMPTY, P_R_RR, P_SLOT_RR,
  P_WAKE, P_STALL_SINCE, P_BUSY_SINCE, P_DATAPATH_FREE, P_TASK_START, P_COMPUTE, P_FLOPS,
- P_SRAM_BYTES, P_RAMP_IN, P_RAMP_OUT, P_STALL, P_BUSY) = range(20)
+ P_SRAM_BYTES, P_RAMP_IN, P_RAMP_OUT, P_STALL, P_BUSY, P_X, P_Y) = range(22)
 PE_FIELDS = 24     # padded to three cache lines
 # P_SLOTS_BUSY: bitmask of slots holding an operation; P_SLOT_RR: whose turn at the ramp
 
@@ -264,11 +264,22 @@ def _progress(counters, now, done_at):
         counters[K_FINISH] = done_at
 
 
+@njit(cache=True, _nrt=False, inline='always')
+def _ring(i, depth):
+    """i mod depth for 0 <= i < 2 depth (a queue position; avoids a division)."""
+    return i - depth if i >= depth else i
+
+
+@njit(cache=True, _nrt=False, inline='always')
+def _next_slot(i, depth):
+    return 0 if i + 1 == depth else i + 1
+
+
 @njit(cache=True, _nrt=False)
 def _pop_input(pq_val, pq, q, depth, now):
     """Take the head wavelet of PE input queue q (the caller checked it is ready)."""
     value = pq_val[q * depth + pq[q, Q_HEAD]]
-    pq[q, Q_HEAD] = (pq[q, Q_HEAD] + 1) % depth
+    pq[q, Q_HEAD] = _next_slot(pq[q, Q_HEAD], depth)
     pq[q, Q_COUNT] -= 1
     pq[q, Q_LAST_POP] = now
     return value
@@ -346,8 +357,8 @@ def _router_step(S, st, r, now):
     depth, idepth, hop, ramp = cfg[C_QDEPTH], cfg[C_IQDEPTH], cfg[C_HOP], cfg[C_RAMP]
     record = cfg[C_RECORD]
     pe = st.pe
-    x = r % cols
-    y = r // cols
+    x = pe[r, P_X]
+    y = pe[r, P_Y]
     used = 0
     start = pe[r, P_R_RR]
     for k in range(colors):
@@ -397,7 +408,7 @@ def _router_step(S, st, r, now):
             if (tx >> port) & 1 == 0:
                 continue
             if port == RAMP:
-                tail = q * idepth + (st.pq[q, Q_HEAD] + st.pq[q, Q_COUNT]) % idepth
+                tail = q * idepth + _ring(st.pq[q, Q_HEAD] + st.pq[q, Q_COUNT], idepth)
                 st.pq_val[tail] = value
                 st.pq_entry[tail, E_READY] = now + ramp
                 st.pq_entry[tail, E_ID] = wid
@@ -419,7 +430,7 @@ def _router_step(S, st, r, now):
             ny = y + (1 if port == 2 else (-1 if port == 0 else 0))
             n = ny * cols + nx
             dq = n * colors + c
-            tail = dq * depth + (st.rq[dq, Q_HEAD] + st.rq[dq, Q_COUNT]) % depth
+            tail = dq * depth + _ring(st.rq[dq, Q_HEAD] + st.rq[dq, Q_COUNT], depth)
             st.rq_val[tail] = value
             st.rq_entry[tail, E_READY] = now + hop
             st.rq_entry[tail, E_ID] = wid
@@ -436,7 +447,7 @@ def _router_step(S, st, r, now):
                     st.link_events[n_ev, 3] = c
                     st.link_events[n_ev, 4] = wid
                 st.counters[K_LINK_EVENTS] = n_ev + 1
-        st.rq[q, Q_HEAD] = (st.rq[q, Q_HEAD] + 1) % depth
+        st.rq[q, Q_HEAD] = _next_slot(st.rq[q, Q_HEAD], depth)
         st.rq[q, Q_COUNT] -= 1
         st.rq[q, Q_LAST_POP] = now
         if st.rq[q, Q_COUNT] == 0:
@@ -639,7 +650,7 @@ def _fabric_step(S, st, p, s, now, ramp_used):
             _fail(st.counters, STATUS_ROUTE, p, bd - p * colors, RAMP,
                   now + S.settings[C_RAMP], ROUTE_RX_MISMATCH, 0)
             return WAIT_OUTPUT
-        tail = bd * depth + (st.rq[bd, Q_HEAD] + st.rq[bd, Q_COUNT]) % depth
+        tail = bd * depth + _ring(st.rq[bd, Q_HEAD] + st.rq[bd, Q_COUNT], depth)
         st.rq_val[tail] = v
         st.rq_entry[tail, E_READY] = now + S.settings[C_RAMP]
         st.rq_entry[tail, E_ID] = st.counters[K_NEXT_WAVELET_ID]

@@ -976,6 +976,8 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
     for column in (engine.P_TASK, engine.P_STALL_SINCE, engine.P_BUSY_SINCE):
         pe[:, column] = -1
     pe[:, engine.P_WAKE] = engine.INF
+    pe[:, engine.P_X] = np.arange(n_pe) % cfg.cols
+    pe[:, engine.P_Y] = np.arange(n_pe) // cfg.cols
     pe[:, engine.P_SLEEP] = engine.SLEEP_INPUT      # an idle PE wakes when a wavelet arrives
     slot = np.zeros((n_pe, cfg.async_slots + 1, engine.SLOT_FIELDS), i64)
     slot[:, :, engine.S_INSTR] = -1
