@@ -8,7 +8,8 @@ kernels.gemm (SUMMA, transpose_b), the causal and padding masks, row max by
 a max-allreduce and row sum by a sum-allreduce over the g columns that hold a
 score row, P = exp(S - max) / sum, and P V by kernels.gemm; see
 gemm_attention and docs/transformer.md for the layout, what is used in place
-(Q, P, V) and what is not (K's transpose, not charged), and the SRAM the
+(Q, P, V) and what is not: K, whose move into the scores GEMM's B placement
+runs on the fabric first (phase "k_move", `move_keys`), and the SRAM the
 score matrix needs (GemmAttentionPlan, longest_gemm_sequence).
 algorithm="ring": described below.
 
@@ -309,9 +310,11 @@ def _key_order(p: GemmAttentionPlan) -> np.ndarray:
     return (x + p.group * i) * p.st_k + s
 
 
-def _k_relayout(p: GemmAttentionPlan, sk: int) -> tuple[int, int]:
-    """(elements, element-hops) of one head's K moving from the prefill layout (keys
-    along Y) to the scores GEMM's B placement (keys along X): not charged."""
+def k_move_hops(p: GemmAttentionPlan, sk: int) -> tuple[int, int]:
+    """(elements that change PE, element-hops) of one head's K moving from the
+    prefill layout (keys along Y) to the scores GEMM's B placement (keys along X),
+    counting the keys < sk (sk = rows * st_k: every key slot, padding included,
+    which is what `move_keys` moves)."""
     feat = _feature_columns(p)
     c = np.nonzero(feat >= 0)[0]
     keys = _key_order(p)
@@ -320,6 +323,267 @@ def _k_relayout(p: GemmAttentionPlan, sk: int) -> tuple[int, int]:
     src_y, dst_x = keys[n] // p.st_k, n // p.nt
     hops = (np.abs(src_x[:, None] - dst_x[None, :]) + np.abs(dst_y[:, None] - src_y[None, :]))
     return int((hops > 0).sum()), int(hops.sum())
+
+
+@dataclass(frozen=True)
+class KMove:
+    """Geometry of `move_keys` for one head (head-local column x, row y).
+
+    The K tile of PE (x, y) (st_k keys x w features) is cut into `pieces`
+    pieces of kt features (P = st_k * kt values, keys major); piece i goes to
+    PE (y mod g, x + g*i): _feature_columns puts feature i*kt + o of column x
+    in the scores GEMM's K block x + g*i (= the B row of PEs x + g*i), and
+    _key_order puts key block y on column y mod g, as block y // g of its nt
+    score columns."""
+    plan: GemmAttentionPlan
+
+    @property
+    def piece(self) -> int:
+        return self.plan.st_k * self.plan.kt
+
+    @property
+    def pieces(self) -> int:
+        return -(-self.plan.width // self.plan.kt)
+
+    def roots(self) -> np.ndarray:
+        """(rows, g) True where a column gather ends: rows x + g*i, i < pieces."""
+        p = self.plan
+        y, x = np.indices((p.rows, p.group))
+        return ((y - x) % p.group == 0) & (y >= x) & ((y - x) // p.group < self.pieces)
+
+
+def k_move_lower_bounds(cfg: wse.WaferConfig, p: GemmAttentionPlan) -> dict:
+    """First-principles lower bounds on the cycles of `move_keys`' three runs
+    ({"north", "south", "row"}; see move_keys for the data flow). With
+    h = 2*T_R + H (a one-hop stream of B wavelets ends at h + B), P = st_k*kt,
+    pieces n, root i of column x on row x + g*i:
+      north: PE y sends c_y = #{i : x + g*i < y} sections of (R - y)*P wavelets
+             (its piece, then what the R-1-y rows below it send that root) over
+             its one link north, after cutting its tile into pieces (the local
+             copies, ceil(st_k / SIMD) cycles each), and a root copies its own
+             piece (ceil(P / SIMD)): stage + max(max_y c_y (R-y) P + h, ceil(P / SIMD)).
+      south: PE y sends s_y = #{i : x + g*i > y} sections of (y + 1)*P:
+             max_y s_y (y+1) P + h.
+      row:   a root sends (g-1) tiles of a*P wavelets through its ramp, one a
+             cycle, then copies its own a pieces (ceil(P / SIMD) cycles each):
+             (g-1) a P + max(h, a ceil(P / SIMD)).
+    Measured on small grids (tests/kernels/test_attention.py): north 1.0x ..
+    1.9x its bound (1.15x at kt = 1, the LLaMA case; a PE's own piece at the
+    head of each section stalls the stream from below), south 1.6x .. 2.3x,
+    row 1.0x .. 2.1x. No upper bound or exact model is derived (open)."""
+    m = KMove(p)
+    R, g, P, n, a = p.rows, p.group, m.piece, m.pieces, p.blocks
+    h = 2 * cfg.ramp_latency + cfg.hop_latency
+    simd = cfg.simd_width(p.dtype)
+    stage = sum(-(-p.st_k // simd) for i in range(n) for _ in range(min(p.kt, p.width - i * p.kt)))
+    y = np.arange(R)[:, None]
+    d = y - np.arange(g)[None, :]
+    above = np.clip((d + g - 1) // g, 0, n)
+    below = n - np.clip(d // g + 1, 0, n)
+    north = int((above * (R - y) * P).max())
+    south = int((below * (y + 1) * P).max())
+    row = (g - 1) * a * P
+    own = -(-P // simd)
+    return {"north": stage + max(north + h if north else 0, own),
+            "south": south + h if south else 0,
+            "row": row + max(h if row else 0, a * own)}
+
+
+def _head_geometry(cfg: wse.WaferConfig, layout: FeatureLayout):
+    """(head-local column x (-1 outside the heads), row y) per PE of the grid."""
+    x = np.full((cfg.rows, cfg.cols), -1, np.int64)
+    for lo, hi in layout.segments:
+        x[:, lo:hi + 1] = np.arange(hi - lo + 1)[None, :]
+    return x, np.broadcast_to(np.arange(cfg.rows)[:, None], (cfg.rows, cfg.cols))
+
+
+def _column_gather_program(cfg: wse.WaferConfig, layout: FeatureLayout, m: KMove, k_tiles,
+                           staged, gathered, direction: str):
+    """One direction ("north" or "south") of the column gathers: every PE (x, y) of
+    a head sends its piece i to the root x + g*i of its column, store-and-forward
+    along the column. The north run first cuts the K tile into its pieces
+    (local copies); the south run starts from what the north run left in SRAM
+    (staged, gathered). Returns (prog, stage, gathered)."""
+    p = m.plan
+    R, g, w, P, pieces = p.rows, p.group, p.width, m.piece, m.pieces
+    x, y = _head_geometry(cfg, layout)
+    in_head = x >= 0
+    d = y - x                                              # root i sits at d = g*i
+    root = in_head & (d >= 0) & (d % g == 0) & (d // g < pieces)
+    north = direction == "north"
+    if north:       # roots above, nearest first: i = count - 1 .. 0
+        count = np.clip((d + g - 1) // g, 0, pieces)
+        first = (count - 1) * P
+        step = -P
+        through = (R - 1 - y) * P                          # what the rows below send on
+        recv_at = (y + 1) * P
+    else:           # roots below, nearest first: i = pieces - count .. pieces - 1
+        count = pieces - np.clip(d // g + 1, 0, pieces)
+        first = (pieces - count) * P
+        step = P
+        through = y * P
+        recv_at = np.zeros_like(y)
+    count = np.where(in_head, count, 0)
+    prog = wse.Program(cfg)
+    src = prog.buffer("k", (p.st_k * w,), p.dtype)
+    stage = prog.buffer("pieces", (pieces * P,), p.dtype)
+    gather = prog.buffer("gathered", (R * P,), p.dtype)
+    prog.load(src, k_tiles)
+    if staged is not None:
+        prog.load(stage, staged)
+    prog.load(gather, gathered)
+    pairs = [(i, i - 1) for i in range(1, R)] if north else [(i, i + 1) for i in range(R - 1)]
+    chain = routes.transfers(prog, "y", pairs, name=direction[0] + "k")
+    send = prog.color_param_indices("send", chain.send_color)
+    recv = prog.color_param_indices("recv", chain.recv_color)
+    p_count = prog.param("roots_beyond", count)
+    p_first = prog.param("first_piece", np.maximum(first, 0))
+    p_through = prog.param("through", through)
+    p_has_through = prog.param("has_through", (through > 0).astype(np.int64))
+    p_receives = prog.param("receives", (root & (through > 0)).astype(np.int64))
+    p_recv_at = prog.param("receive_at", recv_at)
+    p_root = prog.param("is_root", root.astype(np.int64))
+    p_own_at = prog.param("own_at", y * P)
+    p_own_piece = prog.param("own_piece", np.where(root, d // g, 0) * P)
+    with prog.role("head", where=in_head).task("main", entry=True) as t:
+        if north:
+            # the pieces, keys major: piece i holds features i*kt .. i*kt + kt - 1
+            for i in range(pieces):
+                for o in range(min(p.kt, w - i * p.kt)):
+                    t.mov(stage.view(offset=i * P + o, length=p.st_k, stride=p.kt),
+                          src.view(offset=i * p.kt + o, length=p.st_k, stride=w))
+        at, length, off = t.reg(), t.reg(), t.reg()
+        t.set(length, p_through)
+        with t.loop(p_receives):          # a root takes what the rows beyond send it first
+            t.set(at, p_recv_at)
+            t.mov(gather.view(offset=at, length=length), prog.fabin(recv, length))
+        if north:
+            with t.loop(p_root):          # and keeps its own piece
+                t.set(at, p_own_at)
+                t.set(off, p_own_piece)
+                t.mov(gather.view(offset=at, length=P), stage.view(offset=off, length=P))
+        t.set(off, p_first)
+        with t.loop(p_count):
+            if north:                     # own piece first: the root gets rows in order
+                t.mov(prog.fabout(send, P), stage.view(offset=off, length=P))
+            with t.loop(p_has_through):
+                t.mov(prog.fabout(send, length), prog.fabin(recv, length))
+            if not north:                 # own piece last: likewise
+                t.mov(prog.fabout(send, P), stage.view(offset=off, length=P))
+            t.addi(off, step)
+    return prog, stage, gather
+
+
+def _row_scatter_program(cfg: wse.WaferConfig, layout: FeatureLayout, m: KMove, gathered):
+    """Every root (x, y) holds piece y // g of the K tiles of its column's rows; it
+    sends column c the pieces of rows c, c + g, c + 2g, ... (its B tile, a*P values)
+    along the row, store-and-forward: east for c > x, then west for c < x, nearest
+    column first; each PE keeps the first a*P values it receives and passes on the
+    rest. Returns (prog, B tile buffer)."""
+    p = m.plan
+    R, g, P = p.rows, p.group, m.piece
+    a = p.blocks
+    x, y = _head_geometry(cfg, layout)
+    in_head = x >= 0
+    has_root = in_head & (y < g * m.pieces)
+    c0 = y % g                                             # the root's column
+    prog = wse.Program(cfg)
+    gather = prog.buffer("gathered", (R * P,), p.dtype)
+    tile = prog.buffer("b_tile", (a * P,), p.dtype)
+    prog.load(gather, gathered)
+    pairs = {"east": [], "west": []}
+    for lo, hi in layout.segments:
+        pairs["east"] += [(i, i + 1) for i in range(lo, hi)]
+        pairs["west"] += [(i + 1, i) for i in range(lo, hi)]
+    chains = {k: routes.transfers(prog, "x", v, name=k[0] + "s") for k, v in pairs.items()}
+    send = {k: prog.color_param_indices(f"{k}_send", c.send_color) for k, c in chains.items()}
+    recv = {k: prog.color_param_indices(f"{k}_recv", c.recv_color) for k, c in chains.items()}
+    p_root_at = prog.param("root_column", c0 * P)
+    p_east = prog.param("columns_east", np.where(has_root, g - 1 - c0, 0))
+    p_west = prog.param("columns_west", np.where(has_root, c0, 0))
+    east = has_root & (x > c0)
+    west = has_root & (x < c0)
+    beyond = np.where(east, g - 1 - x, np.where(west, x, 0)) * a * P
+    p_beyond = prog.param("beyond", beyond)
+    p_any_beyond = prog.param("any_beyond", (beyond > 0).astype(np.int64))
+    with prog.role("root", where=has_root & (x == c0)).task("main", entry=True) as t:
+        col, at = t.reg(), t.reg()
+
+        def column_tile(dst):
+            """The a pieces of rows col, col + g, ... (col: offset col*P) to dst."""
+            t.affine(at, col, 1, 0)
+            with t.loop(a):
+                t.mov(dst, gather.view(offset=at, length=P))
+                t.addi(at, g * P)
+
+        t.set(col, p_root_at)
+        with t.loop(p_east):
+            t.addi(col, P)
+            column_tile(prog.fabout(send["east"], P))
+        t.set(col, p_root_at)
+        with t.loop(p_west):
+            t.addi(col, -P)
+            column_tile(prog.fabout(send["west"], P))
+        t.set(col, p_root_at)                              # last, its own tile (local)
+        t.set(at, 0)
+        with t.loop(a):
+            t.mov(tile.view(offset=at, length=P), gather.view(offset=col, length=P))
+            t.addi(at, P)
+            t.addi(col, g * P)
+    for side, where in (("east", east), ("west", west)):
+        with prog.role(side, where=where).task("main", entry=True) as t:
+            t.mov(tile.view(), prog.fabin(recv[side], a * P))
+            length = t.reg()
+            t.set(length, p_beyond)
+            with t.loop(p_any_beyond):
+                t.mov(prog.fabout(send[side], length), prog.fabin(recv[side], length))
+    return prog, tile
+
+
+def b_tiles_to_matrix(tiles, p: GemmAttentionPlan) -> np.ndarray:
+    """(R, g, nt*kt) B tiles of one head (PE (x, y): block (y, x), nt x kt) -> the
+    scores GEMM's (g*nt, R*kt) B operand."""
+    R, g = p.rows, p.group
+    return np.asarray(tiles, np.float64).reshape(R, g, p.nt, p.kt).transpose(1, 2, 0, 3).reshape(
+        g * p.nt, R * p.kt)
+
+
+def move_keys(cfg: wse.WaferConfig, layout: FeatureLayout, p: GemmAttentionPlan, k_tiles):
+    """K from the prefill layout to the scores GEMM's B placement, over the fabric.
+
+    Piece i of PE (x, y)'s K tile belongs on PE (y mod g, x + g*i) (KMove).
+    Every head at once, on its own columns, in three engine runs (each starts
+    from what the previous one left in the same PEs' SRAM):
+      north, south: along each column, PE (x, y) sends piece i to the root
+        (x, x + g*i) (store-and-forward chains to the neighbour, one per
+        direction; each PE sends, per root beyond it, nearest first, its own
+        piece and passes on what the rows beyond it send that root). Root
+        x + g*i then holds piece i of every row of column x, in row order.
+      row: the root of row r (column r mod g) sends column c the pieces of
+        rows c, c + g, c + 2g, ...: c's B tile (store-and-forward along the
+        row, east then west).
+    Every value travels hop by hop along a shortest path, once: the
+    wavelet-hops are the element-hops of k_move_hops(p, rows * st_k) per head
+    (padding keys included; fp16 values travel one per wavelet). Roots hold
+    R*P values for the gather. Cost: k_move_lower_bounds.
+
+    Returns (B tiles (R, C, nt*kt): PE (x, y) of a head holds B block (y, x) of
+    its scores GEMM, row-major nt x kt; report of the three runs in sequence)."""
+    m = KMove(p)
+    R, C = cfg.rows, cfg.cols
+    gathered = np.zeros((R, C, R * m.piece))
+    staged, reports = None, []
+    for direction in ("north", "south"):
+        prog, stage, gather = _column_gather_program(cfg, layout, m, k_tiles, staged, gathered,
+                                                     direction)
+        result = prog.run(max_cycles=10 ** 12)
+        staged, gathered = result.read(stage), result.read(gather)
+        reports.append(result.report)
+    prog, tile = _row_scatter_program(cfg, layout, m, gathered)
+    result = prog.run(max_cycles=10 ** 12)
+    reports.append(result.report)
+    report = wse.RunReport.sequence(reports, ["north", "south", "row"])
+    return result.read(tile).astype(np.float64), report
 
 
 def _side_by_side(reports: list, cfg: wse.WaferConfig, offsets: list[int]) -> wse.RunReport:
@@ -435,7 +699,9 @@ def gemm_attention(cfg: wse.WaferConfig, layout: FeatureLayout, q_tiles, k_tiles
                    st_q: int, st_k: int, sk: int, causal: bool, scale: float, dtype: str):
     """The issue's algorithm on the prefill layout. q/k/v_tiles: (R, C, st*w) as
     place_sequence leaves them. Returns (output tiles (R, C, st_q*w), report with
-    the phases scores, softmax, pv). See the module docstring."""
+    the phases k_move (move_keys: K to the scores GEMM's B placement over the
+    fabric; the scores GEMM takes B as that run left it), scores, softmax,
+    pv). See the module docstring."""
     R, C = cfg.rows, cfg.cols
     g, w = layout.group, layout.width
     why = gemm_layout_error(R, layout)
@@ -449,15 +715,14 @@ def gemm_attention(cfg: wse.WaferConfig, layout: FeatureLayout, q_tiles, k_tiles
     keys = _key_order(p)
     segments = list(layout.segments)
     offsets = [lo for lo, _ in segments]
+    b_tiles, move_report = move_keys(cfg, layout, p, k_tiles)
     scores = np.zeros((R, C, st_q * p.nt))
     runs = []
     for lo, hi in segments:
         Qh = tiles_to_matrix(q_tiles[:, lo:hi + 1], w)
-        Kh = tiles_to_matrix(k_tiles[:, lo:hi + 1], w)
         A = np.zeros((R * st_q, R * p.kt))
         A[:, valid] = Qh[:, feat[valid]]
-        B = np.zeros((R * st_k, R * p.kt))
-        B[:, valid] = Kh[keys][:, feat[valid]]
+        B = b_tiles_to_matrix(b_tiles[:, lo:hi + 1], p)    # as the move left them
         S, r = mesh_gemm(A, B, sub, algorithm="summa", dtype=dtype, transpose_b=True)
         scores[:, lo:hi + 1] = matrix_to_tiles(S, R, g, p.nt)
         runs.append(r)
@@ -476,13 +741,12 @@ def gemm_attention(cfg: wse.WaferConfig, layout: FeatureLayout, q_tiles, k_tiles
                          dtype=dtype)
         out[:, lo:hi + 1] = matrix_to_tiles(O, R, g, w)
         runs.append(r)
-    report = wse.RunReport.sequence([score_report, softmax_report, _side_by_side(runs, cfg, offsets)],
-                                    ["scores", "softmax", "pv"])
-    moved, hops = _k_relayout(p, sk)
+    report = wse.RunReport.sequence(
+        [move_report, score_report, softmax_report, _side_by_side(runs, cfg, offsets)],
+        ["k_move", "scores", "softmax", "pv"])
     report.extra["gemm_attention"] = {
         "score_columns_per_pe": p.nt, "sram_bytes_per_pe": p.sram_bytes(cfg),
-        "k_relayout_not_charged": {"elements": moved * len(segments),
-                                   "element_hops": hops * len(segments)}}
+        "k_move_runs": {ph["name"]: ph["cycles"] for ph in move_report.phases}}
     return out, report
 
 

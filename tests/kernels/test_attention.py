@@ -6,8 +6,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import wse
-from kernels.attention import (GemmAttentionPlan, attention as mesh_attention,
-                               head_layout, longest_gemm_sequence)
+from kernels.attention import (GemmAttentionPlan, _feature_columns, _key_order,
+                               attention as mesh_attention, b_tiles_to_matrix, head_layout,
+                               k_move_hops, k_move_lower_bounds, longest_gemm_sequence,
+                               move_keys, place_sequence, tiles_to_matrix)
 from kernels import reference
 
 
@@ -105,7 +107,7 @@ def test_gemm_attention_matches_reference(group, blocks, heads, extra_cols, kv_g
     else:
         assert np.abs(O - ref).max() / np.abs(ref).max() < 2e-2
     assert report.extra["attention"]["algorithm"] == "gemm"
-    assert [p["name"] for p in report.phases] == ["scores", "softmax", "pv"]
+    assert [p["name"] for p in report.phases] == ["k_move", "scores", "softmax", "pv"]
 
 
 def test_gemm_scores_and_pv_are_the_gemm_kernel_side_by_side_per_head():
@@ -115,7 +117,7 @@ def test_gemm_scores_and_pv_are_the_gemm_kernel_side_by_side_per_head():
     Q, K, V = _inputs(2, 2, 8, 8, 8, 4)
     cfg = wse.WSE2.with_grid(rows=4, cols=4)
     _, report = mesh_attention(Q, K, V, cfg, causal=True, algorithm="gemm")
-    scores = report.phases[0]
+    scores = next(ph for ph in report.phases if ph["name"] == "scores")
     p = GemmAttentionPlan(4, 2, 4, 2, 2, "float32", True)
     A = np.ones((4 * p.st_q, 4 * p.kt))
     B = np.ones((4 * p.st_k, 4 * p.kt))
@@ -163,3 +165,52 @@ def test_gemm_attention_bad_input_errors():
         mesh_attention(Q, K, V, wse.WSE2.with_grid(rows=3, cols=4), algorithm="gemm")
     with pytest.raises(wse.ConfigError, match="unknown attention algorithm"):
         mesh_attention(Q, K, V, wse.WSE2.with_grid(rows=4, cols=4), algorithm="flash")
+
+
+@pytest.mark.parametrize("rows,heads,group,hd,st_k,extra,dtype", [
+    (4, 2, 2, 8, 2, 0, "float32"), (6, 2, 3, 12, 2, 1, "float32"), (8, 1, 1, 8, 2, 0, "float32"),
+    (8, 2, 4, 16, 3, 0, "float16"), (12, 1, 3, 24, 2, 0, "float32"),
+    (33, 1, 1, 8, 7, 0, "float16"), (1, 1, 1, 8, 2, 0, "float32")])
+def test_k_move_leaves_the_b_tiles_the_scores_gemm_needs(rows, heads, group, hd, st_k, extra,
+                                                         dtype):
+    """move_keys leaves on every PE exactly the B block of the scores GEMM that the
+    host's placement (_feature_columns, _key_order) gives, value by value; its
+    wavelet-hops are the element-hops of k_move_hops; each run is at least its
+    first-principles lower bound."""
+    cols = heads * group + extra
+    layout = head_layout(heads, hd, cols)
+    cfg = wse.WSE2.with_grid(rows=rows, cols=cols)
+    p = GemmAttentionPlan(rows, group, layout.width, st_k, st_k, dtype, True)
+    rng = np.random.default_rng(rows + cols)
+    K = rng.standard_normal((rows * st_k, heads * hd))
+    K = K.astype(np.float16 if dtype == "float16" else np.float32).astype(np.float64)
+    k_tiles = place_sequence(K, layout, rows, st_k)
+    tiles, report = move_keys(cfg, layout, p, k_tiles)
+    feat, keys = _feature_columns(p), _key_order(p)
+    valid = feat >= 0
+    for h, (lo, hi) in enumerate(layout.segments):
+        expected = np.zeros((group * p.nt, rows * p.kt))
+        expected[:, valid] = tiles_to_matrix(k_tiles[:, lo:hi + 1], layout.width)[keys][:, feat[valid]]
+        np.testing.assert_array_equal(b_tiles_to_matrix(tiles[:, lo:hi + 1], p), expected)
+    assert not tiles[:, heads * group:].any()            # idle columns hold nothing
+    moved, hops = k_move_hops(p, rows * st_k)
+    assert report.wavelet_hops == heads * hops
+    assert (moved > 0) == (report.wavelet_hops > 0)
+    bounds = k_move_lower_bounds(cfg, p)
+    for phase in report.phases:
+        assert phase["cycles"] >= bounds[phase["name"]]
+
+
+def test_gemm_attention_charges_the_k_move():
+    """The k_move phase is move_keys' run on the same tiles, and the total adds it."""
+    Q, K, V = _inputs(2, 2, 8, 8, 8, 4)
+    cfg = wse.WSE2.with_grid(rows=4, cols=4)
+    _, report = mesh_attention(Q, K, V, cfg, causal=True, algorithm="gemm")
+    layout = head_layout(2, 8, 4)
+    p = GemmAttentionPlan(4, 2, layout.width, 2, 2, "float32", True)
+    k_tiles = place_sequence(K.transpose(1, 0, 2).reshape(8, -1), layout, 4, 2)
+    _, move = move_keys(cfg, layout, p, k_tiles)
+    phase = report.phases[0]
+    assert phase["name"] == "k_move" and phase["cycles"] == move.cycles > 0
+    assert phase["wavelet_hops"] == move.wavelet_hops == 2 * k_move_hops(p, 8)[1]
+    assert report.cycles == sum(ph["cycles"] for ph in report.phases)
