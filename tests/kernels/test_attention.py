@@ -190,7 +190,8 @@ def test_k_move_leaves_the_b_tiles_the_scores_gemm_needs(rows, heads, group, hd,
     valid = feat >= 0
     for h, (lo, hi) in enumerate(layout.segments):
         expected = np.zeros((group * p.nt, rows * p.kt))
-        expected[:, valid] = tiles_to_matrix(k_tiles[:, lo:hi + 1], layout.width)[keys][:, feat[valid]]
+        Kh = tiles_to_matrix(k_tiles[:, lo:hi + 1], layout.width)
+        expected[:, valid] = Kh[keys][:, feat[valid]]
         np.testing.assert_array_equal(b_tiles_to_matrix(tiles[:, lo:hi + 1], p), expected)
     assert not tiles[:, heads * group:].any()            # idle columns hold nothing
     moved, hops = k_move_hops(p, rows * st_k)
