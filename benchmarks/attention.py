@@ -15,6 +15,8 @@ head.
 tokens, fp16) with the gemm algorithm on R x g columns, R = 33 g, whose PEs
 hold the same tiles as at g = 20 (R = 660): 7 queries, 231 score columns, 8
 features, kt = 1; the heads of the real run are side by side and identical.
+The phases are k_move (K to the scores GEMM's B placement, over the
+fabric), scores, softmax and pv.
 
 Run alone: python -m benchmarks.attention [--full] [--llama]
 """
