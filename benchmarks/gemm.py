@@ -170,7 +170,7 @@ def plot(rows: list[dict], out_dir) -> list:
     out.mkdir(parents=True, exist_ok=True)
     cases = sorted({(r["size"], r["pes"], r["grid"]) for r in ok})
     labels = [f"{s}^3\n{g}" for s, _, g in cases]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.5))
     width = 0.8 / len(ALGORITHMS)
     for k, algorithm in enumerate(ALGORITHMS):
         by_case = {(r["size"], r["pes"], r["grid"]): r for r in ok if r["algorithm"] == algorithm}
