@@ -263,8 +263,12 @@ def model_cycles(p: GemmPlan, cfg: wse.WaferConfig, steps: int | None = None) ->
                         S[x, y] + mm,                            own product
                         S[succ_x, y] + post + 2T + dA[x]*H + tiles,   A in
                         S[x, succ_y] + post + 2T + dB[y]*H + tiles,   B in
-                        S[pred_x, y] + post + tiles,  S[x, pred_y] + ...)
-    (pred/succ along the ring; dA[x] the hops of the stream into x) and the
+                        S[pred_x, y] + post + tiles - aheadA[x],
+                        S[x, pred_y] + post + tiles - aheadB[y])   A and B out
+    (pred/succ along the ring; dA[x] the hops of the stream into x; aheadA[x]
+    the wavelets the path from x to its receiver holds, (hops + 1) *
+    queue_depth + input_queue_depth, by which a sender runs ahead of a late
+    receiver) and the
     run ends at max S + mm after L-1 shifts. The recurrence shows why the
     wrap-around edge of Cannon costs its P-1 hops only once per trip round
     the ring, not once per step: the critical path crosses it at most once
@@ -471,7 +475,7 @@ def _build(A, B, cfg, algorithm: str, dtype: str, transpose_b: bool, accumulate:
     steps = p.check_steps(steps)
     check_fits(p, cfg)
     a_blocks, b_blocks = _blocks(p, A, B)
-    del A, B
+    del A, B                # the float64 copies: the program needs only the blocks
     build = _summa_program if algorithm == "summa" else _cannon_program
     prog, c_buf = build(p, cfg, a_blocks, b_blocks, steps)
     return p, prog, c_buf
