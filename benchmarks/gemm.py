@@ -3,8 +3,8 @@
 Every point runs in a child process (so its wall time and peak memory are its
 own): `python -m benchmarks.gemm --point ALGORITHM SIZE GRID` prints one JSON
 row. quick: 256^3 on 8x8 and 16x16 and 512^3 on 32x32; full: the issue's
-points, 2048^3 (fp16) on 64x64, 128x128, 256x256 and 8192^3 on 256x256
-(the last ones take long; see docs/gemm.md for what finished).
+points, 2048^3 (fp16) on 64x64, 128x128, 256x256 (about 40 min each on a
+shared core) and 8192^3 on 256x256 from its first steps (FIRST_STEPS).
 
 Where a full emulation is too long (8192^3 on 256x256: about 6.8e10
 wavelet-hops), `python -m benchmarks.gemm --first-steps ALGORITHM SIZE GRID
@@ -27,6 +27,9 @@ import time
 
 QUICK_POINTS = [(256, 8), (256, 16), (512, 32)]
 FULL_POINTS = [(2048, 64), (2048, 128), (2048, 256), (8192, 256)]
+# points measured by their first steps, extrapolated: the step counts per
+# algorithm (Cannon's pace settles at step 3, see docs/gemm.md)
+FIRST_STEPS = {(8192, 256): {"summa": [1, 2, 3], "cannon": [3, 4], "meshgemm": [1, 2, 3]}}
 ALGORITHMS = ("summa", "cannon", "meshgemm")
 
 
@@ -132,9 +135,12 @@ def overflow_message(size: int = 2048, grid: int = 16) -> str:
 
 
 def _measure_in_child(algorithm: str, size: int, grid: int, timeout: float | None) -> dict:
+    ks = FIRST_STEPS.get((size, grid), {}).get(algorithm)
+    how = ["--first-steps", algorithm, str(size), str(grid), *map(str, ks)] if ks else \
+        ["--point", algorithm, str(size), str(grid)]
     try:
-        done = subprocess.run([sys.executable, "-m", "benchmarks.gemm", "--point", algorithm,
-                               str(size), str(grid)], capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-m", "benchmarks.gemm", *how],
+                              capture_output=True, text=True,
                               check=False, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"algorithm": algorithm, "size": size, "grid": f"{grid}x{grid}",
