@@ -24,9 +24,13 @@ Cannon and MeshGEMM (tiling on the least common multiple)
   its FIFOs hold blocks k0, k0+1, ...: the block it sends is needed by the
   predecessor exactly a (b) steps later, so every product A(y, k) B(k, x)
   meets once. This is Cannon's data flow; with a = b = 1 it is Cannon.
-  The initial alignment (the skew) is done by the host while it places the
-  tiles in SRAM (the layout is "pre-skewed", as WaferLLM places weights);
-  its fabric cost is not part of the cycles.
+  The initial alignment (the skew) is done on the fabric (`fabric_skew`):
+  the host places every PE's own blocks (those of its ring positions, the
+  same for every row and column), then each row shifts A py*b times and
+  each column B px*a times on the same rings, before the first product;
+  its cycles and wavelet-hops are charged. skew="host" loads the tiles
+  already skewed and charges nothing for the alignment (kept only to
+  compare with figures measured that way).
   - cannon: the ring is the line in physical order, so the wrap-around
     stream crosses the whole line (P-1 hops); each step multiplies, then
     shifts (no overlap).
@@ -77,6 +81,10 @@ from wse.config import DTYPES
 from wse.errors import ConfigError, SramOverflowError
 
 ALGORITHMS = ("summa", "cannon", "meshgemm")
+# cannon/meshgemm's initial alignment: "fabric" shifts the tiles into place on
+# the rings and charges it (the default); "host" places them already skewed
+# and charges nothing for it (kept only to compare with earlier figures)
+SKEWS = ("fabric", "host")
 FP16_MAX = 65504.0
 
 
@@ -94,6 +102,7 @@ class GemmPlan:
     dtype: str
     acc_dtype: str
     transpose_b: bool = False
+    skew: str = "fabric"       # cannon/meshgemm's initial alignment, see SKEWS
 
     @property
     def steps(self) -> int:
@@ -176,9 +185,9 @@ class GemmPlan:
 
 def plan(M: int, K: int, N: int, cfg: wse.WaferConfig, algorithm: str = "meshgemm",
          dtype: str = "float16", accumulate: str = "float32",
-         transpose_b: bool = False) -> GemmPlan:
+         transpose_b: bool = False, skew: str = "fabric") -> GemmPlan:
     return GemmPlan(algorithm, int(M), int(K), int(N), cfg.rows, cfg.cols, dtype,
-                    accumulate, bool(transpose_b))
+                    accumulate, bool(transpose_b), skew)
 
 
 def smallest_square_grid(M: int, K: int, N: int, cfg: wse.WaferConfig, algorithm: str,
@@ -216,13 +225,36 @@ def ring_order(algorithm: str, p: int) -> list[int]:
     return routes.interleaved_order(p) if algorithm == "meshgemm" else list(range(p))
 
 
+def fabric_skew(p: GemmPlan) -> tuple[np.ndarray, np.ndarray]:
+    """Shifts of the initial alignment on the fabric (cannon and meshgemm):
+    (per row y, the A shifts along it; per column x, the B shifts along it).
+
+    A PE at ring positions (px, py) starts with the blocks of its own ring
+    positions (A: px*a .. px*a+a-1 of its block row, B: py*b .. of its block
+    column; the same for every row, resp. column: no skew) and must start
+    the product loop at K-block k0 = py*b + px*a: its row shifts A py*b times
+    and its column shifts B px*a times (mod L), on the rings the steps use.
+    An axis without shifts (a line of one PE) holds all its blocks and just
+    starts at k0. summa, and skew="host" (tiles placed already skewed, the
+    alignment not charged): no shifts."""
+    R, C, L = p.rows, p.cols, p.steps
+    if p.algorithm == "summa" or p.skew == "host":
+        return np.zeros(R, np.int64), np.zeros(C, np.int64)
+    pos_y = routes.ring_position(ring_order(p.algorithm, R))
+    pos_x = routes.ring_position(ring_order(p.algorithm, C))
+    skew_a = (pos_y * p.b_blocks) % L if p.shifts_a else np.zeros(R, np.int64)
+    skew_b = (pos_x * p.a_blocks) % L if p.shifts_b else np.zeros(C, np.int64)
+    return np.asarray(skew_a, np.int64), np.asarray(skew_b, np.int64)
+
+
 def expected_wavelet_hops(p: GemmPlan, steps: int | None = None) -> int:
     """Wavelets x links the algorithm must move (in its first `steps` steps;
     all L by default).
 
-    cannon/meshgemm: L-1 shifts; per shift every row moves a tile of A over
-    each of its ring's streams (sum of the stream lengths) and every column
-    a tile of B. summa: per step each row floods A from its root towards
+    cannon/meshgemm: L-1 shifts, and before them the skew's (fabric_skew:
+    row y shifts A skew_a[y] times, column x shifts B skew_b[x] times); per
+    shift a row moves a tile of A over each of its ring's streams (sum of
+    the stream lengths) and a column a tile of B. summa: per step each row floods A from its root towards
     both ends (its two streams together cross each of the row's C-1 links
     once) and each column floods B likewise."""
     R, C = p.rows, p.cols
@@ -232,7 +264,10 @@ def expected_wavelet_hops(p: GemmPlan, steps: int | None = None) -> int:
         return L * per_step
     hops_a = sum(_ring_hops(ring_order(p.algorithm, C))) if p.shifts_a else 0
     hops_b = sum(_ring_hops(ring_order(p.algorithm, R))) if p.shifts_b else 0
-    return (L - 1) * (R * hops_a * p.tile_a + C * hops_b * p.tile_b)
+    skew_a, skew_b = fabric_skew(p)
+    shifts_a = R * (L - 1) + int(skew_a.sum())           # row shifts, over all rows
+    shifts_b = C * (L - 1) + int(skew_b.sum())
+    return shifts_a * hops_a * p.tile_a + shifts_b * hops_b * p.tile_b
 
 
 def _simd(cfg: wse.WaferConfig, dtype: str) -> int:
@@ -275,6 +310,35 @@ def model_cycles(p: GemmPlan, cfg: wse.WaferConfig, steps: int | None = None) ->
     every P steps. For meshgemm every d <= 2 and the shift hides behind the
     product when mm >= 2T + 2H + tiles.
 
+    The skew (fabric_skew) runs before the steps through the same
+    recurrence with post = mm = 0: at skew shift i only the rows with
+    skew_a > i move A and the columns with skew_b > i move B, so tiles,
+    and the terms above, are per PE (a stream's sender moves the tiles of
+    its own row and column: A in completes at S[succ_x] + 2T + dA*H +
+    tiles[succ_x]); a PE that moves nothing keeps its S. Lines shift
+    different amounts, so the lockstep of the steps is gone, and one term
+    the steps never need appears: a PE that receives A and B from two
+    different senders takes both through its router's one ramp, one
+    wavelet a cycle, from the first arrival on:
+        S'[x, y] >= min(S[succ_x, y] + 2T + dA[x]*H,
+                        S[x, succ_y] + 2T + dB[y]*H + [succ_y moves A])
+                    + tile_a + tile_b
+    (B leaves a sender that moves both one cycle after A). With it the
+    model is within 1 cycle of the engine on every full cannon run of the
+    tests (4 cycles, 1%, on a one-step run of 30^3 on 3 x 5). What it still
+    leaves out is the interplay of streams that
+    start at different times on meshgemm's interleaved rings, where
+    neighbouring rows skew by very different amounts: a sender that has
+    finished its skew streams its first step's tiles into a neighbour still
+    in its skew (they wait in that neighbour's queues and take turns at its
+    ramp with the skew's tiles), which the per-stream terms do not see;
+    the model is low there by up to 4.6% (198 cycles, 128^3 on 16 x 16,
+    where the product, 128 cycles, barely covers a shift and the lag the
+    skew leaves keeps growing through the later steps) and 2.7% (645
+    cycles, 256^3 on 16 x 16, all of it made in the skew and the first two
+    steps: every later step adds exactly the model's cycles).
+    skew="host": no skew shifts, the recurrence alone, equal to the engine.
+
     summa: step s has its A root at column s mod C and its B root at row
     s mod R. The root injects its tile on the forward and on the backward
     color; both copies come back to it through its own ramp, which takes one
@@ -300,7 +364,6 @@ def model_cycles(p: GemmPlan, cfg: wse.WaferConfig, steps: int | None = None) ->
     start = np.zeros((R, C))
     if p.algorithm in ("cannon", "meshgemm"):
         post = mm if p.algorithm == "cannon" else 0
-        tiles = ta + tb
         order_x, order_y = ring_order(p.algorithm, C), ring_order(p.algorithm, R)
         pos_x, pos_y = routes.ring_position(order_x), routes.ring_position(order_y)
         succ_x = np.asarray(order_x)[(pos_x + 1) % C]
@@ -317,18 +380,38 @@ def model_cycles(p: GemmPlan, cfg: wse.WaferConfig, steps: int | None = None) ->
             + cfg.input_queue_depth
         ahead_y = (np.abs(pred_y - np.arange(R)) + 1)[:, None] * cfg.queue_depth \
             + cfg.input_queue_depth
-        for _ in range(L - 1):
-            s = start
+        def shift(s, post, mm, ta, tb):
+            """When each PE starts its next operation after one shift of ta
+            wavelets along the rows and tb along the columns (per PE; 0: none)."""
+            ta, tb = np.broadcast_to(ta, s.shape), np.broadcast_to(tb, s.shape)
+            tiles = ta + tb
             nxt = np.maximum(s + post + tiles, s + mm)
-            if p.shifts_a:
-                nxt = np.maximum(nxt, s[:, succ_x] + post + 2 * T + hops_x + tiles)
-                nxt = np.maximum(nxt, np.where(tiles > ahead_x,
-                                               s[:, pred_x] + post + tiles - ahead_x, 0))
-            if p.shifts_b:
-                nxt = np.maximum(nxt, s[succ_y, :] + post + 2 * T + hops_y + tiles)
-                nxt = np.maximum(nxt, np.where(tiles > ahead_y,
-                                               s[pred_y, :] + post + tiles - ahead_y, 0))
-            start = nxt
+            in_a = np.maximum(s[:, succ_x] + post + 2 * T + hops_x + tiles[:, succ_x],
+                              np.where(tiles > ahead_x,
+                                       s[:, pred_x] + post + tiles[:, pred_x] - ahead_x, 0))
+            in_b = np.maximum(s[succ_y, :] + post + 2 * T + hops_y + tiles[succ_y, :],
+                              np.where(tiles > ahead_y,
+                                       s[pred_y, :] + post + tiles[pred_y, :] - ahead_y, 0))
+            nxt = np.where(ta > 0, np.maximum(nxt, in_a), nxt)
+            nxt = np.where(tb > 0, np.maximum(nxt, in_b), nxt)
+            # the router's ramp into the PE takes one wavelet a cycle, A's and
+            # B's together, from the first to arrive (B leaves its sender one
+            # cycle after A when the sender moves both: their turns alternate)
+            a0 = s[:, succ_x] + post + 2 * T + hops_x
+            b0 = s[succ_y, :] + post + 2 * T + hops_y + (ta[succ_y, :] > 0)
+            both = (ta > 0) & (tb > 0)
+            return np.where(both, np.maximum(nxt, np.minimum(a0, b0) + tiles), nxt)
+
+        # the skew: at shift i, the rows with i < skew_a move A and the
+        # columns with i < skew_b move B; a PE with neither is done
+        skew_a, skew_b = fabric_skew(p)
+        for i in range(int(max(skew_a.max(initial=0), skew_b.max(initial=0)))):
+            moving_a = np.where(skew_a > i, ta, 0)[:, None]
+            moving_b = np.where(skew_b > i, tb, 0)[None, :]
+            moved = shift(start, 0, 0, moving_a, moving_b)
+            start = np.where((moving_a + moving_b) > 0, moved, start)
+        for _ in range(L - 1):
+            start = shift(start, post, mm, ta, tb)
         return int(round(start.max() + mm))
     def flood(ready, r, tile, index, axis):
         """Panel arrival on every line (along `axis`) whose root is at index r."""
@@ -411,15 +494,20 @@ def _check_range(name: str, X: np.ndarray, dtype: str) -> None:
 # ----------------------------------------------------------------------------
 # Public entry point
 def gemm(A, B, cfg: wse.WaferConfig, algorithm: str = "meshgemm", dtype: str = "float16",
-         transpose_b: bool = False, accumulate: str = "float32", max_cycles: int = 10 ** 12):
+         transpose_b: bool = False, accumulate: str = "float32", max_cycles: int = 10 ** 12,
+         skew: str = "fabric"):
     """C = A @ B (A @ B.T with transpose_b) on the cfg.rows x cfg.cols grid.
 
     A: (M, K); B: (K, N), or (N, K) with transpose_b. dtype: storage of A
     and B tiles ("float32" or "float16"); accumulate: dtype of the C
-    accumulator. Returns (C, report): C of shape (M, N) in `dtype`; the
+    accumulator. skew (cannon, meshgemm): "fabric" (default) shifts the
+    tiles into their initial alignment on the rings, charged in the cycles;
+    "host" loads them already skewed and does not charge the alignment
+    (only to compare with figures measured that way). Returns (C, report):
+    C of shape (M, N) in `dtype`; the
     report carries compute efficiency and report.extra["gemm"] (plan,
     model cycles, compute/stall split)."""
-    p, prog, c_buf = _build(A, B, cfg, algorithm, dtype, transpose_b, accumulate, None)
+    p, prog, c_buf = _build(A, B, cfg, algorithm, dtype, transpose_b, accumulate, None, skew)
     result = prog.run(max_cycles=max_cycles)
     c_tiles = result.read(c_buf).astype(np.float32)       # (R, C, mt*nt)
     R, Cn = p.rows, p.cols
@@ -432,30 +520,35 @@ def gemm(A, B, cfg: wse.WaferConfig, algorithm: str = "meshgemm", dtype: str = "
 
 def gemm_first_steps(A, B, cfg: wse.WaferConfig, steps: int, algorithm: str = "meshgemm",
                      dtype: str = "float16", transpose_b: bool = False,
-                     accumulate: str = "float32", max_cycles: int = 10 ** 12) -> wse.RunReport:
+                     accumulate: str = "float32", max_cycles: int = 10 ** 12,
+                     skew: str = "fabric") -> wse.RunReport:
     """Benchmark only: emulate the first `steps` of the algorithm's L steps
     on the full grid with the full-size tiles, and return only the report.
 
     The programs are loops over identical steps; this runs the same program
-    with its loop cut short (cannon/meshgemm: `steps` products and steps-1
-    shifts; summa: `steps` broadcasts and products), so its C holds only
-    part of the sum and is not returned. benchmarks/gemm.py uses it where a
+    with its loop cut short (cannon/meshgemm: the whole skew, then `steps`
+    products and steps-1 shifts; summa: `steps` broadcasts and products),
+    so its C holds only part of the sum and is not returned. The skew is a
+    one-off before the steps, in every partial run alike, so the difference
+    between two runs is steps only. benchmarks/gemm.py uses it where a
     full run is too long to emulate: it measures two step counts and
     extrapolates the per-step cycles linearly to L, and says so.
     report.extra["gemm"] describes the partial run ("steps_run", and the
     model's cycles and wavelet-hops for those steps)."""
-    p, prog, _ = _build(A, B, cfg, algorithm, dtype, transpose_b, accumulate, steps)
+    p, prog, _ = _build(A, B, cfg, algorithm, dtype, transpose_b, accumulate, steps, skew)
     report = prog.run(max_cycles=max_cycles).report
     _annotate(report, p, cfg, p.check_steps(steps))
     return report
 
 
 def _build(A, B, cfg, algorithm: str, dtype: str, transpose_b: bool, accumulate: str,
-           steps: int | None):
+           steps: int | None, skew: str):
     """Check the inputs, plan, and build the program of the first `steps` steps."""
     check_common(cfg, dtype, accumulate)
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"unknown GEMM algorithm {algorithm!r}: expected one of {ALGORITHMS}")
+    if skew not in SKEWS:
+        raise ConfigError(f"unknown skew {skew!r}: expected one of {SKEWS}")
     A = _matrix("A", A)
     B = _matrix("B", B)
     if transpose_b:
@@ -471,7 +564,7 @@ def _build(A, B, cfg, algorithm: str, dtype: str, transpose_b: bool, accumulate:
     _check_range("A", A, dtype)
     _check_range("B", B, dtype)
     M, K = A.shape
-    p = plan(M, K, N, cfg, algorithm, dtype, accumulate, transpose_b)
+    p = plan(M, K, N, cfg, algorithm, dtype, accumulate, transpose_b, skew)
     steps = p.check_steps(steps)
     check_fits(p, cfg)
     a_blocks, b_blocks = _blocks(p, A, B)
@@ -490,7 +583,7 @@ def _annotate(report: wse.RunReport, p: GemmPlan, cfg: wse.WaferConfig, steps: i
         "algorithm": p.algorithm, "M": p.M, "K": p.K, "N": p.N,
         "grid": f"{p.rows}x{p.cols}", "steps": p.steps, "steps_run": steps,
         "tile": [p.mt, p.kt, p.nt], "dtype": p.dtype, "accumulate": p.acc_dtype,
-        "transpose_b": p.transpose_b, "sram_bytes_per_pe": p.sram_bytes(),
+        "transpose_b": p.transpose_b, "skew": p.skew, "sram_bytes_per_pe": p.sram_bytes(),
         "model_cycles": model_cycles(p, cfg, steps),
         "expected_wavelet_hops": expected_wavelet_hops(p, steps),
         "compute_efficiency": report.compute_efficiency,
@@ -532,6 +625,18 @@ def _b_block(p: GemmPlan, b_blocks: np.ndarray, k: np.ndarray, x: np.ndarray) ->
 
 
 # ----------------------------------------------------------------------------
+@contextlib.contextmanager
+def _if_zero(t, tmp, value, modulus: int, offset: int = 0):
+    """Run the body once when value + offset == 0 (|value + offset| < modulus);
+    tmp is a scratch register."""
+    t.affine(tmp, value, 1, offset)
+    t.mod(tmp, modulus)
+    t.affine(tmp, tmp, -1, 1)          # 1 when zero, <= 0 otherwise
+    with t.loop(tmp):
+        yield
+
+
+# ----------------------------------------------------------------------------
 # Cannon and MeshGEMM
 def _cannon_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks, steps: int):
     R, C, L = p.rows, p.cols, p.steps
@@ -542,14 +647,16 @@ def _cannon_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks, steps
     b_fifo = prog.buffer("b_fifo", (slots_b * p.tile_b,), p.dtype)
     c_buf = prog.buffer("c", (p.tile_c,), p.acc_dtype)
 
-    # ring positions and the pre-skewed FIFO contents
+    # ring positions and the FIFO contents: aligned at K-block k0, less the
+    # shifts the fabric will do (the skew; none with skew="host")
     order_x, order_y = ring_order(p.algorithm, C), ring_order(p.algorithm, R)
     pos_x, pos_y = routes.ring_position(order_x), routes.ring_position(order_y)
     k0 = (pos_y[:, None] * b + pos_x[None, :] * a) % L                # (R, C)
+    skew_a, skew_b = fabric_skew(p)
     ys = np.arange(R)[:, None, None]
     xs = np.arange(C)[None, :, None]
-    ka = (k0[:, :, None] + np.arange(a)[None, None, :]) % L            # (R, C, a)
-    kb = (k0[:, :, None] + np.arange(b)[None, None, :]) % L
+    ka = (k0[:, :, None] - skew_a[:, None, None] + np.arange(a)[None, None, :]) % L  # (R, C, a)
+    kb = (k0[:, :, None] - skew_b[None, :, None] + np.arange(b)[None, None, :]) % L
     a_init = np.zeros((R, C, slots_a, p.tile_a))
     a_init[:, :, :a] = a_blocks[np.broadcast_to(ys, ka.shape), ka].reshape(R, C, a, -1)
     b_init = np.zeros((R, C, slots_b, p.tile_b))
@@ -559,6 +666,10 @@ def _cannon_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks, steps
     prog.load(b_fifo, b_init.reshape(R, C, -1))
     del a_init, b_init
 
+    skew_a_pe = np.broadcast_to(skew_a[:, None], (R, C))
+    skew_b_pe = np.broadcast_to(skew_b[None, :], (R, C))
+    skew_params = [prog.param("skew_a", skew_a_pe), prog.param("skew_b", skew_b_pe),
+                   prog.param("skew_steps", np.maximum(skew_a_pe, skew_b_pe))]
     comm = []            # (fifo buffer, tile, slots, send color, recv color)
     if p.shifts_a:
         plan_x = routes.ring(prog, "x", order_x, step=-1, name="a_ring")
@@ -586,21 +697,56 @@ def _cannon_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks, steps
                      b_fifo.view(offset=head_b * p.tile_b, length=p.tile_b),
                      p.mt, p.kt, p.nt, transpose_b=p.transpose_b)
 
+        def post_receive(fifo, tile, slots, send, recv):
+            t.mov(fifo.view(offset=free[id(fifo)] * tile, length=tile),
+                  prog.fabin(recv, tile), async_=True)
+
+        def post_send(fifo, tile, slots, send, recv):
+            t.mov(prog.fabout(send, tile),
+                  fifo.view(offset=head[id(fifo)] * tile, length=tile), async_=True)
+
         def shift():
             # receives first: every PE has posted its receives before any send
             # can fill a queue, whatever the number of async slots
-            for fifo, tile, _, _, recv in comm:
-                t.mov(fifo.view(offset=free[id(fifo)] * tile, length=tile),
-                      prog.fabin(recv, tile), async_=True)
-            for fifo, tile, _, send, _ in comm:
-                t.mov(prog.fabout(send, tile),
-                      fifo.view(offset=head[id(fifo)] * tile, length=tile), async_=True)
+            for line in comm:
+                post_receive(*line)
+            for line in comm:
+                post_send(*line)
 
-        def advance():
-            for fifo, slots in ((a_fifo, slots_a), (b_fifo, slots_b)):
+        def advance(fifos=((a_fifo, slots_a), (b_fifo, slots_b))):
+            for fifo, slots in fifos:
                 for r in (head[id(fifo)], free[id(fifo)]):
                     t.addi(r, 1)
                     t.mod(r, slots)
+
+        def skew(skew_a, skew_b, skew_steps):
+            """The initial alignment (fabric_skew): at shift i a PE moves A if
+            i < skew_a (its row's count) and B if i < skew_b (its column's),
+            so the lines shift at the same time."""
+            tmp = t.reg()
+            lines = []          # (comm entry, shifts left, moving: 1 or 0)
+            for line in comm:
+                left, moving = t.reg(), t.reg()
+                t.set(left, skew_a if line[0] is a_fifo else skew_b)
+                t.set(moving, 1)
+                with _if_zero(t, tmp, left, L):
+                    t.set(moving, 0)
+                lines.append((line, left, moving))
+            with t.loop(skew_steps):
+                for post in (post_receive, post_send):
+                    for line, _, moving in lines:
+                        with t.loop(moving):
+                            post(*line)
+                t.wait()
+                for line, left, moving in lines:
+                    with t.loop(moving):
+                        advance([(line[0], line[2])])
+                    t.addi(left, -1)
+                    with _if_zero(t, tmp, left, L):
+                        t.set(moving, 0)
+
+        if skew_a.any() or skew_b.any():
+            skew(*skew_params)
 
         with t.loop(steps - 1):
             if p.algorithm == "meshgemm":
@@ -671,14 +817,8 @@ def _summa_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks, steps:
     with role.task("main", entry=True) as t:
         tmp = t.reg()
 
-        @contextlib.contextmanager
         def if_zero(value, modulus, offset=0):
-            """Run the body once when value + offset == 0 (|value + offset| < modulus)."""
-            t.affine(tmp, value, 1, offset)
-            t.mod(tmp, modulus)
-            t.affine(tmp, tmp, -1, 1)          # 1 when zero, <= 0 otherwise
-            with t.loop(tmp):
-                yield
+            return _if_zero(t, tmp, value, modulus, offset)
 
         # per axis: phase (s mod P), e = pos - root, receive lengths, next block to send
         state = []

@@ -76,17 +76,41 @@ COST_CASES = [  # rows, cols, M, K, N, dtype
 ]
 
 
+# |cycles - model| / model with the skew on the fabric (model_cycles'
+# docstring): the skew breaks the lockstep of the steps and leaves streams
+# overlapping that the model does not see. Largest seen: meshgemm 4.6%
+# (128^3 on 16 x 16), 2.7% (256^3 on 16 x 16), 1.3% on COST_CASES; cannon
+# within a cycle on every full run of COST_CASES, 1% (4 cycles) on a
+# one-step run of 30^3 on 3 x 5
+SKEW_MODEL_BOUND = 0.05
+
+
+def assert_cycles_near_the_model(cycles: int, model: int, algorithm: str, skew: str) -> None:
+    """Equal for the steps alone (summa, skew="host"); within the documented
+    bound where the fabric skew runs before them."""
+    if algorithm == "summa" or skew == "host":
+        assert cycles == model
+    else:
+        assert abs(cycles - model) <= SKEW_MODEL_BOUND * model, (cycles, model)
+
+
 @pytest.mark.parametrize("rows,cols,M,K,N,dtype", COST_CASES)
-@pytest.mark.parametrize("algorithm", G.ALGORITHMS)
-def test_cycles_equal_the_model_and_hops_exact(rows, cols, M, K, N, dtype, algorithm):
-    # the issue asks for 10%; every algorithm's model is exact on these points
+@pytest.mark.parametrize("algorithm,skew", [("summa", "fabric"), ("cannon", "fabric"),
+                                            ("cannon", "host"), ("meshgemm", "fabric"),
+                                            ("meshgemm", "host")])
+def test_cycles_equal_the_model_and_hops_exact(rows, cols, M, K, N, dtype, algorithm, skew):
+    """The issue asks for 10%. The steps' model is exact: summa, and
+    cannon/meshgemm with skew="host" (no skew shifts) equal it to the cycle.
+    The fabric skew (the default) makes the lines shift different amounts,
+    which the model follows to within SKEW_MODEL_BOUND (why: model_cycles'
+    docstring); its wavelet-hops are exact all the same."""
     cfg = wse.WSE2.with_grid(rows=rows, cols=cols)
     rng = np.random.default_rng(1)
     _, report = G.gemm(rng.standard_normal((M, K)), rng.standard_normal((K, N)), cfg,
-                       algorithm=algorithm, dtype=dtype)
-    p = G.plan(M, K, N, cfg, algorithm, dtype, "float32")
+                       algorithm=algorithm, dtype=dtype, skew=skew)
+    p = G.plan(M, K, N, cfg, algorithm, dtype, "float32", skew=skew)
     model = G.model_cycles(p, cfg)
-    assert report.cycles == model
+    assert_cycles_near_the_model(report.cycles, model, algorithm, skew)
     assert report.wavelet_hops == G.expected_wavelet_hops(p)
     # every PE runs L tile products at the FMAC rate
     assert report.flops == 2 * p.steps * p.mt * p.kt * p.nt * rows * cols
@@ -108,7 +132,8 @@ def test_first_steps_run_the_first_k_steps_of_the_full_program(rows, cols, n, al
     assert (everything.cycles, everything.wavelet_hops) == (full.cycles, full.wavelet_hops)
     for k in (1, 2, p.steps - 1):
         report = G.gemm_first_steps(A, B, cfg, k, algorithm=algorithm)
-        assert report.cycles == G.model_cycles(p, cfg, k)
+        assert_cycles_near_the_model(report.cycles, G.model_cycles(p, cfg, k), algorithm,
+                                     "fabric")
         assert report.wavelet_hops == G.expected_wavelet_hops(p, k)
         assert report.flops == 2 * k * p.mt * p.kt * p.nt * rows * cols
         assert report.extra["gemm"]["steps_run"] == k
@@ -124,22 +149,29 @@ def test_first_steps_rejects_a_step_count_outside_1_to_L(steps):
 
 def test_linear_extrapolation_of_first_steps_on_a_square_grid():
     """After its first two steps every algorithm's cycles grow by one fixed
-    amount per step (Cannon's shift reaches its steady pace at step 3). What
-    the first steps cannot show is a one-off: the last step's wait for the
-    PEs farthest from its root (SUMMA: the far corner, P-1 hops on each
+    amount per step (Cannon's shift reaches its steady pace at step 3); the
+    fabric skew comes before the first step, in every partial run alike.
+    What the first steps cannot show is a one-off: the last step's wait for
+    the PEs farthest from its root (SUMMA: the far corner, P-1 hops on each
     axis; Cannon: the wrap-around edge). So steps 3 and 6 extrapolate all
-    P steps to within one crossing of each axis, 2 * (2T + (P-1)H)."""
+    P steps to within one crossing of each axis, 2 * (2T + (P-1)H), of the
+    full emulation. Not meshgemm with the fabric skew: its lines leave the
+    skew at very different times (interleaved rings) and its pace is still
+    changing after step 6 (145 cycles off here), so it is checked with
+    skew="host", the steps alone (the benchmark composes such points the
+    same way, docs/gemm.md)."""
     from benchmarks.gemm import extrapolate_cycles
     P = 16
     cfg = wse.WSE2.with_grid(rows=P, cols=P)
     T, H = cfg.ramp_latency, cfg.hop_latency
     rng = np.random.default_rng(3)
     A, B = rng.standard_normal((128, 128)), rng.standard_normal((128, 128))
-    for algorithm in G.ALGORITHMS:
+    for algorithm, skew in (("summa", "fabric"), ("cannon", "fabric"), ("meshgemm", "host")):
         p = G.plan(128, 128, 128, cfg, algorithm, "float16", "float32")
         k1, k2 = 3, 6
-        c1, c2 = (G.gemm_first_steps(A, B, cfg, k, algorithm=algorithm).cycles for k in (k1, k2))
-        full = G.model_cycles(p, cfg)
+        c1, c2 = (G.gemm_first_steps(A, B, cfg, k, algorithm=algorithm, skew=skew).cycles
+                  for k in (k1, k2))
+        full = G.gemm(A, B, cfg, algorithm=algorithm, skew=skew)[1].cycles
         assert abs(extrapolate_cycles(k1, c1, k2, c2, p.steps) - full) \
             <= 2 * (2 * T + (P - 1) * H), algorithm
     with pytest.raises(ValueError):
@@ -147,12 +179,22 @@ def test_linear_extrapolation_of_first_steps_on_a_square_grid():
 
 
 def test_meshgemm_hides_the_shift_when_compute_bound():
-    # 32x32x32 fp16 tiles: the product (8192 cycles) is far longer than a shift
+    """32x32x32 fp16 tiles: the product (8192 cycles) is far longer than a
+    shift, so the steps cost their products alone; the skew, before any
+    product, hides behind nothing and adds its shifts (at least the longest
+    line's skew_a + skew_b shifts of 2T + tile wavelets each)."""
     cfg = wse.WSE2.with_grid(rows=4, cols=4)
-    _, report = G.gemm(np.ones((128, 128)), np.ones((128, 128)), cfg, algorithm="meshgemm")
+    T = cfg.ramp_latency
     p = G.plan(128, 128, 128, cfg, "meshgemm", "float16", "float32")
-    assert report.cycles == p.steps * G.matmul_cycles(p, cfg)
-    assert report.compute_efficiency == pytest.approx(1.0)
+    products = p.steps * G.matmul_cycles(p, cfg)
+    _, host = G.gemm(np.ones((128, 128)), np.ones((128, 128)), cfg, algorithm="meshgemm",
+                     skew="host")
+    assert host.cycles == products
+    assert host.compute_efficiency == pytest.approx(1.0)
+    _, fabric = G.gemm(np.ones((128, 128)), np.ones((128, 128)), cfg, algorithm="meshgemm")
+    skew_a, skew_b = G.fabric_skew(p)
+    assert max(skew_a) == max(skew_b) == p.steps - 1
+    assert fabric.cycles >= products + (p.steps - 1) * (2 * T + p.tile_a)
 
 
 @pytest.mark.parametrize("P,n", [(16, 32), (8, 8), (8, 256)])
@@ -183,6 +225,35 @@ def test_meshgemm_beats_cannon_beats_summa_on_a_comm_bound_grid():
     A = np.ones((96, 96))
     cycles = {a: G.gemm(A, A, cfg, algorithm=a)[1].cycles for a in G.ALGORITHMS}
     assert cycles["meshgemm"] < cycles["cannon"] < cycles["summa"]
+
+
+@pytest.mark.parametrize("algorithm", ["cannon", "meshgemm"])
+@pytest.mark.parametrize("rows,cols", [(3, 5), (4, 4)])
+def test_fabric_skew_starts_from_every_pes_own_blocks(algorithm, rows, cols):
+    """The fabric skew shifts each row's A by its ring position times b and
+    each column's B by its ring position times a, so the host places only
+    unskewed blocks; host and fabric skew give the same C, and the fabric's
+    costs exactly the skew's extra wavelet-hops and more cycles."""
+    cfg = wse.WSE2.with_grid(rows=rows, cols=cols)
+    p = G.plan(30, 45, 40, cfg, algorithm, "float32", "float32")
+    skew_a, skew_b = G.fabric_skew(p)
+    pos_y = wse.routes.ring_position(G.ring_order(algorithm, rows))
+    pos_x = wse.routes.ring_position(G.ring_order(algorithm, cols))
+    assert (skew_a == pos_y * p.b_blocks % p.steps).all()
+    assert (skew_b == pos_x * p.a_blocks % p.steps).all()
+    host_plan = G.plan(30, 45, 40, cfg, algorithm, "float32", "float32", skew="host")
+    assert not any(G.fabric_skew(host_plan)[0]) and not any(G.fabric_skew(host_plan)[1])
+    rng = np.random.default_rng(4)
+    A, B = rng.standard_normal((30, 45)), rng.standard_normal((45, 40))
+    C_fabric, fabric = G.gemm(A, B, cfg, algorithm=algorithm, dtype="float32")
+    C_host, host = G.gemm(A, B, cfg, algorithm=algorithm, dtype="float32", skew="host")
+    np.testing.assert_array_equal(C_fabric, C_host)
+    hops_a = sum(G._ring_hops(G.ring_order(algorithm, cols)))
+    hops_b = sum(G._ring_hops(G.ring_order(algorithm, rows)))
+    assert fabric.wavelet_hops - host.wavelet_hops == \
+        skew_a.sum() * hops_a * p.tile_a + skew_b.sum() * hops_b * p.tile_b
+    assert fabric.cycles > host.cycles
+    assert fabric.extra["gemm"]["skew"] == "fabric" and host.extra["gemm"]["skew"] == "host"
 
 
 def test_interleaved_ring_streams_are_at_most_two_hops_and_plain_ring_wraps():
@@ -228,6 +299,7 @@ CFG = wse.WSE2.with_grid(rows=2, cols=2)
     (np.ones((2, 2)), np.ones((2, 2)), {"dtype": "bfloat16"}, "dtype"),
     (np.ones((2, 2)), np.ones((2, 2)), {"accumulate": "int8"}, "accumulate"),
     (np.full((2, 2), 1e6), np.ones((2, 2)), {}, "float16"),
+    (np.ones((2, 2)), np.ones((2, 2)), {"algorithm": "cannon", "skew": "none"}, "unknown skew"),
 ])
 def test_bad_input_gets_one_clear_error(A, B, kw, match):
     with pytest.raises(ConfigError, match=match):
