@@ -22,8 +22,8 @@ Run alone: python -m benchmarks.attention [--full] [--llama]
 """
 from __future__ import annotations
 
+import argparse
 import pathlib
-import sys
 import time
 
 import numpy as np
@@ -117,10 +117,20 @@ def plot(rows, out_dir) -> list[pathlib.Path]:
     return [path]
 
 
-if __name__ == "__main__":
-    rows = run(quick="--full" not in sys.argv)
-    if "--llama" in sys.argv:
+def _main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.attention",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--full", action="store_true", help="the larger grids")
+    parser.add_argument("--llama", action="store_true",
+                        help="add the LLaMA-3-8B head proxies (660 x 660 per-PE sizes)")
+    args = parser.parse_args(argv)
+    rows = run(quick=not args.full)
+    if args.llama:
         rows += llama_proxies()
     for r in rows:
         print(r)
     print(plot(rows, "bench-out"))
+
+
+if __name__ == "__main__":
+    _main()

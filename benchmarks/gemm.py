@@ -23,6 +23,7 @@ model_cycles(fabric skew) - model_cycles(host skew), as "skew_cycles_model".
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import resource
@@ -219,28 +220,44 @@ def plot(rows: list[dict], out_dir) -> list:
     return [path]
 
 
-def _main(argv: list[str]) -> None:
-    if argv[:1] == ["--point"]:
-        print(json.dumps(measure_point(argv[1], int(argv[2]), int(argv[3]))))
-        return
-    if argv[:1] == ["--first-steps"]:     # --first-steps ALGORITHM SIZE GRID K1 K2 [K3 ...]
-        print(json.dumps(measure_first_steps(argv[1], int(argv[2]), int(argv[3]),
-                                             [int(v) for v in argv[4:]])))
-        return
-    if argv[:1] == ["--plot"]:            # --plot ROWS.jsonl DIR: rows as printed above
-        with open(argv[1]) as f:
+def _main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.gemm", description=__doc__.split("\n\n")[0],
+        epilog="Without --point, --first-steps or --plot: run the quick (or --full) "
+               "suite and print one JSON row per point.")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--point", nargs=3, metavar=("ALGORITHM", "SIZE", "GRID"),
+                      help="emulate one point in this process and print its JSON row")
+    mode.add_argument("--first-steps", nargs="+", metavar="ARG",
+                      help="ALGORITHM SIZE GRID K1 K2 [K3 ...]: emulate the first K1, K2, ... "
+                           "steps and extrapolate the last two to all steps")
+    mode.add_argument("--plot", nargs=2, metavar=("ROWS_JSONL", "DIR"),
+                      help="draw the rows of a JSON-lines file into DIR")
+    mode.add_argument("--points", metavar="SIZE:GRID,...",
+                      help="run these points (every algorithm) instead of a suite")
+    parser.add_argument("--full", action="store_true", help="the issue's full-size points")
+    args = parser.parse_args(argv)
+    if args.point:
+        algorithm, size, grid = args.point
+        print(json.dumps(measure_point(algorithm, int(size), int(grid))))
+    elif args.first_steps:
+        if len(args.first_steps) < 5:
+            parser.error("--first-steps needs ALGORITHM SIZE GRID and at least two step counts")
+        algorithm, size, grid, *steps = args.first_steps
+        print(json.dumps(measure_first_steps(algorithm, int(size), int(grid),
+                                             [int(v) for v in steps])))
+    elif args.plot:
+        with open(args.plot[0]) as f:
             rows = [json.loads(line) for line in f if line.strip()]
-        for path in plot(rows, argv[2]):
+        for path in plot(rows, args.plot[1]):
             print(path)
-        return
-    if argv[:1] == ["--points"]:          # --points SIZE:GRID,SIZE:GRID
-        pts = [tuple(int(v) for v in p.split(":")) for p in argv[1].split(",")]
-        rows = run(points=pts)
     else:
-        rows = run(quick="--full" not in argv)
-    for row in rows:
-        print(json.dumps(row), flush=True)
+        points = None
+        if args.points:
+            points = [tuple(int(v) for v in p.split(":")) for p in args.points.split(",")]
+        for row in run(quick=not args.full, points=points):
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
-    _main(sys.argv[1:])
+    _main()

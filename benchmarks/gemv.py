@@ -7,6 +7,7 @@ quick: 1K and 2K on 64x64; full: 4K, 8K and 16K on 256x256, and 16K on
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import resource
@@ -106,13 +107,20 @@ def plot(rows: list[dict], out_dir) -> list:
     return [path]
 
 
-def _main(argv: list[str]) -> None:
-    if argv[:1] == ["--point"]:
-        print(json.dumps(measure_point(argv[1], int(argv[2]), int(argv[3]))))
+def _main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gemv",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--point", nargs=3, metavar=("ALGORITHM", "SIZE", "GRID"),
+                        help="emulate one point in this process and print its JSON row")
+    parser.add_argument("--full", action="store_true", help="the issue's full-size points")
+    args = parser.parse_args(argv)
+    if args.point:
+        algorithm, size, grid = args.point
+        print(json.dumps(measure_point(algorithm, int(size), int(grid))))
         return
-    for row in run(quick="--full" not in argv):
+    for row in run(quick=not args.full):
         print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
-    _main(sys.argv[1:])
+    _main()

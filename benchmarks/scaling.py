@@ -17,6 +17,7 @@ before the point: the memory the emulation of that grid needed.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -116,13 +117,19 @@ def plot(rows: list[dict], out_dir) -> list:
     return [plots.scaling_curves(rows, pathlib.Path(out_dir) / "scaling.png")]
 
 
-def _main(argv: list[str]) -> None:
-    if argv[:1] == ["--point"]:
-        print(json.dumps(measure_point(*(int(a) for a in argv[1:4]))))
+def _main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scaling",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--point", nargs=3, type=int, metavar=("ROWS", "COLS", "LENGTH"),
+                        help="emulate one point in this process and print its row")
+    parser.add_argument("--full", action="store_true", help="the full-size grids")
+    args = parser.parse_args(argv)
+    if args.point:
+        print(json.dumps(measure_point(*args.point)))
         return
-    for row in run(quick="--full" not in argv):
+    for row in run(quick=not args.full):
         print({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
 if __name__ == "__main__":
-    _main(sys.argv[1:])
+    _main()

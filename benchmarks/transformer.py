@@ -21,9 +21,9 @@ Run alone: python -m benchmarks.transformer [--full]
 """
 from __future__ import annotations
 
+import argparse
 import pathlib
 import resource
-import sys
 import time
 
 import numpy as np
@@ -314,15 +314,24 @@ def plot(rows, out_dir) -> list[pathlib.Path]:
     return made
 
 
-if __name__ == "__main__":
+def _main(argv: list[str] | None = None) -> None:
     import json
-    full = "--full" in sys.argv
-    part = sys.argv[sys.argv.index("--part") + 1] if "--part" in sys.argv else None
-    rows = run(quick=not full, part=part)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.transformer",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--full", action="store_true", help="LLaMA-3-8B at full size")
+    parser.add_argument("--part", choices=("decode", "prefill", "relayout"),
+                        help="only this part of the full run")
+    args = parser.parse_args(argv)
+    rows = run(quick=not args.full, part=args.part)
     out = pathlib.Path("bench-out")
     out.mkdir(exist_ok=True)
-    name = f"transformer_{part}" if part else ("transformer_full" if full else "transformer")
+    name = (f"transformer_{args.part}" if args.part
+            else ("transformer_full" if args.full else "transformer"))
     (out / f"{name}.json").write_text(
         json.dumps(rows, indent=1, default=str))
     print(json.dumps(rows, indent=1, default=str))
     print(plot(rows, out))
+
+
+if __name__ == "__main__":
+    _main()
