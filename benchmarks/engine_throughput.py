@@ -121,6 +121,7 @@ def measure(workload: str, rows: int, cols: int, length: int, repeats: int = 3) 
         "engine_wall_s": wall, "bare_wall_s": bare_wall,
         "engine_hops_per_s": report.wavelet_hops / wall,
         "engine_pe_cycles_per_s": pe_cycles / wall,
+        "engine_ns_per_step": 1e9 * wall / max(report.router_steps + report.pe_steps, 1),
         "bare_hops_per_s": pe_cycles / bare_wall,
         "ratio_hops": (report.wavelet_hops / wall) / (pe_cycles / bare_wall),
         "ratio_pe_cycles": (pe_cycles / wall) / (pe_cycles / bare_wall),
