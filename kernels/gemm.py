@@ -28,7 +28,8 @@ Cannon and MeshGEMM (tiling on the least common multiple)
   the host places every PE's own blocks (those of its ring positions, the
   same for every row and column), then each row shifts A py*b times and
   each column B px*a times on the same rings, before the first product;
-  its cycles and wavelet-hops are charged. skew="host" loads the tiles
+  its cycles and wavelet-hops are charged. Cannon shifts A and B in the
+  same shifts, MeshGEMM A first, then B (`GemmPlan.skews_in_turn` says why). skew="host" loads the tiles
   already skewed and charges nothing for the alignment (kept only to
   compare with figures measured that way).
   - cannon: the ring is the line in physical order, so the wrap-around
@@ -87,11 +88,12 @@ ALGORITHMS = ("summa", "cannon", "meshgemm")
 SKEWS = ("fabric", "host")
 
 # |cycles - model_cycles| / model_cycles with the skew on the fabric: the
-# skew breaks the lockstep of the steps and leaves streams overlapping that
-# the model does not see (model_cycles' docstring). Largest seen: meshgemm
-# 4.6% (128^3 on 16 x 16); cannon within a cycle on full runs. For SUMMA and
-# skew="host" the model is exact.
-FABRIC_SKEW_MODEL_BOUND = 0.05
+# skew breaks the lockstep of the steps, and ramp turns between streams that
+# start at different times are not in the model (model_cycles' docstring).
+# Largest seen: 1.25% (cannon, 6 of 480 cycles, a first-steps run of 30^3
+# on 3 x 5); on full runs meshgemm 0.42% (4 cycles, 32^3 on 4 x 4) and
+# cannon 0.19% (256^3 on 8 x 8). For SUMMA and skew="host" the model is exact.
+FABRIC_SKEW_MODEL_BOUND = 0.015
 FP16_MAX = 65504.0
 
 
@@ -147,6 +149,24 @@ class GemmPlan:
     @property
     def tile_c(self) -> int:
         return self.mt * self.nt
+
+    @property
+    def skews_in_turn(self) -> bool:
+        """Whether the fabric skew moves A first, then B (meshgemm), rather
+        than both in the same shifts (cannon).
+
+        On Cannon's rings neighbouring lines skew by amounts one shift apart,
+        so a PE moving A and B in the same shifts pays the two ramp latencies
+        once per shift, and the PEs stay close to lockstep. On MeshGEMM's
+        interleaved rings neighbouring lines skew by about P/2 shifts apart;
+        shifting both at once ties every row's progress to every column's,
+        tiles of the first steps queue behind skew tiles at ramps still busy
+        with the skew, and the skew took longer than in turn (256^3 on 32 x 32:
+        8,860 against 8,619 cycles; 512^3 on 64 x 64: 18,042 against 17,387).
+        In turn, each axis' phase is a lockstep shift of every line; cannon
+        in turn took 2.5% longer (24,773 against 25,390 cycles, 512^3 on
+        64 x 64)."""
+        return self.algorithm == "meshgemm"
 
     @property
     def shifts_a(self) -> bool:
@@ -319,7 +339,9 @@ def model_cycles(p: GemmPlan, cfg: wse.WaferConfig, steps: int | None = None) ->
 
     The skew (fabric_skew) runs before the steps through the same
     recurrence with post = mm = 0: at skew shift i only the rows with
-    skew_a > i move A and the columns with skew_b > i move B, so tiles,
+    skew_a > i move A and the columns with skew_b > i move B (meshgemm:
+    first every row's A shifts, then every column's B shifts, as the
+    program does them; `GemmPlan.skews_in_turn`), so tiles,
     and the terms above, are per PE (a stream's sender moves the tiles of
     its own row and column: A in completes at S[succ_x] + 2T + dA*H +
     tiles[succ_x]); a PE that moves nothing keeps its S. Lines shift
@@ -330,20 +352,16 @@ def model_cycles(p: GemmPlan, cfg: wse.WaferConfig, steps: int | None = None) ->
         S'[x, y] >= min(S[succ_x, y] + 2T + dA[x]*H,
                         S[x, succ_y] + 2T + dB[y]*H + [succ_y moves A])
                     + tile_a + tile_b
-    (B leaves a sender that moves both one cycle after A). With it the
-    model is within 1 cycle of the engine on every full cannon run of the
-    tests (4 cycles, 1%, on a one-step run of 30^3 on 3 x 5). What it still
-    leaves out is the interplay of streams that
-    start at different times on meshgemm's interleaved rings, where
-    neighbouring rows skew by very different amounts: a sender that has
-    finished its skew streams its first step's tiles into a neighbour still
-    in its skew (they wait in that neighbour's queues and take turns at its
-    ramp with the skew's tiles), which the per-stream terms do not see;
-    the model is low there by up to 4.6% (198 cycles, 128^3 on 16 x 16,
-    where the product, 128 cycles, barely covers a shift and the lag the
-    skew leaves keeps growing through the later steps) and 2.7% (645
-    cycles, 256^3 on 16 x 16, all of it made in the skew and the first two
-    steps: every later step adds exactly the model's cycles).
+    (B leaves a sender that moves both one cycle after A; meshgemm's skew
+    never needs the term, its phases move one axis each). With it the
+    model is within 1 cycle of the engine on most full cannon runs of the
+    tests and 0.19% (178 cycles) at 256^3 on 8 x 8 (6 cycles, 1.25%, on a
+    first-steps run of 30^3 on 3 x 5); meshgemm within 4
+    cycles (0.42% at 32^3 on 4 x 4, 0.01% at 256^3 on 32 x 32 and 512^3
+    on 64 x 64). The model does not capture ramp turns between streams
+    that start at different times, which is why meshgemm skews in turn:
+    with both axes at once its model was 4.9% to 8.4% low (128^3 on
+    16 x 16 to 512^3 on 64 x 64) and 9.4% low at 2048^3 on 256 x 256.
     skew="host": no skew shifts, the recurrence alone, equal to the engine.
 
     summa: step s has its A root at column s mod C and its B root at row
@@ -412,11 +430,15 @@ def model_cycles(p: GemmPlan, cfg: wse.WaferConfig, steps: int | None = None) ->
         # the skew: at shift i, the rows with i < skew_a move A and the
         # columns with i < skew_b move B; a PE with neither is done
         skew_a, skew_b = fabric_skew(p)
-        for i in range(int(max(skew_a.max(initial=0), skew_b.max(initial=0)))):
-            moving_a = np.where(skew_a > i, ta, 0)[:, None]
-            moving_b = np.where(skew_b > i, tb, 0)[None, :]
-            moved = shift(start, 0, 0, moving_a, moving_b)
-            start = np.where((moving_a + moving_b) > 0, moved, start)
+        no_a, no_b = np.zeros_like(skew_a), np.zeros_like(skew_b)
+        phases = ([(skew_a, no_b), (no_a, skew_b)] if p.skews_in_turn
+                  else [(skew_a, skew_b)])
+        for phase_a, phase_b in phases:
+            for i in range(int(max(phase_a.max(initial=0), phase_b.max(initial=0)))):
+                moving_a = np.where(phase_a > i, ta, 0)[:, None]
+                moving_b = np.where(phase_b > i, tb, 0)[None, :]
+                moved = shift(start, 0, 0, moving_a, moving_b)
+                start = np.where((moving_a + moving_b) > 0, moved, start)
         for _ in range(L - 1):
             start = shift(start, post, mm, ta, tb)
         return int(round(start.max() + mm))
@@ -675,8 +697,9 @@ def _cannon_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks, steps
 
     skew_a_pe = np.broadcast_to(skew_a[:, None], (R, C))
     skew_b_pe = np.broadcast_to(skew_b[None, :], (R, C))
-    skew_params = [prog.param("skew_a", skew_a_pe), prog.param("skew_b", skew_b_pe),
-                   prog.param("skew_steps", np.maximum(skew_a_pe, skew_b_pe))]
+    skew_params = [prog.param("skew_a", skew_a_pe), prog.param("skew_b", skew_b_pe)]
+    if not p.skews_in_turn:
+        skew_params.append(prog.param("skew_steps", np.maximum(skew_a_pe, skew_b_pe)))
     comm = []            # (fifo buffer, tile, slots, send color, recv color)
     if p.shifts_a:
         plan_x = routes.ring(prog, "x", order_x, step=-1, name="a_ring")
@@ -726,6 +749,16 @@ def _cannon_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks, steps
                     t.addi(r, 1)
                     t.mod(r, slots)
 
+        def skew_in_turn(skew_a, skew_b):
+            """The initial alignment (fabric_skew), one axis after the other:
+            skew_a shifts of A (its row's count), then skew_b of B."""
+            for line in comm:
+                with t.loop(skew_a if line[0] is a_fifo else skew_b):
+                    post_receive(*line)
+                    post_send(*line)
+                    t.wait()
+                    advance([(line[0], line[2])])
+
         def skew(skew_a, skew_b, skew_steps):
             """The initial alignment (fabric_skew): at shift i a PE moves A if
             i < skew_a (its row's count) and B if i < skew_b (its column's),
@@ -753,7 +786,7 @@ def _cannon_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks, steps
                         t.set(moving, 0)
 
         if skew_a.any() or skew_b.any():
-            skew(*skew_params)
+            (skew_in_turn if p.skews_in_turn else skew)(*skew_params)
 
         with t.loop(steps - 1):
             if p.algorithm == "meshgemm":

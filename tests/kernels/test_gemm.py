@@ -150,18 +150,15 @@ def test_linear_extrapolation_of_first_steps_on_a_square_grid():
     the PEs farthest from its root (SUMMA: the far corner, P-1 hops on each
     axis; Cannon: the wrap-around edge). So steps 3 and 6 extrapolate all
     P steps to within one crossing of each axis, 2 * (2T + (P-1)H), of the
-    full emulation. Not meshgemm with the fabric skew: its lines leave the
-    skew at very different times (interleaved rings) and its pace is still
-    changing after step 6 (145 cycles off here), so it is checked with
-    skew="host", the steps alone (the benchmark composes such points the
-    same way, docs/gemm.md)."""
+    full emulation."""
     from benchmarks.gemm import extrapolate_cycles
     P = 16
     cfg = wse.WSE2.with_grid(rows=P, cols=P)
     T, H = cfg.ramp_latency, cfg.hop_latency
     rng = np.random.default_rng(3)
     A, B = rng.standard_normal((128, 128)), rng.standard_normal((128, 128))
-    for algorithm, skew in (("summa", "fabric"), ("cannon", "fabric"), ("meshgemm", "host")):
+    for algorithm, skew in (("summa", "fabric"), ("cannon", "fabric"), ("meshgemm", "fabric"),
+                            ("meshgemm", "host")):
         p = G.plan(128, 128, 128, cfg, algorithm, "float16", "float32")
         k1, k2 = 3, 6
         c1, c2 = (G.gemm_first_steps(A, B, cfg, k, algorithm=algorithm, skew=skew).cycles
@@ -176,8 +173,9 @@ def test_linear_extrapolation_of_first_steps_on_a_square_grid():
 def test_meshgemm_hides_the_shift_when_compute_bound():
     """32x32x32 fp16 tiles: the product (8192 cycles) is far longer than a
     shift, so the steps cost their products alone; the skew, before any
-    product, hides behind nothing and adds its shifts (at least the longest
-    line's skew_a + skew_b shifts of 2T + tile wavelets each)."""
+    product, hides behind nothing and adds its shifts: the PE on the last
+    ring position of both lines shifts A L-1 times, then B L-1 times (in
+    turn), each shift at least 2T + H + a tile."""
     cfg = wse.WSE2.with_grid(rows=4, cols=4)
     T = cfg.ramp_latency
     p = G.plan(128, 128, 128, cfg, "meshgemm", "float16", "float32")
@@ -189,7 +187,9 @@ def test_meshgemm_hides_the_shift_when_compute_bound():
     _, fabric = G.gemm(np.ones((128, 128)), np.ones((128, 128)), cfg, algorithm="meshgemm")
     skew_a, skew_b = G.fabric_skew(p)
     assert max(skew_a) == max(skew_b) == p.steps - 1
-    assert fabric.cycles >= products + (p.steps - 1) * (2 * T + p.tile_a)
+    H = cfg.hop_latency
+    assert fabric.cycles >= products + (p.steps - 1) * (4 * T + 2 * H + p.tile_a + p.tile_b)
+    assert_cycles_near_the_model(fabric.cycles, G.model_cycles(p, cfg), "meshgemm", "fabric")
 
 
 @pytest.mark.parametrize("P,n", [(16, 32), (8, 8), (8, 256)])
