@@ -178,15 +178,12 @@ def run(quick: bool = True, points=None, timeout: float | None = None) -> list[d
 
 def plot(rows: list[dict], out_dir) -> list:
     """Cycles, efficiency and communication share per point and algorithm;
-    extrapolated points (--first-steps) are hatched //, points given by the
-    model alone ("model_only": not emulated with the fabric skew yet) are
-    dotted."""
+    extrapolated points (--first-steps) are hatched."""
     import pathlib
 
     from benchmarks.plots import pyplot
     plt = pyplot()
-    ok = [r for r in rows if r.get("status") == "ok" or r.get("extrapolated")
-          or r.get("model_only")]
+    ok = [r for r in rows if r.get("status") == "ok" or r.get("extrapolated")]
     if not ok:
         return []
     out = pathlib.Path(out_dir)
@@ -204,8 +201,6 @@ def plot(rows: list[dict], out_dir) -> list:
             for bar, c in zip(bars, cases):
                 if by_case.get(c, {}).get("extrapolated"):
                     bar.set_hatch("//")
-                elif by_case.get(c, {}).get("model_only"):
-                    bar.set_hatch("..")
     for ax, title in zip(axes, ("cycles (log)", "compute efficiency", "communication share")):
         ax.set_xticks(range(len(cases)))
         ax.set_xticklabels(labels, fontsize=8)
@@ -213,7 +208,7 @@ def plot(rows: list[dict], out_dir) -> list:
     axes[0].set_yscale("log")
     axes[0].legend()
     fig.suptitle("GEMM on the WSE-2 model (fp16 tiles, fp32 accumulator; "
-                 "hatched: extrapolated from the first steps; dotted: model only)")
+                 "hatched: extrapolated from the first steps)")
     path = out / "gemm.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
