@@ -22,13 +22,13 @@ Run alone: python -m benchmarks.attention [--full] [--llama]
 """
 from __future__ import annotations
 
-import argparse
 import pathlib
 import time
 
 import numpy as np
 
 import wse
+from benchmarks import command_line
 
 QUICK = [(4, 4), (8, 4), (16, 4)]             # (grid side, heads)
 FULL = QUICK + [(32, 4), (64, 8)]
@@ -118,9 +118,7 @@ def plot(rows, out_dir) -> list[pathlib.Path]:
 
 
 def _main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.attention",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--full", action="store_true", help="the larger grids")
+    parser = command_line("attention", __doc__, "the larger grids")
     parser.add_argument("--llama", action="store_true",
                         help="add the LLaMA-3-8B head proxies (660 x 660 per-PE sizes)")
     args = parser.parse_args(argv)

@@ -23,13 +23,14 @@ model_cycles(fabric skew) - model_cycles(host skew), as "skew_cycles_model".
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import resource
 import subprocess
 import sys
 import time
+
+from benchmarks import add_point_option, command_line
 
 QUICK_POINTS = [(256, 8), (256, 16), (512, 32)]
 FULL_POINTS = [(2048, 64), (2048, 128), (2048, 256), (8192, 256)]
@@ -216,13 +217,12 @@ def plot(rows: list[dict], out_dir) -> list:
 
 
 def _main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.gemm", description=__doc__.split("\n\n")[0],
+    parser = command_line(
+        "gemm", __doc__, "the issue's full-size points",
         epilog="Without --point, --first-steps or --plot: run the quick (or --full) "
                "suite and print one JSON row per point.")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--point", nargs=3, metavar=("ALGORITHM", "SIZE", "GRID"),
-                      help="emulate one point in this process and print its JSON row")
+    add_point_option(mode, ("ALGORITHM", "SIZE", "GRID"))
     mode.add_argument("--first-steps", nargs="+", metavar="ARG",
                       help="ALGORITHM SIZE GRID K1 K2 [K3 ...]: emulate the first K1, K2, ... "
                            "steps and extrapolate the last two to all steps")
@@ -230,11 +230,9 @@ def _main(argv: list[str] | None = None) -> None:
                       help="draw the rows of a JSON-lines file into DIR")
     mode.add_argument("--points", metavar="SIZE:GRID,...",
                       help="run these points (every algorithm) instead of a suite")
-    parser.add_argument("--full", action="store_true", help="the issue's full-size points")
     args = parser.parse_args(argv)
     if args.point:
-        algorithm, size, grid = args.point
-        print(json.dumps(measure_point(algorithm, int(size), int(grid))))
+        print(json.dumps(measure_point(*args.point)))
     elif args.first_steps:
         if len(args.first_steps) < 5:
             parser.error("--first-steps needs ALGORITHM SIZE GRID and at least two step counts")

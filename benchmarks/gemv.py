@@ -7,13 +7,14 @@ quick: 1K and 2K on 64x64; full: 4K, 8K and 16K on 256x256, and 16K on
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import resource
 import subprocess
 import sys
 import time
+
+from benchmarks import add_point_option, command_line
 
 QUICK_POINTS = [(1024, 64), (2048, 64)]
 FULL_POINTS = [(4096, 256), (8192, 256), (16384, 256), (16384, 720)]
@@ -108,15 +109,11 @@ def plot(rows: list[dict], out_dir) -> list:
 
 
 def _main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gemv",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--point", nargs=3, metavar=("ALGORITHM", "SIZE", "GRID"),
-                        help="emulate one point in this process and print its JSON row")
-    parser.add_argument("--full", action="store_true", help="the issue's full-size points")
+    parser = command_line("gemv", __doc__, "the issue's full-size points")
+    add_point_option(parser, ("ALGORITHM", "SIZE", "GRID"))
     args = parser.parse_args(argv)
     if args.point:
-        algorithm, size, grid = args.point
-        print(json.dumps(measure_point(algorithm, int(size), int(grid))))
+        print(json.dumps(measure_point(*args.point)))
         return
     for row in run(quick=not args.full):
         print(json.dumps(row), flush=True)

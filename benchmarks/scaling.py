@@ -17,10 +17,11 @@ before the point: the memory the emulation of that grid needed.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
+
+from benchmarks import add_point_option, command_line
 
 QUICK_POINTS = [(8, 8, 128), (16, 16, 128), (32, 32, 128), (64, 64, 128)]
 FULL_POINTS = [(n, n, b) for b in (128, 512) for n in (16, 32, 64, 128, 192, 256)]
@@ -118,11 +119,8 @@ def plot(rows: list[dict], out_dir) -> list:
 
 
 def _main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.scaling",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--point", nargs=3, type=int, metavar=("ROWS", "COLS", "LENGTH"),
-                        help="emulate one point in this process and print its row")
-    parser.add_argument("--full", action="store_true", help="the full-size grids")
+    parser = command_line("scaling", __doc__, "the full-size grids")
+    add_point_option(parser, ("ROWS", "COLS", "LENGTH"))
     args = parser.parse_args(argv)
     if args.point:
         print(json.dumps(measure_point(*args.point)))

@@ -21,7 +21,6 @@ Run alone: python -m benchmarks.transformer [--full]
 """
 from __future__ import annotations
 
-import argparse
 import pathlib
 import resource
 import time
@@ -30,6 +29,7 @@ import numpy as np
 
 import wse
 from wse import gpu
+from benchmarks import command_line
 
 LLAMA = "llama3-8b"
 
@@ -316,9 +316,7 @@ def plot(rows, out_dir) -> list[pathlib.Path]:
 
 def _main(argv: list[str] | None = None) -> None:
     import json
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.transformer",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--full", action="store_true", help="LLaMA-3-8B at full size")
+    parser = command_line("transformer", __doc__, "LLaMA-3-8B at full size")
     parser.add_argument("--part", choices=("decode", "prefill", "relayout"),
                         help="only this part of the full run")
     args = parser.parse_args(argv)

@@ -29,9 +29,9 @@ Cannon and MeshGEMM (tiling on the least common multiple)
   same for every row and column), then each row shifts A py*b times and
   each column B px*a times on the same rings, before the first product;
   its cycles and wavelet-hops are charged. Cannon shifts A and B in the
-  same shifts, MeshGEMM A first, then B (`GemmPlan.skews_in_turn` says why). skew="host" loads the tiles
-  already skewed and charges nothing for the alignment (kept only to
-  compare with figures measured that way).
+  same shifts, MeshGEMM A first, then B (`GemmPlan.skews_in_turn` says
+  why). skew="host" loads the tiles already skewed and charges nothing for
+  the alignment (kept only to compare with figures measured that way).
   - cannon: the ring is the line in physical order, so the wrap-around
     stream crosses the whole line (P-1 hops); each step multiplies, then
     shifts (no overlap).
@@ -696,11 +696,6 @@ def _cannon_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks, steps
     prog.load(b_fifo, b_init.reshape(R, C, -1))
     del a_init, b_init
 
-    skew_a_pe = np.broadcast_to(skew_a[:, None], (R, C))
-    skew_b_pe = np.broadcast_to(skew_b[None, :], (R, C))
-    skew_params = [prog.param("skew_a", skew_a_pe), prog.param("skew_b", skew_b_pe)]
-    if not p.skews_in_turn:
-        skew_params.append(prog.param("skew_steps", np.maximum(skew_a_pe, skew_b_pe)))
     comm = []            # (fifo buffer, tile, slots, send color, recv color)
     if p.shifts_a:
         plan_x = routes.ring(prog, "x", order_x, step=-1, name="a_ring")
@@ -787,7 +782,12 @@ def _cannon_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks, steps
                         t.set(moving, 0)
 
         if skew_a.any() or skew_b.any():
-            (skew_in_turn if p.skews_in_turn else skew)(*skew_params)
+            rows_a, cols_b = skew_a[:, None], skew_b[None, :]        # per PE
+            a_shifts, b_shifts = prog.param("skew_a", rows_a), prog.param("skew_b", cols_b)
+            if p.skews_in_turn:
+                skew_in_turn(a_shifts, b_shifts)
+            else:
+                skew(a_shifts, b_shifts, prog.param("skew_steps", np.maximum(rows_a, cols_b)))
 
         with t.loop(steps - 1):
             if p.algorithm == "meshgemm":
