@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 import wse
-from benchmarks import command_line
+from benchmarks.options import command_line
 
 QUICK = [(4, 4), (8, 4), (16, 4)]             # (grid side, heads)
 FULL = QUICK + [(32, 4), (64, 8)]

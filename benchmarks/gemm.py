@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks import add_point_option, command_line
+from benchmarks.options import add_point_option, command_line
 
 QUICK_POINTS = [(256, 8), (256, 16), (512, 32)]
 FULL_POINTS = [(2048, 64), (2048, 128), (2048, 256), (8192, 256)]

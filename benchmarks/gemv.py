@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks import add_point_option, command_line
+from benchmarks.options import add_point_option, command_line
 
 QUICK_POINTS = [(1024, 64), (2048, 64)]
 FULL_POINTS = [(4096, 256), (8192, 256), (16384, 256), (16384, 720)]

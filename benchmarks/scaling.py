@@ -21,7 +21,7 @@ import json
 import subprocess
 import sys
 
-from benchmarks import add_point_option, command_line
+from benchmarks.options import add_point_option, command_line
 
 QUICK_POINTS = [(8, 8, 128), (16, 16, 128), (32, 32, 128), (64, 64, 128)]
 FULL_POINTS = [(n, n, b) for b in (128, 512) for n in (16, 32, 64, 128, 192, 256)]

@@ -29,7 +29,7 @@ import numpy as np
 
 import wse
 from wse import gpu
-from benchmarks import command_line
+from benchmarks.options import command_line
 
 LLAMA = "llama3-8b"
 
