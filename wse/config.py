@@ -81,13 +81,31 @@ class WaferConfig:
     async_slots: int = 4
     """Asynchronous vector operations a PE may have in flight besides its main
     thread (ASSUMPTION: the hardware has a small number of microthreads)."""
-    scalar_op_cycles: int = 0
-    """Cycles charged for a scalar/control instruction (register arithmetic,
-    branches, task activation). ASSUMPTION: 0, so that algorithm costs are
-    set by vector work and the fabric; at most `instructions_per_cycle`
-    zero-cost instructions run per cycle so that no loop is ever free."""
+    scalar_op_cycles: int = 1
+    """Issue cycles of every instruction (control instructions: register
+    arithmetic, loop counter and branch, activate, wait, descriptor offset
+    updates; a vector instruction's issue; an asynchronous operation takes
+    them from the main thread too). 1: a PE is an in-order core that issues
+    at most one instruction per cycle [SDK: the PE is a single-issue core
+    with one instruction pointer per thread]. 0 restores free control
+    instructions, at most `instructions_per_cycle` of them per cycle."""
+    vector_startup_cycles: int = 2
+    """Cycles from a vector instruction's issue to its first element
+    (descriptor fetch, first operand read), asynchronous ones too.
+    ASSUMPTION: not published; 'a start-up of a few cycles' [machine.md]."""
+    datapath_latency: int = 1
+    """Cycles an element spends in the datapath between its operands'
+    arrival and its result leaving on the ramp: an element received,
+    combined and sent on leaves one cycle after it arrived. From the WSE-2
+    fabric model validated on CS-2 [SC24]: a chain reduce hop costs
+    2*T_R + 2 (two ramps, one link, one datapath cycle)."""
+    task_start_cycles: int = 2
+    """Cycles from the wavelet or activation that fires a task to its first
+    instruction (task selection, context set-up). Entry tasks are running
+    when the run starts. ASSUMPTION: not published."""
     instructions_per_cycle: int = 64
-    """Emulation guard: scalar instructions a PE may retire in one cycle."""
+    """Emulation guard when scalar_op_cycles = 0: instructions a PE may
+    retire in one cycle, so that no loop is ever free."""
     pj_per_wavelet_hop: float = 2.0
     """Energy of moving one 32-bit wavelet across one link (ASSUMPTION:
     ~0.06 pJ/bit over a sub-mm on-wafer wire; no published figure)."""
@@ -122,6 +140,9 @@ class WaferConfig:
         _check_int("input_queue_depth", self.input_queue_depth, 1, 256)
         _check_int("async_slots", self.async_slots, 0, 16)
         _check_int("scalar_op_cycles", self.scalar_op_cycles, 0, 1000)
+        _check_int("vector_startup_cycles", self.vector_startup_cycles, 0, 1000)
+        _check_int("datapath_latency", self.datapath_latency, 0, 1000)
+        _check_int("task_start_cycles", self.task_start_cycles, 0, 1000)
         _check_int("instructions_per_cycle", self.instructions_per_cycle, 1, 1 << 20)
         _check_float("pj_per_wavelet_hop", self.pj_per_wavelet_hop, 0.0, 1e6)
         _check_float("pj_per_flop", self.pj_per_flop, 0.0, 1e6)
@@ -132,6 +153,12 @@ class WaferConfig:
     @property
     def num_pes(self) -> int:
         return self.rows * self.cols
+
+    def without_instruction_costs(self) -> "WaferConfig":
+        """The idealised PE: free control instructions, no vector start-up, no
+        datapath or task-start latency (the zero-cost special case)."""
+        return dataclasses.replace(self, scalar_op_cycles=0, vector_startup_cycles=0,
+                                   datapath_latency=0, task_start_cycles=0)
 
     def with_grid(self, rows: int, cols: int) -> "WaferConfig":
         """The same wafer parameters on a rows x cols grid (a region of the wafer)."""

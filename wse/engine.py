@@ -49,7 +49,7 @@ from .isa import (
     D_OFFSET_REG, D_OFFSET_SCALE, D_STRIDE, F32, FABIN, FABOUT, FIRST_VECTOR_OP, I_A,
     I_B, I_DST, I_IMM, I_IMM2, I_IMM3, I_ON_DONE, I_OP, I_R, I_S, I_SLOT, MEM,
     OP_ACTIVATE, OP_ADD, OP_ADDS, OP_AFFINE, OP_BLT, OP_DOT, OP_END, OP_EXP,
-    OP_FILL, OP_FMAC, OP_JUMP, OP_LOOP, OP_MATMUL, OP_MAX, OP_MIN, OP_MODI,
+    OP_FILL, OP_FMAC, OP_JUMP, OP_LOOP, OP_MAX, OP_MIN, OP_MODI,
     OP_MOV, OP_MUL, OP_RECIP, OP_RMAX, OP_RSQRT, OP_SCALE, OP_SET, OP_SETP,
     OP_SIGMOID, OP_SUB, OP_SUBS, OP_SUM, OP_TANH, OP_WAIT, PROG_BAD_COLOR, PROG_BOUNDS,
     PROG_UNALLOCATED, RAMP, ROUTE_NO_TX, ROUTE_OFF_GRID, ROUTE_RX_MISMATCH,
@@ -66,8 +66,8 @@ LOW_63_BITS = np.int64(0x7FFFFFFFFFFFFFFF)
 # settings: the run's integer parameters
 (C_ROWS, C_COLS, C_RAMP, C_HOP, C_QDEPTH, C_IQDEPTH, C_SLOTS, C_SCALAR_CYCLES, C_IPC,
  C_SIMD32, C_SIMD16, C_NCOLORS, C_MAX_CYCLES, C_DEADLOCK_WINDOW, C_TRAP_NAN,
- C_RECORD) = range(16)
-SETTINGS_FIELDS = 16
+ C_RECORD, C_VECTOR_STARTUP, C_DATAPATH, C_TASK_START) = range(19)
+SETTINGS_FIELDS = 19
 RECORD_LINKS, RECORD_DELIVERIES, RECORD_TASKS = 1, 2, 4
 
 # counters: run-wide numbers, then the status of the run
@@ -75,7 +75,8 @@ RECORD_LINKS, RECORD_DELIVERIES, RECORD_TASKS = 1, 2, 4
  K_LAST_PROGRESS, K_STEPS_ROUTER, K_STEPS_PE, K_HEAP_SIZE, K_NOW) = range(10)
 K_ROUTER_LIST_LEN, K_PE_LIST_LEN = 10, 12     # two each: one per cycle parity
 (ST_CODE, ST_PE, ST_COLOR, ST_PORT, ST_CYCLE, ST_DETAIL, ST_DETAIL2) = range(14, 21)
-COUNTERS = 21
+K_RUN_START = 21      # the cycle the run began: tasks picked then are already running
+COUNTERS = 22
 
 # pe: one row per PE (and its router); the fields every step touches come first
 (P_TASK, P_PC, P_PENDING, P_SLOTS_BUSY, P_SLEEP, P_R_NONEMPTY, P_R_RR, P_SLOT_RR,
@@ -86,8 +87,9 @@ PE_FIELDS = 24     # padded to three cache lines
 
 # slot: per PE and slot (0 = main thread, 1.. = asynchronous operations)
 (S_INSTR, S_PROGRESS, S_LEN, S_BUSY_UNTIL, S_BASE_DST, S_BASE_A, S_BASE_B,
- S_BASE_S) = range(8)
-SLOT_FIELDS = 8
+ S_BASE_S, S_START) = range(9)
+SLOT_FIELDS = 9
+# S_START: the first cycle a fabric operation may move an element (issue + start-up)
 
 # queues (router queues and PE input queues), index q = pe * colors + color
 Q_HEAD, Q_COUNT, Q_LAST_POP = range(3)
@@ -105,6 +107,7 @@ Static = namedtuple("Static", [
     "pe_role", "pe_params",  # (pes,), (pes, n_params)
     "buf_len", "buf_addr",   # (n_buf,) elements; (pes, n_buf) arena byte address or -1
     "half_to_float", "flops_of_op",
+    "passes_of_op",          # vector instructions in an op's software sequence (exp: several)
 ])
 T_PC, T_KIND, T_COLOR = range(3)
 R_FIRST, R_ENTRY, R_DATA_COLORS = range(3)
@@ -119,7 +122,6 @@ State = namedtuple("State", [
     "heap",                            # (2, capacity): wake time, PE
     "link_wavelets",                   # (pes, 4): wavelets sent out N, E, S, W
     "link_events", "delivery_events", "task_events",
-    "scratch",                         # fp32 work space for matmul tiles
     "counters",
 ])
 
@@ -520,44 +522,14 @@ def _memory_op(S, st, p, s, ins, n, now):
     da = S.desc[a, D_DTYPE] if a >= 0 else dd
     size_d = 4 if dd == F32 else 2
     size_a = 4 if da == F32 else 2
-    width = S.settings[C_SIMD32] if (da if op >= OP_SUM else dd) == F32 else S.settings[C_SIMD16]
-    if op == OP_MATMUL:
-        m, kk, nn = S.instr[ins, I_IMM], S.instr[ins, I_IMM2], S.instr[ins, I_IMM3]
-        db = S.desc[b, D_DTYPE]
-        transposed = S.instr[ins, I_R] == 1
-        # tiles are copied to fp32 scratch (sized by the program builder) so the
-        # inner loop runs over contiguous fp32 and vectorises
-        A = st.scratch[:m * kk]
-        B = st.scratch[m * kk:m * kk + kk * nn]
-        C = st.scratch[m * kk + kk * nn:m * kk + kk * nn + m * nn]
-        for i in range(m * kk):
-            A[i] = _read(f32, u16, lut, da, ba + i)
-        for i in range(kk):
-            for j in range(nn):
-                B[i * nn + j] = _read(f32, u16, lut, db, bb + (j * kk + i if transposed
-                                                              else i * nn + j))
-        C[:] = 0.0
-        for i in range(m):
-            for t in range(kk):
-                av = A[i * kk + t]
-                row_b = t * nn
-                row_c = i * nn
-                for j in range(nn):
-                    C[row_c + j] += av * B[row_b + j]
-        for i in range(m):
-            for j in range(nn):
-                v = _read(f32, u16, lut, dd, bd + i * nn + j) + C[i * nn + j]
-                if trap and v != v:
-                    _fail(st.counters, STATUS_NAN, p, -1, -1, now, ins, i * nn + j)
-                _write(f32, u16, dd, bd + i * nn + j, v)
-        fmacs = m * kk * nn
-        st.pe[p, P_FLOPS] += 2 * fmacs
-        st.pe[p, P_SRAM_BYTES] += (m * kk) * size_a + (kk * nn) * (4 if db == F32 else 2) \
-            + 2 * (m * nn) * size_d
-        return (fmacs + width - 1) // width
     sa = S.desc[a, D_STRIDE] if a >= 0 else 0
     db = S.desc[b, D_DTYPE] if b >= 0 else F32
     sb = S.desc[b, D_STRIDE] if b >= 0 else 0
+    # the SIMD width is the dtype's the datapath works in: the reduced
+    # operand's, the multiplicand's for an FMAC (fp16 products accumulated
+    # in fp32 run at the fp16 rate), else the destination's
+    rate_dtype = da if op >= OP_SUM else (db if op == OP_FMAC and b >= 0 else dd)
+    width = S.settings[C_SIMD32] if rate_dtype == F32 else S.settings[C_SIMD16]
     if op >= OP_SUM:        # reductions into dst[0]
         acc = np.float32(-np.inf) if op == OP_RMAX else np.float32(0.0)
         for i in range(n):
@@ -646,13 +618,16 @@ def _fabric_step(S, st, p, s, now, ramp_used):
         _fail(st.counters, STATUS_NAN, p, -1, -1, now, ins, i)
     if out_fabric:
         colors = S.settings[C_NCOLORS]
+        # the result leaves the datapath C_DATAPATH cycles after its operands
+        # entered it, then crosses the ramp
+        ready = now + S.settings[C_DATAPATH] + S.settings[C_RAMP]
         if (S.route[bd, RX] >> RAMP) & 1 == 0:
-            _fail(st.counters, STATUS_ROUTE, p, bd - p * colors, RAMP,
-                  now + S.settings[C_RAMP], ROUTE_RX_MISMATCH, 0)
+            _fail(st.counters, STATUS_ROUTE, p, bd - p * colors, RAMP, ready,
+                  ROUTE_RX_MISMATCH, 0)
             return WAIT_OUTPUT
         tail = bd * depth + _ring(st.rq[bd, Q_HEAD] + st.rq[bd, Q_COUNT], depth)
         st.rq_val[tail] = v
-        st.rq_entry[tail, E_READY] = now + S.settings[C_RAMP]
+        st.rq_entry[tail, E_READY] = ready
         st.rq_entry[tail, E_ID] = st.counters[K_NEXT_WAVELET_ID]
         st.counters[K_NEXT_WAVELET_ID] += 1
         st.rq[bd, Q_COUNT] += 1
@@ -669,7 +644,9 @@ def _fabric_step(S, st, p, s, now, ramp_used):
         st.pe[p, P_COMPUTE] += 1
     st.slot[p, s, S_PROGRESS] = i + 1
     if i + 1 == st.slot[p, s, S_LEN]:
-        st.slot[p, s, S_BUSY_UNTIL] = now + 1
+        # done after its last element, and never before its issue cycles are over
+        issued = st.slot[p, s, S_START] - S.settings[C_VECTOR_STARTUP]
+        st.slot[p, s, S_BUSY_UNTIL] = max(now + 1, issued + S.settings[C_SCALAR_CYCLES])
     _progress(st.counters, now, now + 1)
     return MOVED_ON_RAMP if out_fabric else MOVED
 
@@ -686,21 +663,14 @@ def _start_op(S, st, p, s, ins, now):
     for d in (dst, a, b):
         if d >= 0 and S.desc[d, D_KIND] != MEM:
             fabric = True
-    if op == OP_MATMUL:
-        m, k, n = S.instr[ins, I_IMM], S.instr[ins, I_IMM2], S.instr[ins, I_IMM3]
-        slot[p, s, S_BASE_DST] = _resolve(S, st, p, dst, m * n, now, ins)
-        slot[p, s, S_BASE_A] = _resolve(S, st, p, a, m * k, now, ins)
-        slot[p, s, S_BASE_B] = _resolve(S, st, p, b, k * n, now, ins)
-        count = m * n
-    else:
-        lead = a if op >= OP_SUM else dst
-        reg = S.desc[lead, D_LENGTH_REG]
-        count = st.regs[p, reg] if reg >= 0 else S.desc[lead, D_LENGTH]
-        slot[p, s, S_BASE_DST] = _resolve(S, st, p, dst, 1 if op >= OP_SUM else count, now, ins)
-        if a >= 0:
-            slot[p, s, S_BASE_A] = _resolve(S, st, p, a, count, now, ins)
-        if b >= 0:
-            slot[p, s, S_BASE_B] = _resolve(S, st, p, b, count, now, ins)
+    lead = a if op >= OP_SUM else dst
+    reg = S.desc[lead, D_LENGTH_REG]
+    count = st.regs[p, reg] if reg >= 0 else S.desc[lead, D_LENGTH]
+    slot[p, s, S_BASE_DST] = _resolve(S, st, p, dst, 1 if op >= OP_SUM else count, now, ins)
+    if a >= 0:
+        slot[p, s, S_BASE_A] = _resolve(S, st, p, a, count, now, ins)
+    if b >= 0:
+        slot[p, s, S_BASE_B] = _resolve(S, st, p, b, count, now, ins)
     sd = S.instr[ins, I_S]
     if sd >= 0:
         slot[p, s, S_BASE_S] = _resolve(S, st, p, sd, 1, now, ins)
@@ -710,8 +680,11 @@ def _start_op(S, st, p, s, ins, now):
     st.pe[p, P_SLOTS_BUSY] |= 1 << s
     slot[p, s, S_PROGRESS] = 0
     slot[p, s, S_LEN] = count
+    issue = S.settings[C_SCALAR_CYCLES]
+    startup = S.settings[C_VECTOR_STARTUP]
+    slot[p, s, S_START] = now + startup
     if count <= 0:
-        slot[p, s, S_BUSY_UNTIL] = now
+        slot[p, s, S_BUSY_UNTIL] = now + issue
     elif fabric:
         slot[p, s, S_BUSY_UNTIL] = INF
     else:
@@ -723,11 +696,15 @@ def _start_op(S, st, p, s, ins, now):
             _fail(st.counters, STATUS_CYCLE_LIMIT, p, -1, -1, now, 0, 0)
             return False
         cost = _memory_op(S, st, p, s, ins, count, now)
-        begin = max(now, st.pe[p, P_DATAPATH_FREE])
-        slot[p, s, S_BUSY_UNTIL] = begin + cost
-        st.pe[p, P_DATAPATH_FREE] = begin + cost
-        st.pe[p, P_COMPUTE] += cost
-        _progress(st.counters, now, begin + cost)
+        # a software sequence (exp, rsqrt, ...) issues its further instructions
+        # back to back, each paying its issue and start-up
+        passes = S.passes_of_op[op]
+        begin = max(now + startup, st.pe[p, P_DATAPATH_FREE])
+        end = begin + passes * cost + (passes - 1) * (issue + startup)
+        slot[p, s, S_BUSY_UNTIL] = max(end, now + issue)
+        st.pe[p, P_DATAPATH_FREE] = end
+        st.pe[p, P_COMPUTE] += passes * cost
+        _progress(st.counters, now, max(end, now + issue))
     return True
 
 
@@ -757,6 +734,16 @@ def _pick_task(S, st, p, now):
                 _progress(st.counters, now, now + 1)
                 return t
     return -1
+
+
+@njit(cache=True, _nrt=False)
+def _hold_main(st, p, ins, until, now):
+    """The main thread issues nothing before `until`: an instruction's issue
+    cycles, or a task's start. Slot 0 holds `ins` meanwhile."""
+    st.slot[p, 0, S_INSTR] = ins
+    st.pe[p, P_SLOTS_BUSY] |= 1
+    st.slot[p, 0, S_BUSY_UNTIL] = until
+    _progress(st.counters, now, until)
 
 
 @njit(cache=True, _nrt=False)
@@ -810,6 +797,8 @@ def _pe_step(S, st, p, now):
         if (pe[p, P_SLOTS_BUSY] >> s) & 1 == 0:
             continue
         if slot[p, s, S_BUSY_UNTIL] == INF:
+            if now < slot[p, s, S_START]:
+                continue                 # still starting up; step 3 sets the timer
             result = _fabric_step(S, st, p, s, now, ramp_used)
             if result >= MOVED:
                 progressed = True
@@ -837,6 +826,12 @@ def _pe_step(S, st, p, now):
             if pe[p, P_BUSY_SINCE] < 0:
                 pe[p, P_BUSY_SINCE] = now
             progressed = True
+            # a task fired by a wavelet or activated by another starts after the
+            # activation latency; entry tasks are running when the clock starts
+            latency = S.settings[C_TASK_START]
+            if latency > 0 and now > st.counters[K_RUN_START]:
+                _hold_main(st, p, pe[p, P_PC], now + latency, now)
+                break
         ins = pe[p, P_PC]
         op = S.instr[ins, I_OP]
         budget -= 1
@@ -859,10 +854,7 @@ def _pe_step(S, st, p, now):
             progressed = True
             cost = S.settings[C_SCALAR_CYCLES]
             if cost > 0:
-                slot[p, 0, S_INSTR] = ins
-                pe[p, P_SLOTS_BUSY] |= 1
-                slot[p, 0, S_BUSY_UNTIL] = now + cost
-                _progress(st.counters, now, now + cost)
+                _hold_main(st, p, ins, now + cost, now)
             continue
         s = S.instr[ins, I_SLOT]
         if (pe[p, P_SLOTS_BUSY] >> s) & 1:
@@ -871,7 +863,12 @@ def _pe_step(S, st, p, now):
             return
         pe[p, P_PC] = ins + 1
         progressed = True
+        if s > 0 and S.settings[C_SCALAR_CYCLES] > 0:
+            # an asynchronous operation still takes its issue cycles of the main thread
+            _hold_main(st, p, ins, now + S.settings[C_SCALAR_CYCLES], now)
         if slot[p, s, S_BUSY_UNTIL] == INF:
+            if now < slot[p, s, S_START]:
+                continue
             result = _fabric_step(S, st, p, s, now, ramp_used)
             if result >= MOVED:
                 ramp_used = ramp_used or result == MOVED_ON_RAMP
@@ -889,8 +886,13 @@ def _pe_step(S, st, p, now):
     busy_slots = pe[p, P_SLOTS_BUSY]
     busy = pe[p, P_TASK] >= 0 or pe[p, P_PENDING] != 0 or busy_slots != 0
     for s in range(slots + 1):
-        if (busy_slots >> s) & 1 and slot[p, s, S_BUSY_UNTIL] < wake:
-            wake = slot[p, s, S_BUSY_UNTIL]
+        if (busy_slots >> s) & 1 == 0:
+            continue
+        due = slot[p, s, S_BUSY_UNTIL]
+        if due == INF and slot[p, s, S_START] > now:
+            due = slot[p, s, S_START]       # a fabric operation still starting up
+        if due < wake:
+            wake = due
     if progressed or budget == 0:
         _list_pe(st.active, st.counters, p, now + 1)
     elif wake < INF:
@@ -946,6 +948,7 @@ def run(S, st):
     n_pe = cfg[C_ROWS] * cfg[C_COLS]
     counters, active, pe = st.counters, st.active, st.pe
     now = counters[K_NOW]
+    counters[K_RUN_START] = now
     for p in range(n_pe):           # every PE with an entry task starts now
         entry = S.role[S.pe_role[p], R_ENTRY]
         if entry != 0:

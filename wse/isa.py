@@ -65,9 +65,6 @@ OP_SUBS = 31      # a - s
 OP_SUM = 40       # sum(a)
 OP_RMAX = 41      # max(a)
 OP_DOT = 42       # sum(a * b)
-# Block matmul-accumulate on SRAM tiles: C[m, n] += A[m, k] @ B[k, n];
-# IMM = m, IMM2 = k, IMM3 = n; R = 1 when B is stored as [n, k] (transposed).
-OP_MATMUL = 48
 
 FIRST_VECTOR_OP = 16
 ELEMENTWISE_OPS = frozenset(range(16, 32))
@@ -77,6 +74,25 @@ FLOPS_PER_ELEMENT = {OP_MOV: 0, OP_FILL: 0, OP_ADD: 1, OP_SUB: 1, OP_MUL: 1, OP_
                      OP_MIN: 1, OP_FMAC: 2, OP_SCALE: 1, OP_ADDS: 1, OP_SUBS: 1,
                      OP_EXP: 1, OP_RSQRT: 2, OP_RECIP: 1, OP_TANH: 1, OP_SIGMOID: 2,
                      OP_SUM: 1, OP_RMAX: 1, OP_DOT: 2}
+
+# A PE has no transcendental unit: exp, rsqrt, reciprocal, tanh and sigmoid
+# are software, a sequence of vector instructions over the operand in SRAM,
+# each paying its issue and start-up and a full pass at SIMD rate. The
+# engine computes the correctly rounded fp32 function (within 2 ulp of what
+# the sequences below give) and charges the sequence: passes per op.
+#   exp      range reduction x = n ln2 + r (scale, round to integer, fused
+#            multiply-subtract: 3), degree-5 polynomial in r by Horner (5
+#            FMACs), scale by 2^n through an exponent-field add (1): 9
+#            (the Cephes expf scheme; ~1 ulp on fp32)
+#   recip    seed by an integer subtract from the bit pattern (1), three
+#            Newton steps y = y (2 - x y) (2 each): 7
+#   rsqrt    eps add (1), seed by shift and integer subtract (1), three
+#            Newton steps y = y (1.5 - 0.5 x y^2) (3 each): 11
+#   sigmoid  1 / (1 + exp(-x)): negate (1) + exp (9) + add (1) + recip (7): 18
+#   tanh     1 - 2 / (1 + exp(2x)): scale (1) + exp (9) + add (1) + recip (7)
+#            + fused multiply-subtract (1): 19
+SOFTWARE_SEQUENCE_PASSES = {OP_EXP: 9, OP_RECIP: 7, OP_RSQRT: 11, OP_SIGMOID: 18, OP_TANH: 19}
+TRANSCENDENTAL_OPS = frozenset(SOFTWARE_SEQUENCE_PASSES)
 
 # Task kinds.
 TASK_LOCAL, TASK_DATA = 0, 1

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Iterable
@@ -269,6 +270,9 @@ class TaskBuilder:
         if len(fabric_in) == 2 and fabric_in[0].target == fabric_in[1].target \
                 and fabric_in[0].offset_reg == fabric_in[1].offset_reg:
             raise ProgramError(f"task {self.name!r}: both operands read the same color")
+        if op in isa.TRANSCENDENTAL_OPS and any(d.kind != isa.MEM for d in (dst, a)):
+            raise ProgramError(f"task {self.name!r}: {_OP_NAMES[op]} works on memory operands "
+                               f"only (on a PE it is a software sequence of passes over SRAM)")
         used_slot = self._slot(async_, slot)
         done = -1
         if on_done is not None:
@@ -347,22 +351,47 @@ class TaskBuilder:
         return self._reduction(isa.OP_DOT, dst, a, b, **kw)
 
     def matmul(self, c: Desc, a: Desc, b: Desc, m: int, k: int, n: int,
-               transpose_b: bool = False, **kw):
-        """C[m, n] += A[m, k] @ B[k, n] on row-major SRAM tiles (B stored [n, k] when
-        transpose_b). Costs ceil(m*k*n / FMACs per cycle of A's dtype) cycles."""
-        for d in (c, a, b):
+               transpose_b: bool = False):
+        """C[m, n] += A[m, k] @ B[k, n] on row-major SRAM tiles (B stored [n, k]
+        when transpose_b), as a CSL kernel does it: a loop nest of FMAC vector
+        instructions on the main thread, one per row of C (or per column,
+        whichever is cheaper), each with its descriptor offset updates and
+        loop branch, each paying issue and start-up
+        (`wse.timing.matmul_loop` gives the nest, `matmul_cycles` its cost).
+        The descriptors give each tile's start (an offset register is
+        allowed); their lengths are not used. Uses five registers."""
+        from .timing import matmul_loop
+        tiles = {"c": c, "a": a, "b": b}
+        for d in tiles.values():
             if not isinstance(d, Desc) or d.kind != isa.MEM:
                 raise ProgramError(f"task {self.name!r}: matmul works on memory descriptors only")
         if min(m, k, n) < 1:
             raise ProgramError(f"task {self.name!r}: matmul sizes must be positive, got {m}x{k}x{n}")
-        used_slot = self._slot(kw.pop("async_", False), kw.pop("slot", None))
-        on_done = kw.pop("on_done", None)
-        if kw:
-            raise ProgramError(f"unknown matmul options {sorted(kw)}")
-        done = self.role._task_index(on_done) if on_done is not None else -1
-        self._emit(isa.OP_MATMUL, c, a, b, None, slot=used_slot, on_done=done,
-                   r=1 if transpose_b else 0, imm=m, imm2=k, imm3=n)
-        return used_slot if used_slot else None
+        loop = matmul_loop(m, k, n, transpose_b, cfg=self.program.cfg,
+                           dtype=isa.DTYPE_NAMES[a.dtype])
+        walkers = []
+        for op in loop.operands:
+            tile = tiles[op.tile]
+            at = self.reg()
+            if tile.offset_reg >= 0:
+                self.affine(at, Reg(tile.offset_reg), tile.offset_scale, tile.offset)
+            else:
+                self.set(at, tile.offset)
+            view = dataclasses.replace(tile, offset=0, offset_reg=at.index, offset_scale=1,
+                                       length=op.length, length_reg=-1, stride=op.stride)
+            walkers.append((op, at, view))
+        (_, _, dst), (_, _, vector), (_, _, scalar) = walkers
+        with self.loop(loop.outer):
+            with self.loop(loop.inner):
+                self.fmac(dst, dst, vector, scalar)
+                for op, at, _ in walkers:
+                    if op.inner:
+                        self.addi(at, op.inner)
+            for op, at, _ in walkers:
+                if loop.outer_step(op):
+                    self.addi(at, loop.outer_step(op))
+        for _, at, _ in walkers:
+            self.program.free_reg(at)
 
     # --- control
     def reg(self) -> Reg:
@@ -747,6 +776,9 @@ class Program:
         flops = np.zeros(64, np.int64)
         for op, f in isa.FLOPS_PER_ELEMENT.items():
             flops[op] = f
+        passes = np.ones(64, np.int64)
+        for op, n in isa.SOFTWARE_SEQUENCE_PASSES.items():
+            passes[op] = n
         roles = np.zeros((len(self.roles) + 1, 3), np.int64)
         roles[:, 0] = role_start
         roles[:-1, 1] = role_entry
@@ -769,6 +801,7 @@ class Program:
             buf_addr=buf_addr,
             half_to_float=np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32),
             flops_of_op=flops,
+            passes_of_op=passes,
         )
         return static, ncolors
 
@@ -808,6 +841,9 @@ class Program:
         settings[engine.C_IQDEPTH] = cfg.input_queue_depth
         settings[engine.C_SLOTS] = cfg.async_slots
         settings[engine.C_SCALAR_CYCLES] = cfg.scalar_op_cycles
+        settings[engine.C_VECTOR_STARTUP] = cfg.vector_startup_cycles
+        settings[engine.C_DATAPATH] = cfg.datapath_latency
+        settings[engine.C_TASK_START] = cfg.task_start_cycles
         settings[engine.C_IPC] = cfg.instructions_per_cycle
         settings[engine.C_SIMD32] = cfg.fmacs_per_cycle_fp32
         settings[engine.C_SIMD16] = cfg.fmacs_per_cycle_fp16
@@ -992,7 +1028,6 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
         link_wavelets=np.zeros((n_pe, 4), i64),
         link_events=np.zeros((events, 5), i64), delivery_events=np.zeros((events, 4), i64),
         task_events=np.zeros((events, 4), i64),
-        scratch=np.zeros(_matmul_scratch(static), np.float32),
         counters=np.zeros(engine.COUNTERS, i64),
     )
 
@@ -1003,12 +1038,3 @@ def _pe_chunks(pes: np.ndarray, elements: int, budget: int = 1 << 24):
     step = max(1, budget // max(elements, 1))
     for start in range(0, len(pes), step):
         yield pes[start:start + step]
-
-
-def _matmul_scratch(static) -> int:
-    """fp32 elements the largest matmul instruction needs for its tile copies."""
-    mm = static.instr[static.instr[:, isa.I_OP] == isa.OP_MATMUL]
-    if len(mm) == 0:
-        return 1
-    m, k, n = mm[:, isa.I_IMM], mm[:, isa.I_IMM2], mm[:, isa.I_IMM3]
-    return int((m * k + k * n + m * n).max())
