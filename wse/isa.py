@@ -104,4 +104,4 @@ ROUTE_OFF_GRID, ROUTE_RX_MISMATCH, ROUTE_NO_TX = 1, 2, 3
 # Program error kinds.
 PROG_BOUNDS, PROG_UNALLOCATED, PROG_BAD_COLOR = 1, 2, 3
 
-NUM_REGISTERS = 16
+NUM_REGISTERS = 32    # emulation registers: loop counters and descriptor offsets (a tile product uses five)

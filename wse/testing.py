@@ -530,9 +530,9 @@ class ProgramSpec:
                         args.append(scalar(t, s))
                     getattr(t, name)(*args, **kw)
                 elif what == "matmul":
-                    _, c, a, b, m, k, n, tb, async_ = ins
+                    _, c, a, b, m, k, n, tb = ins
                     t.matmul(operand(t, c), operand(t, a), operand(t, b), m, k, n,
-                             transpose_b=tb, async_=async_)
+                             transpose_b=tb)
                 elif what == "wait":
                     t.wait(ins[1])
                 elif what == "loop":
@@ -625,7 +625,7 @@ def _code(draw, sizes, n_colors: int, local_tasks, data_task: bool, depth: int, 
             tiles = [("mem", draw(st.integers(0, len(sizes) - 1)), draw(st.integers(0, 1)),
                       1, 1, "") for _ in range(3)]
             code.append(("matmul", *tiles, draw(st.integers(1, 2)), draw(st.integers(1, 2)),
-                         draw(st.integers(1, 2)), draw(st.booleans()), draw(st.booleans())))
+                         draw(st.integers(1, 2)), draw(st.booleans())))
         elif kind == "wait":
             code.append(("wait", _pick(draw, (None, 1, 2))))
         elif kind == "loop":
