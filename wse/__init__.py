@@ -8,7 +8,7 @@ from .errors import (ConfigError, CycleLimitError, FabricDeadlockError, Floating
                      ProgramError, RouteError, SramOverflowError, WseError)
 from .program import WAVELET, Buffer, Color, Param, Program, Reg, RunResult, run_options
 from .report import RunReport
-from . import gpu
+from . import gpu, timing
 
 __version__ = "0.1.0"
 

@@ -85,6 +85,11 @@ class MatmulLoop:
         """Offset change at the end of an outer iteration."""
         return op.outer - self.inner * op.inner
 
+    def instructions(self) -> int:
+        """Instructions the nest issues."""
+        per_outer = 2 + self.inner * (2 + self.inner_updates) + self.outer_updates + 1
+        return 5 + self.outer * per_outer
+
     @property
     def inner_updates(self) -> int:
         return sum(op.inner != 0 for op in self.operands)
