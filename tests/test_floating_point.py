@@ -231,7 +231,9 @@ def test_trap_nan_names_the_pe_the_element_and_the_cycle():
     with pytest.raises(wse.FloatingPointTrap) as caught:
         prog.run(trap_nan=True)
     message = str(caught.value)
-    assert "PE (1, 0)" in message and "element 2" in message and "cycle 4" in message
+    # the mul issues when the 4-element fp32 scale is done, start-up S after its issue
+    issued = prog.cfg.vector_startup_cycles + 4
+    assert "PE (1, 0)" in message and "element 2" in message and f"cycle {issued}" in message
     assert "role 'r' task 'main' instruction 1" in message
 
 
@@ -245,14 +247,16 @@ def test_without_trap_the_nan_lands_in_memory():
 
 @pytest.mark.nojit
 def test_trap_nan_on_a_fabric_operand_reports_the_cycle_the_element_arrives():
-    """Element i of a one-hop stream is ready at the receiver at 2*T_R + H + i,
-    so inf + -inf at element 2 makes its NaN in cycle 2*2 + 1 + 2 = 7."""
+    """Element i of a one-hop stream is ready at the receiver at
+    S + D + 2*T_R + H + i (sent from start-up S on, out of the datapath D
+    later), so inf + -inf at element 2 makes its NaN in cycle 2 + 1 + 4 + 1 + 2."""
     prog, _ = send_east(np.array([1.0, 1.0, -np.inf], np.float32), "float32",
                         receiver_adds=np.array([0.0, 0.0, np.inf], np.float32))
     cfg = prog.cfg
     with pytest.raises(wse.FloatingPointTrap) as caught:
         prog.run(trap_nan=True)
-    cycle = 2 * cfg.ramp_latency + cfg.hop_latency + 2
+    cycle = cfg.vector_startup_cycles + cfg.datapath_latency + 2 * cfg.ramp_latency \
+        + cfg.hop_latency + 2
     message = str(caught.value)
     assert "PE (1, 0)" in message and "element 2" in message and f"cycle {cycle}" in message
 

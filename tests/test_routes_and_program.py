@@ -52,8 +52,11 @@ def test_shift_along_y_moves_rows_down():
     x = np.arange(4 * 3 * 5, dtype=np.float32).reshape(4, 3, 5)
     y, report = shift(x, cfg, along="y", k=1)
     np.testing.assert_array_equal(y, np.roll(x, 1, axis=0))
-    # B wavelets over the longest path (the wrap, 3 hops): 2*T_R + 3*H + B
-    assert report.cycles == 4 + 3 + 5
+    # B wavelets over the longest path (the wrap, 3 hops), sent from the
+    # start-up S on, out of the datapath D later: S + D + 2*T_R + 3*H + B,
+    # and the closing wait's issue cycle c
+    assert report.cycles == cfg.vector_startup_cycles + cfg.datapath_latency \
+        + 2 * cfg.ramp_latency + 3 * cfg.hop_latency + 5 + cfg.scalar_op_cycles
 
 
 @pytest.mark.nojit

@@ -766,10 +766,12 @@ def assert_close(actual, reference, dtype, terms: int = 1, scale=None, rtol: flo
             f"allowed error {float(allowed[first]) if finite[first] else 0.0:.3g}")
 
 
-def _latencies(cfg) -> tuple[int, int]:
+def _latencies(cfg) -> tuple[int, int, int]:
+    """(T_R, H, E): E is the earliest cycle a wavelet can leave a sender's
+    datapath (a send's start-up S plus the datapath latency D)."""
     if cfg is None:
-        return 1, 1         # the smallest a config allows: the bounds stay valid
-    return cfg.ramp_latency, cfg.hop_latency
+        return 1, 1, 0      # the smallest a config allows: the bounds stay valid
+    return cfg.ramp_latency, cfg.hop_latency, cfg.vector_startup_cycles + cfg.datapath_latency
 
 
 def _neighbour(pe: int, port: int, cols: int) -> int:
@@ -827,14 +829,16 @@ def check_report(report, cfg: WaferConfig | None = None, program=None) -> tuple[
       sram       sram_peak_bytes <= the PE's SRAM (when the capacity is known).
       rate       no link, ramp-in or ramp-out carries more wavelets than there
                  were cycles.
-      bound      cycles >= what traffic and distance imply. A wavelet injected in
-                 cycle t >= 0 is at its router at t + T_R and hops in H each; a
-                 link carries one wavelet per cycle and every wavelet ends in a
-                 ramp. For a link out of router r into n carrying c wavelets:
-                   cycles >= 2*T_R + (d_in(r) + 1 + d_out(n))*H + c
+      bound      cycles >= what traffic and distance imply. A wavelet leaves a
+                 sender's datapath no earlier than E = S + D (start-up plus
+                 datapath latency), is at its router T_R later and hops in H
+                 each; a link carries one wavelet per cycle and every wavelet
+                 ends in a ramp. For a link out of router r into n carrying c:
+                   cycles >= E + 2*T_R + (d_in(r) + 1 + d_out(n))*H + c
                  (d_in: hops from the nearest injecting PE, d_out: hops to the
-                 nearest receiving PE); a PE receiving c: 2*T_R + d_in*H + c;
-                 a PE injecting c: 2*T_R + d_out*H + c.
+                 nearest receiving PE); a PE receiving c: E + 2*T_R + d_in*H + c;
+                 a PE injecting c: E + 2*T_R + d_out*H + c. Without a config
+                 E = 0 and T_R = H = 1.
     With report.link_events (run(record_links=True)):
       links      no (cycle, pe, port) twice; per link, the events add up to
                  link_wavelets.
@@ -845,7 +849,7 @@ def check_report(report, cfg: WaferConfig | None = None, program=None) -> tuple[
     With both and the program (a RunResult):
       paths      every wavelet crosses exactly the links of its color's route from
                  its source and is delivered to each destination of that route
-                 once per path, no earlier than 2*T_R + hops*H; each PE's count
+                 once per path, no earlier than E + 2*T_R + hops*H; each PE's count
                  of sources equals its ramp_out.
     """
     from .program import RunResult
@@ -857,7 +861,7 @@ def check_report(report, cfg: WaferConfig | None = None, program=None) -> tuple[
         cfg = program.cfg
     done = []
     rows, cols, cycles = report.rows, report.cols, int(report.cycles)
-    T_R, H = _latencies(cfg)
+    T_R, H, E = _latencies(cfg)
     links = np.asarray(report.link_wavelets)
     ramp_in, ramp_out = np.asarray(report.ramp_in), np.asarray(report.ramp_out)
 
@@ -908,21 +912,21 @@ def check_report(report, cfg: WaferConfig | None = None, program=None) -> tuple[
     d_out = _distance_to(ramp_in > 0)
     need, why = 0, ""
     for y, x in zip(*np.nonzero(ramp_in)):
-        b = 2 * T_R + d_in[y, x] * H + int(ramp_in[y, x])
+        b = E + 2 * T_R + d_in[y, x] * H + int(ramp_in[y, x])
         if b > need:
             need, why = b, f"PE ({x}, {y}) receives {int(ramp_in[y, x])} wavelets"
     for y, x in zip(*np.nonzero(ramp_out)):
-        b = 2 * T_R + d_out[y, x] * H + int(ramp_out[y, x])
+        b = E + 2 * T_R + d_out[y, x] * H + int(ramp_out[y, x])
         if b > need:
             need, why = b, f"PE ({x}, {y}) injects {int(ramp_out[y, x])} wavelets"
     for y, x, port in zip(*np.nonzero(links)):
         ny, nx = y + isa.PORT_DY[port], x + isa.PORT_DX[port]
-        b = 2 * T_R + (d_in[y, x] + 1 + d_out[ny, nx]) * H + int(links[y, x, port])
+        b = E + 2 * T_R + (d_in[y, x] + 1 + d_out[ny, nx]) * H + int(links[y, x, port])
         if b > need:
             need, why = b, (f"the {isa.PORT_NAMES[port]} link of PE ({x}, {y}) carries "
                             f"{int(links[y, x, port])} wavelets")
     if cycles < need:
-        fail(f"{cycles} cycles, but {why}: at least {need} (T_R={T_R}, H={H})")
+        fail(f"{cycles} cycles, but {why}: at least {need} (T_R={T_R}, H={H}, E={E})")
     done.append("bound")
 
     # links
@@ -1003,9 +1007,9 @@ def check_report(report, cfg: WaferConfig | None = None, program=None) -> tuple[
                      f"{source // cols}) was delivered to {sorted(delivered.items())} "
                      f"(PE: copies), its route reaches {sorted(want_pes.items())}")
             for ready, pe, _ in got:
-                if ready < 2 * T_R + hops[pe] * H:
+                if ready < E + 2 * T_R + hops[pe] * H:
                     fail(f"wavelet {wid} is ready at PE ({pe % cols}, {pe // cols}) in cycle "
-                         f"{ready}, before 2*T_R + {hops[pe]}*H")
+                         f"{ready}, before E + 2*T_R + {hops[pe]}*H")
         counted = np.zeros(rows * cols, np.int64)
         for pe, n in sources.items():
             counted[pe] = n
