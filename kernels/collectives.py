@@ -763,52 +763,55 @@ def _arm_cost(algorithm: str, n: int, B: int, cfg, s: int | None = None) -> int:
     if n <= 1:
         return 0
     T_R, H = cfg.ramp_latency, cfg.hop_latency
-    hop = 2 * T_R + H
+    su, dp = cfg.vector_startup_cycles, cfg.datapath_latency
+    hop = 2 * T_R + H + dp
 
-    def lat(d):
-        return 2 * T_R + d * H
+    def lat(d):                 # a waiting fold_send's first element, d hops on
+        return dp + 2 * T_R + d * H
     if algorithm == "chain":
-        return (n - 1) * hop + B
+        return su + (n - 1) * hop + B
     if algorithm == "star":
-        return _star_cost(n - 1, n - 1, B, T_R, H)
+        return _star_cost(n - 1, n - 1, B, cfg)
     if algorithm == "tree":
-        return _tree_cost(n, B, T_R, H)
+        return _tree_cost(n, B, T_R, H, su, dp)
     groups = _groups(n, s)
     if algorithm == "two_phase":
-        done = [(hi - lo) * hop + B if hi > lo else 0 for lo, hi in groups]
+        done = [su + (hi - lo) * hop + B if hi > lo else 0 for lo, hi in groups]
         roots = [hi for _, hi in groups]
     elif algorithm == "ktree":
         roots = [_ktree_root(lo, hi) for lo, hi in groups]
         done = []
         for (lo, hi), r in zip(groups, roots):
             near, far = r - lo, hi - r
-            done.append(far * hop + (2 * B if near else B) if far else 0)
+            done.append(su + far * hop + (2 * B + su if near else B) if far else 0)
     else:
         raise AssertionError(algorithm)
     first = done[-1]
     for g in range(len(groups) - 2, -1, -1):
         first = max(done[g], first + lat(roots[g + 1] - roots[g]))
-    return first + lat(roots[0]) + B
+    return first + su + lat(roots[0]) + B
 
 
-def _star_cost(sources: int, longer_arm: int, B: int, T_R: int, H: int) -> int:
+def _star_cost(sources: int, longer_arm: int, B: int, cfg) -> int:
     """Star (see _arm_cost): the root takes element i of every source in turn,
     the longer arm's `longer_arm` sources first, nearest first: the ramp's
     floor 2*T_R + H + sources*B, plus round 0's wait for the farthest source
     of the longer arm (exact for H = 1, a lower bound for H > 1)."""
+    T_R, H = cfg.ramp_latency, cfg.hop_latency
     return 2 * T_R + H + sources * B + (longer_arm - 1) * (H - 1)
 
 
 @lru_cache(maxsize=None)
-def _tree_cost(n: int, B: int, T_R: int, H: int) -> int:
+def _tree_cost(n: int, B: int, T_R: int, H: int, su: int = 0, dp: int = 0) -> int:
     if n <= 1:
         return 0
     L = (n - 1).bit_length()             # ceil(log2 n)
     if n == 1 << L:
-        return L * (2 * T_R + B) + (n - 1) * H
+        return L * (su + dp + 2 * T_R + B) + (n - 1) * H
     top = 1 << (L - 1)
     m = n - top
-    return max(_tree_cost(m, B, T_R, H), _tree_cost(top, B, T_R, H) + 2 * T_R + m * H) + B
+    return max(_tree_cost(m, B, T_R, H, su, dp) + su,
+               _tree_cost(top, B, T_R, H, su, dp) + su + dp + 2 * T_R + m * H) + B
 
 
 def _best_group_size(algorithm: str, n: int, B: int, cfg) -> int:
@@ -845,28 +848,39 @@ def _reduce_cost(algorithm: str, P: int, B: int, cfg, root: int, group_size) -> 
     if algorithm in ("chain", "two_phase", "ktree"):
         late = max(first)
         steal = max(0, min(cfg.input_queue_depth, B - 1) - abs(first[0] - first[1]))
-        return late + 2 * B + steal
+        return late + 2 * B + cfg.vector_startup_cycles + steal
     if algorithm == "tree":
         # the longer arm (without the root) reduces into the root's neighbour,
         # which streams into the root one hop after the root's own arm is done
-        own = _tree_cost(min(low, high), B, cfg.ramp_latency, cfg.hop_latency)
-        far = _tree_cost(max(low, high) - 1, B, cfg.ramp_latency, cfg.hop_latency)
-        arrive = far + 2 * cfg.ramp_latency + cfg.hop_latency
+        T_R, H = cfg.ramp_latency, cfg.hop_latency
+        su, dp = cfg.vector_startup_cycles, cfg.datapath_latency
+        own = _tree_cost(min(low, high), B, T_R, H, su, dp)
+        far = _tree_cost(max(low, high) - 1, B, T_R, H, su, dp)
+        arrive = far + su + dp + 2 * T_R + H
         # equal arms: the neighbour's stream arrives while the root still folds
         # its own arm and takes ramp slots from it (one per element, up to the
         # input queue)
         steal = min(cfg.input_queue_depth, B - 1) if arrive < own else 0
-        return max(own + steal, arrive) + B
+        return max(own + su + steal, arrive) + B
     # star: one round of elements at a time, the longer arm's sources first;
     # the other arm's first elements arrive earlier and wait in their queues
-    return _star_cost(P - 1, max(low, high) - 1, B, cfg.ramp_latency, cfg.hop_latency)
+    return _star_cost(P - 1, max(low, high) - 1, B, cfg)
 
 
 def _broadcast_cost(P: int, B: int, cfg, root: int) -> int:
     if P == 1:
         return 0
     D = max(root, P - 1 - root)
-    return 2 * cfg.ramp_latency + D * cfg.hop_latency + B
+    return _stream_cycles(D, B, cfg)
+
+
+def _stream_cycles(D: int, B: int, cfg) -> int:
+    """A stream of B elements over D hops, from its sender's issue to the
+    completion of its receiver, which waits for it: start-up, the datapath
+    and the ramp out, D hops, the ramp in, then one element a cycle:
+        sigma + delta + 2*T_R + D*H + B."""
+    return cfg.vector_startup_cycles + cfg.datapath_latency + 2 * cfg.ramp_latency \
+        + D * cfg.hop_latency + B
 
 
 def _ring_hops(P: int, ring: str) -> list[int]:
@@ -900,7 +914,9 @@ def _ring_cost(P: int, B: int, cfg, ring: str) -> int:
     cyclic = hops * (steps // P + 2)
     window = max(sum(cyclic[j:j + steps]) for j in range(P))
     c = -(-B // P)
-    return steps * (c + 2 * cfg.ramp_latency) + cfg.hop_latency * window
+    k = cfg.scalar_op_cycles
+    step = c + 9 * k + cfg.vector_startup_cycles + cfg.datapath_latency + 2 * cfg.ramp_latency
+    return steps * step + cfg.hop_latency * window + 6 * k
 
 
 def cost(collective: str, algorithm: str, P: int, B: int, cfg: wse.WaferConfig,
@@ -934,7 +950,7 @@ def cost(collective: str, algorithm: str, P: int, B: int, cfg: wse.WaferConfig,
             return 0
         order = _ring_order(P, algorithm)
         D = max(abs(order[j] - order[(j + k) % P]) for j in range(P))
-        return 2 * cfg.ramp_latency + D * cfg.hop_latency + B
+        return _stream_cycles(D, B, cfg) + cfg.scalar_op_cycles
     if collective == "reduce":
         _check_algorithm(algorithm, REDUCE_ALGORITHMS, "reduce")
         if not 0 <= root < P:
