@@ -99,8 +99,10 @@ def quick_case() -> list[dict]:
     return rows + _gpu_rows(model, weights, x, ref.cache, "tiny")
 
 
-def decode_case(grid: int = 420, context: int = 4096, dtype: str = "float16") -> dict:
-    """LLaMA-3-8B layer, one decode step at `context` on a grid x grid region."""
+def decode_case(grid: int = 420, context: int = 4096, dtype: str = "float16",
+                base: wse.WaferConfig = wse.WSE2) -> dict:
+    """LLaMA-3-8B layer, one decode step at `context` on a grid x grid region
+    of the wafer `base`."""
     from kernels import models, reference
     from kernels import transformer as T
     from kernels.models import KVCache
@@ -111,7 +113,7 @@ def decode_case(grid: int = 420, context: int = 4096, dtype: str = "float16") ->
     cache = KVCache((rng.standard_normal(shape).astype(np.float32),),
                     (rng.standard_normal(shape).astype(np.float32),),
                     rng.standard_normal(model.d_model).astype(np.float32))
-    cfg = wse.WSE2.with_grid(rows=grid, cols=grid)
+    cfg = base.with_grid(rows=grid, cols=grid)
     started = time.perf_counter()
     out, state, report = T.decode_step(model, weights, cache, cfg, dtype=dtype)
     wall = time.perf_counter() - started

@@ -85,10 +85,11 @@ class WaferConfig:
     """Issue cycles of every instruction (control instructions: register
     arithmetic, loop counter and branch, activate, wait, descriptor offset
     updates; a vector instruction's issue; an asynchronous operation takes
-    them from the main thread too). 1: a PE is an in-order core that issues
-    at most one instruction per cycle [SDK: the PE is a single-issue core
-    with one instruction pointer per thread]. 0 restores free control
-    instructions, at most `instructions_per_cycle` of them per cycle."""
+    them from the main thread too). 1: the floor of an in-order core that
+    issues at most one instruction per cycle (machine.md); no per-instruction
+    figure is published, so a real PE may pay more (see the sensitivity
+    table in docs/engine.md). 0 restores free control instructions, at most
+    `instructions_per_cycle` of them per cycle."""
     vector_startup_cycles: int = 2
     """Cycles from a vector instruction's issue to its first element
     (descriptor fetch, first operand read), asynchronous ones too.
