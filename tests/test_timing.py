@@ -62,6 +62,13 @@ def test_a_transcendental_costs_its_software_sequence(name, op):
     assert cost > add
 
 
+def test_the_idealised_pe_charges_one_pass_for_a_transcendental():
+    zero = CFG.without_instruction_costs()
+    x = {"x": 256}
+    cost, _, _ = one_pe_run(lambda t, b: t.exp(b["x"].view(), b["x"].view()), x, cfg=zero)
+    assert cost == 256 == timing.vector_cycles(256, "float32", zero, isa.OP_EXP)
+
+
 def test_a_transcendental_on_a_fabric_operand_is_refused():
     prog = wse.Program(CFG.with_grid(1, 2))
     c = prog.color("c")

@@ -104,6 +104,11 @@ class WaferConfig:
     """Cycles from the wavelet or activation that fires a task to its first
     instruction (task selection, context set-up). Entry tasks are running
     when the run starts. ASSUMPTION: not published."""
+    software_transcendentals: bool = True
+    """exp, recip, rsqrt, sigmoid and tanh cost the vector-instruction
+    sequence a PE runs for them (wse/isa.py SOFTWARE_SEQUENCE_PASSES: a PE
+    has no transcendental unit). False charges one pass, as a hardware unit
+    would (the idealised PE)."""
     instructions_per_cycle: int = 64
     """Emulation guard when scalar_op_cycles = 0: instructions a PE may
     retire in one cycle, so that no loop is ever free."""
@@ -144,6 +149,9 @@ class WaferConfig:
         _check_int("vector_startup_cycles", self.vector_startup_cycles, 0, 1000)
         _check_int("datapath_latency", self.datapath_latency, 0, 1000)
         _check_int("task_start_cycles", self.task_start_cycles, 0, 1000)
+        if not isinstance(self.software_transcendentals, bool):
+            raise ConfigError(f"WaferConfig.software_transcendentals = "
+                              f"{self.software_transcendentals!r}: must be True or False")
         _check_int("instructions_per_cycle", self.instructions_per_cycle, 1, 1 << 20)
         _check_float("pj_per_wavelet_hop", self.pj_per_wavelet_hop, 0.0, 1e6)
         _check_float("pj_per_flop", self.pj_per_flop, 0.0, 1e6)
@@ -157,9 +165,11 @@ class WaferConfig:
 
     def without_instruction_costs(self) -> "WaferConfig":
         """The idealised PE: free control instructions, no vector start-up, no
-        datapath or task-start latency (the zero-cost special case)."""
+        datapath or task-start latency, one pass per transcendental (the
+        zero-cost special case)."""
         return dataclasses.replace(self, scalar_op_cycles=0, vector_startup_cycles=0,
-                                   datapath_latency=0, task_start_cycles=0)
+                                   datapath_latency=0, task_start_cycles=0,
+                                   software_transcendentals=False)
 
     def with_grid(self, rows: int, cols: int) -> "WaferConfig":
         """The same wafer parameters on a rows x cols grid (a region of the wafer)."""

@@ -777,8 +777,9 @@ class Program:
         for op, f in isa.FLOPS_PER_ELEMENT.items():
             flops[op] = f
         passes = np.ones(64, np.int64)
-        for op, n in isa.SOFTWARE_SEQUENCE_PASSES.items():
-            passes[op] = n
+        if cfg.software_transcendentals:
+            for op, n in isa.SOFTWARE_SEQUENCE_PASSES.items():
+                passes[op] = n
         roles = np.zeros((len(self.roles) + 1, 3), np.int64)
         roles[:, 0] = role_start
         roles[:-1, 1] = role_entry

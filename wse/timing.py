@@ -33,7 +33,7 @@ def vector_cycles(n: int, dtype: str, cfg: WaferConfig, op: int = isa.OP_ADD) ->
     sequence's further instructions each paying issue and start-up."""
     if n <= 0:
         return cfg.scalar_op_cycles
-    passes = isa.SOFTWARE_SEQUENCE_PASSES.get(op, 1)
+    passes = isa.SOFTWARE_SEQUENCE_PASSES.get(op, 1) if cfg.software_transcendentals else 1
     body = cfg.vector_startup_cycles + passes * simd_cycles(n, dtype, cfg) \
         + (passes - 1) * (cfg.scalar_op_cycles + cfg.vector_startup_cycles)
     return max(body, cfg.scalar_op_cycles)
