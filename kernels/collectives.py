@@ -237,6 +237,8 @@ def _sequence(a: Emitter | None, b: Emitter | None) -> Emitter:
 #   ("fold", c)              data <- data (+|max) fabin(c)
 #   ("fold_each", cs)        for each element i, for each c in cs in turn:
 #                            data[i] <- data[i] (+|max) fabin(c)  (star's root)
+#   ("fold_merged", c, k)    data[0] <- data[0] (+|max) each of k wavelets of
+#                            fabin(c), in one instruction (star's root, B = 1)
 #   ("fold_send", cin, cout) fabout(cout) <- fabin(cin) (+|max) data
 # where c is a wse.Color. Chains and trees are built from these.
 @dataclass
@@ -296,6 +298,9 @@ def _steps_emitter(program: list[tuple], data: wse.Buffer, n: int, op: str) -> E
                         combine(here, prog.fabin(c, 1), here)
                     t.addi(at, 1)
                 prog.free_reg(at)
+            elif kind == "fold_merged":
+                acc = data.view(0, step[2], stride=0)
+                combine(acc, prog.fabin(step[1], step[2]), acc)
             elif kind == "fold_send":
                 combine(prog.fabout(step[2], n), prog.fabin(step[1], n), mine)
             else:                                   # pragma: no cover - internal
@@ -453,6 +458,28 @@ def _reduce_line_steps(line: _Line, algorithm: str, root: int, B: int, group_siz
         _add_chains(line, steps, [[far_root, root]], f"{name}j")
         return steps
     depth = max(len(plan) for _, plan in arms)
+    if algorithm == "star" and B == 1:
+        # one element per source: every source sends on ONE color; each router
+        # on an arm merges its own ramp with the stream from farther out (a
+        # route's rx may hold several ports), so one stream of P-1 wavelets
+        # reaches the root, which folds them all with one instruction into its
+        # element (a destination of stride 0: an accumulator)
+        _, _, fwd, back = routes._axis(line.prog, line.along)
+        c = line.prog.color(f"{name}s")
+        rx = np.zeros(P, np.uint8)
+        tx = np.zeros(P, np.uint8)
+        for i in range(P):
+            if i == root:
+                rx[i] = (routes.BIT[fwd] if i < P - 1 else 0) | (routes.BIT[back] if i > 0 else 0)
+                tx[i] = routes.BIT["RAMP"]
+                continue
+            outer = (i < P - 1) if i > root else (i > 0)
+            rx[i] = routes.BIT["RAMP"] | (routes.BIT[fwd if i > root else back] if outer else 0)
+            tx[i] = routes.BIT[back if i > root else fwd]
+            steps[i].append(("send", c))
+        routes.set_line_routes(line.prog, c, line.along, rx, tx, line.lines)
+        steps[root].append(("fold_merged", c, P - 1))
+        return steps
     if algorithm == "star":
         # all sources stream at once, each on its own color (their paths all end
         # in the root's router, so no two can share one). The root takes element
@@ -771,7 +798,7 @@ def _arm_cost(algorithm: str, n: int, B: int, cfg, s: int | None = None) -> int:
     if algorithm == "chain":
         return su + (n - 1) * hop + B
     if algorithm == "star":
-        return _star_cost(n - 1, n - 1, B, cfg)
+        return _star_cost(n, 1, B, cfg)
     if algorithm == "tree":
         return _tree_cost(n, B, T_R, H, su, dp)
     groups = _groups(n, s)
@@ -792,13 +819,44 @@ def _arm_cost(algorithm: str, n: int, B: int, cfg, s: int | None = None) -> int:
     return first + su + lat(roots[0]) + B
 
 
-def _star_cost(sources: int, longer_arm: int, B: int, cfg) -> int:
-    """Star (see _arm_cost): the root takes element i of every source in turn,
-    the longer arm's `longer_arm` sources first, nearest first: the ramp's
-    floor 2*T_R + H + sources*B, plus round 0's wait for the farthest source
-    of the longer arm (exact for H = 1, a lower bound for H > 1)."""
+def _star_cost(low: int, high: int, B: int, cfg) -> int:
+    """Star on a line whose root has `low` - 1 sources on one side and
+    `high` - 1 on the other (see _arm_cost for the derivation).
+
+    Source k, d_k hops away, streams from its issue at 0; its first element
+    is ready for the root at a_k = sigma + delta + 2*T_R + d_k*H.
+    B = 1 (one color, merged): the root's ramp takes one wavelet a cycle in
+    arrival order: t = max(t, a_k) + 1 over the sorted a_k.
+    B > 1 (one color per source): the root's loop takes element i of every
+    source in turn, the longer arm first, nearest first. Round 0: the add
+    for source k is issued when the previous one completes and moves its
+    element at max(previous + sigma, a_k), completing one cycle later (the
+    first add issues after the register set and the loop's set and test,
+    3c); then the offset update and the loop branch (2c). Every later
+    round: (P-1)*(sigma + 1) + 2c, its elements already queued. That, or
+    the ramp's floor sigma + delta + 2*T_R + H + (P-1)*B plus round 0's
+    wait for the farthest source of the longer arm, whichever is later
+    (with every instruction cost 0 the floor: exact for H = 1, a lower
+    bound for H > 1)."""
     T_R, H = cfg.ramp_latency, cfg.hop_latency
-    return 2 * T_R + H + sources * B + (longer_arm - 1) * (H - 1)
+    su, dp, c = cfg.vector_startup_cycles, cfg.datapath_latency, cfg.scalar_op_cycles
+    first = su + dp + 2 * T_R
+    longer, shorter = max(low, high) - 1, min(low, high) - 1
+    sources = longer + shorter
+    if sources == 0:
+        return 0
+    if B == 1:
+        t = 0
+        for a in sorted([first + d * H for d in range(1, longer + 1)]
+                        + [first + d * H for d in range(1, shorter + 1)]):
+            t = max(t, a) + 1
+        return t
+    floor = first + H + sources * B + (longer - 1) * (H - 1)
+    t = 3 * c
+    for d in list(range(1, longer + 1)) + list(range(1, shorter + 1)):
+        t = max(t + su, first + d * H) + 1
+    rounds = t + 2 * c + (B - 1) * (sources * (su + 1) + 2 * c)
+    return max(floor, rounds)
 
 
 @lru_cache(maxsize=None)
@@ -864,7 +922,7 @@ def _reduce_cost(algorithm: str, P: int, B: int, cfg, root: int, group_size) -> 
         return max(own + su + steal, arrive) + B
     # star: one round of elements at a time, the longer arm's sources first;
     # the other arm's first elements arrive earlier and wait in their queues
-    return _star_cost(P - 1, max(low, high) - 1, B, cfg)
+    return _star_cost(low, high, B, cfg)
 
 
 def _broadcast_cost(P: int, B: int, cfg, root: int) -> int:
@@ -971,12 +1029,14 @@ def cost(collective: str, algorithm: str, P: int, B: int, cfg: wse.WaferConfig,
                       f"broadcast or shift")
 
 
-def colors_needed(collective: str, algorithm: str, P: int, root: int = 0) -> int:
-    """Colors a 1-D collective allocates (star: one per source)."""
+def colors_needed(collective: str, algorithm: str, P: int, root: int = 0,
+                  B: int | None = None) -> int:
+    """Colors a 1-D collective allocates (star: one per source, or a single
+    merged one when B = 1; allreduce adds the broadcast's)."""
     if P == 1:
         return 0
     if algorithm == "star":
-        return (P - 1) + (1 if collective == "allreduce" else 0)
+        return (1 if B == 1 else P - 1) + (1 if collective == "allreduce" else 0)
     return 0            # the others need few colors (at most 4 per phase)
 
 
@@ -984,7 +1044,8 @@ def choose(collective: str, P: int, B: int, cfg: wse.WaferConfig, root: int = 0,
            dtype: str = "float32") -> str:
     """The algorithm with the lowest cost() that fits the config's colors."""
     names = REDUCE_ALGORITHMS if collective == "reduce" else ALLREDUCE_ALGORITHMS
-    feasible = [a for a in names if colors_needed(collective, a, P, root) <= cfg.num_colors]
+    feasible = [a for a in names
+                if colors_needed(collective, a, P, root, B) <= cfg.num_colors]
     return min(feasible, key=lambda a: (cost(collective, a, P, B, cfg, root=root), a))
 
 
