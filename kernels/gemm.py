@@ -77,7 +77,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import wse
-from wse import routes
+from wse import routes, timing
 from wse.config import DTYPES
 from wse.errors import ConfigError, SramOverflowError
 
@@ -303,171 +303,313 @@ def _simd(cfg: wse.WaferConfig, dtype: str) -> int:
 
 
 def matmul_cycles(p: GemmPlan, cfg: wse.WaferConfig) -> int:
-    """One local tile product: ceil(mt*kt*nt / SIMD of the input dtype)."""
-    return -(-(p.mt * p.kt * p.nt) // _simd(cfg, p.dtype))
+    """One local tile product, from the issue of its first instruction to its
+    completion: `wse.timing.matmul_cycles`, the loop nest of FMAC vector
+    instructions `TaskBuilder.matmul` emits (each FMAC pays its issue and
+    start-up, then its row at SIMD rate; descriptor offset updates and loop
+    branches one issue each). With every instruction cost 0 it is
+    mt*kt*ceil(nt / SIMD) (or kt*nt*ceil(mt / SIMD)): ceil(mt*kt*nt / SIMD)
+    when the rows are a multiple of the SIMD width."""
+    return timing.matmul_cycles(p.mt, p.kt, p.nt, p.dtype, cfg, p.transpose_b)
+
+
+def matmul_compute_cycles(p: GemmPlan, cfg: wse.WaferConfig) -> int:
+    """Datapath cycles of one tile product (its FMAC elements at SIMD rate,
+    what a PE's compute counter records): `matmul_cycles` less the cycles
+    spent issuing instructions and starting vectors."""
+    return timing.matmul_compute_cycles(p.mt, p.kt, p.nt, p.dtype, cfg, p.transpose_b)
+
+
+def _ramp_end(t_a, n_a, t_b, n_b):
+    """Cycle after the last wavelet of two streams that share a PE's outgoing
+    ramp (one wavelet a cycle, never idle while one has a wavelet ready):
+    n_a wavelets ready from t_a, n_b from t_b; an empty stream is absent."""
+    has_a, has_b = n_a > 0, n_b > 0
+    end = np.maximum(np.where(has_a, t_a + n_a, -np.inf), np.where(has_b, t_b + n_b, -np.inf))
+    first = np.minimum(t_a, t_b) + n_a + n_b
+    return np.where(has_a & has_b, np.maximum(end, first), end)
+
+
+def _summa_advance_issues(e: np.ndarray, phase: int, P: int):
+    """SUMMA's `advance` for one axis: (instructions each PE issues, e and
+    phase after it), replaying the program's register updates."""
+    phase = (phase + 1) % P
+    e = e - 1
+    n = 3 + 5 + 2 * ((e + 1) % P == 0)          # addi, mod, addi; if_zero(e + 1)
+    n = n + 5 + 4 * (phase == 0)                 # if_zero(phase): addi e, set, set, branch
+    if phase == 0:
+        e = e + P
+    n = n + 5 + 2 * (e % P == 0)                 # if_zero(e): set, branch
+    return n, e, phase
 
 
 def model_cycles(p: GemmPlan, cfg: wse.WaferConfig, steps: int | None = None) -> int:
     """First-principles cycle count: the critical path through the steps
     (the first `steps` of them, as `gemm_first_steps` runs; all L by default).
 
-    Building blocks (T = ramp latency, H = hop latency, from machine.md):
-    a stream of n wavelets over d hops, started at cycle S, is complete at
-    its receiver at S + 2*T + d*H + n (one wavelet per cycle; the first
-    needs two ramps and d hops). A PE's ramp carries one wavelet per cycle
-    each way, so its A stream and then its B stream take tile_a + tile_b
-    cycles. A local product takes mm = ceil(mt*kt*nt / SIMD).
+    Building blocks (T = ramp_latency, H = hop_latency, c = scalar_op_cycles,
+    sigma = vector_startup_cycles, delta = datapath_latency; docs/engine.md):
+    every instruction a PE issues holds its main thread c cycles (control
+    instructions; an asynchronous operation's issue; `wait` once what it
+    waits for is done); a loop costs c for its counter's set and c for its
+    guard before the body and c for the branch after each pass. A vector
+    instruction issued at t moves its first element at t + sigma. An
+    element a PE sends in cycle t is ready at a PE d hops away at
+    t + delta + 2T + d*H, so a stream of n wavelets whose first leaves at t
+    is complete at its receiver at t + delta + 2T + d*H + n (one wavelet per
+    cycle). A PE's outgoing ramp carries one wavelet per cycle, its streams
+    taking turns (`_ramp_end`). A local product takes mm = `matmul_cycles`
+    (the FMAC loop nest, wse.timing.matmul_cycles) on the main thread.
 
-    PEs are not synchronised by any barrier: a PE starts step t+1 as soon as
-    its own work and the tiles it needs have arrived. With S[x, y] the cycle
-    PE (x, y) starts a step, post = mm for cannon (multiply, then shift) and
-    0 for meshgemm (the shift is posted before the multiply):
-        S'[x, y] = max( S[x, y] + post + tiles,                  own sends
-                        S[x, y] + mm,                            own product
-                        S[succ_x, y] + post + 2T + dA[x]*H + tiles,   A in
-                        S[x, succ_y] + post + 2T + dB[y]*H + tiles,   B in
-                        S[pred_x, y] + post + tiles - aheadA[x],
-                        S[x, pred_y] + post + tiles - aheadB[y])   A and B out
+    cannon / meshgemm. PEs are not synchronised by any barrier: a PE starts
+    step t+1 as soon as its own work and the tiles it needs have arrived.
+    With n lines shifting (A on rows, B on columns: n = 2 on a 2-D grid) a
+    step's body issues, from its start S[x, y]:
+        cannon:   matmul (mm), n receives, n sends, wait
+        meshgemm: n receives, n sends, matmul (mm), wait
+    then 8 register updates (the FIFOs' heads and free slots: addi and mod
+    each) and the loop branch: 10 c after the wait. So with pre = mm for
+    cannon, 0 for meshgemm, a PE's line-i receive is posted at S + pre + i c
+    and its sends issue at S + pre + (n + i) c; its first wavelet leaves at
+    so = S + pre + n c + sigma, and its sends end at
+    out = _ramp_end(so, tile_a, so + c, tile_b). With W the wait's issue
+    (S + 2n c + mm):
+        S'[x, y] = max( W[x, y],                                        own product
+                        out[x, y],                                      own sends
+                        out[succ_x, y] + delta + 2T + dA[x]*H,          A in
+                        out[x, succ_y] + delta + 2T + dB[y]*H,          B in
+                        S[x,y] + recv_i + sigma + tile,                 posted late
+                        S[pred_x, y] + recv_a + sigma + tiles - aheadA[x],
+                        S[x, pred_y] + recv_b + sigma + tiles - aheadB[y])   A and B out
+                   + 10 c
     (pred/succ along the ring; dA[x] the hops of the stream into x; aheadA[x]
     the wavelets the path from x to its receiver holds, (hops + 1) *
     queue_depth + input_queue_depth, by which a sender runs ahead of a late
-    receiver) and the
-    run ends at max S + mm after L-1 shifts. The recurrence shows why the
+    receiver). The run starts with 4 sets and the step loop's set and guard
+    (6 c, after the skew if any) and ends at max S + mm, the last product,
+    after L-1 shifts. The recurrence shows why the
     wrap-around edge of Cannon costs its P-1 hops only once per trip round
     the ring, not once per step: the critical path crosses it at most once
     every P steps. For meshgemm every d <= 2 and the shift hides behind the
-    product when mm >= 2T + 2H + tiles.
+    product when mm >= delta + 2T + 2H + tiles (less the issues before it).
 
     The skew (fabric_skew) runs before the steps through the same
-    recurrence with post = mm = 0: at skew shift i only the rows with
+    recurrence with pre = mm = 0: at skew shift i only the rows with
     skew_a > i move A and the columns with skew_b > i move B (meshgemm:
     first every row's A shifts, then every column's B shifts, as the
-    program does them; `GemmPlan.skews_in_turn`), so tiles,
-    and the terms above, are per PE (a stream's sender moves the tiles of
-    its own row and column: A in completes at S[succ_x] + 2T + dA*H +
-    tiles[succ_x]); a PE that moves nothing keeps its S. Lines shift
-    different amounts, so the lockstep of the steps is gone, and one term
-    the steps never need appears: a PE that receives A and B from two
-    different senders takes both through its router's one ramp, one
+    program does them; `GemmPlan.skews_in_turn`), so tiles, and the terms
+    above, are per PE; a PE that moves nothing keeps its S. Its issues:
+    meshgemm, per axis a loop (2 c) whose pass is receive, send, wait, 4
+    register updates and the branch (receive at 0, send at c, wait at 2 c,
+    6 c after the wait); cannon, a prologue per line (set, set, a 5-issue
+    test, 2 c more when the line's skew is 0) and a loop (2 c) whose pass
+    guards each post by a one-pass loop on the line's `moving` flag (2 c,
+    and 2 c more for the post and branch when it moves), waits, then per
+    line the guarded advance (2 c + 5 c when moving), a decrement and a
+    5-issue test (2 c more on the line's last shift) and the branch.
+    Lines shift different amounts, so the lockstep of the steps is gone, and
+    one term the steps never need appears: a PE that receives A and B from
+    two different senders takes both through its router's one ramp, one
     wavelet a cycle, from the first arrival on:
-        S'[x, y] >= min(S[succ_x, y] + 2T + dA[x]*H,
-                        S[x, succ_y] + 2T + dB[y]*H + [succ_y moves A])
-                    + tile_a + tile_b
-    (B leaves a sender that moves both one cycle after A; meshgemm's skew
-    never needs the term, its phases move one axis each). With it the
-    model is within 1 cycle of the engine on most full cannon runs of the
-    tests and 0.19% (178 cycles) at 256^3 on 8 x 8 (6 cycles, 1.25%, on a
-    first-steps run of 30^3 on 3 x 5); meshgemm within 4
-    cycles (0.42% at 32^3 on 4 x 4, 0.01% at 256^3 on 32 x 32 and 512^3
-    on 64 x 64). The model does not capture ramp turns between streams
-    that start at different times, which is why meshgemm skews in turn:
-    with both axes at once its model was 4.9% to 8.4% low (128^3 on
-    16 x 16 to 512^3 on 64 x 64) and 9.4% low at 2048^3 on 256 x 256.
-    skew="host": no skew shifts, the recurrence alone, equal to the engine.
+        S'[x, y] >= min(A's first arrival, B's first arrival) + tile_a + tile_b.
+    With it the model is within FABRIC_SKEW_MODEL_BOUND of the engine
+    (tests/kernels/test_gemm.py). The model does not capture ramp turns
+    between streams that start at different times, which is why meshgemm
+    skews in turn: with both axes at once its model was 4.9% to 8.4% low
+    (128^3 on 16 x 16 to 512^3 on 64 x 64) and 9.4% low at 2048^3 on
+    256 x 256. skew="host": no skew shifts, the recurrence alone, equal to
+    the engine.
 
     summa: step s has its A root at column s mod C and its B root at row
-    s mod R. The root injects its tile on the forward and on the backward
-    color; both copies come back to it through its own ramp, which takes one
-    wavelet a cycle, so the two streams alternate on it (forward first): the
-    forward copy's last wavelet leaves at S[root] + 2*tile - 1, the backward
-    one's at S[root] + 2*tile, and a PE d hops away has it 2T + d*H later.
-    A flood moves a wavelet to all its ports at once, so a receiver that
-    has not posted yet holds it back, but only once the queues between the
-    root and that receiver are full: (d+1)*queue_depth + input_queue_depth
-    wavelets, like a Cannon sender's. A receiver's lag behind the root comes
-    from the same d hops the data travels (at most d*H < d*queue_depth), so
-    on the configurations measured the root never waits for a receiver;
-    the receiver itself still needs S[x] + tile. B follows A (the PE waits
-    for A before posting B), then the product:
-        S'[x, y] = B_done[x, y] + mm.
-    A term for an axis of one PE (no shifts) is left out."""
+    s mod R. Per axis a PE posts its forward and backward receives (issues
+    0 and c), tests whether it is the root (5 c; the root then issues its
+    forward and backward sends at 7 c and 8 c, a pointer update and the
+    branch: 4 c) and waits (at 7 c, the root at 11 c). The root's two
+    copies share its ramp: the forward stream starts at t0 = S[root] + 7 c
+    + sigma, the backward one c later, so the forward one ends at
+    t0 + n + max(n - max(c, 1), 0) and the backward one at
+    max(t0 + c, t0 + n) + n; a PE d hops away has the copy delta + 2T + d*H
+    later; the root takes both back through its own ramp. A flood moves a
+    wavelet to all its ports at once, so a receiver that has not posted yet
+    holds it back, but only once the queues between the root and that
+    receiver are full: (d+1)*queue_depth + input_queue_depth wavelets. The
+    receiver itself needs its post + sigma + tile. The wait ends at the
+    later of its issue and the arrivals, plus c; B's broadcast follows A's,
+    then the product (mm), then per axis the root bookkeeping (`advance`:
+    18 to 24 issues, replayed per PE by `_summa_advance_issues`), an
+    increment per axis of one PE, and the branch. Set-up: 10 issues per
+    axis (2 more where the PE is the first root), 1 per axis of one PE, the
+    loop's 2. The run ends when the last PE's loop does. A term for an
+    axis of one PE (no shifts) is left out.
+
+    With cfg.without_instruction_costs() (c = sigma = delta = 0) every
+    formula above is the model of the zero-cost engine (the issues cost
+    nothing and mm is mt*kt*ceil(nt/SIMD)); it equals the model before
+    instruction costs whenever nt (or mt) is a multiple of the SIMD width."""
     R, C = p.rows, p.cols
     L = p.check_steps(steps)
     T, H = cfg.ramp_latency, cfg.hop_latency
+    c, sigma = cfg.scalar_op_cycles, cfg.vector_startup_cycles
+    lat = cfg.datapath_latency + 2 * T
     mm = matmul_cycles(p, cfg)
     ta = p.tile_a if p.shifts_a else 0
     tb = p.tile_b if p.shifts_b else 0
     start = np.zeros((R, C))
     if p.algorithm in ("cannon", "meshgemm"):
-        post = mm if p.algorithm == "cannon" else 0
-        order_x, order_y = ring_order(p.algorithm, C), ring_order(p.algorithm, R)
-        pos_x, pos_y = routes.ring_position(order_x), routes.ring_position(order_y)
-        succ_x = np.asarray(order_x)[(pos_x + 1) % C]
-        pred_x = np.asarray(order_x)[(pos_x - 1) % C]
-        succ_y = np.asarray(order_y)[(pos_y + 1) % R]
-        pred_y = np.asarray(order_y)[(pos_y - 1) % R]
-        hops_x = np.abs(succ_x - np.arange(C))[None, :] * H
-        hops_y = np.abs(succ_y - np.arange(R))[:, None] * H
-        # A sender runs ahead of its receiver by as many wavelets as the queues
-        # on its path hold: one queue per router passed and the receiver's input
-        # queue; a path that holds the whole tile (the long wrap-around one)
-        # never makes the sender wait for its receiver
-        ahead_x = (np.abs(pred_x - np.arange(C)) + 1)[None, :] * cfg.queue_depth \
-            + cfg.input_queue_depth
-        ahead_y = (np.abs(pred_y - np.arange(R)) + 1)[:, None] * cfg.queue_depth \
-            + cfg.input_queue_depth
-        def shift(s, post, mm, ta, tb):
-            """When each PE starts its next operation after one shift of ta
-            wavelets along the rows and tb along the columns (per PE; 0: none)."""
-            ta, tb = np.broadcast_to(ta, s.shape), np.broadcast_to(tb, s.shape)
-            tiles = ta + tb
-            nxt = np.maximum(s + post + tiles, s + mm)
-            in_a = np.maximum(s[:, succ_x] + post + 2 * T + hops_x + tiles[:, succ_x],
-                              np.where(tiles > ahead_x,
-                                       s[:, pred_x] + post + tiles[:, pred_x] - ahead_x, 0))
-            in_b = np.maximum(s[succ_y, :] + post + 2 * T + hops_y + tiles[succ_y, :],
-                              np.where(tiles > ahead_y,
-                                       s[pred_y, :] + post + tiles[pred_y, :] - ahead_y, 0))
-            nxt = np.where(ta > 0, np.maximum(nxt, in_a), nxt)
-            nxt = np.where(tb > 0, np.maximum(nxt, in_b), nxt)
-            # the router's ramp into the PE takes one wavelet a cycle, A's and
-            # B's together, from the first to arrive (B leaves its sender one
-            # cycle after A when the sender moves both: their turns alternate)
-            a0 = s[:, succ_x] + post + 2 * T + hops_x
-            b0 = s[succ_y, :] + post + 2 * T + hops_y + (ta[succ_y, :] > 0)
-            both = (ta > 0) & (tb > 0)
-            return np.where(both, np.maximum(nxt, np.minimum(a0, b0) + tiles), nxt)
-
-        # the skew: at shift i, the rows with i < skew_a move A and the
-        # columns with i < skew_b move B; a PE with neither is done
-        skew_a, skew_b = fabric_skew(p)
-        no_a, no_b = np.zeros_like(skew_a), np.zeros_like(skew_b)
-        phases = ([(skew_a, no_b), (no_a, skew_b)] if p.skews_in_turn
-                  else [(skew_a, skew_b)])
-        for phase_a, phase_b in phases:
-            for i in range(int(max(phase_a.max(initial=0), phase_b.max(initial=0)))):
-                moving_a = np.where(phase_a > i, ta, 0)[:, None]
-                moving_b = np.where(phase_b > i, tb, 0)[None, :]
-                moved = shift(start, 0, 0, moving_a, moving_b)
-                start = np.where((moving_a + moving_b) > 0, moved, start)
-        for _ in range(L - 1):
-            start = shift(start, post, mm, ta, tb)
-        return int(round(start.max() + mm))
-    def flood(ready, r, tile, index, axis):
-        """Panel arrival on every line (along `axis`) whose root is at index r."""
-        root = np.take(ready, [r], axis=axis)
-        hops = np.abs(index - r)
-        # the root's send ends no earlier than a late receiver's post + tile,
-        # less what the queues between them hold
-        held_back = ready + tile - ((hops + 1) * cfg.queue_depth + cfg.input_queue_depth)
-        after = np.where(index > r, held_back, -np.inf).max(axis=axis, keepdims=True)
-        before = np.where(index < r, held_back, -np.inf).max(axis=axis, keepdims=True)
-        # both copies go out through the root's ramp, one wavelet a cycle,
-        # taking turns (forward first)
-        fwd_sent = np.maximum(root + 2 * tile - 1, after)
-        back_sent = np.maximum(root + 2 * tile, before)
-        arrive = np.where(index > r, fwd_sent, back_sent) + 2 * T + hops * H
-        return np.maximum(ready + tile, arrive)
-
+        return _ring_model(p, cfg, L, mm, ta, tb)
     xs, ys = np.arange(C)[None, :], np.arange(R)[:, None]
+
+    def flood(S, r, tile, index, axis):
+        """When each PE's wait for the panel of the root at index r ends (+c)."""
+        root_s = np.take(S, [r], axis=axis)
+        hops = np.abs(index - r)
+        t0 = root_s + 7 * c + sigma
+        f_end = t0 + tile + max(tile - max(c, 1), 0)
+        b_end = np.maximum(t0 + c, t0 + tile) + tile
+        # the root's sends end no earlier than a late receiver's post + tile,
+        # less what the queues between them hold
+        cap = (hops + 1) * cfg.queue_depth + cfg.input_queue_depth
+        after = np.where(index > r, S + sigma + tile - cap, -np.inf).max(axis=axis, keepdims=True)
+        before = np.where(index < r, S + c + sigma + tile - cap, -np.inf).max(axis=axis,
+                                                                              keepdims=True)
+        f_end, b_end = np.maximum(f_end, after), np.maximum(b_end, before)
+        arrive = np.where(index > r, f_end, np.where(index < r, b_end,
+                                                     np.maximum(f_end, b_end))) + lat + hops * H
+        posted = np.where(index > r, S + sigma + tile, S + c + sigma + tile)
+        done = np.maximum(np.maximum(posted, arrive), np.where(index == r, b_end, -np.inf))
+        wait = S + np.where(index == r, 11 * c, 7 * c)
+        return np.maximum(wait, done) + c
+
+    axes = []            # (tile, line length, index, numpy axis, positions)
+    if p.shifts_a:
+        axes.append([ta, C, xs, 1, np.broadcast_to(xs, (R, C)).copy(), 0])
+    if p.shifts_b:
+        axes.append([tb, R, ys, 0, np.broadcast_to(ys, (R, C)).copy(), 0])
+    own = 2 - len(axes)                              # axes of one PE: a pointer each
+    for tile, P, index, axis, e, _ in axes:
+        start = start + 10 * c + 2 * c * (e % P == 0)
+    start = start + own * c + 2 * c                  # the step loop's set and guard
     for s in range(L):
-        done = start
-        if p.shifts_a:
-            done = flood(done, s % C, ta, xs, 1)
-        if p.shifts_b:
-            done = flood(done, s % R, tb, ys, 0)
-        start = done + mm
+        for ax in axes:
+            tile, P, index, axis, e, phase = ax
+            start = flood(start, s % P, tile, index, axis)
+        start = start + mm
+        for ax in axes:
+            tile, P, index, axis, e, phase = ax
+            n, ax[4], ax[5] = _summa_advance_issues(e, phase, P)
+            start = start + n * c
+        start = start + own * c + c                  # pointer increments, loop branch
     return int(round(start.max()))
+
+
+def _ring_model(p: GemmPlan, cfg: wse.WaferConfig, L: int, mm: int, ta: int, tb: int) -> int:
+    """cannon and meshgemm: model_cycles' recurrence (its docstring)."""
+    R, C = p.rows, p.cols
+    T, H = cfg.ramp_latency, cfg.hop_latency
+    c, sigma = cfg.scalar_op_cycles, cfg.vector_startup_cycles
+    lat = cfg.datapath_latency + 2 * T
+    order_x, order_y = ring_order(p.algorithm, C), ring_order(p.algorithm, R)
+    pos_x, pos_y = routes.ring_position(order_x), routes.ring_position(order_y)
+    succ_x = np.asarray(order_x)[(pos_x + 1) % C]
+    pred_x = np.asarray(order_x)[(pos_x - 1) % C]
+    succ_y = np.asarray(order_y)[(pos_y + 1) % R]
+    pred_y = np.asarray(order_y)[(pos_y - 1) % R]
+    hops_x = np.abs(succ_x - np.arange(C))[None, :] * H
+    hops_y = np.abs(succ_y - np.arange(R))[:, None] * H
+    # A sender runs ahead of its receiver by as many wavelets as the queues
+    # on its path hold: one queue per router passed and the receiver's input
+    # queue; a path that holds the whole tile (the long wrap-around one)
+    # never makes the sender wait for its receiver
+    ahead_x = (np.abs(pred_x - np.arange(C)) + 1)[None, :] * cfg.queue_depth \
+        + cfg.input_queue_depth
+    ahead_y = (np.abs(pred_y - np.arange(R)) + 1)[:, None] * cfg.queue_depth \
+        + cfg.input_queue_depth
+    shape = (R, C)
+
+    def shift(s, ta, tb, recv_a, recv_b, send_a, send_b, wait, after):
+        """When each PE starts its next operation after one shift of ta
+        wavelets along the rows and tb along the columns (per PE; 0: none),
+        its receives posted recv_* and its sends issued send_* after its
+        start, its wait issued at `wait`, `after` cycles from the wait's end
+        to the next start (all per PE)."""
+        ta, tb = np.broadcast_to(ta, shape), np.broadcast_to(tb, shape)
+        recv_a, recv_b, send_a, send_b = (np.broadcast_to(v, shape)
+                                          for v in (recv_a, recv_b, send_a, send_b))
+        tiles = ta + tb
+        first_a = s + send_a + sigma                  # first wavelet may leave
+        first_b = s + send_b + sigma
+        out = _ramp_end(first_a, ta, first_b, tb)
+        nxt = np.maximum(s + wait, out)
+        in_a = np.maximum.reduce([out[:, succ_x] + lat + hops_x, s + recv_a + sigma + ta,
+                                  np.where(tiles > ahead_x, s[:, pred_x] + recv_a[:, pred_x]
+                                           + sigma + tiles[:, pred_x] - ahead_x, 0)])
+        in_b = np.maximum.reduce([out[succ_y, :] + lat + hops_y, s + recv_b + sigma + tb,
+                                  np.where(tiles > ahead_y, s[pred_y, :] + recv_b[pred_y, :]
+                                           + sigma + tiles[pred_y, :] - ahead_y, 0)])
+        nxt = np.where(ta > 0, np.maximum(nxt, in_a), nxt)
+        nxt = np.where(tb > 0, np.maximum(nxt, in_b), nxt)
+        # the router's ramp into the PE takes one wavelet a cycle, A's and
+        # B's together, from the first to arrive (B leaves a sender that
+        # moves both after A: a cycle later when they are ready together)
+        b_leaves = np.where((ta > 0) & (first_b <= first_a), first_a + 1, first_b)
+        a0 = first_a[:, succ_x] + lat + hops_x
+        b0 = b_leaves[succ_y, :] + lat + hops_y
+        both = (ta > 0) & (tb > 0)
+        nxt = np.where(both, np.maximum(nxt, np.minimum(a0, b0) + tiles), nxt)
+        return nxt + after
+
+    lines = (["a"] if ta else []) + (["b"] if tb else [])
+    n = len(lines)
+    start = np.full(shape, 4.0 * c)                   # head and free registers set
+    skew_a, skew_b = fabric_skew(p)
+    skew = {"a": np.broadcast_to(skew_a[:, None], shape), "b": np.broadcast_to(skew_b[None, :],
+                                                                               shape)}
+    tile = {"a": ta, "b": tb}
+    if skew_a.any() or skew_b.any():
+        if p.skews_in_turn:
+            # per line a loop: receive, send, wait, advance one FIFO (4), branch
+            for line in lines:
+                start = start + 2 * c
+                for i in range(int(skew[line].max())):
+                    moving = skew[line] > i
+                    t = np.where(moving, tile[line], 0)
+                    z = np.zeros(shape)
+                    t_a, t_b = (t, z) if line == "a" else (z, t)
+                    moved = shift(start, t_a, t_b, 0, 0, c, c, 2 * c, 6 * c)
+                    start = np.where(moving, moved, start)
+        else:
+            # prologue per line: set left, set moving, a 5-issue test (+2 when 0)
+            for line in lines:
+                start = start + 7 * c + 2 * c * (skew[line] == 0)
+            steps = np.maximum(skew["a"] if ta else 0, skew["b"] if tb else 0)
+            start = start + 2 * c
+            for i in range(int(steps.max(initial=0))):
+                moving = {ln: skew[ln] > i for ln in lines}
+                t = 0.0
+                recv, send = {}, {}
+                for post in (recv, send):
+                    for ln in lines:
+                        t = t + 2 * c
+                        post[ln] = t
+                        t = t + 2 * c * moving[ln]
+                wait = t
+                after = c + c
+                for ln in lines:
+                    after = after + 2 * c + 5 * c * moving[ln] + c + 5 * c \
+                        + 2 * c * (skew[ln] == i + 1)
+                t_a = np.where(moving["a"], ta, 0) if ta else 0
+                t_b = np.where(moving["b"], tb, 0) if tb else 0
+                moved = shift(start, t_a, t_b, recv.get("a", 0), recv.get("b", 0),
+                              send.get("a", 0), send.get("b", 0), wait, after)
+                start = np.where(steps > i, moved, start)
+    start = start + 2 * c                            # the step loop's set and guard
+    pre = mm if p.algorithm == "cannon" else 0
+    recv = {ln: pre + i * c for i, ln in enumerate(lines)}
+    send = {ln: pre + (n + i) * c for i, ln in enumerate(lines)}
+    for _ in range(L - 1):
+        start = shift(start, ta, tb, recv.get("a", 0), recv.get("b", 0), send.get("a", 0),
+                      send.get("b", 0), 2 * n * c + mm, 10 * c)
+    return int(round(start.max() + mm))
 
 
 def tolerance(dtype: str, accumulate: str, K: int, steps: int) -> float:
