@@ -144,11 +144,16 @@ def rope_tables(layout: FeatureLayout, positions, theta: float):
 # ----------------------------------------------------------------------------
 # Segmented allreduce channels
 def allreduce_cycles(cfg: wse.WaferConfig, g: int, n: int) -> int:
-    """First-principles cycles of one segmented allreduce of n elements over g PEs."""
+    """First-principles cycles of one segmented allreduce of n elements over g PEs:
+    a chain reduce into the segment's root, then a flood back (the costs of
+    kernels.collectives: each stream's sender pays its vector start-up sigma,
+    every PE that puts an element on its ramp the datapath latency delta):
+        sigma + (g-1)(2 T_R + H + delta) + n  +  sigma + delta + 2 T_R + (g-1) H + n."""
     if g <= 1:
         return 0
     T, H = cfg.ramp_latency, cfg.hop_latency
-    return (g - 1) * (2 * T + H) + n + 2 * T + (g - 1) * H + n
+    su, dp = cfg.vector_startup_cycles, cfg.datapath_latency
+    return su + (g - 1) * (2 * T + H + dp) + n + su + dp + 2 * T + (g - 1) * H + n
 
 
 class SegmentChannel:
@@ -343,9 +348,13 @@ def block_transpose_cycles(cfg: wse.WaferConfig, n: int, b: int) -> tuple[int, i
     PE on the way (each PE sends its own tile, then passes on what its
     upstream neighbour sends; the diagonal turns the stream; each PE of the
     column keeps the first tile that reaches it and passes on the rest). A
-    store-and-forward hop costs a ramp out, a hop and a ramp in: h = 2*T_R + H.
+    store-and-forward hop costs a ramp out, a hop, a ramp in and the
+    datapath: h = 2*T_R + H + delta.
       lower: the far tile of row 0 crosses 2(n-1) such hops and its b
-             wavelets follow one a cycle: 2(n-1)h + b; and the n-1 tiles of
+             wavelets follow one a cycle: 2(n-1)h + b, after its sender's
+             start-up sigma and before its receiver's activated task
+             (alpha, then set and the loop's set and test: 3c) ends;
+             and the n-1 tiles of
              row 0 enter its diagonal PE one wavelet a cycle and then cross
              column 0: (n-1)*b + (n-1)h (the first arrives after h, the last
              leaves the row after (n-1)*b and needs n-1 more hops, less the
@@ -353,18 +362,33 @@ def block_transpose_cycles(cfg: wse.WaferConfig, n: int, b: int) -> tuple[int, i
       upper: a PE off the diagonal passes on a row stream and a column
              stream through its one outgoing ramp, which serves them in turn,
              so each chain moves at least one wavelet every two cycles:
-             2(n-1)*b + 2(n-1)h + b.
+             2(n-1)*b + 2(n-1)h + b, plus, per PE on the path and for
+             the last, the set-up of its forwarding task
+             (alpha + 4c + sigma), which may hold up a stream.
+    With every instruction cost 0 the lower bound is exact for n = 2 and
+    for b = 1; with them it is not (a forwarding PE's set-up delays the
+    stream by amounts that depend on sigma, alpha and c together:
+    measured +12 cycles over it at n = 8, b = 1).
     The emulation lies between (tests/kernels/test_layers.py); where exactly
     depends on how the row and column streams of the middle PEs interleave
     at their ramps. Any transpose: the n(n-1)/2 tiles above the diagonal all
     cross it, over its 2(n-1) links each way: at least n*b/4 cycles.
-    n = 1: the local copy, ceil(b / SIMD) (returned for both)."""
+    n = 1: the local copy, sigma + ceil(b / SIMD) + c with the wait
+    (returned for both)."""
     if n < 2:
         copy = -(-b // cfg.simd_width("float32"))
+        if cfg.vector_startup_cycles or cfg.scalar_op_cycles:
+            # a synchronous copy (start-up, then the passes) and the wait
+            copy = cfg.vector_startup_cycles + copy + cfg.scalar_op_cycles
         return copy, copy
-    h = 2 * cfg.ramp_latency + cfg.hop_latency
-    lower = max(2 * (n - 1) * h + b, (n - 1) * b + (n - 1) * h)
-    upper = 2 * (n - 1) * b + 2 * (n - 1) * h + b
+    c, su = cfg.scalar_op_cycles, cfg.vector_startup_cycles
+    alpha = cfg.task_start_cycles
+    h = 2 * cfg.ramp_latency + cfg.hop_latency + cfg.datapath_latency
+    # set-up of a PE's forwarding: the task its first transfer activates
+    # starts alpha later and issues set, the loop's set and test, the move
+    setup = alpha + 4 * c + su
+    lower = max(su + 2 * (n - 1) * h + b + alpha + 3 * c, (n - 1) * b + (n - 1) * h)
+    upper = 2 * (n - 1) * b + 2 * (n - 1) * (h + setup) + b + setup
     return lower, upper
 
 
