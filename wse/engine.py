@@ -526,9 +526,15 @@ def _memory_op(S, st, p, s, ins, n, now):
     db = S.desc[b, D_DTYPE] if b >= 0 else F32
     sb = S.desc[b, D_STRIDE] if b >= 0 else 0
     # the SIMD width is the dtype's the datapath works in: the reduced
-    # operand's, the multiplicand's for an FMAC (fp16 products accumulated
-    # in fp32 run at the fp16 rate), else the destination's
-    rate_dtype = da if op >= OP_SUM else (db if op == OP_FMAC and b >= 0 else dd)
+    # operand's; for an FMAC its multiplicands' (fp16 products accumulated in
+    # fp32 run at the fp16 rate, an fp32 multiplicand at the fp32 rate);
+    # else the destination's
+    rate_dtype = da if op >= OP_SUM else dd
+    if op == OP_FMAC and b >= 0:
+        rate_dtype = db
+        sd = S.instr[ins, I_S]
+        if sd >= 0 and S.desc[sd, D_DTYPE] == F32:
+            rate_dtype = F32
     width = S.settings[C_SIMD32] if rate_dtype == F32 else S.settings[C_SIMD16]
     if op >= OP_SUM:        # reductions into dst[0]
         acc = np.float32(-np.inf) if op == OP_RMAX else np.float32(0.0)

@@ -367,8 +367,9 @@ class TaskBuilder:
                 raise ProgramError(f"task {self.name!r}: matmul works on memory descriptors only")
         if min(m, k, n) < 1:
             raise ProgramError(f"task {self.name!r}: matmul sizes must be positive, got {m}x{k}x{n}")
-        loop = matmul_loop(m, k, n, transpose_b, cfg=self.program.cfg,
-                           dtype=isa.DTYPE_NAMES[a.dtype])
+        # the FMACs run at their multiplicands' rate: fp32 if either is
+        rate = "float32" if isa.F32 in (a.dtype, b.dtype) else "float16"
+        loop = matmul_loop(m, k, n, transpose_b, cfg=self.program.cfg, dtype=rate)
         walkers = []
         for op in loop.operands:
             tile = tiles[op.tile]

@@ -135,7 +135,8 @@ def _loop_cycles(lp: MatmulLoop, dtype: str, cfg: WaferConfig) -> int:
 def matmul_cycles(m: int, k: int, n: int, dtype: str, cfg: WaferConfig,
                   transpose_b: bool = False) -> int:
     """Issue of the first instruction to completion of `TaskBuilder.matmul`
-    on the main thread (dtype: the multiplicands'; the datapath free):
+    on the main thread (dtype: the multiplicands' rate, float32 if A or B is;
+    the datapath free):
 
         5 c + outer * (2 c + inner * (f + (v + 1) c) + (u + 1) c)
 
