@@ -764,6 +764,8 @@ def _annotate(report: wse.RunReport, p: GemmPlan, cfg: wse.WaferConfig, steps: i
         "useful_efficiency": useful / max(report.cycles * report.pes
                                           * report.peak_flops_per_pe_cycle, 1),
         "matmul_cycles_per_pe": steps * matmul_cycles(p, cfg),
+        # of which the datapath computes (the rest: the loop nest's issues and start-ups)
+        "matmul_compute_cycles_per_pe": steps * matmul_compute_cycles(p, cfg),
         "compute_cycles_mean": float(compute.mean()),
         "stall_cycles_mean": float(stall.mean()),
         "stall_cycles_max": int(stall.max()),
