@@ -27,8 +27,11 @@ fragments, fused into the same run as the partial products):
                the root floods the result back.
 
 Cost (first principles; `model_cycles`):
-    cycles = ceil(mt*nt*B / SIMD) + allreduce(R PEs, mt*B elements)
-with allreduce from kernels.collectives.cost (its docstring derives it).
+    cycles = matmul(mt, nt, B) + allreduce(R PEs, mt*B elements)
+with matmul the tile product's FMAC loop nest (wse.timing.matmul_cycles:
+its instructions' issue and start-up included; ceil(mt*nt*B / SIMD) when
+they cost nothing and the vectors fill the SIMD width) and allreduce from
+kernels.collectives.cost (its docstring derives it).
 The accumulator (the partials and the reduction) is fp32 by default
 (accumulate="float32"), or fp16 with accumulate="float16".
 Tolerance: elementwise |y - y_ref| <= tol * (|W| @ |x|), tol as for GEMM
@@ -41,6 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import wse
+from wse import timing
 from wse.errors import ConfigError, SramOverflowError
 
 from . import collectives
@@ -99,7 +103,19 @@ def check_fits(p: GemvPlan, cfg: wse.WaferConfig) -> None:
 
 
 def matmul_cycles(p: GemvPlan, cfg: wse.WaferConfig) -> int:
-    return -(-(p.mt * p.nt * p.batch) // cfg.simd_width(p.dtype))
+    """The partial product W_tile (mt x nt) @ x_chunk (nt x B), issue of its
+    first instruction to completion: `wse.timing.matmul_cycles`, the FMAC
+    loop nest of `TaskBuilder.matmul` (each FMAC pays issue and start-up,
+    then its vector at SIMD rate; offset updates and branches one issue
+    each). With every instruction cost 0: mt*nt*ceil(B / SIMD) or
+    nt*B*ceil(mt / SIMD), whichever is fewer (ceil(mt*nt*B / SIMD) when the
+    vectors are a multiple of the SIMD width)."""
+    return timing.matmul_cycles(p.mt, p.nt, p.batch, p.dtype, cfg)
+
+
+def matmul_compute_cycles(p: GemvPlan, cfg: wse.WaferConfig) -> int:
+    """Datapath cycles of the partial product (its FMAC elements at SIMD rate)."""
+    return timing.matmul_compute_cycles(p.mt, p.nt, p.batch, p.dtype, cfg)
 
 
 def allreduce_cycles(p: GemvPlan, cfg: wse.WaferConfig) -> int:
@@ -109,7 +125,12 @@ def allreduce_cycles(p: GemvPlan, cfg: wse.WaferConfig) -> int:
 
 
 def model_cycles(p: GemvPlan, cfg: wse.WaferConfig) -> int:
-    """Partial products, then the allreduce down each column (module docstring)."""
+    """Partial products, then the allreduce down each column (module docstring).
+
+    Every PE's entry task issues its partial product first (the same tile
+    shape on every PE, so every PE ends it at matmul_cycles), then the
+    allreduce fragment's code: the collective as `collectives.cost` models
+    it for entry tasks that start together, started matmul_cycles later."""
     return matmul_cycles(p, cfg) + allreduce_cycles(p, cfg)
 
 
@@ -177,6 +198,7 @@ def run_tiles(W, x, cfg, algorithm="meshgemv", dtype="float16", accumulate="floa
         "tile": [mt, nt], "dtype": dtype, "accumulate": accumulate,
         "sram_bytes_per_pe": p.sram_bytes(), "model_cycles": model_cycles(p, cfg),
         "matmul_cycles": matmul_cycles(p, cfg), "allreduce_cycles": allreduce_cycles(p, cfg),
+        "matmul_compute_cycles": matmul_compute_cycles(p, cfg),
         "compute_efficiency": report.compute_efficiency,
         "compute_cycles_mean": float(report.compute_cycles.mean()),
         "stall_cycles_mean": float(report.stall_cycles.mean()),

@@ -42,14 +42,20 @@ def test_gemv_matches_float64_reference_and_replicates_down_columns(m, n, batch,
     (40, 4, 64, 800, 1),
 ])
 @pytest.mark.parametrize("algorithm", V.ALGORITHMS)
-def test_cycles_match_the_model(rows, cols, m, n, batch, algorithm):
+@pytest.mark.parametrize("costs", ["instruction costs", "zero-cost"])
+def test_cycles_match_the_model(rows, cols, m, n, batch, algorithm, costs):
+    """The issue asks for 10%; the model (the tile product's loop nest, then
+    the collective's own model) equals the engine, with the default
+    instruction costs and with every one of them 0."""
     cfg = wse.WSE2.with_grid(rows=rows, cols=cols)
+    if costs == "zero-cost":
+        cfg = cfg.without_instruction_costs()
     rng = np.random.default_rng(0)
     y, report = V.gemv(rng.standard_normal((m, n)), rng.standard_normal((n, batch)), cfg,
                        algorithm)
     p = V.plan((m, n), batch, cfg, algorithm)
     model = V.model_cycles(p, cfg)
-    assert abs(report.cycles - model) <= 0.10 * model, (report.cycles, model)
+    assert report.cycles == model
     assert report.extra["gemv"]["model_cycles"] == model
 
 
