@@ -35,7 +35,8 @@ kernels.collectives.cost (its docstring derives it).
 The accumulator (the partials and the reduction) is fp32 by default
 (accumulate="float32"), or fp16 with accumulate="float16".
 Tolerance: elementwise |y - y_ref| <= tol * (|W| @ |x|), tol as for GEMM
-(kernels.gemm.tolerance with steps = R: one rounding per reduction step).
+(kernels.gemm.tolerance with steps = R: R*nt + 1 roundings of the accumulator
+cover the nt FMACs of the partial product and the R - 1 reduction steps).
 """
 from __future__ import annotations
 
