@@ -9,6 +9,17 @@ the config's colors.
     python -m benchmarks.collectives            # full sweep (P to 512, B to 4096)
     python -m benchmarks.collectives --quick    # a small subset
     python -m benchmarks.collectives --plot docs/img --markdown
+    python -m benchmarks.collectives --published [--quick]   # against HPDC 2024
+
+The published sweep (`published_sweep`) runs flood broadcast, chain reduce
+and star reduce on 1 x P (root 0) and sets the emulated cycles beside the
+WSE-2 fabric model of Luczynski et al., "Near-Optimal Wafer-Scale Reduce"
+(HPDC 2024, T_R = 2, within 4% of CS-2 measurements):
+    flood broadcast  B + P + 2 T_R
+    chain reduce     B + (2 T_R + 2)(P - 1)
+    star reduce      B (P - 1) + 2 T_R + 1
+Agreement: within max(5%, 3 cycles) (shared/design/machine.md). A point the
+engine cannot run is printed as not emulated, with the reason.
 """
 from __future__ import annotations
 
@@ -46,7 +57,7 @@ def run(quick: bool = True, cfg: wse.WaferConfig = wse.WSE2) -> list[dict]:
                 x = np.ones((1, P, B), np.float32)
                 group = []
                 for algorithm in algorithms:
-                    if C.colors_needed(collective, algorithm, P) > grid.num_colors:
+                    if C.colors_needed(collective, algorithm, P, B=B) > grid.num_colors:
                         continue
                     started = time.perf_counter()
                     _, report = call(x, grid, algorithm=algorithm)
@@ -63,6 +74,90 @@ def run(quick: bool = True, cfg: wse.WaferConfig = wse.WSE2) -> list[dict]:
                     r["best"] = r["cycles"] == best
                 rows += group
     return rows
+
+
+PUBLISHED_T_R = 2
+PUBLISHED = {
+    "flood broadcast": lambda P, B: B + P + 2 * PUBLISHED_T_R,
+    "chain reduce": lambda P, B: B + (2 * PUBLISHED_T_R + 2) * (P - 1),
+    "star reduce": lambda P, B: B * (P - 1) + 2 * PUBLISHED_T_R + 1,
+}
+
+
+def agrees(cycles: int, published: int) -> bool:
+    """Within max(5%, 3 cycles) of the published figure."""
+    return abs(cycles - published) <= max(0.05 * published, 3)
+
+
+def published_point(name: str, P: int, B: int, cfg: wse.WaferConfig = wse.WSE2) -> dict:
+    """One (algorithm, P, B) of the published sweep: emulated cycles (None and
+    a reason when the engine cannot run it), the published cycles, the error."""
+    grid = cfg.with_grid(1, P)
+    row = {"algorithm": name, "P": P, "B": B, "published": PUBLISHED[name](P, B),
+           "cycles": None, "rel_error": None, "agrees": None, "reason": ""}
+    if name == "star reduce":
+        need = C.colors_needed("reduce", "star", P, B=B)
+        if need > grid.num_colors:
+            row["reason"] = (f"star needs {need} colors (one per source for B > 1), "
+                             f"the config has {grid.num_colors}")
+            return row
+    x = np.ones((1, P, B), np.float32)
+    if name == "flood broadcast":
+        _, report = C.broadcast(x, grid, root=0)
+    else:
+        _, report = C.reduce(x, grid, root=0, algorithm=name.split()[0])
+    row["cycles"] = report.cycles
+    row["rel_error"] = (report.cycles - row["published"]) / row["published"]
+    row["agrees"] = agrees(report.cycles, row["published"])
+    return row
+
+
+def published_sweep(quick: bool = True, cfg: wse.WaferConfig = wse.WSE2) -> list[dict]:
+    Ps, Bs = (QUICK_P, QUICK_B) if quick else (FULL_P, FULL_B)
+    return [published_point(name, P, B, cfg) for name in PUBLISHED for P in Ps for B in Bs]
+
+
+def published_summary(rows: list[dict]) -> dict[str, dict]:
+    """Per algorithm: worst relative error, points emulated, points within
+    max(5%, 3 cycles), points not emulated."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        s = out.setdefault(r["algorithm"], {"worst": 0.0, "worst_at": None, "emulated": 0,
+                                            "agree": 0, "not_emulated": 0, "worst_cycles": 0})
+        if r["cycles"] is None:
+            s["not_emulated"] += 1
+            continue
+        s["emulated"] += 1
+        s["agree"] += bool(r["agrees"])
+        s["worst_cycles"] = max(s["worst_cycles"], abs(r["cycles"] - r["published"]))
+        if abs(r["rel_error"]) >= abs(s["worst"]):
+            s["worst"], s["worst_at"] = r["rel_error"], (r["P"], r["B"])
+    return out
+
+
+def published_markdown(rows: list[dict]) -> str:
+    lines = ["| algorithm | P | B | emulated | published | error | within max(5%, 3) |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if r["cycles"] is None:
+            lines.append(f"| {r['algorithm']} | {r['P']} | {r['B']} | not emulated | "
+                         f"{r['published']} | - | {r['reason']} |")
+        else:
+            lines.append(f"| {r['algorithm']} | {r['P']} | {r['B']} | {r['cycles']} | "
+                         f"{r['published']} | {100 * r['rel_error']:+.1f}% | "
+                         f"{'yes' if r['agrees'] else '**no**'} |")
+    return "\n".join(lines)
+
+
+def _print_published(quick: bool) -> None:
+    rows = published_sweep(quick)
+    print(published_markdown(rows))
+    print("\nworst error against the published model, per algorithm:")
+    for name, s in published_summary(rows).items():
+        at = f"at P = {s['worst_at'][0]}, B = {s['worst_at'][1]}" if s["worst_at"] else ""
+        print(f"  {name:16s} {100 * s['worst']:+7.1f}% {at} (most cycles off: "
+              f"{s['worst_cycles']}); {s['agree']} of {s['emulated']} "
+              f"emulated points within max(5%, 3 cycles); {s['not_emulated']} not emulated")
 
 
 def max_errors(rows: list[dict]) -> dict[tuple[str, str], float]:
@@ -150,7 +245,12 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="small subset of (P, B)")
     parser.add_argument("--plot", metavar="DIR", help="write PNG plots into DIR")
     parser.add_argument("--markdown", action="store_true", help="print markdown tables")
+    parser.add_argument("--published", action="store_true",
+                        help="only the sweep against the published WSE-2 fabric model")
     args = parser.parse_args(argv)
+    if args.published:
+        _print_published(args.quick)
+        return
     started = time.perf_counter()
     rows = run(quick=args.quick)
     print(f"{len(rows)} runs in {time.perf_counter() - started:.1f} s")

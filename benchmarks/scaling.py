@@ -3,8 +3,9 @@
 Workload: kernels.collectives.shift along x with wrap-around, every PE
 streaming B wavelets to its East neighbour (the wrap stream runs back over
 the whole row), so every PE is busy for most of the run and the run lasts
-    cycles = 2*T_R + (cols - 1)*H + B
-(see the shift docstring). Work = rows x cols x cycles PE-cycles.
+    cycles = sigma + delta + 2*T_R + (cols - 1)*H + B + c
+(kernels.collectives.cost("shift", ...): start-up, datapath, ramps, the
+wrap stream's hops, the stream, the final wait). Work = rows x cols x cycles PE-cycles.
 
 Each grid point runs in a fresh Python process so that its peak memory is
 its own: the child imports the kernels, warms the engine up on a 2x2 grid
@@ -64,7 +65,7 @@ def measure_point(rows: int, cols: int, length: int) -> dict:
     import numpy as np
 
     import wse
-    from kernels.collectives import shift
+    from kernels.collectives import cost, shift
 
     warm_cfg = wse.WSE2.with_grid(rows=2, cols=2)
     shift(np.zeros((2, 2, 4), np.float32), warm_cfg, along="x", k=1)
@@ -83,7 +84,7 @@ def measure_point(rows: int, cols: int, length: int) -> dict:
     return {
         "grid": f"{rows}x{cols}", "pes": pes, "wavelets_per_pe": length,
         "cycles": report.cycles,
-        "cycles_formula": 2 * cfg.ramp_latency + (cols - 1) * cfg.hop_latency + length,
+        "cycles_formula": cost("shift", "plain", cols, length, cfg, k=1),
         "pe_cycles": pe_cycles, "wavelet_hops": report.wavelet_hops,
         "engine_wall_s": report.wall_seconds, "kernel_wall_s": kernel_wall,
         "ns_per_pe_cycle": 1e9 * report.wall_seconds / pe_cycles,
