@@ -996,8 +996,11 @@ class Extrapolation:
 
 def stage_handover_cycles(cfg: wse.WaferConfig, wavelets_per_pe: int, distance: int) -> int:
     """A region passes its output to the next region: every PE of its boundary
-    streams wavelets_per_pe values `distance` hops (2*T_R + distance*H + n)."""
-    return 2 * cfg.ramp_latency + distance * cfg.hop_latency + wavelets_per_pe
+    streams wavelets_per_pe values `distance` hops, a send and a receive each
+    issued at 0 (S + D + 2*T_R + distance*H + n: start-up, datapath, ramps,
+    hops, one wavelet a cycle)."""
+    return cfg.vector_startup_cycles + cfg.datapath_latency + 2 * cfg.ramp_latency \
+        + distance * cfg.hop_latency + wavelets_per_pe
 
 
 def extrapolate(report: wse.RunReport, model: ModelConfig, layers_emulated: int,
