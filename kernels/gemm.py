@@ -92,8 +92,11 @@ SKEWS = ("fabric", "host")
 # skew breaks the lockstep of the steps, and ramp turns between streams that
 # start at different times are not in the model (model_cycles' docstring).
 # Largest seen: 1.25% (cannon, 6 of 480 cycles, a first-steps run of 30^3
-# on 3 x 5); on full runs meshgemm 0.42% (4 cycles, 32^3 on 4 x 4) and
-# cannon 0.19% (256^3 on 8 x 8). For SUMMA and skew="host" the model is exact.
+# on 3 x 5, zero instruction costs); on full runs meshgemm 0.42% (4 cycles,
+# 32^3 on 4 x 4) and cannon 0.19% (256^3 on 8 x 8) with zero instruction
+# costs; with the default ones meshgemm 0.07% (4 of 6,139 cycles, 48^3 on
+# 6 x 6) and cannon 0.27% (369 of 136,951, 256^3 on 8 x 8). For SUMMA and
+# skew="host" the model is exact, with and without instruction costs.
 FABRIC_SKEW_MODEL_BOUND = 0.015
 FP16_MAX = 65504.0
 
