@@ -19,15 +19,26 @@ Two layers:
 Every algorithm has a cost function (`cost(...)`), derived below from the
 engine's rules, and `algorithm="auto"` picks the cheapest one by it.
 
-Timing rules used in the docstrings (wse/engine.py):
+Timing rules used in the docstrings (wse/engine.py, wse/timing.py):
   T_R  ramp latency (PE <-> router), H hop latency, B wavelets per PE,
-  P    PEs on the line, SIMD  memory-op elements per cycle of the dtype.
-  * A wavelet a PE injects in cycle t is processed by a PE d hops away no
-    earlier than t + 2*T_R + d*H (router at t+T_R, +H per hop, ramp T_R).
-  * A fabric operation handles at most one element per cycle; an element
-    handled in cycle t completes at t+1, and the PE's next instruction starts
-    in the cycle its previous one completes. So a stream of B elements whose
-    first element can be handled at a finishes at a + B when nothing stalls.
+  P    PEs on the line, SIMD  memory-op elements per cycle of the dtype,
+  c    issue cycles of every instruction (scalar_op_cycles),
+  sigma vector start-up (vector_startup_cycles), delta datapath latency
+       (datapath_latency), alpha task start (task_start_cycles).
+  * An instruction issued at t holds the main thread c cycles (an async
+    operation too); a vector instruction moves its first element at
+    t + sigma at the earliest; a synchronous one completes after its last
+    element (fabric: that element's cycle + 1), and the next instruction
+    issues then. `t.loop(n)` costs 2c + n*(body + c).
+  * An element a PE puts on its ramp in cycle t is at its router at
+    t + delta + T_R and is processed by a PE d hops away no earlier than
+    t + delta + 2*T_R + d*H. A stream's first element therefore reaches a
+    waiting receiver sigma + delta + 2*T_R + d*H after its send issues.
+  * A fabric operation handles at most one element per cycle; a stream of B
+    elements whose first element can be handled at a finishes at a + B when
+    nothing stalls.
+  * With cfg.without_instruction_costs() (c = sigma = delta = alpha = 0)
+    every formula below is the one of the engine without instruction costs.
   * The RAMP port moves one wavelet per cycle into the PE, whatever the
     color: k streams ending at one PE cost k*B cycles of its ramp.
 """
@@ -743,11 +754,22 @@ def shift_fragment(prog: wse.Program, src: wse.Buffer, dst: wse.Buffer, along: s
 def _arm_cost(algorithm: str, n: int, B: int, cfg, s: int | None = None) -> int:
     """Cycles until the root (position 0 of an arm of n PEs) holds the result.
 
-    With T = 2*T_R + H (one chain hop: ramp out, hop, ramp in) and
-    Lat(d) = 2*T_R + d*H (a stream's first element over d hops):
+    With T = 2*T_R + H + delta (one chain hop: datapath, ramp out, hop, ramp
+    in) and Lat(d) = delta + 2*T_R + d*H (the first element of a stream over
+    d hops, from the cycle its sender handles it to the cycle a waiting
+    receiver does). Every PE issues its first instruction at 0, so a fold
+    or fold_send waiting for a stream is past its start-up sigma long
+    before the stream arrives; only a PE that sends first pays sigma on
+    the critical path, and a PE's second instruction pays it again.
 
-    chain      (n-1)*T + B.
-    star       2*T_R + H + (n-1)*B + (n-2)*(H-1). Every source streams to
+    chain      sigma + (n-1)*T + B: the head's send moves its first
+               element at sigma; every later PE handles it T after its
+               upstream neighbour did.
+    star       see _star_cost. B = 1: one color merged at the routers and one
+               add of n-1 elements into a stride-0 accumulator: sigma + delta
+               + 2*T_R + H + (n-1) for H = 1. B > 1: the root's per-element
+               loop, ~B*((n-1)*(sigma+1) + 2c). With instruction costs 0:
+               2*T_R + H + (n-1)*B + (n-2)*(H-1). Every source streams to
                the root on its own color; the root takes element i of every
                stream in turn (source 1, 2, .., n-1), then element i+1. Its
                ramp moves one wavelet a cycle and the first is ready at
@@ -771,21 +793,28 @@ def _arm_cost(algorithm: str, n: int, B: int, cfg, s: int | None = None) -> int:
                on their paths are full, so the next streams too arrive at a
                fraction of a link: 73% over this floor at n = 25, B = 16.)
     tree       binomial on n = 2^L: L levels, level l a stream over 2^l hops
-               that starts when both ends are done with level l-1:
-                   f(2^L) = L*(2*T_R + B) + (2^L - 1)*H.
+               whose send issues when its sender is done with level l-1
+               (start-up sigma, then Lat(2^l)):
+                   f(2^L) = L*(sigma + delta + 2*T_R + B) + (2^L - 1)*H.
                Otherwise (see _tree_streams) the top 2^(L-1) PEs, a full tree,
-               stream into the root after the rest (m = n - 2^(L-1) PEs):
-                   f(n) = max(f(m), f(2^(L-1)) + Lat(m)) + B,  f(1) = 0.
+               stream into the root after the rest (m = n - 2^(L-1) PEs);
+               the root's fold issues when its own part is done:
+                   f(n) = max(f(m) + sigma, f(2^(L-1)) + sigma + Lat(m)) + B,
+               f(1) = 0.
     two_phase  groups of s PEs after the root (short group first). Inside
-               group g a chain ends at its far end: A_g = (s_g - 1)*T + B
-               (0 for a group of one). Then the level-2 chain over the group
-               roots: e_G = A_G, e_g = max(A_g, e_(g+1) + Lat(s_(g+1))),
-               cost = e_1 + Lat(s_1) + B. With all groups full (G = (n-1)/s):
-               (s-1)*T + 2*B + G*Lat(s).
+               group g a chain ends at its far end: A_g = sigma + (s_g - 1)*T
+               + B (0 for a group of one). Then the level-2 chain over the
+               group roots, each one's fold_send issued when its group is
+               done (its start-up ends before its input arrives, except at
+               the farthest, which sends): e_G = A_G,
+               e_g = max(A_g, e_(g+1) + Lat(s_(g+1))),
+               cost = e_1 + sigma + Lat(s_1) + B.
     ktree      as two_phase, but each group reduces into a PE inside it: the
                far chain (b hops) and the near chain (a = b-1 or b-2 hops)
-               meet there, far first: A_g = b*T + 2*B (b*T + B when a = 0);
-               the level-2 distances are those between the group roots.
+               meet there, far first: A_g = sigma + b*T + B + (sigma + B)
+               (the near chain's fold issues when the far one completes;
+               sigma + b*T + B when a = 0); the level-2 distances are those
+               between the group roots.
     """
     if n <= 1:
         return 0
@@ -954,11 +983,24 @@ def _ring_cost(P: int, B: int, cfg, ring: str) -> int:
     t(i, s) the cycle PE i finishes step s, and Lat_i = 2*T_R + d_i*H over the
     d_i hops of the edge into PE i:
         t(i, s) = max(t(i, s-1), t(i-1, s-1) + Lat_i) + c
-    (a chunk handled one element per cycle from its first arrival). Nothing
+    (a chunk handled one element per cycle from its first arrival). With
+    instruction costs (k = scalar_op_cycles) a step is: 4 control
+    instructions (the chunk indices), the async send (issue k, start-up
+    sigma), the fold or store (start-up sigma), the wait (k), 3 more
+    control instructions and the loop branch: a step that waits for its
+    predecessor's chunk completes
+        t(i-1, s-1) + 5k (wait .. branch) + 4k + sigma + delta + 2*T_R + d_i*H + c
+    after the predecessor's, its own previous step being no later (the
+    own-step term 10k + sigma is shorter than that edge term). Paid once:
+    the set-up before the first step (the register set and add, the first
+    loop's set and test: 4k, where the first step has no 5k tail of a
+    previous one), the second loop's set and test (2k) and, after the last
+    fold, the wait and the updates (5k): 4k - 5k + 2k + 5k = 6k. Nothing
     is synchronised step by step, so the critical path walks forward round the
     ring, one edge per step; the long edges are paid only when that walk
     crosses them:
-        cycles = 2(P-1) * (c + 2*T_R) + H * W,
+        cycles = 2(P-1) * (c + 9k + sigma + delta + 2*T_R) + H * W + 6k
+    (zero instruction costs: 2(P-1) * (c + 2*T_R) + H * W),
     W = the most hops on 2(P-1) consecutive ring edges. Plain ring: P-1 edges
     of one hop and the wrap-around edge of P-1 hops, crossed twice:
     W = 4P - 6. Interleaved ring: P-2 edges of two hops and two of one hop:
@@ -986,14 +1028,19 @@ def cost(collective: str, algorithm: str, P: int, B: int, cfg: wse.WaferConfig,
     cycles) for a root at an end of the line; an interior root is modelled as
     two arms whose last streams meet at the root (see _reduce_cost).
 
-    reduce     _arm_cost (chain, star, tree, two_phase, ktree).
-    broadcast  flood: 2*T_R + D*H + B, D = max(root, P-1-root).
-    allreduce  reduce into index 0, then flood from it: the root starts its
+    reduce     _arm_cost (chain, star, tree, two_phase, ktree); an interior
+               root folds the later arm's stream, then issues the fold of
+               the other (+ sigma): late + 2B + sigma + ramp slots stolen.
+    broadcast  flood: sigma + delta + 2*T_R + D*H + B, D = max(root, P-1-root)
+               (_stream_cycles).
+    allreduce  reduce into index 0, then flood from it: the root issues its
                send the cycle its last fold completes, and every other PE is
-               already waiting:  reduce(P, B, root 0) + 2*T_R + (P-1)*H + B.
-               ring / ring_interleaved: _ring_cost.
-    shift      2*T_R + D*H + B with D the longest stream (plain: P-|k| mod P
-               ... with wrap; interleaved, k=1: 2).
+               already waiting:  reduce(P, B, root 0) + sigma + delta + 2*T_R
+               + (P-1)*H + B.  ring / ring_interleaved: _ring_cost.
+    shift      sigma + delta + 2*T_R + D*H + B + c with D the longest stream
+               (plain: P-|k| mod P with wrap; interleaved, k=1: 2): every PE
+               sends asynchronously, receives, then waits (c). Exact for
+               k = +-1; for larger |k| streams share links (a lower bound).
     """
     _check_cfg(cfg)
     P, B = int(P), int(B)
@@ -1064,8 +1111,9 @@ def broadcast(x, cfg: wse.WaferConfig, along: str = "x", root=0, algorithm: str 
     the root's side and passes them to its ramp and onwards (multicast), so
     the stream is pipelined. The farthest PE is D hops away (D = max(root,
     P-1-root); along xy, D = the Manhattan distance to the farthest corner):
-        cycles = 2*T_R + D*H + B
-    (B cycles of streaming; the first wavelet needs two ramps and D hops).
+        cycles = sigma + delta + 2*T_R + D*H + B
+    (B cycles of streaming; the first wavelet needs the root's start-up and
+    datapath, two ramps and D hops).
     Returns (y, report), y of shape (rows, cols, B).
     """
     x = _prepare(x, cfg, along)
@@ -1143,7 +1191,8 @@ def shift(x, cfg: wse.WaferConfig, along: str = "x", k: int = 1, wrap: bool = Tr
     positions are indices; "interleaved": positions along
     routes.interleaved_order, so with k=1 every stream spans at most 2 hops.
     Every stream is B wavelets over its own path:
-        cycles = 2*T_R + D*H + B,   D = the longest path
+        cycles = sigma + delta + 2*T_R + D*H + B + c (the final wait),
+        D = the longest path
     (plain: P-|k| with wrap, else |k|; interleaved, k=1: 2 for P >= 3).
     Returns (y, report), y of shape (rows, cols, B).
     """
