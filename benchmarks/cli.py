@@ -496,7 +496,7 @@ def cmd_bench(args) -> int:
         Console().print(table)
         return 0
     try:
-        names, quick = suites.resolve(args.suite)
+        names, quick = suites.resolve(args.names + args.suite)
     except ValueError as error:
         raise UsageError(f"wse bench: {error}") from None
     if quick is None:
@@ -598,7 +598,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run benchmark suites or single topics; print tables, write JSON, CSV and "
         "PNG files. 'quick' takes under 3 minutes on 2 cores; see benchmarks/RESULTS.md for "
         "a full run.")
-    bench.add_argument("--suite", nargs="+", default=["quick"], metavar="NAME",
+    bench.add_argument("names", nargs="*", metavar="NAME",
+                       help="quick (default), full, or topic names (see --list); the same as "
+                       "--suite NAME ...")
+    bench.add_argument("--suite", nargs="+", default=[], metavar="NAME",
                        help="quick (default), full, or topic names (see --list)")
     bench.add_argument("--full", action="store_true",
                        help="run the named topics at full size (the full suite does)")
