@@ -487,7 +487,7 @@ def cmd_bench(args) -> int:
         import importlib.util
         from rich.console import Console
         from rich.table import Table
-        table = Table(title="Benchmark topics (wse bench --suite NAME ...)", title_justify="left")
+        table = Table(title="Benchmark topics (wse bench NAME ...)", title_justify="left")
         for c in ("topic", "module", "available", "what it measures"):
             table.add_column(c)
         for t in suites.TOPICS.values():
@@ -549,14 +549,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: the kernel's own default)")
     for option in registry.options().values():
         users = ", ".join(k.name for k in registry.KERNELS.values() if option in k.options)
+        how = {"action": "store_true"} if option.parse is None else {
+            "type": _argument_type(option.parse), "choices": option.choices,
+            "metavar": option.metavar}
         # default None: cmd_run tells an option given from one left out
-        if option.parse is None:
-            run.add_argument(option.flag, action="store_true", default=None,
-                             help=f"{users}: {option.help}")
-        else:
-            run.add_argument(option.flag, type=_argument_type(option.parse), default=None,
-                             choices=option.choices, metavar=option.metavar,
-                             help=f"{users}: {option.help}")
+        run.add_argument(option.flag, default=None, help=f"{users}: {option.help}", **how)
     run.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     run.add_argument("--trace", metavar="FILE", default=None,
                      help="write a Chrome trace (one slice per task run per PE) to FILE; every "

@@ -8,12 +8,13 @@
 
 The `wse run` command (benchmarks.cli), the benchmark suites (the fabric
 topic) and the kernel strategies (kernels.strategies) all read KERNELS, so
-adding a kernel is its module plus one `register(Kernel(...))` below.
+adding a kernel is its module plus one `Kernel(...)` record in the list at
+the end of this module (or a `register(Kernel(...))` call elsewhere).
 """
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -89,7 +90,7 @@ class Kernel:
     problems: str | None = None
     cost: Callable[[wse.WaferConfig, Call], int | None] | None = None
     example: Callable[[wse.WaferConfig, int], Call] | None = None
-    summary: str = field(default="")
+    summary: str = ""
 
     def settings(self, given: dict | None = None) -> dict:
         """Each option's value: `given` where it has one, else its default."""
@@ -213,13 +214,18 @@ def _shift_example(cfg, length: int) -> Call:
     return Call((x, cfg), {"along": "x", "k": 1}, (x, "x", 1), "shift x by 1 (wrap)")
 
 
-def _combine_inputs(name: str):
-    """Inputs of reduce and allreduce: a random vector per PE, sum along --along."""
-    def inputs(cfg, s, seed) -> Call:
-        x = _pe_vectors(cfg, s["size"], seed)
-        return Call((x, cfg), {"along": s["along"]}, (x, s["along"]),
-                    f"{name} along {s['along']}, {s['size']} values per PE")
-    return inputs
+def _allreduce_inputs(cfg, s, seed) -> Call:
+    x = _pe_vectors(cfg, s["size"], seed)
+    return Call((x, cfg), {"along": s["along"]}, (x, s["along"]),
+                f"allreduce along {s['along']}, {s['size']} values per PE")
+
+
+def _reduce_inputs(cfg, s, seed) -> Call:
+    """Into PE (0, 0): the first PE of each line, or of the grid along xy."""
+    x = _pe_vectors(cfg, s["size"], seed)
+    root = (0, 0) if s["along"] == "xy" else 0
+    return Call((x, cfg), {"along": s["along"], "root": root}, (x, s["along"]),
+                f"reduce along {s['along']}, {s['size']} values per PE")
 
 
 def _reduce_cost(cfg, call: Call) -> int | None:
@@ -307,11 +313,11 @@ for _record in (
            _broadcast_example, "the root's vector to every PE of its line"),
     Kernel("shift", collectives.shift, reference.shift, _shift_inputs, (ALONG, SIZE),
            None, _shift_cost, _shift_example, "every PE's vector to its neighbour on a ring"),
-    Kernel("reduce", collectives.reduce, reference.reduce, _combine_inputs("reduce"),
+    Kernel("reduce", collectives.reduce, reference.reduce, _reduce_inputs,
            (ALONG, SIZE), "kernels.strategies:collective_problems", _reduce_cost,
            _reduce_example, "the sum of each line's vectors into its root"),
-    Kernel("allreduce", collectives.allreduce, reference.allreduce,
-           _combine_inputs("allreduce"), (ALONG, SIZE), "kernels.strategies:collective_problems",
+    Kernel("allreduce", collectives.allreduce, reference.allreduce, _allreduce_inputs,
+           (ALONG, SIZE), "kernels.strategies:collective_problems",
            _allreduce_cost, _allreduce_example, "the sum of each line's vectors on every PE"),
     Kernel("gemm", gemm, reference.matmul, _gemm_inputs, (M, K, N),
            "kernels.strategies:gemm_problems", _gemm_cost, _gemm_example, "C = A @ B"),
