@@ -114,7 +114,7 @@ def _kernel_settings(args, kernel) -> dict:
                             if getattr(args, name) is not None})
 
 
-def _hidden(value):
+def _hidden_states(value):
     """A transformer prefill (kernel and reference) returns a PrefillResult: its hidden states."""
     return getattr(value, "hidden", value)
 
@@ -159,7 +159,8 @@ def cmd_run(args) -> int:
     with tracing:
         returned = fn(*call.args, **call.kwargs, **kwargs)
     result, report = returned[0], returned[-1]
-    errors = _max_errors(_hidden(result), _hidden(kernel.reference(*call.reference_args)))
+    expected = kernel.reference(*call.reference_args)
+    errors = _max_errors(_hidden_states(result), _hidden_states(expected))
 
     from rich.console import Console
     console = Console()
