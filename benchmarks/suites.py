@@ -62,70 +62,38 @@ def _run_gpu_calibration(module, quick: bool, out_dir: pathlib.Path):
 
 FABRIC_GRID = {True: 16, False: 64}
 FABRIC_LENGTH = {True: 64, False: 256}
-FABRIC_KERNELS = ("broadcast", "shift", "reduce", "allreduce", "gemm")
+FABRIC_KERNELS: tuple[str, ...] | None = None
+"""The kernels the fabric topic maps; None: every registered kernel with an example."""
 FABRIC_PLOTS = True
 
 
 def _run_fabric_maps(module, quick: bool, out_dir: pathlib.Path):
     """Where traffic and work land on the grid: link-utilisation and PE-busy
-    heatmaps of a few collectives (and of GEMM when kernels.gemm exists) on
-    one square grid. Each row gives the engine's cycles beside the kernel's
-    own cost model (kernels.collectives.cost, the GEMM report's model_cycles;
-    for the 2-D broadcast the flood formula 2*T_R + D*H + B, D the hops to
-    the farthest corner)."""
-    import numpy as np
-
+    heatmaps of each registered kernel's example (kernels.registry) on one
+    square grid. Each row gives the engine's cycles beside the kernel's own
+    cost model (None for a kernel without one)."""
     import wse
-    from kernels import collectives
+    from kernels import registry
 
     from . import plots
     n, length = FABRIC_GRID[quick], FABRIC_LENGTH[quick]
     cfg = wse.WSE2.with_grid(rows=n, cols=n)
-    x = np.random.default_rng(0).standard_normal((n, n, length)).astype(np.float32)
-    T_R, H = cfg.ramp_latency, cfg.hop_latency
-    centre = n // 2
-    line_cost = getattr(collectives, "cost", None)      # the kernels' own cost model
-
-    def predicted(*args, **kwargs):
-        return line_cost(*args, **kwargs) if line_cost is not None else None
-
-    cases = [
-        ("broadcast xy from the centre", lambda: collectives.broadcast(
-            x, cfg, along="xy", root=(centre, centre)),
-         2 * T_R + 2 * max(centre, n - 1 - centre) * H + length),
-        ("shift x by 1 (wrap)", lambda: collectives.shift(x, cfg, along="x", k=1),
-         predicted("shift", "plain", n, length, cfg, k=1)),
-        ("reduce x, chain to column 0",
-         lambda: collectives.reduce(x, cfg, along="x", root=0, algorithm="chain"),
-         predicted("reduce", "chain", n, length, cfg, root=0)),
-    ]
-    allreduce = getattr(collectives, "allreduce", None)
-    if allreduce is not None:
-        cases.append(("allreduce x, chain", lambda: allreduce(x, cfg, along="x", algorithm="chain"),
-                      predicted("allreduce", "chain", n, length, cfg)))
-    from wse.cli import find_kernel
-    gemm = find_kernel("gemm")
-    if gemm is not None:
-        side = 4 * n
-        rng = np.random.default_rng(1)
-        A, B = rng.standard_normal((side, side)), rng.standard_normal((side, side))
-        cases.append((f"gemm {side}x{side}x{side}", lambda: gemm(A, B, cfg), "extra"))
     rows, pngs = [], []
-    for name, call, formula in cases:
-        if name.split()[0] not in FABRIC_KERNELS:
+    for kernel in registry.KERNELS.values():
+        if kernel.example is None or FABRIC_KERNELS is not None \
+                and kernel.name not in FABRIC_KERNELS:
             continue
-        _, report = call()
-        if formula == "extra":       # gemm puts its model's cycles into the report
-            formula = report.extra.get("gemm", {}).get("model_cycles")
-        slug = name.split()[0]
+        call = kernel.example(cfg, length)
+        report = kernel.function(*call.args, **call.kwargs)[-1]
         if FABRIC_PLOTS:
-            pngs.append(plots.link_heatmap(report, out_dir / f"fabric_{slug}_links.png",
-                                           title=f"{name}: link utilisation ({n}x{n})"))
-            pngs.append(plots.busy_heatmap(report, out_dir / f"fabric_{slug}_busy.png",
-                                           title=f"{name}: PE busy fraction ({n}x{n})"))
+            pngs.append(plots.link_heatmap(report, out_dir / f"fabric_{kernel.name}_links.png",
+                                           title=f"{call.what}: link utilisation ({n}x{n})"))
+            pngs.append(plots.busy_heatmap(report, out_dir / f"fabric_{kernel.name}_busy.png",
+                                           title=f"{call.what}: PE busy fraction ({n}x{n})"))
         rows.append({
-            "kernel": name, "grid": f"{n}x{n}", "wavelets_per_pe": length,
-            "cycles": report.cycles, "cycles_formula": formula,
+            "kernel": call.what, "grid": f"{n}x{n}", "wavelets_per_pe": length,
+            "cycles": report.cycles,
+            "cycles_formula": kernel.cost(cfg, call) if kernel.cost is not None else None,
             "wavelet_hops": report.wavelet_hops,
             "busiest_link_per_cycle": report.busiest_link_wavelets / max(report.cycles, 1),
             "mean_busy_fraction": float(report.busy_cycles.mean()) / max(report.cycles, 1),
@@ -157,13 +125,17 @@ class Topic:
     title: str
     runner: Callable = _run_module
     """runner(module, quick, out_dir) -> (rows, png paths)."""
+    key_columns: tuple[str, ...] = ()
+    """The columns a narrow terminal shows first."""
 
 
 TOPICS: dict[str, Topic] = {t.name: t for t in [
     Topic("engine", "benchmarks.engine_throughput",
           "Engine throughput beside the same-run bare Numba loop", _run_engine),
     Topic("collectives", "benchmarks.collectives", "Collectives: algorithms on mesh lines"),
-    Topic("gemm", "benchmarks.gemm", "GEMM algorithms"),
+    Topic("gemm", "benchmarks.gemm", "GEMM algorithms",
+          key_columns=("algorithm", "size", "grid", "cycles", "model_cycles",
+                       "compute_efficiency")),
     Topic("gemv", "benchmarks.gemv", "GEMV algorithms"),
     Topic("attention", "benchmarks.attention", "Attention"),
     Topic("transformer", "benchmarks.transformer", "Transformer layer: wafer vs GPU"),
@@ -171,7 +143,7 @@ TOPICS: dict[str, Topic] = {t.name: t for t in [
     Topic("memory", "benchmarks.memory", "Peak memory of a whole-wafer run (full suite only)",
           _run_memory),
     Topic("fabric", "benchmarks.suites", "Fabric heatmaps: link utilisation and PE busy",
-          _run_fabric_maps),
+          _run_fabric_maps, key_columns=("kernel", "cycles", "cycles_formula")),
     Topic("gpu_calibration", "benchmarks.gpu_calibration",
           "GPU cost model against published nccl-tests figures", _run_gpu_calibration),
 ]}
@@ -378,10 +350,12 @@ def format_value(value) -> str:
     return str(value)
 
 
-def rows_table(rows: list[dict], title: str = "", max_rows: int = 40, width: int = 100):
-    """A rich Table of rows that fits `width` characters: as is when it fits;
-    turned on its side (one line per column) when a few rows are too wide;
-    else with long text columns left out (they stay in the CSV)."""
+def rows_table(rows: list[dict], title: str = "", max_rows: int = 40, width: int = 100,
+               key_columns: tuple[str, ...] = ()):
+    """A rich Table of rows that fits `width` characters: every column when
+    they fit; else turned on its side (one line per column) when that fits;
+    else the key columns and then as many others as fit, in order (the rest
+    stay in the CSV and JSON)."""
     from rich.table import Table
     columns: list[str] = []
     for row in rows:
@@ -392,30 +366,34 @@ def rows_table(rows: list[dict], title: str = "", max_rows: int = 40, width: int
     cells = {c: [format_value(r.get(c)) for r in shown] for c in columns}
     notes = [f"nested values in the JSON: {', '.join(nested)}"] if nested else []
 
-    def needed(cols):
-        return sum(max([len(c)] + [len(v) for v in cells[c]]) + 3 for c in cols) + 1
+    def column_width(c) -> int:      # the widest cell, its padding and one border
+        return max([len(c)] + [len(v) for v in cells[c]]) + 3
 
     table = Table(title=title, title_justify="left")
-    if needed(columns) > width and len(shown) <= 8:
-        labels = []
-        for i, r in enumerate(shown):
-            text = [str(v) for v in r.values() if isinstance(v, str)][:3]
-            labels.append(", ".join(text) or f"row {i}")
+    labels = [", ".join([str(v) for v in r.values() if isinstance(v, str)][:3]) or f"row {i}"
+              for i, r in enumerate(shown)]
+    sideways = max(map(len, columns), default=0) + 4 + sum(
+        max([len(label)] + [len(cells[c][i]) for c in columns]) + 3
+        for i, label in enumerate(labels))
+    if sum(map(column_width, columns)) + 1 > width and sideways <= width:
         table.add_column("")
         for label in labels:
-            table.add_column(label, justify="right", overflow="fold")
+            table.add_column(label, justify="right")
         for c in columns:
             table.add_row(c, *cells[c])
         table.caption = "; ".join(notes) or None
         return table
-    if needed(columns) > width:
-        long_text = [c for c in columns if any(len(v) > 24 for v in cells[c])
-                     and not all(isinstance(r.get(c), (int, float)) for r in shown)]
-        columns = [c for c in columns if c not in long_text]
-        if long_text:
-            notes.append(f"left out here, in the CSV: {', '.join(long_text)}")
+    if sum(map(column_width, columns)) + 1 > width:
+        chosen, room = [], width - 1
+        for c in [k for k in key_columns if k in columns] + columns:
+            if c not in chosen and column_width(c) <= room:
+                chosen.append(c)
+                room -= column_width(c)
+        left_out = [c for c in columns if c not in chosen]
+        columns = [c for c in columns if c in chosen]
+        notes.append(f"{len(left_out)} more columns in the CSV and JSON: {', '.join(left_out)}")
     for c in columns:
-        table.add_column(c, overflow="fold", justify="right" if all(
+        table.add_column(c, no_wrap=True, justify="right" if all(
             isinstance(r.get(c), (int, float)) or r.get(c) is None for r in shown) else "left")
     for i in range(len(shown)):
         table.add_row(*(cells[c][i] for c in columns))
@@ -429,7 +407,7 @@ def render_result(result: TopicResult, width: int = 100):
     from rich.text import Text
     if result.status == "ok":
         return rows_table(result.rows, f"{result.name}: {result.title} ({result.seconds:.1f} s)",
-                          width=width)
+                          width=width, key_columns=TOPICS[result.name].key_columns)
     style = "yellow" if result.status == "not available" else "bold red"
     return Text(f"{result.name}: {result.status}: {result.message}", style=style)
 

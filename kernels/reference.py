@@ -105,6 +105,15 @@ def broadcast(x, along: str = "x", root=0) -> np.ndarray:
     return out
 
 
+def shift(x, along: str = "x", k: int = 1) -> np.ndarray:
+    """Every PE gets the vector of the PE k places before it on its row ("x")
+    or column ("y"), wrapping around."""
+    x = _check_mesh(x, along)
+    if along == "xy":
+        raise ConfigError("shift moves along a row or a column: along must be 'x' or 'y'")
+    return np.roll(x, k, axis=1 if along == "x" else 0)
+
+
 # -------------------------------------------------------------------- layer pieces
 def softmax(x, axis: int = -1) -> np.ndarray:
     """exp(x - max) / sum(exp(x - max)) along `axis` (fully masked rows are not allowed)."""

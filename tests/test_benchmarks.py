@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 import wse
-from benchmarks import plots, scaling, suites
-from wse import cli
+from benchmarks import cli, plots, scaling, suites
 
 
 def _broken(module, quick, out_dir):

@@ -1,8 +1,12 @@
-"""The `wse` command: exit codes, one-line errors, --help, info, run, compare, trace."""
+"""The `wse` command (benchmarks.cli): exit codes, one-line errors, --help, info, run,
+compare, trace, and tables that fit the terminal."""
 from __future__ import annotations
 
 import argparse
+import csv
+import dataclasses
 import json
+import pathlib
 import re
 import subprocess
 import sys
@@ -12,7 +16,8 @@ import pytest
 
 import kernels
 import wse
-from wse import cli
+from benchmarks import cli
+from kernels import registry
 
 
 def run_cli(capsys, *argv):
@@ -29,9 +34,10 @@ def _subcommands():
 
 # ----------------------------------------------------------------------- light import
 @pytest.mark.nojit
-def test_import_wse_and_its_cli_loads_no_heavy_package():
-    code = ("import sys, wse, wse.cli; wse.cli.build_parser(); "
-            "print(sorted(m for m in ('rich', 'matplotlib', 'numba', 'benchmarks') "
+def test_import_wse_and_the_cli_parser_load_no_heavy_package():
+    code = ("import sys, wse; assert 'kernels' not in sys.modules; import benchmarks.cli; "
+            "benchmarks.cli.build_parser(); "
+            "print(sorted(m for m in ('rich', 'matplotlib', 'numba', 'hypothesis') "
             "if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
@@ -76,6 +82,10 @@ BAD = [
     (("run", "allreduce", "--size", "0"), "positive integer"),
     (("run", "allreduce", "--dtype", "int8"), "invalid choice"),
     (("run", "shift", "--along", "xy"), "x or y"),
+    (("run", "gemm", "--size", "5"), "--size does not apply to gemm"),
+    (("run", "allreduce", "--m", "8"), "--m does not apply to allreduce"),
+    (("run", "gemv", "--along", "y"), "--along does not apply to gemv"),
+    (("run", "attention", "--model", "tiny"), "--model does not apply to attention"),
     (("compare", "--gpus", "8xQ100"), "unknown GPU"),
     (("compare", "--gpus", "H100"), "8xH100"),
     (("compare", "--model", "gpt5"), "unknown model preset"),
@@ -127,13 +137,10 @@ def _printed(out: str, figure: str) -> str:
 
 def test_run_allreduce_prints_the_same_report_as_the_api(capsys):
     code, out, err = run_cli(capsys, "run", "allreduce", "--grid", "2x4", "--size", "8")
-    if cli.find_kernel("allreduce") is None:
-        assert code == 2 and "not available yet" in err
-        return
     assert code == 0, err
     cfg = wse.WSE2.with_grid(rows=2, cols=4)
     x = np.random.default_rng(0).standard_normal((2, 4, 8))
-    _, report = cli.find_kernel("allreduce")(x, cfg, along="x")
+    _, report = kernels.allreduce(x, cfg, along="x")
     assert _printed(out, "cycles") == f"{report.cycles:,}"
     assert _printed(out, "wavelet-hops") == f"{report.wavelet_hops:,}"
     assert float(_printed(out, "max |error| vs float64")) < 1e-5
@@ -151,21 +158,27 @@ def test_run_json_and_heatmaps(capsys, tmp_path):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _replace_kernel(monkeypatch, name: str, function):
+    """The registry's record of `name`, running `function` instead."""
+    record = dataclasses.replace(registry.get(name), function=function)
+    monkeypatch.setitem(registry.KERNELS, name, record)
+
+
 def test_run_rejects_options_the_kernel_does_not_take(capsys, monkeypatch):
     def plain(x, cfg, along="x"):
         raise AssertionError("must not run")
-    monkeypatch.setattr(kernels, "shift", plain, raising=False)
+    _replace_kernel(monkeypatch, "shift", plain)
     for argv, expected in ((("--dtype", "float16"), "no dtype parameter"),
                            (("--algorithm", "ring"), "no algorithm parameter")):
         code, out, err = run_cli(capsys, "run", "shift", "--grid", "2x2", *argv)
         assert code == 2 and expected in err and err.count("\n") == 1
 
 
-def test_run_not_available_kernel_is_one_line_exit_2(capsys, monkeypatch):
-    monkeypatch.setattr(cli, "find_kernel", lambda name: None)
-    code, out, err = run_cli(capsys, "run", "gemv", "--grid", "2x2")
-    assert code == 2 and out == ""
-    assert err.strip() == "wse run gemv: not available yet (kernels.gemv has not been written)"
+@pytest.mark.nojit
+def test_wse_run_gemm_size_names_the_option_in_one_line():
+    done = subprocess.run(["wse", "run", "gemm", "--size", "5"], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "--size" in done.stderr
 
 
 def _doubling_kernel(x, cfg, along="x"):
@@ -181,8 +194,7 @@ def _doubling_kernel(x, cfg, along="x"):
 
 
 def test_trace_writes_one_slice_per_task_run(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(kernels, "shift", _doubling_kernel, raising=False)
-    monkeypatch.setattr(cli, "COLLECTIVES", cli.COLLECTIVES)
+    _replace_kernel(monkeypatch, "shift", _doubling_kernel)
     path = tmp_path / "trace.json"
     # shift's float64 reference is a roll, not a doubling: the error row shows it, the
     # trace is what this test is about
@@ -279,3 +291,26 @@ def test_trace_of_a_real_multi_run_kernel(capsys, tmp_path):
     assert code == 0, err
     slices = [e for e in json.loads(path.read_text())["traceEvents"] if e["ph"] == "X"]
     assert len(slices) >= 8
+
+
+def test_bench_table_fits_an_80_column_terminal(capsys, monkeypatch, tmp_path):
+    """COLUMNS=80 wse bench gemm: whole headers on one line, the key columns
+    first; every column still in the CSV."""
+    from benchmarks import gemm
+    path = pathlib.Path(__file__).resolve().parent.parent / "benchmarks/results/gemm.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    monkeypatch.setattr(gemm, "run", lambda quick=True: rows)
+    monkeypatch.setattr(gemm, "plot", lambda rows, out_dir: [])
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = run_cli(capsys, "bench", "gemm", "--out", str(tmp_path), "--no-progress")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert max(map(len, lines)) <= 80
+    top = next(i for i, line in enumerate(lines) if line.startswith("┏"))
+    assert lines[top + 2].startswith("┡")                  # the header is one line
+    headers = [cell.strip() for cell in lines[top + 1].strip("┃").split("┃")]
+    assert headers[:3] == ["algorithm", "size", "grid"]
+    assert {"cycles", "model_cycles"} <= set(headers) and set(headers) <= set(rows[0])
+    assert len(headers) >= 5
+    with open(tmp_path / "gemm.csv") as f:
+        assert set(next(csv.reader(f))) == {k for r in rows for k in r}

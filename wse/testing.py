@@ -1,15 +1,17 @@
-"""Property-based testing for wafer kernels: hypothesis strategies, `assert_close`
-and `check_report`.
+"""Property-based testing for wafer kernels: machine-level hypothesis
+strategies, `assert_close` and `check_report`.
 
     from wse import testing
-    from hypothesis import given, settings
+    from hypothesis import given, settings, strategies as st
 
     @settings(max_examples=20, deadline=None)
-    @given(testing.collective_problems(alongs=("x",), ops=("sum",)))
-    def test_my_reduce(problem):
-        y, report = my_reduce(problem.x, problem.cfg, along=problem.along, root=problem.root)
-        testing.assert_close(y, problem.reference(), "float32", terms=problem.line_length)
-        testing.check_report(report, cfg=problem.cfg)
+    @given(st.data())
+    def test_my_doubling(data):
+        cfg = data.draw(testing.wafer_configs())
+        x = data.draw(testing.pe_vectors(cfg.rows, cfg.cols, 4, max_magnitude=1e3))
+        y, report = my_doubling(x, cfg)
+        testing.assert_close(y, 2.0 * x.astype(np.float64), "float32")
+        testing.check_report(report, cfg=cfg)
 
 This module imports hypothesis, so `import wse` does not import it; import it
 as `from wse import testing` in test code only.
@@ -19,14 +21,13 @@ What is here
     latencies and queue depths);
   * values: `elements` (dtype-exact floats, with awkward ones: -0.0, tiny and
     huge magnitudes, fp16 subnormals), `matrices`, `pe_vectors`;
-  * problems sized to fit SRAM, each with a float64 `reference()`:
-    `collective_problems`, `gemm_problems`, `gemv_problems`,
-    `attention_problems`;
   * the engine's own inputs: `routes` (random route sets) and `programs`
     (random PE programs, built with `ProgramSpec.build`), for fuzzing;
   * `assert_close(actual, reference, dtype, terms=...)` with the tolerances
     documented on it, and `check_report(report or run result)` for the
     invariants every run must satisfy.
+Problems of the project's kernels (collectives, GEMM, GEMV, attention), each
+with its float64 reference, are in kernels.strategies.
 """
 from __future__ import annotations
 
@@ -45,9 +46,7 @@ from .errors import ConfigError
 __all__ = [
     "DTYPES", "AWKWARD_VALUES", "UNIT_ROUNDOFF", "RTOL_SAFETY",
     "grids", "wafer_configs", "dtypes", "elements", "matrices", "pe_vectors",
-    "CollectiveProblem", "GemmProblem", "GemvProblem", "AttentionProblem",
-    "collective_problems", "gemm_problems", "gemv_problems", "attention_problems",
-    "gemm_sram_bytes", "RouteSpec", "routes", "ProgramSpec", "programs",
+    "RouteSpec", "routes", "ProgramSpec", "programs",
     "tolerance", "assert_close", "check_report",
 ]
 
@@ -150,229 +149,6 @@ def matrices(shape, dtype: str = "float32", **element_options):
 def pe_vectors(rows: int, cols: int, length: int, dtype: str = "float32", **element_options):
     """One vector of `length` per PE: shape (rows, cols, length)."""
     return matrices((rows, cols, length), dtype, **element_options)
-
-
-# ----------------------------------------------------------------------------
-# Problems
-@dataclass(frozen=True)
-class CollectiveProblem:
-    """x of shape (rows, cols, B) on cfg's grid; `root` is an index along the
-    line (along x or y) or an (x, y) pair (along xy)."""
-    cfg: WaferConfig
-    x: np.ndarray
-    along: str
-    root: object
-    op: str
-
-    @property
-    def line_length(self) -> int:
-        """PEs whose vectors one result combines."""
-        return {"x": self.cfg.cols, "y": self.cfg.rows, "xy": self.cfg.num_pes}[self.along]
-
-    def reference(self, kind: str = "allreduce") -> np.ndarray:
-        """float64 result of `kind`: "reduce" -> (rows, B) along x, (cols, B) along y,
-        (B,) along xy; "allreduce" and "broadcast" -> (rows, cols, B)."""
-        x = self.x.astype(np.float64)
-        axes = {"x": (1,), "y": (0,), "xy": (0, 1)}[self.along]
-        combine = {"sum": np.sum, "max": np.max, "min": np.min}[self.op]
-        if kind == "reduce":
-            return combine(x, axis=axes)
-        if kind == "allreduce":
-            return np.broadcast_to(combine(x, axis=axes, keepdims=True), x.shape).copy()
-        if kind == "broadcast":
-            if self.along == "x":
-                source = x[:, self.root:self.root + 1, :]
-            elif self.along == "y":
-                source = x[self.root:self.root + 1, :, :]
-            else:
-                source = x[self.root[1], self.root[0]][None, None, :]
-            return np.broadcast_to(source, x.shape).copy()
-        raise ConfigError(f"reference kind {kind!r}: expected reduce, allreduce or broadcast")
-
-
-@st.composite
-def collective_problems(draw, alongs=("x", "y", "xy"), ops=("sum", "max"), min_rows: int = 1,
-                        max_rows: int = 4, min_cols: int = 1, max_cols: int = 4,
-                        min_length: int = 1, max_length: int = 8, dtype: str = "float32",
-                        max_magnitude: float = 1e3, awkward: bool = True,
-                        vary_timing: bool = False):
-    """A vector per PE, an axis, a root on it and an operation. Values are
-    bounded by max_magnitude so that sums stay finite in `dtype`."""
-    cfg = draw(wafer_configs(min_rows, max_rows, min_cols, max_cols, vary_timing=vary_timing))
-    along = draw(st.sampled_from(alongs))
-    if along == "x":
-        root = draw(st.integers(0, cfg.cols - 1))
-    elif along == "y":
-        root = draw(st.integers(0, cfg.rows - 1))
-    else:
-        root = (draw(st.integers(0, cfg.cols - 1)), draw(st.integers(0, cfg.rows - 1)))
-    length = draw(st.integers(min_length, max_length))
-    x = draw(pe_vectors(cfg.rows, cfg.cols, length, dtype, awkward=awkward,
-                        max_magnitude=max_magnitude))
-    return CollectiveProblem(cfg, x, along, root, draw(st.sampled_from(ops)))
-
-
-def gemm_sram_bytes(M: int, K: int, N: int, rows: int, cols: int, dtype: str,
-                    buffers: int = 2) -> int:
-    """Bytes per PE for C = A @ B tiled over a rows x cols grid: `buffers` copies
-    of the A and B tiles (2: double buffering, as MeshGEMM does) and one fp32 C
-    tile. An estimate for sizing problems, not any kernel's exact layout."""
-    item = np.dtype(NUMPY_DTYPES[_dtype_name(dtype)]).itemsize
-    mt, kt_r, kt_c, nt = -(-M // rows), -(-K // rows), -(-K // cols), -(-N // cols)
-    return buffers * item * (mt * kt_c + kt_r * nt) + 4 * mt * nt
-
-
-@dataclass(frozen=True)
-class GemmProblem:
-    """C = A @ B (A: (M, K); B: (K, N), or (N, K) when transpose_b) on cfg's grid."""
-    cfg: WaferConfig
-    A: np.ndarray
-    B: np.ndarray
-    M: int
-    K: int
-    N: int
-    dtype: str
-    transpose_b: bool = False
-
-    def reference(self) -> np.ndarray:
-        B = self.B.astype(np.float64)
-        return self.A.astype(np.float64) @ (B.T if self.transpose_b else B)
-
-    def magnitude(self) -> np.ndarray:
-        """|A| @ |B|: the scale of each output's terms (for assert_close(scale=...))."""
-        B = np.abs(self.B.astype(np.float64))
-        return np.abs(self.A.astype(np.float64)) @ (B.T if self.transpose_b else B)
-
-
-@st.composite
-def gemm_problems(draw, min_side: int = 1, max_side: int = 4, square_grid: bool = True,
-                  dtypes=DTYPES, max_tile: int = 6, transpose_b=(False,),
-                  multiple_of_grid: bool = True, max_magnitude: float = 2.0,
-                  awkward: bool = True, sram_fraction: float = 0.5):
-    """A GEMM on a grid of side min_side..max_side (square by default, as Cannon
-    and MeshGEMM need). With multiple_of_grid, M and K are multiples of the rows
-    and K and N of the cols (K of both), so every PE holds an equal tile of at most
-    max_tile per side; otherwise sizes are arbitrary up to max_tile per PE. The
-    problem fits in sram_fraction of a PE's SRAM by `gemm_sram_bytes`."""
-    rows, cols = draw(grids(min_side, max_side, min_side, max_side, square_grid))
-    cfg = WSE2.with_grid(rows=rows, cols=cols)
-    dtype = draw(st.sampled_from(tuple(_dtype_name(d) for d in dtypes)))
-    lcm = rows * cols // math.gcd(rows, cols)
-    if multiple_of_grid:
-        M = rows * draw(st.integers(1, max_tile))
-        K = lcm * draw(st.integers(1, max(1, max_tile * min(rows, cols) // lcm)))
-        N = cols * draw(st.integers(1, max_tile))
-    else:
-        M = draw(st.integers(1, rows * max_tile))
-        K = draw(st.integers(1, min(rows, cols) * max_tile))
-        N = draw(st.integers(1, cols * max_tile))
-    budget = int(cfg.sram_bytes * sram_fraction)
-    if gemm_sram_bytes(M, K, N, rows, cols, dtype) > budget:
-        raise ConfigError(f"gemm_problems: max_tile={max_tile} does not fit {budget} bytes")
-    tb = draw(st.sampled_from(tuple(transpose_b)))
-    opts = dict(awkward=awkward, max_magnitude=max_magnitude)
-    A = draw(matrices((M, K), dtype, **opts))
-    B = draw(matrices((N, K) if tb else (K, N), dtype, **opts))
-    return GemmProblem(cfg, A, B, M, K, N, dtype, tb)
-
-
-@dataclass(frozen=True)
-class GemvProblem:
-    """y = W @ x (W: (M, K), x: (K,), or (K, batch) for several vectors) on cfg's grid."""
-    cfg: WaferConfig
-    W: np.ndarray
-    x: np.ndarray
-    dtype: str
-
-    @property
-    def K(self) -> int:
-        return self.W.shape[1]
-
-    def reference(self) -> np.ndarray:
-        return self.W.astype(np.float64) @ self.x.astype(np.float64)
-
-
-@st.composite
-def gemv_problems(draw, min_rows: int = 1, max_rows: int = 4, min_cols: int = 1,
-                  max_cols: int = 4, dtypes=DTYPES, max_block: int = 8,
-                  multiple_of_grid: bool = True, max_magnitude: float = 2.0,
-                  awkward: bool = True, max_batch: int = 0):
-    """A GEMV whose weight block per PE (W split rows x cols) is at most
-    max_block x max_block; with multiple_of_grid M is a multiple of rows and K of cols.
-    With max_batch > 0, x is (K, batch) for a batch of 0..max_batch (0: x is (K,))."""
-    rows, cols = draw(grids(min_rows, max_rows, min_cols, max_cols))
-    cfg = WSE2.with_grid(rows=rows, cols=cols)
-    dtype = draw(st.sampled_from(tuple(_dtype_name(d) for d in dtypes)))
-    if multiple_of_grid:
-        M = rows * draw(st.integers(1, max_block))
-        K = cols * draw(st.integers(1, max_block))
-    else:
-        M = draw(st.integers(1, rows * max_block))
-        K = draw(st.integers(1, cols * max_block))
-    opts = dict(awkward=awkward, max_magnitude=max_magnitude)
-    batch = draw(st.integers(0, max_batch))
-    return GemvProblem(cfg, draw(matrices((M, K), dtype, **opts)),
-                       draw(matrices((K, batch) if batch else (K,), dtype, **opts)), dtype)
-
-
-@dataclass(frozen=True)
-class AttentionProblem:
-    """softmax(Q K^T / sqrt(d) [+ causal mask]) V; Q: (sq, d), K and V: (sk, d),
-    or with heads Q: (heads, sq, d), K and V: (kv_heads, sk, d), query head h
-    reading KV head h // (heads // kv_heads). Causal: query i sits at position
-    sk - sq + i."""
-    cfg: WaferConfig
-    Q: np.ndarray
-    K: np.ndarray
-    V: np.ndarray
-    causal: bool
-    dtype: str
-
-    def reference(self) -> np.ndarray:
-        if self.Q.ndim == 3:
-            group = self.Q.shape[0] // self.K.shape[0]
-            return np.stack([AttentionProblem(self.cfg, self.Q[h], self.K[h // group],
-                                              self.V[h // group], self.causal,
-                                              self.dtype).reference()
-                             for h in range(self.Q.shape[0])])
-        Q, K, V = (a.astype(np.float64) for a in (self.Q, self.K, self.V))
-        sq, d = Q.shape
-        sk = K.shape[0]
-        scores = Q @ K.T / math.sqrt(d)
-        if self.causal:
-            visible = np.arange(sk)[None, :] <= (sk - sq + np.arange(sq))[:, None]
-            scores = np.where(visible, scores, -np.inf)
-        weights = np.exp(scores - scores.max(axis=1, keepdims=True))
-        return (weights / weights.sum(axis=1, keepdims=True)) @ V
-
-
-@st.composite
-def attention_problems(draw, min_side: int = 1, max_side: int = 4, square_grid: bool = True,
-                       dtypes=DTYPES, max_per_pe: int = 4, causal=(True, False),
-                       max_magnitude: float = 2.0, awkward: bool = True,
-                       heads=(None,), groups=(1,)):
-    """Attention with sequence lengths and head dim that are multiples of the
-    grid side (at most max_per_pe per PE); causal problems have sq <= sk.
-    heads: choices of the number of query heads (None: one head, 2-D arrays);
-    groups: choices of query heads per KV head (grouped-query attention)."""
-    rows, cols = draw(grids(min_side, max_side, min_side, max_side, square_grid))
-    cfg = WSE2.with_grid(rows=rows, cols=cols)
-    dtype = draw(st.sampled_from(tuple(_dtype_name(d) for d in dtypes)))
-    is_causal = draw(st.sampled_from(tuple(causal)))
-    sk = rows * draw(st.integers(1, max_per_pe))
-    sq = rows * draw(st.integers(1, sk // rows)) if is_causal else \
-        rows * draw(st.integers(1, max_per_pe))
-    d = cols * draw(st.integers(1, max_per_pe))
-    opts = dict(awkward=awkward, max_magnitude=max_magnitude)
-    n_heads = draw(st.sampled_from(tuple(heads)))
-    if n_heads is None:
-        q_shape, kv_shape = (sq, d), (sk, d)
-    else:
-        group = draw(st.sampled_from(tuple(g for g in groups if n_heads % g == 0) or (1,)))
-        q_shape, kv_shape = (n_heads, sq, d), (n_heads // group, sk, d)
-    return AttentionProblem(cfg, draw(matrices(q_shape, dtype, **opts)),
-                            draw(matrices(kv_shape, dtype, **opts)),
-                            draw(matrices(kv_shape, dtype, **opts)), is_causal, dtype)
 
 
 # ----------------------------------------------------------------------------

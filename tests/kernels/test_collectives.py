@@ -455,15 +455,16 @@ def test_more_colors_than_the_config_has_is_a_route_error():
 
 
 # ----------------------------------------------------------------------------
-# The same properties through the user-facing toolkit (wse.testing), with
-# awkward values (negative zero, tiny and huge magnitudes) and random timing
-# constants, and the run invariants checked on every report.
+# The same properties on the kernel strategies' problems (kernels.strategies),
+# with awkward values (negative zero, tiny and huge magnitudes) and random
+# timing constants, and the run invariants checked on every report (wse.testing).
+from kernels import strategies  # noqa: E402
 from wse import testing as T  # noqa: E402
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(T.collective_problems(alongs=("x", "y"), ops=C.OPS, max_rows=5, max_cols=6,
-                             max_length=16, vary_timing=True),
+@given(strategies.collective_problems(alongs=("x", "y"), ops=C.OPS, max_rows=5, max_cols=6,
+                                      max_length=16, vary_timing=True),
        st.sampled_from(C.REDUCE_ALGORITHMS))
 def test_toolkit_reduce_and_allreduce_hold_the_invariants(problem, algorithm):
     if algorithm == "star" and problem.line_length - 1 > problem.cfg.num_colors \

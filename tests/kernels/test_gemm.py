@@ -43,6 +43,7 @@ def test_gemm_matches_float64_reference_small(M, K, N, rows, cols, algorithm, dt
     run_and_check(M, K, N, rows, cols, algorithm, dtype, transpose_b, accumulate)
 
 
+@pytest.mark.slow          # a drawn 512^3 GEMM on 16 x 16 takes about 2 s, four are drawn
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(M=st.integers(1, 512), K=st.integers(1, 512), N=st.integers(1, 512),
        rows=st.integers(1, 16), cols=st.integers(1, 16),

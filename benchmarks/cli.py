@@ -1,13 +1,14 @@
-"""The `wse` command.
+"""The `wse` command, application code on top of wse and kernels.
 
     wse info [PRESET]                            a preset's parameters and their sources
     wse run KERNEL [--grid RxC] [--preset P] ... run one kernel, print its RunReport
     wse compare --model M --phase decode ...     a transformer on the wafer vs a GPU cluster
-    wse bench [--suite quick|full|TOPIC ...]     benchmark suites (= python -m benchmarks)
+    wse bench [TOPIC ...] [--suite quick|full]   benchmark suites (= python -m benchmarks)
 
-Bad arguments print one line and exit with status 2. Every import beyond
-argparse happens inside the command that needs it, so that `import wse` and
-`wse --help` load neither rich, matplotlib nor numba.
+Bad arguments print one line and exit with status 2. `wse run` takes its
+kernels, their inputs and their options from kernels.registry. Every import
+beyond argparse and the registry happens inside the command that needs it,
+so that `wse --help` loads neither rich, matplotlib nor numba.
 """
 from __future__ import annotations
 
@@ -18,8 +19,6 @@ import sys
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 
-COLLECTIVES = ("allreduce", "broadcast", "reduce", "shift")
-KERNELS = COLLECTIVES + ("gemm", "gemv", "attention", "layer")
 GPU_SPEC_HELP = "N x a GPU name: 8xH100, 16xA100, 4xH200, 8xB200"
 
 
@@ -48,7 +47,7 @@ def parse_grid(text: str) -> tuple[int, int]:
 
 def parse_preset(text: str) -> str:
     """'wse2', 'WSE-2', 'WSE2' -> 'WSE2'."""
-    from .config import PRESETS
+    from wse.config import PRESETS
     key = text.upper().replace("-", "").replace("_", "")
     if key not in PRESETS:
         raise argparse.ArgumentTypeError(f"unknown preset {text!r}: expected one of "
@@ -61,22 +60,16 @@ def parse_gpus(text: str) -> tuple[int, str]:
     count, sep, name = text.partition("x")
     if not sep or not count.strip().isdigit() or int(count) < 1 or not name:
         raise argparse.ArgumentTypeError(f"GPUs {text!r} must be {GPU_SPEC_HELP}")
-    from .gpu import DEVICES
+    from wse.gpu import DEVICES
     if name.strip().upper() not in DEVICES:
         raise argparse.ArgumentTypeError(f"unknown GPU {name!r} in {text!r}: expected one of "
                                          f"{', '.join(DEVICES)}")
     return int(count), name.strip().upper()
 
 
-def _positive(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return int(text)
-
-
 def wafer_config(preset: str, grid: tuple[int, int]):
     """The preset on a rows x cols region; the region must fit the wafer."""
-    from .config import PRESETS
+    from wse.config import PRESETS
     base = PRESETS[preset]
     rows, cols = grid
     if rows > base.rows or cols > base.cols:
@@ -86,33 +79,14 @@ def wafer_config(preset: str, grid: tuple[int, int]):
 
 
 # ------------------------------------------------------------------ kernels
-def find_kernel(name: str):
-    """kernels.<name> when the package exports it, else the function <name> of
-    kernels.<name> or kernels.collectives; None when it does not exist yet."""
-    import kernels
-    found = getattr(kernels, name, None)
-    if callable(found):
-        return found
-    for module_name in (f"kernels.{name}", "kernels.collectives"):
+def _argument_type(parse):
+    """`parse` as an argparse type: its ValueError becomes a one-line usage error."""
+    def checked(text: str):
         try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-            continue
-        found = getattr(module, name, None)
-        if callable(found):
-            return found
-    return None
-
-
-def _optional_module(name: str):
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        if error.name != name:
-            raise
-        return None
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return checked
 
 
 def _accepts(fn, parameter: str) -> bool:
@@ -123,74 +97,26 @@ def _accepts(fn, parameter: str) -> bool:
         return False
 
 
-def _default(fn, parameter: str):
-    import inspect
-    default = inspect.signature(fn).parameters[parameter].default
-    return None if default is inspect.Parameter.empty else default
-
-
 def _qualname(fn) -> str:
     return f"{fn.__module__}.{fn.__name__}"
 
 
-def _kernel_call(args, cfg):
-    """(function, positional args, keyword args, float64 reference, what was run)."""
-    import numpy as np
+def _kernel_settings(args, kernel) -> dict:
+    """The kernel's option values; an option given that does not apply to it is a usage error."""
+    from kernels import registry
+    applies = {o.name for o in kernel.options}
+    for option in registry.options().values():
+        if getattr(args, option.name) is not None and option.name not in applies:
+            raise UsageError(f"wse run {kernel.name}: {option.flag} does not apply to "
+                             f"{kernel.name} (its options: "
+                             f"{', '.join(o.flag for o in kernel.options) or 'none'})")
+    return kernel.settings({name: getattr(args, name) for name in applies
+                            if getattr(args, name) is not None})
 
-    from kernels import reference
-    rng = np.random.default_rng(args.seed)
-    side = 4 * max(cfg.rows, cfg.cols)
-    if args.kernel in COLLECTIVES:
-        fn = find_kernel(args.kernel)
-        if fn is None:
-            return None
-        x = rng.standard_normal((cfg.rows, cfg.cols, args.size))
-        kwargs = {"along": args.along}
-        if args.kernel == "broadcast":
-            kwargs["root"] = (0, 0) if args.along == "xy" else 0
-            expected = reference.broadcast(x, args.along, kwargs["root"])
-        elif args.kernel == "shift":
-            if args.along == "xy":
-                raise UsageError("wse run shift: --along must be x or y")
-            expected = np.roll(x, 1, axis=1 if args.along == "x" else 0)
-        else:
-            expected = getattr(reference, args.kernel)(x, args.along)
-        what = f"{args.kernel} along {args.along}, {args.size} values per PE"
-        return fn, (x, cfg), kwargs, expected, what
-    if args.kernel == "gemm":
-        fn = find_kernel("gemm")
-        if fn is None:
-            return None
-        m, k, n = args.m or side, args.k or side, args.n or side
-        A, B = rng.standard_normal((m, k)), rng.standard_normal((k, n))
-        return fn, (A, B, cfg), {}, reference.matmul(A, B), f"gemm C({m}x{n}) = A({m}x{k}) B({k}x{n})"
-    if args.kernel == "gemv":
-        fn = find_kernel("gemv")
-        if fn is None:
-            return None
-        m, k = args.m or side, args.k or side
-        W, x = rng.standard_normal((m, k)), rng.standard_normal(k)
-        return fn, (W, x, cfg), {}, reference.gemv(W, x), f"gemv y({m}) = W({m}x{k}) x({k})"
-    if args.kernel == "attention":
-        fn = find_kernel("attention")
-        if fn is None:
-            return None
-        Q, K, V = (rng.standard_normal((args.seq, args.head_dim)) for _ in range(3))
-        causal = not args.no_causal
-        return (fn, (Q, K, V, cfg), {"causal": causal}, reference.attention(Q, K, V, causal),
-                f"attention over {args.seq} positions, head_dim {args.head_dim}, "
-                f"{'causal' if causal else 'full'}")
-    # one transformer layer, prefill over --seq positions
-    transformer = _optional_module("kernels.transformer")
-    if transformer is None or not callable(getattr(transformer, "prefill", None)):
-        return None
-    from kernels import models
-    model = models.preset(args.model)
-    weights = models.random_weights(model, seed=args.seed, n_layers=1)
-    x = rng.standard_normal((args.seq, model.d_model))
-    expected = reference.prefill(model, weights, x).hidden
-    return (transformer.prefill, (model, weights, x), {"target": cfg}, expected,
-            f"one {model.name} layer, prefill over {args.seq} positions")
+
+def _hidden_states(value):
+    """A transformer prefill (kernel and reference) returns a PrefillResult: its hidden states."""
+    return getattr(value, "hidden", value)
 
 
 def _max_errors(result, expected):
@@ -204,17 +130,13 @@ def _max_errors(result, expected):
 
 
 def cmd_run(args) -> int:
+    from kernels import registry
+    kernel = registry.get(args.kernel)
+    settings = _kernel_settings(args, kernel)
     cfg = wafer_config(args.preset, args.grid)
-    if args.kernel in ("gemm", "gemv") and args.along != "x":
-        raise UsageError(f"wse run {args.kernel}: --along applies to collectives only")
-    call = _kernel_call(args, cfg)
-    if call is None:
-        where = "kernels.transformer.prefill" if args.kernel == "layer" else f"kernels.{args.kernel}"
-        print(f"wse run {args.kernel}: not available yet ({where} has not been written)",
-              file=sys.stderr)
-        return EXIT_USAGE
-    fn, positional, kwargs, expected, what = call
+    fn = kernel.function
     name = _qualname(fn)
+    kwargs = {}
     if args.algorithm is not None:
         if not _accepts(fn, "algorithm"):
             raise UsageError(f"wse run {args.kernel}: {name} has no algorithm parameter, so "
@@ -222,26 +144,27 @@ def cmd_run(args) -> int:
         kwargs["algorithm"] = args.algorithm
     dtype = args.dtype
     if _accepts(fn, "dtype"):
-        kwargs["dtype"] = dtype = dtype or _default(fn, "dtype") or "float32"
+        kwargs["dtype"] = dtype = dtype or registry.default(fn, "dtype") or "float32"
     elif dtype not in (None, "float32"):
         raise UsageError(f"wse run {args.kernel}: {name} has no dtype parameter (it computes in "
                          f"float32), so --dtype {dtype} cannot be applied")
     else:
         dtype = "float32"
+    call = kernel.inputs(cfg, settings, args.seed)
     import contextlib
 
     import wse
     # every Program.run inside the kernel records its task slices
     tracing = wse.run_options(trace=True) if args.trace else contextlib.nullcontext()
     with tracing:
-        returned = fn(*positional, **kwargs)
+        returned = fn(*call.args, **call.kwargs, **kwargs)
     result, report = returned[0], returned[-1]
-    result = getattr(result, "hidden", result)      # transformer.prefill: a PrefillResult
-    errors = _max_errors(result, expected)
+    expected = kernel.reference(*call.reference_args)
+    errors = _max_errors(_hidden_states(result), _hidden_states(expected))
 
     from rich.console import Console
     console = Console()
-    console.print(report_table(report, f"{name}: {what} on {cfg.name} {cfg.rows}x{cfg.cols}"
+    console.print(report_table(report, f"{name}: {call.what} on {cfg.name} {cfg.rows}x{cfg.cols}"
                                        f" ({dtype})", errors))
     if args.trace:
         if report.task_events is None:
@@ -257,7 +180,7 @@ def cmd_run(args) -> int:
     if args.plot:
         import pathlib
 
-        from benchmarks import plots
+        from . import plots
         out = pathlib.Path(args.plot)
         made = [plots.link_heatmap(report, out / f"{args.kernel}_links.png"),
                 plots.busy_heatmap(report, out / f"{args.kernel}_busy.png")]
@@ -316,7 +239,7 @@ def _sources_legend() -> dict[str, str]:
     lines of wse.config's docstring."""
     import re
 
-    from . import config
+    from wse import config
     legend = dict(getattr(config, "SOURCES", {}))
     for line in (config.__doc__ or "").splitlines():
         found = re.match(r"\s*\[(\w+)\]\s+(.+)", line)
@@ -342,7 +265,7 @@ def cmd_info(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .config import PRESETS
+    from wse.config import PRESETS
     cfg = PRESETS[args.preset]
     table = Table(title=f"{args.preset}: {cfg.name} (wse.{args.preset}; other presets: "
                         f"{', '.join(p for p in PRESETS if p != args.preset)})",
@@ -379,6 +302,15 @@ def cmd_info(args) -> int:
 
 
 # ------------------------------------------------------------------ compare
+def _optional_module(name: str):
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name != name:
+            raise
+        return None
+
+
 def _gpu_side(model, phase: str, seq: int, cluster, tp, seed: int):
     """The GPU cluster's cost for the whole model, from one emulated layer
     (every layer does the same work) times the model's layer count."""
@@ -405,7 +337,7 @@ def _gpu_side(model, phase: str, seq: int, cluster, tp, seed: int):
 def cmd_compare(args) -> int:
     from kernels import models
 
-    from .gpu import Cluster, device
+    from wse.gpu import Cluster, device
     model = models.preset(args.model)
     if args.seq > model.max_seq_len - (args.phase == "decode"):
         raise UsageError(f"wse compare: --seq {args.seq} exceeds {model.name}'s max_seq_len "
@@ -433,7 +365,7 @@ def cmd_compare(args) -> int:
         wafer_problem = ("not available yet (kernels.transformer.compare has not been written); "
                          "the GPU side comes from kernels.sharded")
     else:
-        from .errors import ConfigError, SramOverflowError, WseError
+        from wse.errors import ConfigError, SramOverflowError, WseError
         try:
             with console.status(f"emulating one {model.name} layer on a {cfg.rows}x{cfg.cols} "
                                 "wafer"):
@@ -465,7 +397,7 @@ def cmd_compare(args) -> int:
     if args.plot:
         import pathlib
 
-        from benchmarks import plots
+        from . import plots
         path = pathlib.Path(args.plot) / f"compare_{model.name}_{args.phase}.png"
         for r in rows:
             r["wafer_label"] = f"wafer {cfg.rows}x{cfg.cols}"
@@ -537,7 +469,7 @@ def _render_any(value, title: str):
                           _short(g) if g is not None else "-", str(unit))
         return table
     if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
-        from benchmarks.suites import rows_table
+        from .suites import rows_table
         return rows_table(rows, title)
     if isinstance(value, dict):
         table = Table(title=title, title_justify="left")
@@ -551,12 +483,12 @@ def _render_any(value, title: str):
 
 # ------------------------------------------------------------------ bench
 def cmd_bench(args) -> int:
-    from benchmarks import suites
+    from . import suites
     if args.list:
         import importlib.util
         from rich.console import Console
         from rich.table import Table
-        table = Table(title="Benchmark topics (wse bench --suite NAME ...)", title_justify="left")
+        table = Table(title="Benchmark topics (wse bench NAME ...)", title_justify="left")
         for c in ("topic", "module", "available", "what it measures"):
             table.add_column(c)
         for t in suites.TOPICS.values():
@@ -565,7 +497,7 @@ def cmd_bench(args) -> int:
         Console().print(table)
         return 0
     try:
-        names, quick = suites.resolve(args.suite)
+        names, quick = suites.resolve(args.names + args.suite)
     except ValueError as error:
         raise UsageError(f"wse bench: {error}") from None
     if quick is None:
@@ -588,9 +520,11 @@ def _add_machine_options(p, grid: str):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="wse", description="A cycle-level emulator of a wafer-scale engine: "
                      "run kernels, compare with GPUs, benchmark.")
-    from . import __version__
+    from wse import __version__
     parser.add_argument("--version", action="version", version=f"wse {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from kernels import registry
+    positive = _argument_type(registry.positive_int)
 
     info = commands.add_parser("info", help="a preset's parameters and their sources",
                                description="Print a wafer preset's parameters, each with its "
@@ -601,11 +535,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run", help="run one kernel and print its RunReport",
-        description="Run one kernel on random inputs, check it against the float64 NumPy "
-        "reference and print its RunReport as a table. A kernel that has not been written "
-        "yet prints one line and exits with status 2.")
-    run.add_argument("kernel", choices=KERNELS, metavar="KERNEL",
-                     help=f"one of: {', '.join(KERNELS)} (layer: one transformer layer, prefill)")
+        description="Run one kernel of the registry (kernels.registry) on random inputs, check "
+        "it against its float64 NumPy reference and print its RunReport as a table. An option "
+        "that does not apply to the kernel prints one line and exits with status 2.")
+    run.add_argument("kernel", choices=list(registry.KERNELS), metavar="KERNEL",
+                     help="one of: " + "; ".join(f"{k.name} ({k.summary})"
+                                                 for k in registry.KERNELS.values()))
     _add_machine_options(run, "4x4")
     run.add_argument("--dtype", choices=("float32", "float16"), default=None,
                      help="element type the kernel computes in (default: the kernel's own, "
@@ -613,23 +548,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--algorithm", default=None,
                      help="the kernel's algorithm, e.g. chain, ring, summa, cannon, meshgemm "
                      "(default: the kernel's own default)")
-    run.add_argument("--along", choices=("x", "y", "xy"), default="x",
-                     help="collectives: within rows (x), columns (y) or the whole grid (xy)")
-    run.add_argument("--size", type=_positive, default=16, metavar="B",
-                     help="collectives: values per PE (default 16)")
-    run.add_argument("--m", type=_positive, default=None,
-                     help="gemm/gemv: rows of A / W (default 4 x the larger grid side)")
-    run.add_argument("--k", type=_positive, default=None,
-                     help="gemm/gemv: inner dimension (default 4 x the larger grid side)")
-    run.add_argument("--n", type=_positive, default=None,
-                     help="gemm: columns of B (default 4 x the larger grid side)")
-    run.add_argument("--seq", type=_positive, default=16,
-                     help="attention/layer: sequence length (default 16)")
-    run.add_argument("--head-dim", type=_positive, default=16,
-                     help="attention: head dimension (default 16)")
-    run.add_argument("--no-causal", action="store_true", help="attention: no causal mask")
-    run.add_argument("--model", default="tiny",
-                     help="layer: model preset whose first layer runs (default tiny)")
+    for option in registry.options().values():
+        users = ", ".join(k.name for k in registry.KERNELS.values() if option in k.options)
+        how = {"action": "store_true"} if option.parse is None else {
+            "type": _argument_type(option.parse), "choices": option.choices,
+            "metavar": option.metavar}
+        # default None: cmd_run tells an option given from one left out
+        run.add_argument(option.flag, default=None, help=f"{users}: {option.help}", **how)
     run.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     run.add_argument("--trace", metavar="FILE", default=None,
                      help="write a Chrome trace (one slice per task run per PE) to FILE; every "
@@ -650,13 +575,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "llama3-70b (default llama3-8b)")
     compare.add_argument("--phase", choices=("prefill", "decode"), default="decode",
                          help="prefill a prompt, or decode one token (default decode)")
-    compare.add_argument("--seq", type=_positive, default=128,
+    compare.add_argument("--seq", type=positive, default=128,
                          help="prompt length (prefill) or cached positions (decode); default 128")
     _add_machine_options(compare, "420x420")
     compare.add_argument("--gpus", type=parse_gpus, default=parse_gpus("8xH100"),
                          metavar="NxGPU", help=f"the GPU cluster: {GPU_SPEC_HELP} "
                          "(default 8xH100)")
-    compare.add_argument("--tp", type=_positive, default=None,
+    compare.add_argument("--tp", type=positive, default=None,
                          help="tensor-parallel degree (default: the largest up to the GPU count "
                          "that divides the model)")
     compare.add_argument("--seed", type=int, default=0, help="seed of the synthetic weights")
@@ -671,7 +596,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run benchmark suites or single topics; print tables, write JSON, CSV and "
         "PNG files. 'quick' takes under 3 minutes on 2 cores; see benchmarks/RESULTS.md for "
         "a full run.")
-    bench.add_argument("--suite", nargs="+", default=["quick"], metavar="NAME",
+    bench.add_argument("names", nargs="*", metavar="NAME",
+                       help="quick (default), full, or topic names (see --list); the same as "
+                       "--suite NAME ...")
+    bench.add_argument("--suite", nargs="+", default=[], metavar="NAME",
                        help="quick (default), full, or topic names (see --list)")
     bench.add_argument("--full", action="store_true",
                        help="run the named topics at full size (the full suite does)")
@@ -686,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 failed, 2 bad usage)."""
-    from .errors import ConfigError, SramOverflowError, WseError
+    from wse.errors import ConfigError, SramOverflowError, WseError
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
