@@ -958,10 +958,10 @@ def _broadcast_cost(P: int, B: int, cfg, root: int) -> int:
     if P == 1:
         return 0
     D = max(root, P - 1 - root)
-    return _stream_cycles(D, B, cfg)
+    return stream_cycles(D, B, cfg)
 
 
-def _stream_cycles(D: int, B: int, cfg) -> int:
+def stream_cycles(D: int, B: int, cfg) -> int:
     """A stream of B elements over D hops, from its sender's issue to the
     completion of its receiver, which waits for it: start-up, the datapath
     and the ramp out, D hops, the ramp in, then one element a cycle:
@@ -1032,7 +1032,7 @@ def cost(collective: str, algorithm: str, P: int, B: int, cfg: wse.WaferConfig,
                root folds the later arm's stream, then issues the fold of
                the other (+ sigma): late + 2B + sigma + ramp slots stolen.
     broadcast  flood: sigma + delta + 2*T_R + D*H + B, D = max(root, P-1-root)
-               (_stream_cycles).
+               (stream_cycles).
     allreduce  reduce into index 0, then flood from it: the root issues its
                send the cycle its last fold completes, and every other PE is
                already waiting:  reduce(P, B, root 0) + sigma + delta + 2*T_R
@@ -1055,7 +1055,7 @@ def cost(collective: str, algorithm: str, P: int, B: int, cfg: wse.WaferConfig,
             return 0
         order = _ring_order(P, algorithm)
         D = max(abs(order[j] - order[(j + k) % P]) for j in range(P))
-        return _stream_cycles(D, B, cfg) + cfg.scalar_op_cycles
+        return stream_cycles(D, B, cfg) + cfg.scalar_op_cycles
     if collective == "reduce":
         _check_algorithm(algorithm, REDUCE_ALGORITHMS, "reduce")
         if not 0 <= root < P:

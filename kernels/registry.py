@@ -179,12 +179,13 @@ def _broadcast_inputs(cfg, s, seed) -> Call:
 
 
 def _broadcast_cost(cfg, call: Call) -> int:
-    """The flood: 2*T_R + D*H + B, D the hops to the farthest PE (collectives.broadcast)."""
+    """The flood: one stream of B over D hops, D to the farthest PE
+    (collectives.stream_cycles)."""
     along, root, B = call.kwargs["along"], call.kwargs["root"], call.args[0].shape[2]
     if along == "xy":
         rx, ry = root
         D = max(rx, cfg.cols - 1 - rx) + max(ry, cfg.rows - 1 - ry)
-        return 2 * cfg.ramp_latency + D * cfg.hop_latency + B
+        return collectives.stream_cycles(D, B, cfg)
     return collectives.cost("broadcast", "flood", cfg.cols if along == "x" else cfg.rows, B,
                             cfg, root=root)
 

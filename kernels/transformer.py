@@ -87,7 +87,7 @@ from wse.errors import ConfigError, SramOverflowError
 from wse.gpu import Cluster, GpuReport
 
 from .gemm import gemm as mesh_gemm
-from . import reference, sharded
+from . import collectives, reference, sharded
 from .attention import (GemmAttentionPlan, gather_sequence, gemm_layout_error,
                         longest_gemm_sequence, matrix_to_tiles, place_sequence, prefill_attention,
                         tiles_to_matrix)
@@ -997,10 +997,8 @@ class Extrapolation:
 def stage_handover_cycles(cfg: wse.WaferConfig, wavelets_per_pe: int, distance: int) -> int:
     """A region passes its output to the next region: every PE of its boundary
     streams wavelets_per_pe values `distance` hops, a send and a receive each
-    issued at 0 (S + D + 2*T_R + distance*H + n: start-up, datapath, ramps,
-    hops, one wavelet a cycle)."""
-    return cfg.vector_startup_cycles + cfg.datapath_latency + 2 * cfg.ramp_latency \
-        + distance * cfg.hop_latency + wavelets_per_pe
+    issued at 0 (collectives.stream_cycles)."""
+    return collectives.stream_cycles(distance, wavelets_per_pe, cfg)
 
 
 def extrapolate(report: wse.RunReport, model: ModelConfig, layers_emulated: int,
