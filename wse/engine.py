@@ -45,8 +45,8 @@ import numpy as np
 from numba import njit
 
 from .isa import (
-    D_BUF_OR_COLOR, D_DTYPE, D_KIND, D_LENGTH, D_LENGTH_REG, D_OFFSET,
-    D_OFFSET_REG, D_OFFSET_SCALE, D_STRIDE, F32, FABIN, FABOUT, FIRST_VECTOR_OP, I_A,
+    D_ADVANCE, D_BUF_OR_COLOR, D_DTYPE, D_KIND, D_LENGTH, D_LENGTH_REG, D_OFFSET,
+    D_OFFSET_REG, D_OFFSET_SCALE, D_STRIDE, D_WRAP, F32, FABIN, FABOUT, FIRST_VECTOR_OP, I_A,
     I_B, I_DST, I_IMM, I_IMM2, I_IMM3, I_ON_DONE, I_OP, I_R, I_S, I_SLOT, MEM,
     OP_ACTIVATE, OP_ADD, OP_ADDS, OP_AFFINE, OP_BLT, OP_DOT, OP_END, OP_EXP,
     OP_FILL, OP_FMAC, OP_JUMP, OP_LOOP, OP_MAX, OP_MIN, OP_MODI,
@@ -97,7 +97,8 @@ E_READY, E_ID = range(2)
 
 Static = namedtuple("Static", [
     "settings",
-    "route",                 # (pes * colors, 2) uint8: rx, tx port masks
+    "route",                 # (pes * colors, 4) uint8: rx, tx port masks of switch
+                             # position 0, then of position 1 (0, 0: no second position)
     "instr", "instr_imm",    # (n_instr, INSTR_FIELDS) int64; (n_instr,) float32
     "desc",                  # (n_desc, DESC_FIELDS) int64
     "task",                  # (n_tasks, 3): first pc, kind, color
@@ -111,13 +112,14 @@ Static = namedtuple("Static", [
 ])
 T_PC, T_KIND, T_COLOR = range(3)
 R_FIRST, R_ENTRY, R_DATA_COLORS = range(3)
-RX, TX = range(2)
+RX, TX = range(2)      # columns of a switch position's (rx, tx) pair in `route`
 
 State = namedtuple("State", [
     "sram_f32", "sram_u16",            # two views of one byte arena
     "rq_val", "rq_entry", "rq",        # router queues: values, (ready, id), (head, count, last pop)
     "pq_val", "pq_entry", "pq",        # PE input queues, same layout
     "pe", "regs", "wavelet", "slot",
+    "switch",                          # (pes * colors,) the switch position of each route
     "active",                          # (4, pes / 64) bitmaps: routers (even, odd cycle), PEs (even, odd)
     "heap",                            # (2, capacity): wake time, PE
     "link_wavelets",                   # (pes, 4): wavelets sent out N, E, S, W
@@ -373,7 +375,7 @@ def _router_step(S, st, r, now):
         head = q * depth + st.rq[q, Q_HEAD]
         if st.rq_entry[head, E_READY] > now:
             continue
-        tx = np.int64(S.route[q, TX])
+        tx = np.int64(S.route[q, 2 * st.switch[q] + TX])
         if tx == 0:
             _fail(st.counters, STATUS_ROUTE, r, c, -1, now, ROUTE_NO_TX, 0)
             return
@@ -395,10 +397,14 @@ def _router_step(S, st, r, now):
                 return
             dq = (ny * cols + nx) * colors + c
             into = (port + 2) & 3           # the port it arrives on at the neighbour
-            if (S.route[dq, RX] >> into) & 1 == 0:
+            admits = _admits(S, st, dq, into)
+            if admits < 0:
                 _fail(st.counters, STATUS_ROUTE, ny * cols + nx, c, into, now + hop,
                       ROUTE_RX_MISMATCH, 0)
                 return
+            if admits == 0:              # its switch accepts this port only later
+                ok = False
+                break
             if st.rq[dq, Q_COUNT] + (st.rq[dq, Q_LAST_POP] == now) >= depth:
                 ok = False
                 break
@@ -466,6 +472,27 @@ def _router_step(S, st, r, now):
 
 # ----------------------------------------------------------------------------
 # PEs: operands and vector operations
+@njit(cache=True, _nrt=False, inline='always')
+def _admits(S, st, q, port):
+    """Whether the route of queue q takes a wavelet arriving from `port`: 1 in
+    its present switch position, 0 only in its other position (the sender
+    waits), -1 in none (a route error)."""
+    pos = st.switch[q]
+    if (S.route[q, 2 * pos + RX] >> port) & 1:
+        return 1
+    if (S.route[q, 2 * (1 - pos) + RX] >> port) & 1:
+        return 0
+    return -1
+
+
+@njit(cache=True, _nrt=False, inline='always')
+def _element(S, d, i):
+    """Offset of element i of memory descriptor d from its base (a wrapping
+    descriptor restarts every D_WRAP elements)."""
+    wrap = S.desc[d, D_WRAP]
+    return (i % wrap if wrap > 0 else i) * S.desc[d, D_STRIDE]
+
+
 @njit(cache=True, _nrt=False)
 def _resolve(S, st, p, d, count, now, ins):
     """Element index (memory) or queue index (fabric) of descriptor d over `count`
@@ -488,6 +515,9 @@ def _resolve(S, st, p, d, count, now, ins):
     reg = S.desc[d, D_OFFSET_REG]
     if reg >= 0:
         offset += st.regs[p, reg] * S.desc[d, D_OFFSET_SCALE]
+    wrap = S.desc[d, D_WRAP]
+    if wrap > 0 and count > wrap:
+        count = wrap
     last = offset + (count - 1) * S.desc[d, D_STRIDE] if count > 0 else offset
     if offset < 0 or last < 0 or offset >= S.buf_len[buf] or last >= S.buf_len[buf]:
         _fail(st.counters, STATUS_PROGRAM, p, -1, offset, now, PROG_BOUNDS, ins * 1000 + buf)
@@ -522,9 +552,7 @@ def _memory_op(S, st, p, s, ins, n, now):
     da = S.desc[a, D_DTYPE] if a >= 0 else dd
     size_d = 4 if dd == F32 else 2
     size_a = 4 if da == F32 else 2
-    sa = S.desc[a, D_STRIDE] if a >= 0 else 0
     db = S.desc[b, D_DTYPE] if b >= 0 else F32
-    sb = S.desc[b, D_STRIDE] if b >= 0 else 0
     # the SIMD width is the dtype's the datapath works in: the reduced
     # operand's; for an FMAC its multiplicands' (fp16 products accumulated in
     # fp32 run at the fp16 rate, an fp32 multiplicand at the fp32 rate);
@@ -539,14 +567,14 @@ def _memory_op(S, st, p, s, ins, n, now):
     if op >= OP_SUM:        # reductions into dst[0]
         acc = np.float32(-np.inf) if op == OP_RMAX else np.float32(0.0)
         for i in range(n):
-            va = _read(f32, u16, lut, da, ba + i * sa)
+            va = _read(f32, u16, lut, da, ba + _element(S, a, i))
             if op == OP_SUM:
                 acc += va
             elif op == OP_RMAX:
                 if va > acc or va != va:
                     acc = va
             else:
-                acc += va * _read(f32, u16, lut, db, bb + i * sb)
+                acc += va * _read(f32, u16, lut, db, bb + _element(S, b, i))
         if trap and acc != acc:
             _fail(st.counters, STATUS_NAN, p, -1, -1, now, ins, 0)
         _write(f32, u16, dd, bd, acc)
@@ -554,14 +582,13 @@ def _memory_op(S, st, p, s, ins, n, now):
         st.pe[p, P_SRAM_BYTES] += n * size_a * (2 if op == OP_DOT else 1) + size_d
         return (n + width - 1) // width
     s_val = _scalar(S, st, p, s, ins)
-    sd_ = S.desc[dst, D_STRIDE]
     for i in range(n):
-        va = _read(f32, u16, lut, da, ba + i * sa) if a >= 0 else np.float32(0.0)
-        vb = _read(f32, u16, lut, db, bb + i * sb) if b >= 0 else np.float32(0.0)
+        va = _read(f32, u16, lut, da, ba + _element(S, a, i)) if a >= 0 else np.float32(0.0)
+        vb = _read(f32, u16, lut, db, bb + _element(S, b, i)) if b >= 0 else np.float32(0.0)
         v = _apply(op, va, vb, s_val)
         if trap and v != v:
             _fail(st.counters, STATUS_NAN, p, -1, -1, now, ins, i)
-        _write(f32, u16, dd, bd + i * sd_, v)
+        _write(f32, u16, dd, bd + _element(S, dst, i), v)
     st.pe[p, P_FLOPS] += n * S.flops_of_op[op]
     operands = 1 + (a >= 0) + (b >= 0)
     st.pe[p, P_SRAM_BYTES] += n * operands * size_d
@@ -600,6 +627,13 @@ def _fabric_step(S, st, p, s, now, ramp_used):
     if out_fabric:
         if ramp_used:
             return WAIT_OUTPUT
+        admits = _admits(S, st, bd, RAMP)
+        if admits < 0:
+            _fail(st.counters, STATUS_ROUTE, p, bd - p * S.settings[C_NCOLORS], RAMP,
+                  now + S.settings[C_DATAPATH] + S.settings[C_RAMP], ROUTE_RX_MISMATCH, 0)
+            return WAIT_OUTPUT
+        if admits == 0:
+            return WAIT_OUTPUT           # only this PE's own stream advances that switch
         if st.rq[bd, Q_COUNT] + (st.rq[bd, Q_LAST_POP] == now) >= depth:
             if st.rq[bd, Q_LAST_POP] == now:
                 # the router freed a slot earlier in this cycle, so its wake-up
@@ -610,13 +644,13 @@ def _fabric_step(S, st, p, s, now, ramp_used):
     if ka == FABIN:
         va = _pop_input(st.pq_val, pq, ba, idepth, now)
     elif a >= 0:
-        va = _read(f32, u16, lut, S.desc[a, D_DTYPE], ba + i * S.desc[a, D_STRIDE])
+        va = _read(f32, u16, lut, S.desc[a, D_DTYPE], ba + _element(S, a, i))
     else:
         va = np.float32(0.0)
     if kb == FABIN:
         vb = _pop_input(st.pq_val, pq, bb, idepth, now)
     elif b >= 0:
-        vb = _read(f32, u16, lut, S.desc[b, D_DTYPE], bb + i * S.desc[b, D_STRIDE])
+        vb = _read(f32, u16, lut, S.desc[b, D_DTYPE], bb + _element(S, b, i))
     else:
         vb = np.float32(0.0)
     v = _apply(op, va, vb, _scalar(S, st, p, s, ins))
@@ -627,10 +661,6 @@ def _fabric_step(S, st, p, s, now, ramp_used):
         # the result leaves the datapath C_DATAPATH cycles after its operands
         # entered it, then crosses the ramp
         ready = now + S.settings[C_DATAPATH] + S.settings[C_RAMP]
-        if (S.route[bd, RX] >> RAMP) & 1 == 0:
-            _fail(st.counters, STATUS_ROUTE, p, bd - p * colors, RAMP, ready,
-                  ROUTE_RX_MISMATCH, 0)
-            return WAIT_OUTPUT
         tail = bd * depth + _ring(st.rq[bd, Q_HEAD] + st.rq[bd, Q_COUNT], depth)
         st.rq_val[tail] = v
         st.rq_entry[tail, E_READY] = ready
@@ -641,9 +671,13 @@ def _fabric_step(S, st, p, s, now, ramp_used):
         _list_router(st.active, st.counters, p, now + 1)
         st.pe[p, P_RAMP_OUT] += 1
         st.pe[p, P_SLOT_RR] = s + 1 if s < S.settings[C_SLOTS] else 0
+        if i + 1 == st.slot[p, s, S_LEN] and S.desc[dst, D_ADVANCE]:
+            # the stream's last wavelet is in: the router takes its next
+            # switch position (what its queue holds already goes on as routed)
+            st.switch[bd] = 1 - st.switch[bd]
     else:
         dd = S.desc[dst, D_DTYPE]
-        _write(f32, u16, dd, bd + i * S.desc[dst, D_STRIDE], v)
+        _write(f32, u16, dd, bd + _element(S, dst, i), v)
         st.pe[p, P_SRAM_BYTES] += 4 if dd == F32 else 2
     st.pe[p, P_FLOPS] += S.flops_of_op[op]
     if op != OP_MOV:                  # arithmetic on a stream; a plain send or receive is not

@@ -21,10 +21,12 @@ DTYPE_BYTES = {F32: 4, F16: 2}
 # Descriptor kinds and descriptor table columns.
 MEM, FABIN, FABOUT = 0, 1, 2
 # D_BUF_OR_COLOR holds the buffer id (MEM) or the dense color index (FABIN, FABOUT);
-# D_DTYPE is the element type (fabric operands carry fp32 wavelets).
+# D_DTYPE is the element type (fabric operands carry fp32 wavelets); D_WRAP
+# (MEM, 0: none): element i is at offset + (i mod wrap) * stride; D_ADVANCE
+# (FABOUT): the stream's last wavelet advances the sender's router switch.
 D_KIND, D_BUF_OR_COLOR, D_DTYPE, D_OFFSET, D_OFFSET_REG, D_OFFSET_SCALE, D_LENGTH, \
-    D_LENGTH_REG, D_STRIDE = range(9)
-DESC_FIELDS = 9
+    D_LENGTH_REG, D_STRIDE, D_WRAP, D_ADVANCE = range(11)
+DESC_FIELDS = 11
 
 # Instruction table columns.
 I_OP, I_DST, I_A, I_B, I_S, I_SLOT, I_ON_DONE, I_R, I_IMM, I_IMM2, I_IMM3 = range(11)

@@ -148,10 +148,13 @@ class Desc:
     length_reg: int = -1
     stride: int = 1
     label: str = ""
+    wrap: int = 0                # memory: element i at offset + (i mod wrap) * stride
+    advance_switch: bool = False     # fabric out: the last wavelet advances the router's switch
 
     def row(self) -> list[int]:
         return [self.kind, self.target, self.dtype, self.offset, self.offset_reg,
-                self.offset_scale, self.length, self.length_reg, self.stride]
+                self.offset_scale, self.length, self.length_reg, self.stride, self.wrap,
+                int(self.advance_switch)]
 
 
 WAVELET = "wavelet"
@@ -175,10 +178,15 @@ class Buffer:
     def __repr__(self) -> str:
         return f"Buffer({self.name!r}, shape={self.shape}, dtype={self.dtype})"
 
-    def view(self, offset=0, length=None, stride: int = 1) -> Desc:
+    def view(self, offset=0, length=None, stride: int = 1, wrap: int = 0) -> Desc:
         """Memory descriptor: `length` elements from `offset`, `stride` apart.
 
-        offset may be an int, a Reg or `reg * k + c`; length an int or a Reg."""
+        offset may be an int, a Reg or `reg * k + c`; length an int or a Reg.
+        wrap > 0 walks the first `wrap` elements again and again (element i
+        is at offset + (i mod wrap) * stride), as a 2-D descriptor with a
+        zero outer stride does: adding a stream of k vectors into one."""
+        if int(wrap) < 0:
+            raise ProgramError(f"buffer {self.name!r}: wrap must be >= 0, got {wrap}")
         off, off_reg, off_scale = 0, -1, 0
         if isinstance(offset, Reg):
             offset = RegExpr(offset, 1, 0)
@@ -195,13 +203,14 @@ class Buffer:
             else:
                 length = (self.size - off + stride - 1) // stride if off_reg < 0 else self.size
         if off_reg < 0 and length_reg < 0 and length > 0:
-            last = off + (int(length) - 1) * stride
+            walked = min(int(length), int(wrap)) if wrap else int(length)
+            last = off + (walked - 1) * stride
             if off < 0 or last >= self.size or last < 0:
                 raise ProgramError(
                     f"buffer {self.name!r} has {self.size} elements: a view of {length} from "
                     f"offset {off} with stride {stride} reaches element {last}")
         return Desc(isa.MEM, self.id, isa.DTYPE_CODES[self.dtype], off, off_reg, off_scale,
-                    int(length), length_reg, int(stride), label=self.name)
+                    int(length), length_reg, int(stride), label=self.name, wrap=int(wrap))
 
     def scalar(self, index=0) -> Desc:
         """One element, repeated (stride 0): a scalar operand or a broadcast source."""
@@ -500,6 +509,8 @@ class Program:
         self.colors: list[Color] = []
         self._route_rx: list[np.ndarray] = []       # per color: (rows, cols) uint8
         self._route_tx: list[np.ndarray] = []
+        self._switch_rx: list[np.ndarray] = []      # per color: the second switch position
+        self._switch_tx: list[np.ndarray] = []
         self.buffers: list[Buffer] = []
         self._sram_used = np.zeros((self.rows, self.cols), np.int64)
         self._buf_offsets: list[np.ndarray] = []    # per buffer: (rows, cols) byte offset or -1
@@ -543,23 +554,40 @@ class Program:
         self.colors.append(color)
         self._route_rx.append(np.zeros((self.rows, self.cols), np.uint8))
         self._route_tx.append(np.zeros((self.rows, self.cols), np.uint8))
+        self._switch_rx.append(np.zeros((self.rows, self.cols), np.uint8))
+        self._switch_tx.append(np.zeros((self.rows, self.cols), np.uint8))
         return color
 
-    def route(self, color: Color, rx, tx, where=None):
-        """Set the route of `color` at the selected PEs: accept from rx, forward to tx."""
+    def route(self, color: Color, rx, tx, where=None, switch=None):
+        """Set the route of `color` at the selected PEs: accept from rx, forward to tx.
+
+        switch=(rx2, tx2) gives the router a second position, which it takes
+        when its PE's stream sent with `fabout(..., advance_switch=True)` has
+        put its last wavelet in (and leaves again at the next such stream).
+        A wavelet from a port only the other position accepts waits upstream
+        until the switch moves (the way the hardware's fabric switches order
+        several senders on one color); one from a port neither accepts is a
+        RouteError."""
         mask = self._mask(where)
-        rx_mask, tx_mask = port_mask(rx), port_mask(tx)
-        if tx_mask == 0 and mask.any():
-            raise RouteError(f"color {color.name}: a route needs at least one tx port")
-        ys, xs = np.nonzero(mask)
-        for port, bad in ((isa.NORTH, ys == 0), (isa.SOUTH, ys == self.rows - 1),
-                          (isa.WEST, xs == 0), (isa.EAST, xs == self.cols - 1)):
-            if tx_mask >> port & 1 and bad.any():
-                i = int(np.argmax(bad))
-                raise RouteError(f"color {color.name}: PE ({xs[i]}, {ys[i]}) would send out of "
-                                 f"the grid through port {isa.PORT_NAMES[port]}")
-        self._route_rx[color.index][mask] = rx_mask
-        self._route_tx[color.index][mask] = tx_mask
+        positions = [(rx, tx)] + ([tuple(switch)] if switch is not None else [])
+        masks = []
+        for rx_p, tx_p in positions:
+            rx_mask, tx_mask = port_mask(rx_p), port_mask(tx_p)
+            if tx_mask == 0 and mask.any():
+                raise RouteError(f"color {color.name}: a route needs at least one tx port")
+            ys, xs = np.nonzero(mask)
+            for port, bad in ((isa.NORTH, ys == 0), (isa.SOUTH, ys == self.rows - 1),
+                              (isa.WEST, xs == 0), (isa.EAST, xs == self.cols - 1)):
+                if tx_mask >> port & 1 and bad.any():
+                    i = int(np.argmax(bad))
+                    raise RouteError(f"color {color.name}: PE ({xs[i]}, {ys[i]}) would send out "
+                                     f"of the grid through port {isa.PORT_NAMES[port]}")
+            masks.append((rx_mask, tx_mask))
+        self._route_rx[color.index][mask] = masks[0][0]
+        self._route_tx[color.index][mask] = masks[0][1]
+        rx2, tx2 = masks[1] if switch is not None else (0, 0)
+        self._switch_rx[color.index][mask] = rx2
+        self._switch_tx[color.index][mask] = tx2
 
     def route_masks(self, color: Color, rx: np.ndarray, tx: np.ndarray):
         """Set the whole (rows, cols) rx and tx port masks of `color` at once."""
@@ -596,9 +624,12 @@ class Program:
         """Receive `length` wavelets of `color` from this PE's ramp."""
         return self._fabric(isa.FABIN, color, length)
 
-    def fabout(self, color, length) -> Desc:
-        """Send `length` wavelets of `color` into this PE's router."""
-        return self._fabric(isa.FABOUT, color, length)
+    def fabout(self, color, length, advance_switch: bool = False) -> Desc:
+        """Send `length` wavelets of `color` into this PE's router. With
+        advance_switch, once the last one is in, the router takes the other
+        position of its switch for `color` (see `route(switch=...)`)."""
+        return dataclasses.replace(self._fabric(isa.FABOUT, color, length),
+                                   advance_switch=bool(advance_switch))
 
     # --- SRAM
     def buffer(self, name: str, shape, dtype: str = "float32", where=None) -> Buffer:
@@ -727,11 +758,12 @@ class Program:
         cfg = self.cfg
         n_pe = self.rows * self.cols
         ncolors = max(len(self.colors), 1)
-        route_rx = np.zeros((n_pe, ncolors), np.uint8)
-        route_tx = np.zeros((n_pe, ncolors), np.uint8)
+        # per (PE, color): rx, tx of switch position 0, then of position 1
+        route = np.zeros((n_pe, ncolors, 4), np.uint8)
         for c in range(len(self.colors)):
-            route_rx[:, c] = self._route_rx[c].reshape(-1)
-            route_tx[:, c] = self._route_tx[c].reshape(-1)
+            for k, masks in enumerate((self._route_rx, self._route_tx,
+                                       self._switch_rx, self._switch_tx)):
+                route[:, c, k] = masks[c].reshape(-1)
         code, imm, descs = [], [], []
         desc_index: dict[Desc, int] = {}
         task_pc, task_kind, task_color = [], [], []
@@ -790,7 +822,7 @@ class Program:
                     roles[role.index, 2] |= 1 << t.color
         static = Static(
             settings=np.zeros(0, np.int64),
-            route=np.stack([route_rx.reshape(-1), route_tx.reshape(-1)], axis=1),
+            route=route.reshape(-1, 4),
             instr=np.array(code, np.int64), instr_imm=np.array(imm, np.float32),
             desc=np.array(descs, np.int64).reshape(-1, isa.DESC_FIELDS),
             task=np.array([task_pc, task_kind, task_color], np.int64).T.reshape(-1, 3)
@@ -899,10 +931,14 @@ class Program:
         if code == isa.STATUS_ROUTE:
             where = self._pe_name(pe)
             if detail == isa.ROUTE_RX_MISMATCH:
-                rx = static.route[pe * len(self.colors) + color, engine.RX] if self.colors else 0
+                route = static.route[pe * len(self.colors) + color] if self.colors else [0] * 4
+                accepts = f"rx={{{port_names(int(route[engine.RX]))}}}"
+                if route[2 + engine.RX] or route[2 + engine.TX]:
+                    accepts += f" (rx={{{port_names(int(route[2 + engine.RX]))}}} in its " \
+                               f"switch's other position)"
                 raise RouteError(f"{where}, {self._color_name(color)}: a wavelet arrives from "
                                  f"port {isa.PORT_NAMES[port]} at cycle {cycle}, but the route "
-                                 f"accepts only rx={{{port_names(int(rx))}}}")
+                                 f"accepts only {accepts}")
             if detail == isa.ROUTE_OFF_GRID:
                 raise RouteError(f"{where}, {self._color_name(color)}: the route sends out of "
                                  f"the grid through port {isa.PORT_NAMES[port]} at cycle {cycle}")
@@ -1025,7 +1061,7 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
         sram_f32=arena.view(np.float32), sram_u16=arena.view(np.uint16),
         rq_val=rq_val, rq_entry=rq_entry, rq=rq, pq_val=pq_val, pq_entry=pq_entry, pq=pq,
         pe=pe, regs=np.zeros((n_pe, isa.NUM_REGISTERS), i64),
-        wavelet=np.zeros(n_pe, np.float32), slot=slot,
+        wavelet=np.zeros(n_pe, np.float32), slot=slot, switch=np.zeros(nq, i64),
         active=np.zeros((4, (n_pe + 63) // 64), i64), heap=np.zeros((2, 2 * n_pe + 16), i64),
         link_wavelets=np.zeros((n_pe, 4), i64),
         link_events=np.zeros((events, 5), i64), delivery_events=np.zeros((events, 4), i64),
