@@ -57,7 +57,7 @@ def run(quick: bool = True, cfg: wse.WaferConfig = wse.WSE2) -> list[dict]:
                 x = np.ones((1, P, B), np.float32)
                 group = []
                 for algorithm in algorithms:
-                    if C.colors_needed(collective, algorithm, P, B=B) > grid.num_colors:
+                    if C.colors_needed(collective, algorithm, P) > grid.num_colors:
                         continue
                     started = time.perf_counter()
                     _, report = call(x, grid, algorithm=algorithm)
@@ -95,12 +95,6 @@ def published_point(name: str, P: int, B: int, cfg: wse.WaferConfig = wse.WSE2) 
     grid = cfg.with_grid(1, P)
     row = {"algorithm": name, "P": P, "B": B, "published": PUBLISHED[name](P, B),
            "cycles": None, "rel_error": None, "agrees": None, "reason": ""}
-    if name == "star reduce":
-        need = C.colors_needed("reduce", "star", P, B=B)
-        if need > grid.num_colors:
-            row["reason"] = (f"star needs {need} colors (one per source for B > 1), "
-                             f"the config has {grid.num_colors}")
-            return row
     x = np.ones((1, P, B), np.float32)
     if name == "flood broadcast":
         _, report = C.broadcast(x, grid, root=0)

@@ -246,10 +246,12 @@ def _sequence(a: Emitter | None, b: Emitter | None) -> Emitter:
 #   ("send", c)              mov  fabout(c) <- data
 #   ("store", c)             mov  data <- fabin(c)
 #   ("fold", c)              data <- data (+|max) fabin(c)
-#   ("fold_each", cs)        for each element i, for each c in cs in turn:
-#                            data[i] <- data[i] (+|max) fabin(c)  (star's root)
-#   ("fold_merged", c, k)    data[0] <- data[0] (+|max) each of k wavelets of
-#                            fabin(c), in one instruction (star's root, B = 1)
+#   ("send_switch", c)       mov  fabout(c) <- data, then the router's switch
+#                            takes its second position (star's sources)
+#   ("fold_all", c, k, async) data[i mod B] <- data[i mod B] (+|max) fabin(c),
+#                            k vectors of B in one instruction (star's root;
+#                            asynchronous when both arms fold at once)
+#   ("wait",)                wait for the asynchronous operations
 #   ("fold_send", cin, cout) fabout(cout) <- fabin(cin) (+|max) data
 # where c is a wse.Color. Chains and trees are built from these.
 @dataclass
@@ -300,18 +302,14 @@ def _steps_emitter(program: list[tuple], data: wse.Buffer, n: int, op: str) -> E
                 t.mov(mine, prog.fabin(step[1], n))
             elif kind == "fold":
                 combine(mine, prog.fabin(step[1], n), mine)
-            elif kind == "fold_each":
-                at = t.reg()
-                t.set(at, 0)
-                here = data.view(at, 1)
-                with t.loop(n):
-                    for c in step[1]:
-                        combine(here, prog.fabin(c, 1), here)
-                    t.addi(at, 1)
-                prog.free_reg(at)
-            elif kind == "fold_merged":
-                acc = data.view(0, step[2], stride=0)
-                combine(acc, prog.fabin(step[1], step[2]), acc)
+            elif kind == "send_switch":
+                t.mov(prog.fabout(step[1], n, advance_switch=True), mine)
+            elif kind == "fold_all":
+                _, c, k, async_ = step
+                every = data.view(0, n * k, wrap=n)
+                combine(every, prog.fabin(c, n * k), every, async_=async_)
+            elif kind == "wait":
+                t.wait()
             elif kind == "fold_send":
                 combine(prog.fabout(step[2], n), prog.fabin(step[1], n), mine)
             else:                                   # pragma: no cover - internal
@@ -469,41 +467,8 @@ def _reduce_line_steps(line: _Line, algorithm: str, root: int, B: int, group_siz
         _add_chains(line, steps, [[far_root, root]], f"{name}j")
         return steps
     depth = max(len(plan) for _, plan in arms)
-    if algorithm == "star" and B == 1:
-        # one element per source: every source sends on ONE color; each router
-        # on an arm merges its own ramp with the stream from farther out (a
-        # route's rx may hold several ports), so one stream of P-1 wavelets
-        # reaches the root, which folds them all with one instruction into its
-        # element (a destination of stride 0: an accumulator)
-        _, _, fwd, back = routes._axis(line.prog, line.along)
-        c = line.prog.color(f"{name}s")
-        rx = np.zeros(P, np.uint8)
-        tx = np.zeros(P, np.uint8)
-        for i in range(P):
-            if i == root:
-                rx[i] = (routes.BIT[fwd] if i < P - 1 else 0) | (routes.BIT[back] if i > 0 else 0)
-                tx[i] = routes.BIT["RAMP"]
-                continue
-            outer = (i < P - 1) if i > root else (i > 0)
-            rx[i] = routes.BIT["RAMP"] | (routes.BIT[fwd if i > root else back] if outer else 0)
-            tx[i] = routes.BIT[back if i > root else fwd]
-            steps[i].append(("send", c))
-        routes.set_line_routes(line.prog, c, line.along, rx, tx, line.lines)
-        steps[root].append(("fold_merged", c, P - 1))
-        return steps
     if algorithm == "star":
-        # all sources stream at once, each on its own color (their paths all end
-        # in the root's router, so no two can share one). The root takes element
-        # i of every stream in turn, nearest source first, the longer arm first:
-        # the order in which the link into it delivers them (see _arm_cost)
-        sources = [root + sign * c[0] for sign, plan in arms for ph in plan for c in ph]
-        colors = []
-        for k, src in enumerate(sources):
-            c = routes.transfers(line.prog, line.along, [(src, root)], lines=line.lines,
-                                 name=f"{name}s{k}").colors[0]
-            steps[src].append(("send", c))
-            colors.append(c)
-        steps[root].append(("fold_each", tuple(colors)))
+        _add_star(line, steps, root, name)
         return steps
     for phase in range(depth):
         for sign, plan in arms:
@@ -511,6 +476,38 @@ def _reduce_line_steps(line: _Line, algorithm: str, root: int, B: int, group_siz
                 chains = [[root + sign * v for v in c] for c in plan[phase]]
                 _add_chains(line, steps, chains, f"{name}{phase}{'lh'[sign > 0]}")
     return steps
+
+
+def _add_star(line: _Line, steps, root: int, name: str) -> None:
+    """Route and program the star: every PE streams its vector to the root.
+
+    Each arm (the PEs on one side of the root) has one color. The fabric's
+    switches put the arm's streams in order, nearest source first: a
+    source's router first takes only its own ramp and, once its PE's stream
+    is in (`advance_switch`), only the stream from farther out, which has
+    waited upstream until then. So the root receives each arm as one stream
+    of whole vectors and folds it with one instruction over a descriptor
+    that wraps every B elements; with two arms the nearer-first fold runs
+    asynchronously beside the other (the root's ramp serialises them)."""
+    prog, P = line.prog, line.length
+    _, _, fwd, back = routes._axis(prog, line.along)
+    folds = []
+    for sign, inward, outward in ((-1, fwd, back), (+1, back, fwd)):
+        sources = [root + sign * v for v in range(1, P) if 0 <= root + sign * v < P]
+        if not sources:
+            continue
+        c = prog.color(f"{name}s{'lh'[sign > 0]}")
+        prog.route(c, rx=outward, tx="RAMP", where=line.mask_of(root))
+        for src in sources:
+            farthest = src == sources[-1]
+            prog.route(c, rx="RAMP", tx=inward, where=line.mask_of(src),
+                       switch=None if farthest else (outward, inward))
+            steps[src].append(("send", c) if farthest else ("send_switch", c))
+        folds.append((c, len(sources)))
+    for k, (c, count) in enumerate(folds):
+        steps[root].append(("fold_all", c, count, k < len(folds) - 1))
+    if len(folds) > 1:
+        steps[root].append(("wait",))
 
 
 # ----------------------------------------------------------------------------
@@ -765,33 +762,9 @@ def _arm_cost(algorithm: str, n: int, B: int, cfg, s: int | None = None) -> int:
     chain      sigma + (n-1)*T + B: the head's send moves its first
                element at sigma; every later PE handles it T after its
                upstream neighbour did.
-    star       see _star_cost. B = 1: one color merged at the routers and one
-               add of n-1 elements into a stride-0 accumulator: sigma + delta
-               + 2*T_R + H + (n-1) for H = 1. B > 1: the root's per-element
-               loop, ~B*((n-1)*(sigma+1) + 2c). With instruction costs 0:
-               2*T_R + H + (n-1)*B + (n-2)*(H-1). Every source streams to
-               the root on its own color; the root takes element i of every
-               stream in turn (source 1, 2, .., n-1), then element i+1. Its
-               ramp moves one wavelet a cycle and the first is ready at
-               2*T_R + H, so 2*T_R + H + (n-1)*B is the floor; round 0 also
-               waits for the farthest source's first element, ready at
-               2*T_R + (n-1)*H: the (n-2)*(H-1) term. With H = 1 the two
-               coincide and the engine meets the floor: the first elements
-               reach router 1 one cycle apart in source order, the link into
-               the root grants them in that order (round robin starts after
-               the color granted last) and keeps carrying, one a cycle, the
-               wavelet the root takes next; each stream needs only one slot
-               per round of n-1 cycles. For H > 1 this is a lower bound: the
-               first elements arrive H cycles apart, round robin gives the
-               gaps to near sources' later elements, and the far streams,
-               behind by those slots, stall the root later (measured: +10
-               cycles at n = 7, +83 at n = 16, +210 at n = 25 with H = 2).
-               (Draining one whole stream after another, as before, is
-               slower and has no simple form: while the first is folded, the
-               link into the root, and farther out the links shared by the
-               later streams, serve all streams round robin until the queues
-               on their paths are full, so the next streams too arrive at a
-               fraction of a link: 73% over this floor at n = 25, B = 16.)
+    star       see _star_cost: the root takes the arm's vectors in source
+               order, one wavelet a cycle from the first arrival,
+               sigma + delta + 2*T_R + H + (n-1)*B when H = 1.
     tree       binomial on n = 2^L: L levels, level l a stream over 2^l hops
                whose send issues when its sender is done with level l-1
                (start-up sigma, then Lat(2^l)):
@@ -850,42 +823,30 @@ def _arm_cost(algorithm: str, n: int, B: int, cfg, s: int | None = None) -> int:
 
 def _star_cost(low: int, high: int, B: int, cfg) -> int:
     """Star on a line whose root has `low` - 1 sources on one side and
-    `high` - 1 on the other (see _arm_cost for the derivation).
+    `high` - 1 on the other (_add_star: per arm one color whose switches
+    pass the sources' vectors in order, nearest first).
 
-    Source k, d_k hops away, streams from its issue at 0; its first element
-    is ready for the root at a_k = sigma + delta + 2*T_R + d_k*H.
-    B = 1 (one color, merged): the root's ramp takes one wavelet a cycle in
-    arrival order: t = max(t, a_k) + 1 over the sorted a_k.
-    B > 1 (one color per source): the root's loop takes element i of every
-    source in turn, the longer arm first, nearest first. Round 0: the add
-    for source k is issued when the previous one completes and moves its
-    element at max(previous + sigma, a_k), completing one cycle later (the
-    first add issues after the register set and the loop's set and test,
-    3c); then the offset update and the loop branch (2c). Every later
-    round: (P-1)*(sigma + 1) + 2c, its elements already queued. That, or
-    the ramp's floor sigma + delta + 2*T_R + H + (P-1)*B plus round 0's
-    wait for the farthest source of the longer arm, whichever is later
-    (with every instruction cost 0 the floor: exact for H = 1, a lower
-    bound for H > 1)."""
+    Source j hops away sends from its issue at 0; its vector's first element
+    can reach the root's datapath at a_j = sigma + delta + 2*T_R + j*H, and
+    the next source's vector follows it without a gap (its wavelets wait
+    upstream and enter the nearer router's queue the cycle after the switch
+    moves, behind the last wavelet still in it). The root's ramp takes one
+    wavelet a cycle from either arm, so its folds end like a single server
+    given whole vectors released at the a_j, in order:
+        t = max(t, a_j) + B   over the a_j of both arms, sorted,
+    and, with two arms, the wait's issue c. For H = 1 nothing is ever late:
+    sigma + delta + 2*T_R + H + (P-1)*B (+ c); the HPDC 2024 model of the
+    WSE-2 has B*(P-1) + 2*T_R + 1."""
     T_R, H = cfg.ramp_latency, cfg.hop_latency
-    su, dp, c = cfg.vector_startup_cycles, cfg.datapath_latency, cfg.scalar_op_cycles
-    first = su + dp + 2 * T_R
-    longer, shorter = max(low, high) - 1, min(low, high) - 1
-    sources = longer + shorter
-    if sources == 0:
-        return 0
-    if B == 1:
-        t = 0
-        for a in sorted([first + d * H for d in range(1, longer + 1)]
-                        + [first + d * H for d in range(1, shorter + 1)]):
-            t = max(t, a) + 1
-        return t
-    floor = first + H + sources * B + (longer - 1) * (H - 1)
-    t = 3 * c
-    for d in list(range(1, longer + 1)) + list(range(1, shorter + 1)):
-        t = max(t + su, first + d * H) + 1
-    rounds = t + 2 * c + (B - 1) * (sources * (su + 1) + 2 * c)
-    return max(floor, rounds)
+    first = cfg.vector_startup_cycles + cfg.datapath_latency + 2 * T_R
+    arrivals = sorted([first + j * H for j in range(1, low)]
+                      + [first + j * H for j in range(1, high)])
+    t = 0
+    for a in arrivals:
+        t = max(t, a) + B
+    if low > 1 and high > 1:
+        t += cfg.scalar_op_cycles
+    return t
 
 
 @lru_cache(maxsize=None)
@@ -1076,14 +1037,14 @@ def cost(collective: str, algorithm: str, P: int, B: int, cfg: wse.WaferConfig,
                       f"broadcast or shift")
 
 
-def colors_needed(collective: str, algorithm: str, P: int, root: int = 0,
-                  B: int | None = None) -> int:
-    """Colors a 1-D collective allocates (star: one per source, or a single
-    merged one when B = 1; allreduce adds the broadcast's)."""
+def colors_needed(collective: str, algorithm: str, P: int, root: int = 0) -> int:
+    """Colors a 1-D collective allocates (star: one per arm of the root;
+    allreduce adds the broadcast's)."""
     if P == 1:
         return 0
     if algorithm == "star":
-        return (1 if B == 1 else P - 1) + (1 if collective == "allreduce" else 0)
+        arms = (root > 0) + (root < P - 1)
+        return arms + (1 if collective == "allreduce" else 0)
     return 0            # the others need few colors (at most 4 per phase)
 
 
@@ -1092,7 +1053,7 @@ def choose(collective: str, P: int, B: int, cfg: wse.WaferConfig, root: int = 0,
     """The algorithm with the lowest cost() that fits the config's colors."""
     names = REDUCE_ALGORITHMS if collective == "reduce" else ALLREDUCE_ALGORITHMS
     feasible = [a for a in names
-                if colors_needed(collective, a, P, root, B) <= cfg.num_colors]
+                if colors_needed(collective, a, P, root) <= cfg.num_colors]
     return min(feasible, key=lambda a: (cost(collective, a, P, B, cfg, root=root), a))
 
 

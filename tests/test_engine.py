@@ -470,3 +470,82 @@ def test_run_options_reach_the_runs_inside_a_kernel(tmp_path):
     with pytest.raises(wse.ConfigError, match="unknown run options"):
         with wse.run_options(colour=True):
             pass
+
+
+def _two_senders_one_color(B, advance=True):
+    """PEs 1 and 2 stream B wavelets each to PE 0 on one color. PE 1's
+    router takes its own ramp first and, once PE 1's stream is in, PE 2's."""
+    cfg = wse.WSE2.with_grid(rows=1, cols=3)
+    prog = wse.Program(cfg)
+    c = prog.color("c")
+    prog.route(c, rx="E", tx="RAMP", where=prog.pes(cols=0))
+    prog.route(c, rx="RAMP", tx="W", where=prog.pes(cols=1), switch=("E", "W"))
+    prog.route(c, rx="RAMP", tx="W", where=prog.pes(cols=2))
+    x = prog.buffer("x", (2 * B,))
+    with prog.role("near", where=prog.pes(cols=1)).task("main", entry=True) as t:
+        t.mov(prog.fabout(c, B, advance_switch=advance), x.view(0, B))
+    with prog.role("far", where=prog.pes(cols=2)).task("main", entry=True) as t:
+        t.mov(prog.fabout(c, B), x.view(0, B))
+    with prog.role("root", where=prog.pes(cols=0)).task("main", entry=True) as t:
+        t.mov(x.view(), prog.fabin(c, 2 * B))
+    values = np.zeros((1, 3, 2 * B), np.float32)
+    values[0, 1, :B] = np.arange(B) + 100
+    values[0, 2, :B] = np.arange(B) + 200
+    prog.load(x, values)
+    return prog, x
+
+
+def test_a_switch_orders_two_senders_on_one_color():
+    """The far PE's stream waits at its router until the near PE's is in, then
+    follows it without a gap: PE 0 gets 100.., then 200.., in
+    S + D + 2 T_R + H + 2B cycles."""
+    B = 20
+    prog, x = _two_senders_one_color(B)
+    result = prog.run()
+    np.testing.assert_array_equal(result.read(x)[0, 0],
+                                  np.concatenate([np.arange(B) + 100, np.arange(B) + 200]))
+    cfg = prog.cfg
+    assert result.report.cycles == cfg.vector_startup_cycles + cfg.datapath_latency \
+        + 2 * cfg.ramp_latency + cfg.hop_latency + 2 * B
+    assert result.report.stall_cycles[0, 2] > 0          # the far PE waited for the switch
+
+
+def test_a_stream_for_a_switch_that_never_moves_deadlocks_and_a_stray_port_is_a_route_error():
+    prog, _ = _two_senders_one_color(4, advance=False)
+    with pytest.raises(wse.FabricDeadlockError):
+        prog.run(deadlock_window=200)
+    cfg = wse.WSE2.with_grid(rows=1, cols=3)
+    prog = wse.Program(cfg)
+    c = prog.color("c")
+    prog.route(c, rx="RAMP", tx="E", where=prog.pes(cols=0))
+    prog.route(c, rx="N", tx="RAMP", where=prog.pes(cols=1), switch=("S", "RAMP"))
+    buf = prog.buffer("buf", (2,))
+    with prog.role("src", where=prog.pes(cols=0)).task("main", entry=True) as t:
+        t.mov(prog.fabout(c, 2), buf.view())
+    with pytest.raises(wse.RouteError, match=r"rx=\{N\} \(rx=\{S\} in its switch's other position\)"):
+        prog.run()
+
+
+def test_a_wrapping_view_adds_k_vectors_into_one():
+    """add over 3 x 4 elements with wrap=4: acc[i mod 4] += stream[i]; a
+    memory operand wraps the same way."""
+    cfg = wse.WSE2.with_grid(rows=1, cols=2)
+    prog = wse.Program(cfg)
+    c = prog.color("c")
+    prog.route(c, rx="RAMP", tx="E", where=prog.pes(cols=0))
+    prog.route(c, rx="W", tx="RAMP", where=prog.pes(cols=1))
+    src = prog.buffer("src", (12,))
+    acc = prog.buffer("acc", (4,))
+    with prog.role("send", where=prog.pes(cols=0)).task("main", entry=True) as t:
+        t.mov(prog.fabout(c, 12), src.view())
+        t.add(acc.view(0, 12, wrap=4), src.view(), acc.view(0, 12, wrap=4))
+    with prog.role("fold", where=prog.pes(cols=1)).task("main", entry=True) as t:
+        t.add(acc.view(0, 12, wrap=4), prog.fabin(c, 12), acc.view(0, 12, wrap=4))
+    data = np.arange(12, dtype=np.float32)
+    prog.load(src, np.broadcast_to(data, (1, 2, 12)))
+    result = prog.run()
+    expected = data.reshape(3, 4).sum(axis=0)
+    np.testing.assert_array_equal(result.read(acc)[0, 1], expected)
+    np.testing.assert_array_equal(result.read(acc)[0, 0], expected)
+    with pytest.raises(wse.errors.ProgramError, match="wrap must be >= 0"):
+        acc.view(0, 4, wrap=-1)
