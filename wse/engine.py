@@ -16,7 +16,10 @@ Fabric
     and the slot a queue frees by sending in cycle t is seen by upstream
     senders from cycle t+1 on. A wavelet sent in cycle t is ready at the next
     router at t + hop_latency; router<->PE transfers take ramp_latency.
-  * A wavelet arriving on a port outside the route's rx set is a RouteError.
+  * A wavelet arriving on a port outside the route's rx set is a RouteError;
+    one that only the route's other switch position accepts waits upstream.
+    A router takes its other position once its PE's stream sent with
+    advance_switch has put its last wavelet in.
 
 PEs
   * A PE runs one task at a time on its main thread (slot 0) and up to
@@ -29,6 +32,12 @@ PEs
     full; a PE injects at most one wavelet per cycle into its ramp.
   * An element processed in cycle t completes at t+1; the run's time is the
     first cycle at which every PE is idle and the fabric is empty.
+  * A PE pays for what it issues: every instruction holds the main thread
+    for C_SCALAR_CYCLES; a vector instruction moves its first element
+    C_VECTOR_STARTUP cycles after its issue; an element put on the ramp
+    leaves the datapath C_DATAPATH cycles later; a task fired by a wavelet
+    or activated starts C_TASK_START cycles after it is picked; a
+    transcendental charges the passes of its software sequence.
 
 Time
   * Only routers with queued wavelets and PEs with work are visited; a PE that
