@@ -281,12 +281,15 @@ def plot(rows, out_dir) -> list[pathlib.Path]:
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     made = []
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, mode in zip(axes, ("prefill", "decode")):
+    modes = [m for m in ("prefill", "decode")
+             if any(r["mode"] == m and r.get("seconds") and "proxy" not in r["case"]
+                    for r in rows)]
+    if not modes:        # e.g. --part relayout: no layer to draw, keep an earlier plot
+        return made
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
         sel = [r for r in rows if r["mode"] == mode and r.get("seconds")
                and "proxy" not in r["case"]]
-        if not sel:
-            continue
         labels = [r["machine"] + ("" if r.get("emulated", True) else "\n(extrapolated)")
                   for r in sel]
         tps = [r["tokens"] / r["seconds"] for r in sel]
