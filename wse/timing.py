@@ -8,9 +8,9 @@ and tests hold each one equal to what the engine counts
 (tests/test_timing.py).
 
 The tile product (`TaskBuilder.matmul`) is the loop a CSL kernel issues: one
-FMAC vector instruction per row of the output tile (or per column, whichever
-issues fewer instructions), each followed by its descriptor offset updates
-and the loop branch.
+FMAC vector instruction per row of the output tile or per column, whichever
+nest `matmul_cycles` finds cheaper, each followed by its descriptor offset
+updates and the loop branch.
 """
 from __future__ import annotations
 
