@@ -36,7 +36,7 @@ FULL = QUICK + [(32, 4), (64, 8)]
 
 def run(quick: bool = True) -> list[dict]:
     from kernels import reference
-    from kernels.attention import attention
+    from kernels import attention
     rows = []
     per_row, hd = 4, 32
     for n, heads in (QUICK if quick else FULL):
@@ -68,7 +68,7 @@ def run(quick: bool = True) -> list[dict]:
 def llama_proxies(groups=(1, 2, 4, 8), target_group: int = 20) -> list[dict]:
     """One head, gemm algorithm, on 33g x g PEs (see the module docstring); the
     phases' cycles fitted a + b*g on the last two and evaluated at g = 20."""
-    from kernels.attention import attention
+    from kernels import attention
     rows = []
     for g in groups:
         R = 33 * g

@@ -9,7 +9,7 @@ shared core) and 8192^3 on 256x256 from its first steps (FIRST_STEPS).
 Where a full emulation is too long (8192^3 on 256x256: about 6.8e10
 wavelet-hops), `python -m benchmarks.gemm --first-steps ALGORITHM SIZE GRID
 K1 K2 [K3 ...]` emulates only the first K1, then the first K2, ... of the L
-steps on the full grid with the full-size tiles (kernels.gemm.gemm_first_steps),
+steps on the full grid with the full-size tiles (kernels.matmul.gemm_first_steps),
 extrapolates the last two linearly to L (`extrapolate_cycles`) and gives the
 cycles per step between consecutive runs (equal when the pace is steady); its
 row says "extrapolated": true and carries every partial run. The result of a partial
@@ -23,7 +23,6 @@ model_cycles(fabric skew) - model_cycles(host skew), as "skew_cycles_model".
 """
 from __future__ import annotations
 
-import importlib
 import json
 import resource
 import subprocess
@@ -44,8 +43,7 @@ def measure_point(algorithm: str, size: int, grid: int, dtype: str = "float16") 
     import numpy as np
 
     import wse
-    G = importlib.import_module("kernels.gemm")
-    from kernels import reference
+    from kernels import matmul as G, reference
     cfg = wse.WSE2.with_grid(rows=grid, cols=grid)
     rng = np.random.default_rng(0)
     A = rng.standard_normal((size, size)).astype(np.float32)
@@ -94,7 +92,7 @@ def measure_first_steps(algorithm: str, size: int, grid: int, ks: list[int],
     import numpy as np
 
     import wse
-    G = importlib.import_module("kernels.gemm")
+    from kernels import matmul as G
     cfg = wse.WSE2.with_grid(rows=grid, cols=grid)
     rng = np.random.default_rng(0)
     A = rng.standard_normal((size, size)).astype(np.float32)
@@ -140,7 +138,7 @@ def overflow_message(size: int = 2048, grid: int = 16) -> str:
     import numpy as np
 
     import wse
-    G = importlib.import_module("kernels.gemm")
+    from kernels import matmul as G
     cfg = wse.WSE2.with_grid(rows=grid, cols=grid)
     try:
         G.gemm(np.ones((size, size)), np.ones((size, size)), cfg, algorithm="meshgemm")

@@ -7,7 +7,6 @@ quick: 1K and 2K on 64x64; full: 4K, 8K and 16K on 256x256, and 16K on
 """
 from __future__ import annotations
 
-import importlib
 import json
 import resource
 import subprocess
@@ -25,8 +24,7 @@ def measure_point(algorithm: str, size: int, grid: int, dtype: str = "float16") 
     import numpy as np
 
     import wse
-    G = importlib.import_module("kernels.gemm")
-    V = importlib.import_module("kernels.gemv")
+    from kernels import matmul as G, matvec as V
     cfg = wse.WSE2.with_grid(rows=grid, cols=grid)
     rng = np.random.default_rng(0)
     W = rng.standard_normal((size, size), dtype=np.float32).astype(np.float16)

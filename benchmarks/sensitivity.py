@@ -5,7 +5,7 @@ For each WaferConfig constant that sets cycles and has no micro-level source
 have one (for comparison), the cycles at 0.5x and 2x of its value (integers:
 halved rounding down, never below the field's minimum) of
   * a chain reduce of B = 4 on a row of P = 300 PEs (emulated),
-  * MeshGEMM 2048^3 fp16 on 128 x 128, by its model (kernels.gemm.model_cycles),
+  * MeshGEMM 2048^3 fp16 on 128 x 128, by its model (kernels.matmul.model_cycles),
   * with --full, the LLaMA-3-8B decode layer (4,096-token context, fp16) on
     420 x 420 (emulated, about a minute a run).
 
@@ -14,7 +14,6 @@ halved rounding down, never below the field's minimum) of
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import time
 
 import numpy as np
@@ -43,13 +42,13 @@ def scaled(cfg: wse.WaferConfig, field: str, factor: float) -> int:
 
 
 def chain_cycles(cfg: wse.WaferConfig, P: int = 300, B: int = 4) -> int:
-    C = importlib.import_module("kernels.collectives")
+    from kernels import collectives as C
     x = np.ones((1, P, B), np.float32)
     return C.reduce(x, cfg.with_grid(1, P), algorithm="chain")[1].cycles
 
 
 def meshgemm_model_cycles(cfg: wse.WaferConfig, size: int = 2048, grid: int = 128) -> int:
-    G = importlib.import_module("kernels.gemm")
+    from kernels import matmul as G
     grid_cfg = cfg.with_grid(grid, grid)
     return G.model_cycles(G.plan(size, size, size, grid_cfg, "meshgemm"), grid_cfg)
 

@@ -4,13 +4,21 @@
     C, report = kernels.gemm(A, B, cfg, algorithm="meshgemm")
     y, report = kernels.gemv(W, x, cfg, algorithm="meshgemv")
     O, report = kernels.attention(Q, K, V, cfg, causal=True)
+
+A module is named for what it holds, a function for what it computes, and no
+function shares its module's name, so both stay reachable as attributes:
+kernels.gemm is the function and kernels.matmul its module (SUMMA, Cannon,
+MeshGEMM, plans, cost models); likewise kernels.gemv in kernels.matvec and
+kernels.attention in kernels.mesh_attention. The collectives (reduce,
+broadcast, allreduce, shift) live in kernels.collectives.
 """
-from . import collectives, models, reference, sharded
+from . import collectives, matmul, matvec, mesh_attention, models, reference, sharded
 from .collectives import allreduce, broadcast, reduce, shift
-from .gemm import gemm
-from .gemv import gemv
-from .attention import attention
+from .matmul import gemm
+from .matvec import gemv
+from .mesh_attention import attention
 from . import transformer
 
-__all__ = ["allreduce", "attention", "broadcast", "collectives", "gemm", "gemv", "models",
-           "reduce", "reference", "sharded", "shift", "transformer"]
+__all__ = ["allreduce", "attention", "broadcast", "collectives", "gemm", "gemv", "matmul",
+           "matvec", "mesh_attention", "models", "reduce", "reference", "sharded", "shift",
+           "transformer"]

@@ -116,7 +116,7 @@ class WaferKVCache:
     def from_kvcache(cls, model: ModelConfig, cache: KVCache, rows: int, cols: int,
                      policy: str = "shift", dtype: str = "float32") -> "WaferKVCache":
         """Place a host cache as prefill would have left it (GQA heads expanded)."""
-        from .attention import place_sequence
+        from .mesh_attention import place_sequence
         layout = FeatureLayout.heads(model.n_heads, model.head_dim, cols)
         seq = cache.length
         st = max(-(-seq // rows), 1)

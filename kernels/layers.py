@@ -2,7 +2,7 @@
 allreduces, norms, RoPE, activations, residuals and online softmax.
 
 These are *emitters*: functions that append instructions to a task of a
-Program someone else builds (kernels/attention.py, kernels/transformer.py),
+Program someone else builds (kernels/mesh_attention.py, kernels/transformer.py),
 so that one engine run can fuse a norm, a GEMV and its allreduce.
 
 Feature layouts

@@ -23,9 +23,9 @@ import wse
 from wse.errors import ConfigError
 
 from . import collectives, models, reference
-from .attention import attention
-from .gemm import gemm, model_cycles as gemm_model_cycles, plan as gemm_plan
-from .gemv import gemv, model_cycles as gemv_model_cycles, plan as gemv_plan
+from .matmul import gemm, model_cycles as gemm_model_cycles, plan as gemm_plan
+from .matvec import gemv, model_cycles as gemv_model_cycles, plan as gemv_plan
+from .mesh_attention import attention
 from .transformer import prefill
 
 
@@ -258,7 +258,7 @@ def _gemm_inputs(cfg, s, seed) -> Call:
 
 
 def _gemm_cost(cfg, call: Call) -> int:
-    """kernels.gemm.model_cycles of the call's plan."""
+    """kernels.matmul.model_cycles of the call's plan."""
     A, B = call.args[:2]
     options = {p: call.kwargs.get(p, default(gemm, p))
                for p in ("algorithm", "dtype", "accumulate", "transpose_b", "skew")}
@@ -281,7 +281,7 @@ def _gemv_inputs(cfg, s, seed) -> Call:
 
 
 def _gemv_cost(cfg, call: Call) -> int:
-    """kernels.gemv.model_cycles of the call's plan."""
+    """kernels.matvec.model_cycles of the call's plan."""
     W, x = call.args[:2]
     options = {p: call.kwargs.get(p, default(gemv, p))
                for p in ("algorithm", "dtype", "accumulate")}

@@ -27,7 +27,7 @@ kernels.layers.FeatureLayout). Phases per layer:
              initial skew, so the activation tiles are used where they are
              and the products land in the same layout)
   rope       RoPE (llama) or the Q/K/V biases (gpt2), elementwise
-  attention  kernels.attention.prefill_attention: attention="ring" (ring
+  attention  kernels.mesh_attention.prefill_attention: attention="ring" (ring
              attention along Y, partial scores reduced along X per head,
              online softmax) or "gemm" (scores by kernels.gemm with
              transpose_b, softmax by max- and sum-allreduces along X, P V by
@@ -86,11 +86,11 @@ from wse.config import DTYPES
 from wse.errors import ConfigError, SramOverflowError
 from wse.gpu import Cluster, GpuReport
 
-from .gemm import gemm as mesh_gemm
+from .matmul import gemm as mesh_gemm
 from . import collectives, reference, sharded
-from .attention import (GemmAttentionPlan, gather_sequence, gemm_layout_error,
-                        longest_gemm_sequence, matrix_to_tiles, place_sequence, prefill_attention,
-                        tiles_to_matrix)
+from .mesh_attention import (GemmAttentionPlan, gather_sequence, gemm_layout_error,
+                             longest_gemm_sequence, matrix_to_tiles, place_sequence,
+                             prefill_attention, tiles_to_matrix)
 from .kvcache import WaferKVCache
 from .layers import (NEG_INF, FeatureLayout, SegmentChannel, block_transpose_cycles,
                      block_transpose_hops, block_transpose_program, build_roles, emit_gelu,
@@ -431,7 +431,7 @@ def prefill(model: ModelConfig, weights: ModelWeights, x, target, *, dtype: str 
 
     attention (wafer only): "ring" (ring attention along Y, online softmax) or
     "gemm" (scores by kernels.gemm, softmax by max- and sum-allreduces along X,
-    P V by kernels.gemm; see kernels/attention.py).
+    P V by kernels.gemm; see kernels/mesh_attention.py).
 
     Returns (PrefillResult(hidden, cache), report): on a wafer the report is a
     wse.RunReport (phases in report.phases) and cache a WaferKVCache; on a

@@ -1,6 +1,8 @@
 """The layers import one way: wse (the machine) imports neither kernels nor
 benchmarks, kernels does not import benchmarks, and no module imports itself
-through others. Every import statement counts, those inside functions too."""
+through others. Every import statement counts, those inside functions too.
+And no function shares its module's name (a package's attribute is then
+either, depending on import order)."""
 from __future__ import annotations
 
 import ast
@@ -81,3 +83,42 @@ def test_no_import_cycles():
     for name in sorted(graph):
         if name not in state:
             visit(name)
+
+
+def _bindings(path: pathlib.Path, package: str, modules) -> dict[str, bool]:
+    """The names a module binds at top level, each with whether it is a module."""
+    bound = {}
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound[node.name] = False
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:
+                bound[alias.asname or alias.name] = f"{base}.{alias.name}" in modules
+        elif isinstance(node, ast.Assign):
+            bound.update((t.id, False) for t in node.targets if isinstance(t, ast.Name))
+    return bound
+
+
+def test_no_function_shares_its_module_s_name():
+    """A module is named for what it holds, a function for what it computes:
+    kernels.gemm is a function in kernels.matmul, so `kernels.matmul.plan` and
+    `kernels.gemm(...)` both resolve without importlib. A package binds no
+    non-module name that is also one of its submodules, and no module defines
+    a function or class of its own name."""
+    modules = _modules()
+    clashes = []
+    for name, path in modules.items():
+        short = name.rpartition(".")[2]
+        if path.name == "__init__.py":
+            bound = _bindings(path, name, modules)
+            clashes += [f"{name}.{n}" for n, is_module in bound.items()
+                        if not is_module and f"{name}.{n}" in modules]
+        else:
+            bound = _bindings(path, name.rpartition(".")[0], modules)
+            if bound.get(short) is False:
+                clashes += [f"{name}.{short}"]
+    assert clashes == []

@@ -54,7 +54,7 @@ SUMMA
   SUMMA here is not pipelined: broadcast A, broadcast B, then multiply.
 
 Costs: see `model_cycles` (first-principles formulas, checked against the
-engine in tests/kernels/test_gemm.py) and `expected_wavelet_hops`; both take
+engine in tests/kernels/test_matmul.py) and `expected_wavelet_hops`; both take
 steps= for a run of the first steps only (`gemm_first_steps`, for benchmarks
 too long to emulate in full: it returns the report, not the partial C).
 
@@ -417,7 +417,7 @@ def model_cycles(p: GemmPlan, cfg: wse.WaferConfig, steps: int | None = None) ->
     wavelet a cycle, from the first arrival on:
         S'[x, y] >= min(A's first arrival, B's first arrival) + tile_a + tile_b.
     With it the model is within FABRIC_SKEW_MODEL_BOUND of the engine
-    (tests/kernels/test_gemm.py). The model does not capture ramp turns
+    (tests/kernels/test_matmul.py). The model does not capture ramp turns
     between streams that start at different times, which is why meshgemm
     skews in turn: with both axes at once its model was 4.9% to 8.4% low
     (128^3 on 16 x 16 to 512^3 on 64 x 64) and 9.4% low at 2048^3 on

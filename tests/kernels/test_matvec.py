@@ -1,17 +1,12 @@
-"""kernels.gemv: results against the float64 reference, the documented layout
+"""kernels.matvec (kernels.gemv): results against the float64 reference, the documented layout
 (result replicated down each column), cycles against the model, errors."""
-import importlib
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import wse
-from kernels import collectives, reference
+from kernels import collectives, matmul as G, matvec as V, reference
 from wse.errors import ConfigError, SramOverflowError
-
-G = importlib.import_module("kernels.gemm")   # the modules (kernels.gemm is the function)
-V = importlib.import_module("kernels.gemv")
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

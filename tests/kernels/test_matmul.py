@@ -1,17 +1,13 @@
-"""kernels.gemm: results against the float64 reference, cycles against the
+"""kernels.matmul (kernels.gemm): results against the float64 reference, cycles against the
 first-principles model, wavelet-hops against what the algorithm must move,
 SRAM budget and input errors."""
-import importlib
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import wse
-from kernels import reference
+from kernels import matmul as G, reference
 from wse.errors import ConfigError, SramOverflowError
-
-G = importlib.import_module("kernels.gemm")   # the module (kernels.gemm is the function)
 
 
 def run_and_check(M, K, N, rows, cols, algorithm, dtype, transpose_b, accumulate="float32",
@@ -77,7 +73,7 @@ COST_CASES = [  # rows, cols, M, K, N, dtype
 ]
 
 
-# measured figures behind the bound: kernels.gemm.FABRIC_SKEW_MODEL_BOUND's comment
+# measured figures behind the bound: kernels.matmul.FABRIC_SKEW_MODEL_BOUND's comment
 SKEW_MODEL_BOUND = G.FABRIC_SKEW_MODEL_BOUND
 
 

@@ -35,7 +35,7 @@ kernels.collectives.cost (its docstring derives it).
 The accumulator (the partials and the reduction) is fp32 by default
 (accumulate="float32"), or fp16 with accumulate="float16".
 Tolerance: elementwise |y - y_ref| <= tol * (|W| @ |x|), tol as for GEMM
-(kernels.gemm.tolerance with steps = R: R*nt + 1 roundings of the accumulator
+(kernels.matmul.tolerance with steps = R: R*nt + 1 roundings of the accumulator
 cover the nt FMACs of the partial product and the R - 1 reduction steps).
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ from wse import timing
 from wse.errors import ConfigError, SramOverflowError
 
 from . import collectives
-from .gemm import _check_range, _matrix, check_common
+from .matmul import _check_range, _matrix, check_common
 
 ALGORITHMS = ("pipeline", "meshgemv")
 _ALLREDUCE = {"pipeline": "chain", "meshgemv": "ktree"}

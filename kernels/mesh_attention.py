@@ -1,7 +1,7 @@
 """Attention on the mesh: prefill attention and its standalone kernel.
 
-    O, report = kernels.attention.attention(Q, K, V, cfg, causal=True, dtype="float32",
-                                            algorithm="auto")   # "gemm" | "ring"
+    O, report = kernels.attention(Q, K, V, cfg, causal=True, dtype="float32",
+                                  algorithm="auto")   # "gemm" | "ring"
 
 algorithm="gemm" (the issue's): per head on its g columns, S = Q K^T by
 kernels.gemm (SUMMA, transpose_b), the causal and padding masks, row max by
@@ -66,7 +66,7 @@ from wse.config import DTYPES
 from wse.errors import ConfigError, SramOverflowError
 
 from . import reference
-from .gemm import gemm as mesh_gemm, plan as gemm_plan
+from .matmul import gemm as mesh_gemm, plan as gemm_plan
 from .layers import NEG_INF, FeatureLayout, SegmentChannel, build_roles, emit_rows
 
 
@@ -370,7 +370,7 @@ def k_move_lower_bounds(cfg: wse.WaferConfig, p: GemmAttentionPlan) -> dict:
              cycle, then copies its own a pieces (S + ceil(P / SIMD) each):
              (g-1) a P + max(h, a (S + ceil(P / SIMD))).
     Issue cycles and task starts are left out: the bounds stay bounds.
-    Measured on the small grids of tests/kernels/test_attention.py
+    Measured on the small grids of tests/kernels/test_mesh_attention.py
     (test_k_move_leaves_the_b_tiles_the_scores_gemm_needs' cases, WSE-2
     instruction costs): north 1.3x .. 3.8x its bound, south 2.7x .. 4.6x,
     row 1.8x .. 2.5x; the loops' issue cycles and the stalls where a PE's
