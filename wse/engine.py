@@ -1,6 +1,6 @@
 """The engine: one cycle-level loop over routers and PEs (Numba).
 
-Everything here interprets the flat tables that `wse.program` compiles; it
+Everything here interprets the flat tables that `wse.lowering` builds; it
 knows nothing about any algorithm. The rules it applies (machine.md):
 
 Fabric
@@ -60,8 +60,8 @@ from .isa import (
     OP_ACTIVATE, OP_ADD, OP_ADDS, OP_AFFINE, OP_BLT, OP_DOT, OP_END, OP_EXP,
     OP_FILL, OP_FMAC, OP_JUMP, OP_LOOP, OP_MAX, OP_MIN, OP_MODI,
     OP_MOV, OP_MUL, OP_RECIP, OP_RMAX, OP_RSQRT, OP_SCALE, OP_SET, OP_SETP,
-    OP_SIGMOID, OP_SUB, OP_SUBS, OP_SUM, OP_TANH, OP_WAIT, PROG_BAD_COLOR, PROG_BOUNDS,
-    PROG_UNALLOCATED, RAMP, ROUTE_NO_TX, ROUTE_OFF_GRID, ROUTE_RX_MISMATCH,
+    OP_SIGMOID, OP_SUB, OP_SUBS, OP_SUM, OP_TANH, OP_WAIT, DEADLOCK_LEFTOVER, DEADLOCK_STALLED,
+    DEADLOCK_UNFINISHED, PROG_BAD_COLOR, PROG_BOUNDS, PROG_UNALLOCATED, RAMP, ROUTE_NO_TX, ROUTE_OFF_GRID, ROUTE_RX_MISMATCH,
     SCALAR_IMMEDIATE, SCALAR_WAVELET, STATUS_CYCLE_LIMIT, STATUS_DEADLOCK,
     STATUS_NAN, STATUS_OK, STATUS_PROGRAM, STATUS_ROUTE, TASK_DATA,
 )
@@ -83,9 +83,16 @@ RECORD_LINKS, RECORD_DELIVERIES, RECORD_TASKS = 1, 2, 4
 (K_NEXT_WAVELET_ID, K_LINK_EVENTS, K_DELIVERY_EVENTS, K_TASK_EVENTS, K_FINISH,
  K_LAST_PROGRESS, K_STEPS_ROUTER, K_STEPS_PE, K_HEAP_SIZE, K_NOW) = range(10)
 K_ROUTER_LIST_LEN, K_PE_LIST_LEN = 10, 12     # two each: one per cycle parity
-(ST_CODE, ST_PE, ST_COLOR, ST_PORT, ST_CYCLE, ST_DETAIL, ST_DETAIL2) = range(14, 21)
-K_RUN_START = 21      # the cycle the run began: tasks picked then are already running
-COUNTERS = 22
+# The status: ST_CODE is an isa.STATUS_* code and ST_KIND the kind of failure
+# within it (isa.ROUTE_*, PROG_*, DEADLOCK_*); the other fields hold what the
+# failure involves, -1 (ST_COUNT: 0) where it involves none: the PE, the
+# color index, the router port, the cycle, the instruction, the buffer id, an
+# element index (out of a buffer's bounds, or the one that became NaN) and a
+# count (wavelets left in the fabric).
+(ST_CODE, ST_KIND, ST_PE, ST_COLOR, ST_PORT, ST_CYCLE, ST_INSTR, ST_BUF, ST_ELEMENT,
+ ST_COUNT) = range(14, 24)
+K_RUN_START = 24      # the cycle the run began: tasks picked then are already running
+COUNTERS = 25
 
 # pe: one row per PE (and its router); the fields every step touches come first
 (P_TASK, P_PC, P_PENDING, P_SLOTS_BUSY, P_SLEEP, P_R_NONEMPTY, P_R_RR, P_SLOT_RR,
@@ -175,15 +182,19 @@ def float_to_half_bits(value):
 # ----------------------------------------------------------------------------
 # Bookkeeping helpers: they take only the arrays they touch.
 @njit(cache=True, _nrt=False)
-def _fail(counters, code, pe, color, port, now, detail, detail2):
+def _fail(counters, code, kind, pe, color, port, now, instr=-1, buf=-1, element=-1, count=0):
+    """Record the run's first failure in the status fields (ST_*); later ones are ignored."""
     if counters[ST_CODE] == STATUS_OK:
         counters[ST_CODE] = code
+        counters[ST_KIND] = kind
         counters[ST_PE] = pe
         counters[ST_COLOR] = color
         counters[ST_PORT] = port
         counters[ST_CYCLE] = now
-        counters[ST_DETAIL] = detail
-        counters[ST_DETAIL2] = detail2
+        counters[ST_INSTR] = instr
+        counters[ST_BUF] = buf
+        counters[ST_ELEMENT] = element
+        counters[ST_COUNT] = count
 
 
 @njit(cache=True, _nrt=False)
@@ -386,7 +397,7 @@ def _router_step(S, st, r, now):
             continue
         tx = np.int64(S.route[q, 2 * st.switch[q] + TX])
         if tx == 0:
-            _fail(st.counters, STATUS_ROUTE, r, c, -1, now, ROUTE_NO_TX, 0)
+            _fail(st.counters, STATUS_ROUTE, ROUTE_NO_TX, r, c, -1, now)
             return
         if tx & used:
             continue
@@ -402,14 +413,14 @@ def _router_step(S, st, r, now):
             nx = x + (1 if port == 1 else (-1 if port == 3 else 0))
             ny = y + (1 if port == 2 else (-1 if port == 0 else 0))
             if nx < 0 or ny < 0 or nx >= cols or ny >= rows:
-                _fail(st.counters, STATUS_ROUTE, r, c, port, now, ROUTE_OFF_GRID, 0)
+                _fail(st.counters, STATUS_ROUTE, ROUTE_OFF_GRID, r, c, port, now)
                 return
             dq = (ny * cols + nx) * colors + c
             into = (port + 2) & 3           # the port it arrives on at the neighbour
             admits = _admits(S, st, dq, into)
             if admits < 0:
-                _fail(st.counters, STATUS_ROUTE, ny * cols + nx, c, into, now + hop,
-                      ROUTE_RX_MISMATCH, 0)
+                _fail(st.counters, STATUS_ROUTE, ROUTE_RX_MISMATCH, ny * cols + nx, c, into,
+                      now + hop)
                 return
             if admits == 0:              # its switch accepts this port only later
                 ok = False
@@ -512,13 +523,13 @@ def _resolve(S, st, p, d, count, now, ins):
         param = S.desc[d, D_OFFSET_REG]
         c = S.pe_params[p, param] if param >= 0 else S.desc[d, D_BUF_OR_COLOR]
         if c < 0 or c >= colors:
-            _fail(st.counters, STATUS_PROGRAM, p, c, -1, now, PROG_BAD_COLOR, ins)
+            _fail(st.counters, STATUS_PROGRAM, PROG_BAD_COLOR, p, c, -1, now, ins)
             return -1
         return p * colors + c
     buf = S.desc[d, D_BUF_OR_COLOR]
     addr = S.buf_addr[p, buf]
     if addr < 0:
-        _fail(st.counters, STATUS_PROGRAM, p, -1, -1, now, PROG_UNALLOCATED, ins * 1000 + buf)
+        _fail(st.counters, STATUS_PROGRAM, PROG_UNALLOCATED, p, -1, -1, now, ins, buf)
         return -1
     offset = S.desc[d, D_OFFSET]
     reg = S.desc[d, D_OFFSET_REG]
@@ -529,7 +540,7 @@ def _resolve(S, st, p, d, count, now, ins):
         count = wrap
     last = offset + (count - 1) * S.desc[d, D_STRIDE] if count > 0 else offset
     if offset < 0 or last < 0 or offset >= S.buf_len[buf] or last >= S.buf_len[buf]:
-        _fail(st.counters, STATUS_PROGRAM, p, -1, offset, now, PROG_BOUNDS, ins * 1000 + buf)
+        _fail(st.counters, STATUS_PROGRAM, PROG_BOUNDS, p, -1, -1, now, ins, buf, offset)
         return -1
     return addr // (4 if S.desc[d, D_DTYPE] == F32 else 2) + offset
 
@@ -585,7 +596,7 @@ def _memory_op(S, st, p, s, ins, n, now):
             else:
                 acc += va * _read(f32, u16, lut, db, bb + _element(S, b, i))
         if trap and acc != acc:
-            _fail(st.counters, STATUS_NAN, p, -1, -1, now, ins, 0)
+            _fail(st.counters, STATUS_NAN, 0, p, -1, -1, now, ins, -1, 0)
         _write(f32, u16, dd, bd, acc)
         st.pe[p, P_FLOPS] += n * S.flops_of_op[op]
         st.pe[p, P_SRAM_BYTES] += n * size_a * (2 if op == OP_DOT else 1) + size_d
@@ -596,7 +607,7 @@ def _memory_op(S, st, p, s, ins, n, now):
         vb = _read(f32, u16, lut, db, bb + _element(S, b, i)) if b >= 0 else np.float32(0.0)
         v = _apply(op, va, vb, s_val)
         if trap and v != v:
-            _fail(st.counters, STATUS_NAN, p, -1, -1, now, ins, i)
+            _fail(st.counters, STATUS_NAN, 0, p, -1, -1, now, ins, -1, i)
         _write(f32, u16, dd, bd + _element(S, dst, i), v)
     st.pe[p, P_FLOPS] += n * S.flops_of_op[op]
     operands = 1 + (a >= 0) + (b >= 0)
@@ -638,8 +649,8 @@ def _fabric_step(S, st, p, s, now, ramp_used):
             return WAIT_OUTPUT
         admits = _admits(S, st, bd, RAMP)
         if admits < 0:
-            _fail(st.counters, STATUS_ROUTE, p, bd - p * S.settings[C_NCOLORS], RAMP,
-                  now + S.settings[C_DATAPATH] + S.settings[C_RAMP], ROUTE_RX_MISMATCH, 0)
+            _fail(st.counters, STATUS_ROUTE, ROUTE_RX_MISMATCH, p, bd - p * S.settings[C_NCOLORS],
+                  RAMP, now + S.settings[C_DATAPATH] + S.settings[C_RAMP])
             return WAIT_OUTPUT
         if admits == 0:
             return WAIT_OUTPUT           # only this PE's own stream advances that switch
@@ -664,7 +675,7 @@ def _fabric_step(S, st, p, s, now, ramp_used):
         vb = np.float32(0.0)
     v = _apply(op, va, vb, _scalar(S, st, p, s, ins))
     if S.settings[C_TRAP_NAN] and v != v:
-        _fail(st.counters, STATUS_NAN, p, -1, -1, now, ins, i)
+        _fail(st.counters, STATUS_NAN, 0, p, -1, -1, now, ins, -1, i)
     if out_fabric:
         colors = S.settings[C_NCOLORS]
         # the result leaves the datapath C_DATAPATH cycles after its operands
@@ -742,7 +753,7 @@ def _start_op(S, st, p, s, ins, now):
         # huge register length would otherwise loop for hours)
         widest = max(S.settings[C_SIMD32], S.settings[C_SIMD16])
         if count > (S.settings[C_MAX_CYCLES] - now) * widest:
-            _fail(st.counters, STATUS_CYCLE_LIMIT, p, -1, -1, now, 0, 0)
+            _fail(st.counters, STATUS_CYCLE_LIMIT, 0, p, -1, -1, now)
             return False
         cost = _memory_op(S, st, p, s, ins, count, now)
         # a software sequence (exp, rsqrt, ...) issues its further instructions
@@ -1022,7 +1033,7 @@ def run(S, st):
             now = st.heap[0, 0]           # nobody is active: jump to the next timer
             continue
         if now >= max_cycles:
-            _fail(counters, STATUS_CYCLE_LIMIT, -1, -1, -1, now, 0, 0)
+            _fail(counters, STATUS_CYCLE_LIMIT, 0, -1, -1, -1, now)
             break
         for kind in range(2):             # routers, then PEs; each in index order
             row = 2 * kind + parity
@@ -1051,7 +1062,7 @@ def run(S, st):
         if counters[ST_CODE] != STATUS_OK:
             break
         if now - counters[K_LAST_PROGRESS] > window and counters[K_HEAP_SIZE] == 0:
-            _fail(counters, STATUS_DEADLOCK, -1, -1, -1, now, 1, 0)
+            _fail(counters, STATUS_DEADLOCK, DEADLOCK_STALLED, -1, -1, -1, now)
             break
         now += 1
     counters[K_NOW] = now
@@ -1071,11 +1082,11 @@ def _check_quiescent(S, st, now):
             if st.slot[p, s, S_INSTR] >= 0:
                 unfinished = True
         if unfinished:
-            _fail(st.counters, STATUS_DEADLOCK, p, -1, -1, now, 0, 0)
+            _fail(st.counters, STATUS_DEADLOCK, DEADLOCK_UNFINISHED, p, -1, -1, now)
             return
         for c in range(colors):
             q = p * colors + c
             left = st.rq[q, Q_COUNT] + st.pq[q, Q_COUNT]
             if left > 0:
-                _fail(st.counters, STATUS_DEADLOCK, p, c, -1, now, 2, left)
+                _fail(st.counters, STATUS_DEADLOCK, DEADLOCK_LEFTOVER, p, c, -1, now, -1, -1, -1, left)
                 return

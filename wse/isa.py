@@ -99,11 +99,18 @@ TRANSCENDENTAL_OPS = frozenset(SOFTWARE_SEQUENCE_PASSES)
 # Task kinds.
 TASK_LOCAL, TASK_DATA = 0, 1
 
-# Engine status codes (first entry of the status vector).
+# How a run ended: the engine's status code, then the kind of failure within
+# it (the engine's ST_CODE and ST_KIND status fields); `wse.diagnostics` turns
+# them into a WseError.
 STATUS_OK, STATUS_ROUTE, STATUS_DEADLOCK, STATUS_CYCLE_LIMIT, STATUS_PROGRAM, STATUS_NAN = range(6)
-# Route error kinds (status aux field).
+# STATUS_ROUTE: a route sends out of the grid; a wavelet arrives on a port the
+# route does not accept; a wavelet waits at a route with no tx port.
 ROUTE_OFF_GRID, ROUTE_RX_MISMATCH, ROUTE_NO_TX = 1, 2, 3
-# Program error kinds.
+# STATUS_PROGRAM: an instruction reaches outside a buffer; uses a buffer not
+# allocated on its PE; names a color index the program does not have.
 PROG_BOUNDS, PROG_UNALLOCATED, PROG_BAD_COLOR = 1, 2, 3
+# STATUS_DEADLOCK: nothing moved for the deadlock window; the run stopped with
+# a PE still holding work; with wavelets left in the fabric nobody consumes.
+DEADLOCK_STALLED, DEADLOCK_UNFINISHED, DEADLOCK_LEFTOVER = 1, 2, 3
 
 NUM_REGISTERS = 32    # emulation registers: loop counters and descriptor offsets (a tile product uses five)

@@ -21,7 +21,9 @@ A Program describes one run on a grid of PEs, SPMD style:
 Per-PE differences come from roles (which PEs run which tasks) and from
 integer parameters (`prog.param`), which a task loads into registers; a
 million PEs need neither a million programs nor a Python loop over PEs.
-Everything compiles to flat arrays that `wse.engine` interprets.
+Everything compiles to flat arrays that `wse.engine` interprets: the
+tables are built in `wse.lowering`, and a failed run's status becomes a
+WseError in `wse.diagnostics`.
 """
 from __future__ import annotations
 
@@ -34,10 +36,10 @@ from typing import Iterable
 
 import numpy as np
 
-from . import isa
+from . import diagnostics, isa, lowering
 from .config import DTYPES, WaferConfig
-from .errors import (ConfigError, CycleLimitError, FabricDeadlockError, FloatingPointTrap,
-                     ProgramError, RouteError, SramOverflowError, WseError)
+from .diagnostics import port_names
+from .errors import ConfigError, ProgramError, RouteError, SramOverflowError
 
 IN_PLACE_BYTES = 256 << 20
 
@@ -82,10 +84,6 @@ def port_mask(ports) -> int:
             raise RouteError(f"unknown router port {name!r}: expected N, E, S, W or RAMP")
         mask |= 1 << PORT_BY_NAME[key]
     return mask
-
-
-def port_names(mask: int) -> str:
-    return ",".join(n for i, n in enumerate(isa.PORT_NAMES) if mask >> i & 1) or "-"
 
 
 # ----------------------------------------------------------------------------
@@ -151,10 +149,25 @@ class Desc:
     wrap: int = 0                # memory: element i at offset + (i mod wrap) * stride
     advance_switch: bool = False     # fabric out: the last wavelet advances the router's switch
 
-    def row(self) -> list[int]:
-        return [self.kind, self.target, self.dtype, self.offset, self.offset_reg,
-                self.offset_scale, self.length, self.length_reg, self.stride, self.wrap,
-                int(self.advance_switch)]
+
+@dataclass(eq=False)
+class Instr:
+    """One instruction of a task, as the builder records it (`wse.lowering` turns
+    it into a row of the instruction table). r, imm, imm2 and imm3 mean what
+    `wse.isa` says for the op; a jump's imm is an instruction of the same task."""
+    op: int
+    dst: Desc | None = None
+    a: Desc | None = None
+    b: Desc | None = None
+    scalar: Desc | None = None       # a scalar operand in memory
+    wavelet: bool = False            # the scalar operand is the task's wavelet
+    value: float = 0.0               # the scalar operand when neither: an immediate
+    slot: int = 0
+    on_done: int = -1
+    r: int = -1
+    imm: int = 0
+    imm2: int = 0
+    imm3: int = 0
 
 
 WAVELET = "wavelet"
@@ -227,30 +240,26 @@ class TaskBuilder:
         self.local_index = local_index
         self.kind = kind
         self.color = color
-        self.code: list[list[int]] = []
-        self.imm: list[float] = []
-        self.descs: list[list[Desc | None]] = []   # dst, a, b, scalar per instruction
+        self.entry = False
+        self.code: list[Instr] = []
         self._next_slot = 0
 
     # --- plumbing
     def _emit(self, op, dst=None, a=None, b=None, s=None, slot=0, on_done=-1, r=-1,
               imm=0, imm2=0, imm3=0) -> int:
-        scalar_field = isa.SCALAR_IMMEDIATE
-        scalar_imm = 0.0
-        scalar_desc = None
+        ins = Instr(op, dst, a, b, slot=slot, on_done=on_done, r=r, imm=imm, imm2=imm2,
+                    imm3=imm3)
         if isinstance(s, Desc):
             if s.kind != isa.MEM:
                 raise ProgramError(f"task {self.name!r}: a scalar operand must be in memory")
-            scalar_desc = s
+            ins.scalar = s
         elif isinstance(s, str) and s == WAVELET:
             if self.kind != isa.TASK_DATA:
                 raise ProgramError(f"task {self.name!r}: only a data task has a wavelet operand")
-            scalar_field = isa.SCALAR_WAVELET
+            ins.wavelet = True
         elif s is not None:
-            scalar_imm = float(s)
-        self.code.append([op, -1, -1, -1, scalar_field, slot, on_done, r, imm, imm2, imm3])
-        self.imm.append(scalar_imm)
-        self.descs.append([dst, a, b, scalar_desc])
+            ins.value = float(s)
+        self.code.append(ins)
         return len(self.code) - 1
 
     def _slot(self, async_, slot) -> int:
@@ -439,7 +448,7 @@ class TaskBuilder:
         top = len(self.code)
         yield counter
         self._emit(isa.OP_LOOP, r=counter.index, imm=top)
-        self.code[guard][isa.I_IMM] = len(self.code)
+        self.code[guard].imm = len(self.code)
         self.role.program.free_reg(counter)
 
     def activate(self, task):
@@ -488,9 +497,7 @@ class Role:
 
     def data_task(self, name: str, color: Color) -> TaskBuilder:
         """A task that fires on each wavelet of `color` reaching this PE (operand WAVELET)."""
-        task = self._new_task(name, isa.TASK_DATA, color.index)
-        task.entry = False
-        return task
+        return self._new_task(name, isa.TASK_DATA, color.index)
 
 
 # TaskBuilder is used as `with role.task(...) as t:`
@@ -602,7 +609,11 @@ class Program:
         self._route_rx[color.index] = rx.copy()
         self._route_tx[color.index] = tx.copy()
 
-    def routes_of(self, color: Color) -> tuple[np.ndarray, np.ndarray]:
+    def routes_of(self, color: Color, position: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """The (rows, cols) rx and tx port masks of `color` in switch position 0
+        or 1 (zero where a PE's route has no second position)."""
+        if position == 1:
+            return self._switch_rx[color.index], self._switch_tx[color.index]
         return self._route_rx[color.index], self._route_tx[color.index]
 
     # --- fabric descriptors
@@ -754,89 +765,10 @@ class Program:
 
     # --- compile and run
     def compile(self):
-        from .engine import Static
-        cfg = self.cfg
-        n_pe = self.rows * self.cols
-        ncolors = max(len(self.colors), 1)
-        # per (PE, color): rx, tx of switch position 0, then of position 1
-        route = np.zeros((n_pe, ncolors, 4), np.uint8)
-        for c in range(len(self.colors)):
-            for k, masks in enumerate((self._route_rx, self._route_tx,
-                                       self._switch_rx, self._switch_tx)):
-                route[:, c, k] = masks[c].reshape(-1)
-        code, imm, descs = [], [], []
-        desc_index: dict[Desc, int] = {}
-        task_pc, task_kind, task_color = [], [], []
-        role_tasks, role_start, role_entry = [], [0], []
-        self._task_names = []
-        for role in self.roles:
-            entry = 0
-            for t in role.tasks:
-                base = len(code)
-                task_pc.append(base)
-                task_kind.append(t.kind)
-                task_color.append(t.color)
-                role_tasks.append(len(task_pc) - 1)
-                self._task_names.append((role.name, t.name, base))
-                if getattr(t, "entry", False):
-                    entry |= 1 << t.local_index
-                for row, value, ds in zip(t.code, t.imm, t.descs):
-                    row = list(row)
-                    if row[isa.I_OP] in (isa.OP_LOOP, isa.OP_JUMP, isa.OP_BLT):
-                        row[isa.I_IMM] += base
-                    for field, d in zip((isa.I_DST, isa.I_A, isa.I_B, isa.I_S), ds):
-                        if d is not None:
-                            if d not in desc_index:
-                                desc_index[d] = len(descs)
-                                descs.append(d.row())
-                            row[field] = desc_index[d]
-                    code.append(row)
-                    imm.append(value)
-                code.append([isa.OP_END] + [-1] * (isa.INSTR_FIELDS - 1))
-                imm.append(0.0)
-            role_start.append(len(role_tasks))
-            role_entry.append(entry)
-        if not code:
-            code.append([isa.OP_END] + [-1] * (isa.INSTR_FIELDS - 1))
-            imm.append(0.0)
-        params = np.zeros((n_pe, max(len(self.params), 1)), np.int64)
-        for i, p in enumerate(self.params):
-            params[:, i] = p.reshape(-1)
+        """The engine's tables for this program, (static, ncolors), built by
+        `wse.lowering` (static.settings is left for run to fill)."""
         self._ensure_arena()
-        buf_addr = np.full((n_pe, max(len(self.buffers), 1)), -1, np.int64)
-        for b in self.buffers:
-            buf_addr[:, b.id] = self._buffer_addresses(b)
-        flops = np.zeros(64, np.int64)
-        for op, f in isa.FLOPS_PER_ELEMENT.items():
-            flops[op] = f
-        passes = np.ones(64, np.int64)
-        if cfg.software_transcendentals:
-            for op, n in isa.SOFTWARE_SEQUENCE_PASSES.items():
-                passes[op] = n
-        roles = np.zeros((len(self.roles) + 1, 3), np.int64)
-        roles[:, 0] = role_start
-        roles[:-1, 1] = role_entry
-        for role in self.roles:
-            for t in role.tasks:
-                if t.kind == isa.TASK_DATA:
-                    roles[role.index, 2] |= 1 << t.color
-        static = Static(
-            settings=np.zeros(0, np.int64),
-            route=route.reshape(-1, 4),
-            instr=np.array(code, np.int64), instr_imm=np.array(imm, np.float32),
-            desc=np.array(descs, np.int64).reshape(-1, isa.DESC_FIELDS),
-            task=np.array([task_pc, task_kind, task_color], np.int64).T.reshape(-1, 3)
-            if task_pc else np.zeros((1, 3), np.int64),
-            role=roles,
-            role_tasks=np.array(role_tasks or [0], np.int64),
-            pe_role=self.pe_role.reshape(-1).astype(np.int64),
-            pe_params=params,
-            buf_len=np.array([b.size for b in self.buffers] or [0], np.int64),
-            buf_addr=buf_addr,
-            half_to_float=np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32),
-            flops_of_op=flops,
-            passes_of_op=passes,
-        )
+        static, ncolors, self._task_names = lowering.lower(self)
         return static, ncolors
 
     def run(self, max_cycles: int | None = None, deadlock_window: int | None = None,
@@ -865,30 +797,7 @@ class Program:
         if int(deadlock_window) < 1:
             raise ConfigError(f"deadlock_window = {deadlock_window}: must be >= 1")
         static, ncolors = self.compile()
-        cfg = self.cfg
-        settings = np.zeros(engine.SETTINGS_FIELDS, np.int64)
-        settings[engine.C_ROWS] = self.rows
-        settings[engine.C_COLS] = self.cols
-        settings[engine.C_RAMP] = cfg.ramp_latency
-        settings[engine.C_HOP] = cfg.hop_latency
-        settings[engine.C_QDEPTH] = cfg.queue_depth
-        settings[engine.C_IQDEPTH] = cfg.input_queue_depth
-        settings[engine.C_SLOTS] = cfg.async_slots
-        settings[engine.C_SCALAR_CYCLES] = cfg.scalar_op_cycles
-        settings[engine.C_VECTOR_STARTUP] = cfg.vector_startup_cycles
-        settings[engine.C_DATAPATH] = cfg.datapath_latency
-        settings[engine.C_TASK_START] = cfg.task_start_cycles
-        settings[engine.C_IPC] = cfg.instructions_per_cycle
-        settings[engine.C_SIMD32] = cfg.fmacs_per_cycle_fp32
-        settings[engine.C_SIMD16] = cfg.fmacs_per_cycle_fp16
-        settings[engine.C_NCOLORS] = ncolors
-        settings[engine.C_MAX_CYCLES] = int(max_cycles)
-        settings[engine.C_DEADLOCK_WINDOW] = int(deadlock_window)
-        settings[engine.C_TRAP_NAN] = int(bool(trap_nan))
-        settings[engine.C_RECORD] = (engine.RECORD_LINKS * record_links
-                                     + engine.RECORD_DELIVERIES * record_deliveries
-                                     + engine.RECORD_TASKS * trace)
-        static = static._replace(settings=settings)
+        static = static._replace(settings=lowering.settings(self.cfg, ncolors, options))
         if self._ran_in_place:
             raise ProgramError("this Program already ran in place (its SRAM image was large); "
                                "build it again to run it again")
@@ -896,115 +805,15 @@ class Program:
         # images over IN_PLACE_BYTES are used in place to halve peak memory.
         in_place = self._arena.nbytes > IN_PLACE_BYTES
         self._ran_in_place = in_place
-        state = new_state(static, self._arena if in_place else self._arena.copy(), ncolors, cfg,
-                          event_capacity if (record_links or record_deliveries or trace) else 0)
+        state = lowering.new_state(
+            static, self._arena if in_place else self._arena.copy(), ncolors, self.cfg,
+            event_capacity if (record_links or record_deliveries or trace) else 0)
         started = time.perf_counter()
         engine.run(static, state)
         wall = time.perf_counter() - started
-        self._raise_on_status(static, state)
+        diagnostics.raise_on_status(self, static, state)
         report = RunReport.from_state(self, static, state, wall)
         return RunResult(self, state, report)
-
-    # --- errors
-    def _pe_name(self, p: int) -> str:
-        return f"PE ({p % self.cols}, {p // self.cols})"
-
-    def _color_name(self, c: int) -> str:
-        if 0 <= c < len(self.colors):
-            col = self.colors[c]
-            return f"color {col.id} ({col.name})"
-        return f"color index {c}"
-
-    def _instr_name(self, ins: int) -> str:
-        owner = "?"
-        for role, task, base in self._task_names:
-            if base <= ins:
-                owner = f"role {role!r} task {task!r} instruction {ins - base}"
-        return owner
-
-    def _raise_on_status(self, static, state):
-        from . import engine
-        code, pe, color, port, cycle, detail, detail2 = (
-            int(v) for v in state.counters[engine.ST_CODE:engine.ST_DETAIL2 + 1])
-        if code == isa.STATUS_OK:
-            return
-        if code == isa.STATUS_ROUTE:
-            where = self._pe_name(pe)
-            if detail == isa.ROUTE_RX_MISMATCH:
-                route = static.route[pe * len(self.colors) + color] if self.colors else [0] * 4
-                accepts = f"rx={{{port_names(int(route[engine.RX]))}}}"
-                if route[2 + engine.RX] or route[2 + engine.TX]:
-                    accepts += f" (rx={{{port_names(int(route[2 + engine.RX]))}}} in its " \
-                               f"switch's other position)"
-                raise RouteError(f"{where}, {self._color_name(color)}: a wavelet arrives from "
-                                 f"port {isa.PORT_NAMES[port]} at cycle {cycle}, but the route "
-                                 f"accepts only {accepts}")
-            if detail == isa.ROUTE_OFF_GRID:
-                raise RouteError(f"{where}, {self._color_name(color)}: the route sends out of "
-                                 f"the grid through port {isa.PORT_NAMES[port]} at cycle {cycle}")
-            raise RouteError(f"{where}, {self._color_name(color)}: a wavelet is waiting at cycle "
-                             f"{cycle} but the route has no tx port")
-        if code == isa.STATUS_CYCLE_LIMIT:
-            limit = int(static.settings[engine.C_MAX_CYCLES])
-            raise CycleLimitError(f"the run reached max_cycles = {limit} before finishing "
-                                  f"(stopped at cycle {cycle}); "
-                                  f"{self._describe_waiting(static, state, limit=5)}")
-        if code == isa.STATUS_DEADLOCK:
-            if detail == 2:
-                raise FabricDeadlockError(
-                    f"{self._pe_name(pe)}, {self._color_name(color)}: {detail2} wavelet(s) are "
-                    f"left in the fabric at cycle {cycle} with nobody to consume them")
-            reason = ("nothing moved for the deadlock window" if detail == 1
-                      else "nothing can move any more")
-            raise FabricDeadlockError(f"deadlock at cycle {cycle}: {reason}; "
-                                      f"{self._describe_waiting(static, state)}")
-        if code == isa.STATUS_PROGRAM:
-            ins, buf = divmod(detail2, 1000)
-            if detail == isa.PROG_BAD_COLOR:
-                raise ProgramError(f"{self._pe_name(pe)}: {self._instr_name(detail2)} uses "
-                                   f"color index {color}, which is not a color of this program")
-            name = self.buffers[buf].name if buf < len(self.buffers) else "?"
-            if detail == isa.PROG_UNALLOCATED:
-                raise ProgramError(f"{self._pe_name(pe)}: {self._instr_name(ins)} uses buffer "
-                                   f"{name!r}, which is not allocated on this PE")
-            raise ProgramError(f"{self._pe_name(pe)}: {self._instr_name(ins)} reaches outside "
-                               f"buffer {name!r} ({self.buffers[buf].size} elements; offset "
-                               f"{port}) at cycle {cycle}")
-        if code == isa.STATUS_NAN:
-            raise FloatingPointTrap(f"{self._pe_name(pe)}: {self._instr_name(detail)} produced "
-                                    f"NaN at element {detail2}, cycle {cycle}")
-        raise WseError(f"engine status {code}")
-
-    def _describe_waiting(self, static, state, limit: int = 10) -> str:
-        """Which PEs still have work, and on which colors they wait."""
-        from . import engine
-        pe, slot = state.pe, state.slot
-        unfinished = np.nonzero((pe[:, engine.P_TASK] >= 0) | (pe[:, engine.P_PENDING] != 0)
-                                | (slot[:, :, engine.S_INSTR] >= 0).any(axis=1))[0]
-        parts = []
-        for p in unfinished[:limit]:
-            waits = []
-            for s in range(slot.shape[1]):
-                ins = slot[p, s, engine.S_INSTR]
-                if ins < 0:
-                    continue
-                for field, verb in ((isa.I_A, "receive"), (isa.I_B, "receive"),
-                                    (isa.I_DST, "send")):
-                    d = static.instr[ins, field]
-                    if d >= 0 and static.desc[d, isa.D_KIND] != isa.MEM:
-                        param = static.desc[d, isa.D_OFFSET_REG]
-                        c = (static.pe_params[p, param] if param >= 0
-                             else static.desc[d, isa.D_BUF_OR_COLOR])
-                        waits.append(f"{verb} on {self._color_name(int(c))} "
-                                     f"({slot[p, s, engine.S_PROGRESS]}/{slot[p, s, engine.S_LEN]}"
-                                     f" done)")
-            where = (self._instr_name(int(pe[p, engine.P_PC])) if pe[p, engine.P_TASK] >= 0
-                     else "between tasks")
-            parts.append(f"{self._pe_name(int(p))} [{where}] "
-                         + ("waits to " + ", ".join(waits) if waits else "waits"))
-        more = len(unfinished) - limit
-        text = "; ".join(parts) if parts else "no PE has work left"
-        return f"{len(unfinished)} PE(s) waiting: {text}" + (f"; and {more} more" if more > 0 else "")
 
 
 class RunResult:
@@ -1031,43 +840,6 @@ class RunResult:
                 idx = addr[chunk, None] // 2 + np.arange(buffer.size)
                 out[chunk] = self.state.sram_u16[idx].view(np.float16)
         return out.reshape((prog.rows, prog.cols) + buffer.shape)
-
-
-def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events: int):
-    """Fresh engine state for `static` over the SRAM bytes in `arena` (used as is)."""
-    from . import engine
-    n_pe = cfg.rows * cfg.cols
-    nq = n_pe * ncolors
-    depth, idepth = cfg.queue_depth, cfg.input_queue_depth
-    i64 = np.int64
-
-    def queues(d):
-        q = np.zeros((nq, 3), i64)
-        q[:, engine.Q_LAST_POP] = -1
-        return np.zeros(nq * d, np.float32), np.zeros((nq * d, 2), i64), q
-
-    pe = np.zeros((n_pe, engine.PE_FIELDS), i64)
-    for column in (engine.P_TASK, engine.P_STALL_SINCE, engine.P_BUSY_SINCE):
-        pe[:, column] = -1
-    pe[:, engine.P_WAKE] = engine.INF
-    pe[:, engine.P_X] = np.arange(n_pe) % cfg.cols
-    pe[:, engine.P_Y] = np.arange(n_pe) // cfg.cols
-    pe[:, engine.P_SLEEP] = engine.SLEEP_INPUT      # an idle PE wakes when a wavelet arrives
-    slot = np.zeros((n_pe, cfg.async_slots + 1, engine.SLOT_FIELDS), i64)
-    slot[:, :, engine.S_INSTR] = -1
-    rq_val, rq_entry, rq = queues(depth)
-    pq_val, pq_entry, pq = queues(idepth)
-    return engine.State(
-        sram_f32=arena.view(np.float32), sram_u16=arena.view(np.uint16),
-        rq_val=rq_val, rq_entry=rq_entry, rq=rq, pq_val=pq_val, pq_entry=pq_entry, pq=pq,
-        pe=pe, regs=np.zeros((n_pe, isa.NUM_REGISTERS), i64),
-        wavelet=np.zeros(n_pe, np.float32), slot=slot, switch=np.zeros(nq, i64),
-        active=np.zeros((4, (n_pe + 63) // 64), i64), heap=np.zeros((2, 2 * n_pe + 16), i64),
-        link_wavelets=np.zeros((n_pe, 4), i64),
-        link_events=np.zeros((events, 5), i64), delivery_events=np.zeros((events, 4), i64),
-        task_events=np.zeros((events, 4), i64),
-        counters=np.zeros(engine.COUNTERS, i64),
-    )
 
 
 def _pe_chunks(pes: np.ndarray, elements: int, budget: int = 1 << 24):
