@@ -1,7 +1,9 @@
-"""The encoding shared by the program builder and the engine.
+"""The encoding shared by lowering, the engine and diagnostics.
 
 A compiled program is a few flat integer tables; these constants name their
-columns and codes. The engine reads them as compile-time constants.
+columns and codes, and the codes a run ends with. `wse.lowering` writes the
+tables, the engine reads them as compile-time constants, and
+`wse.diagnostics` reads the status codes back.
 """
 
 # Router ports. A route's rx and tx sets are bitmasks of these.
