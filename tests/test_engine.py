@@ -455,6 +455,52 @@ def test_program_errors_name_the_pe_and_instruction():
         prog.run()
 
 
+
+def _status(prog) -> np.ndarray:
+    """Run `prog` through lowering and the engine directly: the counters, status included."""
+    from wse import engine, lowering
+    static, ncolors = prog.compile()
+    static = static._replace(settings=lowering.settings(prog.cfg, ncolors,
+                                                        wse.program.RUN_DEFAULTS))
+    state = lowering.new_state(static, prog._arena.copy(), ncolors, prog.cfg, 0)
+    engine.run(static, state)
+    return state.counters
+
+
+@pytest.mark.nojit
+def test_a_failure_carries_kind_instruction_buffer_and_element_in_fields_of_their_own():
+    from wse import engine, isa
+    prog = wse.Program(wse.WSE2.with_grid(rows=1, cols=2))
+    prog.buffer("pad", (8,))
+    a = prog.buffer("a", (4,))
+    role = prog.role("r")
+    with role.task("main", entry=True) as t:
+        r = t.reg()
+        t.set(r, 3)                                                 # instruction 0
+        t.mov(a.view(offset=r * 2, length=2), a.view(length=2))   # 1: elements 6..7 of 4
+    st = _status(prog)
+    assert (st[engine.ST_CODE], st[engine.ST_KIND]) == (isa.STATUS_PROGRAM, isa.PROG_BOUNDS)
+    assert (st[engine.ST_PE], st[engine.ST_INSTR], st[engine.ST_BUF], st[engine.ST_ELEMENT]) \
+        == (0, 1, a.id, 6)
+
+
+@pytest.mark.nojit
+def test_wavelets_nobody_consumes_are_a_leftover_deadlock_with_their_count():
+    from wse import engine, isa
+    prog = wse.Program(wse.WSE2.with_grid(rows=1, cols=2))
+    c = prog.color("c")
+    prog.route(c, rx="RAMP", tx="E", where=prog.pes(cols=0))
+    prog.route(c, rx="W", tx="RAMP", where=prog.pes(cols=1))
+    x = prog.buffer("x", (2,))
+    with prog.role("sender", where=prog.pes(cols=0)).task("main", entry=True) as t:
+        t.mov(prog.fabout(c, 2), x.view())
+    st = _status(prog)
+    assert (st[engine.ST_CODE], st[engine.ST_KIND]) == (isa.STATUS_DEADLOCK,
+                                                         isa.DEADLOCK_LEFTOVER)
+    assert (st[engine.ST_PE], st[engine.ST_COLOR], st[engine.ST_COUNT]) == (1, c.index, 2)
+    with pytest.raises(wse.FabricDeadlockError, match=r"PE \(1, 0\), color \d+ \(c\): 2 wavel"):
+        prog.run()
+
 def test_run_options_reach_the_runs_inside_a_kernel(tmp_path):
     """A kernel built of several runs is traced whole: phases follow each other."""
     from kernels.collectives import allreduce
