@@ -24,6 +24,16 @@ def _modules() -> dict[str, pathlib.Path]:
     return {_module_name(p): p for layer in LAYERS for p in sorted((ROOT / layer).rglob("*.py"))}
 
 
+def _absolute(node: ast.ImportFrom, package: str) -> str:
+    """The module a `from ... import` reads from, relative dots resolved
+    against `package`."""
+    base = node.module or ""
+    if node.level:
+        anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+        base = ".".join(anchor + ([base] if base else []))
+    return base
+
+
 def _imported(name: str, path: pathlib.Path, modules) -> set[str]:
     """The project modules that `name` imports: `from a import b` means a.b when
     that is a module, else a (its parent packages' __init__ are not counted:
@@ -34,10 +44,7 @@ def _imported(name: str, path: pathlib.Path, modules) -> set[str]:
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
-                base = ".".join(anchor + ([base] if base else []))
+            base = _absolute(node, package)
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
                        for a in node.names]
         else:
@@ -92,10 +99,7 @@ def _bindings(path: pathlib.Path, package: str, modules) -> dict[str, bool]:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             bound[node.name] = False
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
-                base = ".".join(anchor + ([base] if base else []))
+            base = _absolute(node, package)
             for alias in node.names:
                 bound[alias.asname or alias.name] = f"{base}.{alias.name}" in modules
         elif isinstance(node, ast.Assign):
