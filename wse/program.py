@@ -32,7 +32,6 @@ import contextvars
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 
