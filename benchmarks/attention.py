@@ -1,4 +1,4 @@
-"""kernels.attention on the mesh, algorithm "gemm" (the issue's: scores by
+"""kernels.attention on the mesh, algorithm "gemm" (scores by
 kernels.gemm, softmax by max- and sum-allreduces, P V by kernels.gemm) beside
 "ring" (ring attention, online softmax): cycles, traffic and accuracy.
 

@@ -419,8 +419,10 @@ def cmd_compare(args) -> int:
 
 
 def _wafer_side(transformer, model, weights, phase, seq, cfg, seed):
-    """One layer on the wafer through kernels.transformer (the API of
-    shared/design/architecture.md); returns its RunReport."""
+    """One layer on the wafer through kernels.transformer (`transformer`):
+    prefill of `seq` random hidden states, or one decode_step from the cache
+    of a float64 reference prefill of `seq` positions, with target=cfg;
+    returns the run's RunReport."""
     import numpy as np
 
     from kernels import reference

@@ -18,8 +18,10 @@ WSE-2 fabric model of Luczynski et al., "Near-Optimal Wafer-Scale Reduce"
     flood broadcast  B + P + 2 T_R
     chain reduce     B + (2 T_R + 2)(P - 1)
     star reduce      B (P - 1) + 2 T_R + 1
-Agreement: within max(5%, 3 cycles) (shared/design/machine.md). A point the
-engine cannot run is printed as not emulated, with the reason.
+Agreement: within max(5%, 3 cycles): the published formulas are models
+within a few percent of the hardware, so at small P and B a cycle or two
+either way is inside their own error. A point the engine cannot run is
+printed as not emulated, with the reason.
 """
 from __future__ import annotations
 

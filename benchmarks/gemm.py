@@ -2,9 +2,9 @@
 
 Every point runs in a child process (so its wall time and peak memory are its
 own): `python -m benchmarks.gemm --point ALGORITHM SIZE GRID` prints one JSON
-row. quick: 256^3 on 8x8 and 16x16 and 512^3 on 32x32; full: the issue's
-points, 2048^3 (fp16) on 64x64, 128x128, 256x256 (about 40 min each on a
-shared core) and 8192^3 on 256x256 from its first steps (FIRST_STEPS).
+row. quick: 256^3 on 8x8 and 16x16 and 512^3 on 32x32; full: 2048^3 (fp16)
+on 64x64, 128x128, 256x256 (about 40 min each on a shared core) and 8192^3
+on 256x256 from its first steps (FIRST_STEPS).
 
 Where a full emulation is too long (8192^3 on 256x256: about 6.8e10
 wavelet-hops), `python -m benchmarks.gemm --first-steps ALGORITHM SIZE GRID
@@ -216,7 +216,7 @@ def plot(rows: list[dict], out_dir) -> list:
 
 def _main(argv: list[str] | None = None) -> None:
     parser = command_line(
-        "gemm", __doc__, "the issue's full-size points",
+        "gemm", __doc__, "the full-size points (2048^3 and 8192^3, module docstring)",
         epilog="Without --point, --first-steps or --plot: run the quick (or --full) "
                "suite and print one JSON row per point.")
     mode = parser.add_mutually_exclusive_group()

@@ -107,7 +107,7 @@ def plot(rows: list[dict], out_dir) -> list:
 
 
 def _main(argv: list[str] | None = None) -> None:
-    parser = command_line("gemv", __doc__, "the issue's full-size points")
+    parser = command_line("gemv", __doc__, "the full-size points (4K to 16K, module docstring)")
     add_point_option(parser, ("ALGORITHM", "SIZE", "GRID"))
     args = parser.parse_args(argv)
     if args.point:

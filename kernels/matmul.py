@@ -31,7 +31,8 @@ Cannon and MeshGEMM (tiling on the least common multiple)
   its cycles and wavelet-hops are charged. Cannon shifts A and B in the
   same shifts, MeshGEMM A first, then B (`GemmPlan.skews_in_turn` says
   why). skew="host" loads the tiles already skewed and charges nothing for
-  the alignment (kept only to compare with figures measured that way).
+  the alignment: the steps alone, which the model gives to the cycle and
+  which benchmarks/gemm.py's first-steps runs emulate.
   - cannon: the ring is the line in physical order, so the wrap-around
     stream crosses the whole line (P-1 hops); each step multiplies, then
     shifts (no overlap).
@@ -85,7 +86,7 @@ from wse.errors import ConfigError, SramOverflowError
 ALGORITHMS = ("summa", "cannon", "meshgemm")
 # cannon/meshgemm's initial alignment: "fabric" shifts the tiles into place on
 # the rings and charges it (the default); "host" places them already skewed
-# and charges nothing for it (kept only to compare with earlier figures)
+# and charges nothing for it (the steps alone, as first-steps runs measure them)
 SKEWS = ("fabric", "host")
 
 # |cycles - model_cycles| / model_cycles with the skew on the fabric: the
@@ -161,16 +162,14 @@ class GemmPlan:
 
         On Cannon's rings neighbouring lines skew by amounts one shift apart,
         so a PE moving A and B in the same shifts pays the two ramp latencies
-        once per shift, and the PEs stay close to lockstep. On MeshGEMM's
-        interleaved rings neighbouring lines skew by about P/2 shifts apart;
-        shifting both at once ties every row's progress to every column's,
-        tiles of the first steps queue behind skew tiles at ramps still busy
-        with the skew, and the skew took longer than in turn (256^3 on 32 x 32:
-        8,860 against 8,619 cycles; 512^3 on 64 x 64: 18,042 against 17,387;
-        2048^3 on 256 x 256: 73,221 against 69,995).
-        In turn, each axis' phase is a lockstep shift of every line; cannon
-        in turn took 2.5% longer (24,773 against 25,390 cycles, 512^3 on
-        64 x 64)."""
+        once per shift, and the PEs stay close to lockstep; skewing in turn
+        is slower for Cannon. On MeshGEMM's interleaved rings neighbouring
+        lines skew by about P/2 shifts apart: shifting both at once ties
+        every row's progress to every column's, and tiles of the first steps
+        queue behind skew tiles at ramps still busy with the skew, which
+        costs more than skewing in turn, where each axis' phase is a
+        lockstep shift of every line. docs/gemm.md gives the cycles of both
+        orders for both algorithms."""
         return self.algorithm == "meshgemm"
 
     @property
@@ -418,11 +417,10 @@ def model_cycles(p: GemmPlan, cfg: wse.WaferConfig, steps: int | None = None) ->
         S'[x, y] >= min(A's first arrival, B's first arrival) + tile_a + tile_b.
     With it the model is within FABRIC_SKEW_MODEL_BOUND of the engine
     (tests/kernels/test_matmul.py). The model does not capture ramp turns
-    between streams that start at different times, which is why meshgemm
-    skews in turn: with both axes at once its model was 4.9% to 8.4% low
-    (128^3 on 16 x 16 to 512^3 on 64 x 64) and 9.4% low at 2048^3 on
-    256 x 256. skew="host": no skew shifts, the recurrence alone, equal to
-    the engine.
+    between streams that start at different times, which is one reason
+    meshgemm skews in turn: with both axes at once such turns are frequent
+    and the model comes out several percent low (docs/gemm.md).
+    skew="host": no skew shifts, the recurrence alone, equal to the engine.
 
     summa: step s has its A root at column s mod C and its B root at row
     s mod R. Per axis a PE posts its forward and backward receives (issues
@@ -448,8 +446,9 @@ def model_cycles(p: GemmPlan, cfg: wse.WaferConfig, steps: int | None = None) ->
 
     With cfg.without_instruction_costs() (c = sigma = delta = 0) every
     formula above is the model of the zero-cost engine (the issues cost
-    nothing and mm is mt*kt*ceil(nt/SIMD)); it equals the model before
-    instruction costs whenever nt (or mt) is a multiple of the SIMD width."""
+    nothing and mm is mt*kt*ceil(nt/SIMD), which is the tile's products at
+    full SIMD rate, ceil(mt*kt*nt/SIMD), whenever nt (or mt) is a multiple
+    of the SIMD width)."""
     R, C = p.rows, p.cols
     L = p.check_steps(steps)
     T, H = cfg.ramp_latency, cfg.hop_latency
@@ -624,12 +623,12 @@ def tolerance(dtype: str, accumulate: str, K: int, steps: int) -> float:
       + 2*(kt + 2)*2**-24     the fp32 dot products inside a tile product
       + (steps*kt + 1)*u(acc) the accumulator rounded after every FMAC
       + u(dtype)              C rounded to the output dtype.
-    The accumulator term was (steps + 1)*u(acc), one rounding per tile
-    product, while `matmul` was one instruction; it is now the FMAC loop
-    nest a PE runs, and the PE's FMAC stores (rounds to the accumulator's
-    dtype) once per instruction, i.e. kt times per tile product (an fp16
-    accumulator: 1.1e-3 relative error at K = 26 on 1 x 1, against a bound
-    of 9.8e-4 counting one rounding per step)."""
+    The accumulator term counts a rounding per FMAC instruction: a tile
+    product is a loop nest of FMACs, and each stores (rounds to the
+    accumulator's dtype), kt times per tile product. One rounding per tile
+    product, (steps + 1)*u(acc), would be too tight (an fp16 accumulator:
+    1.1e-3 relative error at K = 26 on 1 x 1, against such a bound of
+    9.8e-4)."""
     def unit(dt):
         return 2.0 ** -11 if dt == "float16" else 2.0 ** -24
     kt = -(-K // steps)
@@ -685,7 +684,8 @@ def gemm(A, B, cfg: wse.WaferConfig, algorithm: str = "meshgemm", dtype: str = "
     accumulator. skew (cannon, meshgemm): "fabric" (default) shifts the
     tiles into their initial alignment on the rings, charged in the cycles;
     "host" loads them already skewed and does not charge the alignment
-    (only to compare with figures measured that way). Returns (C, report):
+    (the steps alone, as benchmarks/gemm.py's first-steps runs measure
+    them). Returns (C, report):
     C of shape (M, N) in `dtype`; the
     report carries compute efficiency and report.extra["gemm"] (plan,
     model cycles, compute/stall split)."""

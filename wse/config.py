@@ -4,7 +4,8 @@ Every field says where its value comes from. Values the vendor has not
 published are marked ASSUMPTION; they are fields precisely so that a
 researcher can vary them and see what depends on them.
 
-Sources (see ../shared/design/machine.md for the full table):
+Sources (docs/engine.md tabulates the WSE-2 values with them; `wse info`
+prints every field):
   [SDK]   Cerebras SDK documentation (fabric sizes, colors, ports, link width)
   [HC34]  Hot Chips 34 presentation on WSE-2 (48 KiB SRAM per PE)
   [LLM]   WaferLLM, OSDI 2025 (1.1 GHz, fp32 FMAC rate)
@@ -86,14 +87,14 @@ class WaferConfig:
     arithmetic, loop counter and branch, activate, wait, descriptor offset
     updates; a vector instruction's issue; an asynchronous operation takes
     them from the main thread too). 1: the floor of an in-order core that
-    issues at most one instruction per cycle (machine.md); no per-instruction
-    figure is published, so a real PE may pay more (see the sensitivity
-    table in docs/engine.md). 0 restores free control instructions, at most
+    issues at most one instruction per cycle; no per-instruction figure is
+    published, so a real PE may pay more (see the sensitivity table in
+    docs/engine.md). 0 makes control instructions free, at most
     `instructions_per_cycle` of them per cycle."""
     vector_startup_cycles: int = 2
     """Cycles from a vector instruction's issue to its first element
     (descriptor fetch, first operand read), asynchronous ones too.
-    ASSUMPTION: not published; 'a start-up of a few cycles' [machine.md]."""
+    ASSUMPTION: not published; a start-up of a few cycles."""
     datapath_latency: int = 1
     """Cycles an element spends in the datapath between its operands'
     arrival and its result leaving on the ramp: an element received,

@@ -1,7 +1,8 @@
 """The engine: one cycle-level loop over routers and PEs (Numba).
 
 Everything here interprets the flat tables that `wse.lowering` builds; it
-knows nothing about any algorithm. The rules it applies (machine.md):
+knows nothing about any algorithm. The rules it applies (docs/engine.md
+numbers them and names the test of each):
 
 Fabric
   * One router per PE with ports N, E, S, W, RAMP and, per color, one FIFO of
