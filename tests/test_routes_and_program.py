@@ -106,3 +106,32 @@ def test_builder_rejects_malformed_programs():
         prog.load(a, np.zeros(3))
     with pytest.raises(wse.RouteError, match="unknown router port"):
         prog.route(c, rx="UP", tx="E")
+
+
+def test_deferred_loads_let_buffers_follow_them_and_land_in_order():
+    """prog.load(..., deferred=True) checks the shape at once, records the load
+    and writes it when the SRAM image is laid out, so a buffer can still be
+    allocated after it; an immediate load lays the image out and then refuses
+    new buffers."""
+    cfg = wse.WSE2.with_grid(rows=2, cols=3)
+    prog = wse.Program(cfg)
+    a = prog.buffer("a", (4,))
+    data = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    prog.load(a, np.full(4, -1.0), deferred=True)
+    prog.load(a, data, deferred=True)                   # the later load wins
+    with pytest.raises(wse.ProgramError, match="shape"):
+        prog.load(a, np.zeros(3), deferred=True)
+    b = prog.buffer("b", (2,), "float16")               # allowed: nothing written yet
+    prog.load(b, [1.5, 2.5], where=prog.pes(rows=1), deferred=True)
+    prog.role("idle_too")
+    result = prog.run()
+    np.testing.assert_array_equal(result.read(a), data)
+    np.testing.assert_array_equal(result.read(b)[1], np.broadcast_to([1.5, 2.5], (3, 2)))
+    np.testing.assert_array_equal(result.read(b)[0], np.zeros((3, 2)))
+    prog = wse.Program(cfg)
+    a = prog.buffer("a", (4,))
+    prog.load(a, data, deferred=True)
+    prog.load(a, np.zeros(4))                           # immediate: writes the deferred one first
+    with pytest.raises(wse.ProgramError, match="allocate every buffer before loading data"):
+        prog.buffer("late", (1,))
+    np.testing.assert_array_equal(prog.run().read(a), np.zeros((2, 3, 4)))

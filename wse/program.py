@@ -526,6 +526,7 @@ class Program:
         self.pe_role = np.zeros((self.rows, self.cols), np.int32)
         self._free_regs = list(range(isa.NUM_REGISTERS))
         self._arena = None
+        self._deferred: list = []                   # loads waiting for the SRAM image
         self._ran_in_place = False
 
     # --- selection of PEs
@@ -645,7 +646,8 @@ class Program:
     def buffer(self, name: str, shape, dtype: str = "float32", where=None) -> Buffer:
         """Allocate `shape` elements of `dtype` on the selected PEs (default: all)."""
         if self._arena is not None:
-            raise ProgramError(f"buffer {name!r}: allocate every buffer before loading data")
+            raise ProgramError(f"buffer {name!r}: allocate every buffer before loading data "
+                               f"(or load with deferred=True)")
         if dtype not in DTYPES:
             raise ConfigError(f"buffer {name!r}: dtype {dtype!r}, expected one of {DTYPES}")
         if any(b.name == name for b in self.buffers):
@@ -723,10 +725,18 @@ class Program:
         return role
 
     # --- data
-    def load(self, buffer: Buffer, data, where=None):
+    def load(self, buffer: Buffer, data, where=None, deferred: bool = False):
         """Write `data` into `buffer` on the selected PEs.
 
-        data: shape buffer.shape (same on every PE) or (rows, cols, *buffer.shape)."""
+        data: shape buffer.shape (same on every PE) or (rows, cols, *buffer.shape).
+
+        The SRAM image is laid out when the first immediate load (or compile)
+        needs it, and no buffer can be allocated after that. deferred=True
+        checks the shape now and records the load instead: recorded loads are
+        written, in the order they were made, when the image is laid out (at
+        the next immediate load, compile or run). A builder can then allocate
+        and load each buffer together, in whatever order reads best. The
+        program keeps a reference to `data` (no copy) until then."""
         data = np.asarray(data)
         per_pe = (self.rows, self.cols) + buffer.shape
         if data.shape == buffer.shape or data.size == buffer.size and data.ndim <= 1 \
@@ -736,6 +746,13 @@ class Program:
             raise ProgramError(f"load into {buffer.name!r}: data has shape {data.shape}, expected "
                                f"{buffer.shape} or {per_pe}")
         mask = self._mask(where) & buffer.where
+        if deferred and self._arena is None:
+            self._deferred.append((buffer, data, mask))
+            return
+        self._write(buffer, data, mask)
+
+    def _write(self, buffer: Buffer, data: np.ndarray, mask: np.ndarray):
+        """Write the checked (rows, cols, *shape) `data` into the SRAM image."""
         arena = self._ensure_arena()
         flat = data.reshape(self.rows * self.cols, buffer.size)
         addr = self._buffer_addresses(buffer)
@@ -754,6 +771,9 @@ class Program:
             used = self._sram_used.reshape(-1)
             self._pe_base = np.concatenate([[0], np.cumsum(used)[:-1]]).astype(np.int64)
             self._arena = np.zeros(max(int(used.sum()), 4), np.uint8)
+            deferred, self._deferred = self._deferred, []
+            while deferred:                 # drop each array once it is written
+                self._write(*deferred.pop(0))
         return self._arena
 
     def _buffer_addresses(self, buffer: Buffer) -> np.ndarray:
