@@ -15,7 +15,7 @@ SIZES = [1 << e for e in range(10, 34, 2)] + [8 << 30]   # 1 KiB ... 8 GiB
 # Published all-reduce figures: (cluster key, nbytes) -> (kind, value, source)
 PUBLISHED = {
     ("8xH100", 1 << 10): [
-        ("time_us", 25.0, "design/algorithms.md (cloud-vendor nccl-tests, no CUDA graphs)"),
+        ("time_us", 25.0, "cloud-vendor nccl-tests results, no CUDA graphs"),
         ("time_us", 16.4, "deepseek-ai/DeepEP#303: 8xH20 (same NVLink 4/NVSwitch fabric), 1 KiB"),
     ],
     ("8xH100", 8 << 30): [
@@ -26,7 +26,7 @@ PUBLISHED = {
                        "(NCCL_ALGO=Ring)"),
     ],
     ("8xA100", 8 << 30): [
-        ("busbw_GBps", 230.0, "design/algorithms.md (published 8xA100 SXM nccl-tests)"),
+        ("busbw_GBps", 230.0, "published 8xA100 SXM nccl-tests results"),
     ],
     ("8xA100", 1 << 30): [
         ("busbw_GBps", 200.0, "NVIDIA/nccl-tests#149: 8xA100-SXM4-80GB (HPE Apollo 6500), "

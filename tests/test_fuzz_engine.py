@@ -119,9 +119,10 @@ def test_fuzz_random_routes_with_a_sender_everywhere(data):
 def test_a_flood_completes_on_any_latencies_and_queue_depths(cfg, data):
     """A flood from one root along a row or column, every other PE of the line
     receiving the whole stream, cannot deadlock whatever the latencies and queue
-    depths: it completes and every wavelet follows its route. (This found a
-    false deadlock with ramp_latency = 1 and queue_depth = 1: a sender that saw
-    a full queue slept through the cycle its credit came back.)"""
+    depths: it completes and every wavelet follows its route. (The hard case
+    is ramp_latency = 1 and queue_depth = 1: a sender that sees a full queue
+    must not sleep through the cycle its credit comes back, or the run
+    reports a false deadlock.)"""
     spec = data.draw(testing.routes(cfg.rows, cfg.cols, 1, 1).filter(
         lambda specs: specs[0].how == "line"))[0]
     n = data.draw(st.integers(1, 5))

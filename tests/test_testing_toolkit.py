@@ -20,8 +20,7 @@ from wse import testing
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README_PATH = ROOT / "README.md"
-"""The file whose "Testing your own kernel" section holds the example (to be
-pointed at README.md once the section is copied there)."""
+"""The file whose "Testing your own kernel" section holds the example."""
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NP = {"float32": np.float32, "float16": np.float16}
 

@@ -173,7 +173,7 @@ def test_float64_and_integer_inputs_come_back_as_float32():
 TIMING_P = (2, 7, 32, 128)
 TIMING_B = (1, 64, 1024)
 # every cost model holds with the instruction costs (the default) and without
-# them (the zero-cost special case gives the old timings exactly)
+# them (the idealised PE of cfg.without_instruction_costs())
 CONFIGS = pytest.mark.parametrize("base", [wse.WSE2, wse.WSE2.without_instruction_costs()],
                                   ids=["costs", "zero"])
 

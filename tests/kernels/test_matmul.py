@@ -93,14 +93,16 @@ def assert_cycles_near_the_model(cycles: int, model: int, algorithm: str, skew: 
 @pytest.mark.parametrize("costs", ["instruction costs", "zero-cost"])
 def test_cycles_equal_the_model_and_hops_exact(rows, cols, M, K, N, dtype, algorithm, skew,
                                                costs):
-    """The issue asks for 10%. The steps' model is exact: summa, and
-    cannon/meshgemm with skew="host" (no skew shifts) equal it to the cycle.
+    """A cost model must be within 10%; this one does better. The steps'
+    model is exact: summa, and cannon/meshgemm with skew="host" (no skew
+    shifts) equal it to the cycle.
     The fabric skew (the default) makes the lines shift different amounts,
     which the model follows to within SKEW_MODEL_BOUND (why: model_cycles'
     docstring); its wavelet-hops are exact all the same. Both with the
     default instruction costs and with every one of them 0
-    (cfg.without_instruction_costs(): the old engine, and the old model on
-    these shapes, whose tile rows are multiples of the SIMD width)."""
+    (cfg.without_instruction_costs(): a tile product is then its products
+    at full SIMD rate, these shapes' tile rows being multiples of the SIMD
+    width)."""
     cfg = wse.WSE2.with_grid(rows=rows, cols=cols)
     if costs == "zero-cost":
         cfg = cfg.without_instruction_costs()
@@ -223,8 +225,8 @@ def test_summa_on_a_square_grid_follows_the_chain_of_roots(P, n):
     backward copies reach the far corner, (P-1) hops on each axis.
     With 2 x 2 tiles on 16 x 16 a receiver far from the root lags it by more
     than a tile (15 hops against 4 wavelets), yet the root never waits for
-    it: the queues on those 15 hops hold the whole tile (a model that made
-    the root wait for its latest receiver was 47% high here, 64% at 2048^3
+    it: the queues on those 15 hops hold the whole tile (a model that makes
+    the root wait for its latest receiver is 47% high here, 64% at 2048^3
     on 256 x 256).
     That chain is the zero-cost engine's (cfg.without_instruction_costs());
     with instruction costs the roots' and receivers' issues (per step and

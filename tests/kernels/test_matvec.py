@@ -39,9 +39,9 @@ def test_gemv_matches_float64_reference_and_replicates_down_columns(m, n, batch,
 @pytest.mark.parametrize("algorithm", V.ALGORITHMS)
 @pytest.mark.parametrize("costs", ["instruction costs", "zero-cost"])
 def test_cycles_match_the_model(rows, cols, m, n, batch, algorithm, costs):
-    """The issue asks for 10%; the model (the tile product's loop nest, then
-    the collective's own model) equals the engine, with the default
-    instruction costs and with every one of them 0."""
+    """A cost model must be within 10%; this one (the tile product's loop
+    nest, then the collective's own model) equals the engine, with the
+    default instruction costs and with every one of them 0."""
     cfg = wse.WSE2.with_grid(rows=rows, cols=cols)
     if costs == "zero-cost":
         cfg = cfg.without_instruction_costs()
