@@ -20,7 +20,7 @@ Appending the new position of a decode step (placement policies):
     r+1..R-1 sends 2*w values one hop (w: its K/V features).
 Which slot a position goes to is decided by the host (it is bookkeeping: a
 slot index per PE and step, loaded as a program parameter); the data moves
-on the fabric.
+on the fabric: kv_update_phase is the decode layer's "kv_update" phase.
 
 SRAM: the emulation allocates the cache buffers at the largest row's size on
 every PE (one Program buffer has one shape), so an overflow is detected
@@ -32,9 +32,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+import wse
+from wse import routes
 from wse.errors import ConfigError
 
-from .layers import NEG_INF, FeatureLayout
+from .layers import NEG_INF, FeatureLayout, place_sequence, run_phase
 from .models import KVCache, ModelConfig
 
 POLICIES = ("shift", "append")
@@ -116,7 +118,6 @@ class WaferKVCache:
     def from_kvcache(cls, model: ModelConfig, cache: KVCache, rows: int, cols: int,
                      policy: str = "shift", dtype: str = "float32") -> "WaferKVCache":
         """Place a host cache as prefill would have left it (GQA heads expanded)."""
-        from .mesh_attention import place_sequence
         layout = FeatureLayout.heads(model.n_heads, model.head_dim, cols)
         seq = cache.length
         st = max(-(-seq // rows), 1)
@@ -186,6 +187,74 @@ class WaferKVCache:
             sp[r - 1, dst] = sp[r, src]
             sp[r, src] = -1
         sp[insert[0], insert[1]] = position
+
+
+def kv_update_phase(cfg: wse.WaferConfig, cache: WaferKVCache, layer: int, new_kv, moves,
+                    insert, dtype: str):
+    """The "kv_update" phase of a decode layer: the moves of `cache.plan_append`
+    (row r sends slot src north, row r - 1 receives it into slot dst, both
+    rows' biases updated) and the insert of the new position's K and V on the
+    last row. new_kv: (R, C, 2*w) the new K | V along X, as the qkv phase
+    leaves them. Replaces cache.keys[layer] and cache.values[layer] with the
+    read-back cache; returns (bias (R, C, cap) as the run leaves it, report).
+    The slot table is updated later by commit_append, once for all layers."""
+    R, C = cfg.rows, cfg.cols
+    wa = cache.layout.width
+    cap = cache.capacity
+    prog = wse.Program(cfg)
+    kb = prog.buffer("k_cache", (cap * wa,), dtype)
+    vb = prog.buffer("v_cache", (cap * wa,), dtype)
+    bb = prog.buffer("bias", (cap,), "float32")
+    newkv = prog.buffer("new_kv", (2 * wa,), dtype)
+    prog.load(kb, cache.keys[layer].reshape(R, C, cap * wa), deferred=True)
+    prog.load(vb, cache.values[layer].reshape(R, C, cap * wa), deferred=True)
+    prog.load(bb, np.broadcast_to(cache.bias()[:, None, :], (R, C, cap)), deferred=True)
+    prog.load(newkv, new_kv, deferred=True)
+    send_slot = np.full((R, C), 0, np.int64)
+    recv_slot = np.full((R, C), 0, np.int64)
+    sender = np.zeros((R, C), bool)
+    receiver = np.zeros((R, C), bool)
+    for row, src, dst in moves:
+        send_slot[row] = src
+        recv_slot[row - 1] = dst
+        sender[row] = True
+        receiver[row - 1] = True
+    inserter = np.zeros((R, C), bool)
+    inserter[insert[0]] = True
+    ins_slot = insert[1]
+    p_send = prog.param("send_slot", send_slot)
+    p_recv = prog.param("recv_slot", recv_slot)
+    if moves:
+        plan = routes.transfers(prog, "y", [(row, row - 1) for row, _, _ in moves], name="kvmv")
+        s_color = prog.color_param_indices("mv_send", plan.send_color)
+        r_color = prog.color_param_indices("mv_recv", plan.recv_color)
+    key = sender * 1 + receiver * 2 + inserter * 4
+    for value in np.unique(key):
+        if value == 0:
+            continue
+        role = prog.role(f"kv{value}", where=key == value)
+        with role.task("main", entry=True) as t:
+            rs, rr = t.reg(), t.reg()
+            t.set(rs, p_send)
+            t.set(rr, p_recv)
+            if value & 2:
+                t.mov(kb.view(offset=rr * wa, length=wa), prog.fabin(r_color, wa), async_=True)
+            if value & 1:
+                t.mov(prog.fabout(s_color, wa), kb.view(offset=rs * wa, length=wa))
+                t.mov(prog.fabout(s_color, wa), vb.view(offset=rs * wa, length=wa))
+                t.fill(bb.view(offset=rs, length=1), NEG_INF)
+            if value & 2:
+                t.wait()
+                t.mov(vb.view(offset=rr * wa, length=wa), prog.fabin(r_color, wa))
+                t.fill(bb.view(offset=rr, length=1), 0.0)
+            if value & 4:
+                t.mov(kb.view(ins_slot * wa, wa), newkv.view(0, wa))
+                t.mov(vb.view(ins_slot * wa, wa), newkv.view(wa, wa))
+                t.fill(bb.view(ins_slot, 1), 0.0)
+    out, report = run_phase(prog, {"k": kb, "v": vb, "bias": bb})
+    cache.keys[layer] = out["k"].reshape(R, C, cap, wa)
+    cache.values[layer] = out["v"].reshape(R, C, cap, wa)
+    return out["bias"], report
 
 
 def cache_bytes_per_pe(model: ModelConfig, cols: int, positions_per_row: int,

@@ -2,8 +2,11 @@
 allreduces, norms, RoPE, activations, residuals and online softmax.
 
 These are *emitters*: functions that append instructions to a task of a
-Program someone else builds (kernels/mesh_attention.py, kernels/transformer.py),
-so that one engine run can fuse a norm, a GEMV and its allreduce.
+Program someone else builds (kernels.mesh_attention, kernels.prefill_layer,
+kernels.decode_layer, kernels.kvcache), so that one engine run can fuse a
+norm, a GEMV and its allreduce. Beside them: the host-side placements those
+modules share (a sequence over rows, GEMM tiles, replicated vectors) and
+`run_phase`, which runs one phase's Program and reads its outputs back.
 
 Feature layouts
   A vector of n features spread over the P PEs of a line (a row or a column)
@@ -475,3 +478,102 @@ def block_transpose_program(cfg: wse.WaferConfig, tiles, dtype: str = "float32")
         t.mov(dst.view(), src.view())            # its own tile stays, while the streams run
         t.wait()
     return prog, dst
+
+
+# ----------------------------------------------------------------------------
+# Host-side placements: sequences, GEMM tiles, replicated vectors
+def head_layout(n_heads: int, head_dim: int, cols: int) -> FeatureLayout:
+    """FeatureLayout.heads: the attention features of n_heads heads over cols PEs."""
+    return FeatureLayout.heads(n_heads, head_dim, cols)
+
+
+def place_sequence(M, layout: FeatureLayout, rows: int, st: int) -> np.ndarray:
+    """(seq, n) -> (rows, parts, st*w): block y of the sequence on row y."""
+    M = np.asarray(M, np.float64)
+    padded = np.zeros((rows * st, M.shape[1]))
+    padded[:M.shape[0]] = M
+    tiles = layout.scatter(padded)                       # (rows*st, parts, w)
+    return tiles.reshape(rows, st, layout.parts, layout.width).transpose(0, 2, 1, 3).reshape(
+        rows, layout.parts, st * layout.width)
+
+
+def gather_sequence(T, layout: FeatureLayout, seq: int) -> np.ndarray:
+    """Inverse of place_sequence: (rows, parts, st*w) -> (seq, n)."""
+    T = np.asarray(T, np.float64)
+    rows, parts, _ = T.shape
+    st = T.shape[2] // layout.width
+    M = T.reshape(rows, parts, st, layout.width).transpose(0, 2, 1, 3).reshape(
+        rows * st, parts, layout.width)
+    return layout.gather(M)[:seq]
+
+
+def tiles_to_matrix(tiles, w: int) -> np.ndarray:
+    """(R, C, st*w) tiles (PE (x, y): st rows of block y, w columns of part x) ->
+    the (R*st, C*w) matrix they tile."""
+    R, C, n = np.shape(tiles)
+    st = n // w
+    return np.asarray(tiles, np.float64).reshape(R, C, st, w).transpose(0, 2, 1, 3).reshape(
+        R * st, C * w)
+
+
+def matrix_to_tiles(M, R: int, C: int, w: int) -> np.ndarray:
+    """Inverse of tiles_to_matrix."""
+    st = np.shape(M)[0] // R
+    return np.asarray(M, np.float64).reshape(R, st, C, w).transpose(0, 2, 1, 3).reshape(
+        R, C, st * w)
+
+
+def place_vector(layout: FeatureLayout, v, rows: int, cols: int, along: str) -> np.ndarray:
+    """A per-feature vector placed along `along` ("x": part x on column x; "y":
+    part y on row y) and replicated across the other axis: (rows, cols, w), a
+    read-only broadcast view."""
+    placed = layout.scatter(np.asarray(v, np.float64))          # (parts, w)
+    if along == "x":
+        return np.broadcast_to(placed[None], (rows,) + placed.shape)
+    return np.broadcast_to(placed[:, None], (rows, cols, placed.shape[1]))
+
+
+def expand_kv_heads(model, W):
+    """K/V weight (or bias) columns repeated so that query head h sees its KV
+    head (grouped-query attention stores each KV head once per query head that
+    reads it); None stays None. model: anything with n_heads, n_kv_heads and
+    head_dim (a kernels.models.ModelConfig)."""
+    if W is None:
+        return None
+    W = np.asarray(W, np.float64)
+    group = model.n_heads // model.n_kv_heads
+    hd = model.head_dim
+    cols = np.array([(h // group) * hd + i for h in range(model.n_heads) for i in range(hd)])
+    return W[..., cols]
+
+
+def norm_kind(model) -> str:
+    """The emit_norm kind of a model family: LayerNorm for GPT-2, RMSNorm otherwise."""
+    return "layer" if model.family == "gpt2" else "rms"
+
+
+# ----------------------------------------------------------------------------
+# Running one phase
+class SubBuffer:
+    """A buffer seen from an element offset, so that emitters (emit_rope,
+    emit_swiglu, ...) can work on a part of it."""
+
+    def __init__(self, buf, offset: int):
+        self.buf, self.offset = buf, offset
+
+    def view(self, offset=0, length=None, stride: int = 1):
+        if length is None:
+            length = self.buf.size - self.offset
+        return self.buf.view(offset=offset + self.offset, length=length, stride=stride)
+
+
+def emit_gemv(t, out_partial, x_view, W, k: int, n: int):
+    """out_partial[:n] = x (1 x k) @ W (k x n): this PE's partial product."""
+    t.fill(out_partial.view(0, n), 0.0)
+    t.matmul(out_partial.view(0, n), x_view, W.view(), 1, k, n)
+
+
+def run_phase(prog: wse.Program, reads: dict):
+    """Run one phase's Program; returns ({key: buffer contents as float64}, report)."""
+    result = prog.run(max_cycles=10 ** 12)
+    return {k: result.read(b).astype(np.float64) for k, b in reads.items()}, result.report

@@ -13,14 +13,14 @@ runs on the fabric first (phase "k_move", `move_keys`), and the SRAM the
 score matrix needs (GemmAttentionPlan, longest_gemm_sequence).
 algorithm="ring": described below.
 
-Layout (the prefill layout of kernels/transformer.py): queries and keys are
+Layout (the prefill layout of kernels.prefill_layer): queries and keys are
 cut into R blocks along the sequence, block y on row y (sequence along Y);
 the features of the H heads are spread along X with FeatureLayout.heads, each
 head owning g = C // H neighbouring columns. PE (x, y) holds Q, K and V tiles
 (st x w): the w features of column x for the st positions of block y.
 Grouped-query attention: each query head's K and V columns are placed next
 to its Q columns (the KV head is stored once per query head that reads it;
-the K and V projections produce them so, see transformer.py).
+the K and V projections produce them so, see kernels.prefill_layer).
 
 Ring algorithm (R steps; a ring over each column, in the interleaved order
 0, 2, 4, ..., 5, 3, 1 so that every transfer is at most two hops):
@@ -67,7 +67,9 @@ from wse.errors import ConfigError, SramOverflowError
 
 from . import reference
 from .matmul import gemm as mesh_gemm, plan as gemm_plan
-from .layers import NEG_INF, FeatureLayout, SegmentChannel, build_roles, emit_rows
+from .layers import (NEG_INF, FeatureLayout, SegmentChannel, build_roles, emit_rows,
+                     gather_sequence, head_layout, matrix_to_tiles, place_sequence,
+                     tiles_to_matrix)
 
 
 def prefill_program(cfg: wse.WaferConfig, layout: FeatureLayout, q_tiles, kv_tiles,
@@ -182,22 +184,6 @@ def prefill_program(cfg: wse.WaferConfig, layout: FeatureLayout, q_tiles, kv_til
 
     build_roles(prog, {"hd": heads}, body)
     return prog, out
-
-
-def tiles_to_matrix(tiles, w: int) -> np.ndarray:
-    """(R, C, st*w) tiles (PE (x, y): st rows of block y, w columns of part x) ->
-    the (R*st, C*w) matrix they tile."""
-    R, C, n = np.shape(tiles)
-    st = n // w
-    return np.asarray(tiles, np.float64).reshape(R, C, st, w).transpose(0, 2, 1, 3).reshape(
-        R * st, C * w)
-
-
-def matrix_to_tiles(M, R: int, C: int, w: int) -> np.ndarray:
-    """Inverse of tiles_to_matrix."""
-    st = np.shape(M)[0] // R
-    return np.asarray(M, np.float64).reshape(R, st, C, w).transpose(0, 2, 1, 3).reshape(
-        R, C, st * w)
 
 
 # ----------------------------------------------------------------------------
@@ -774,30 +760,6 @@ def prefill_attention(cfg: wse.WaferConfig, layout: FeatureLayout, q_tiles, k_ti
                                 st_q, st_k, causal, scale, dtype)
     result = prog.run(max_cycles=10 ** 12)
     return result.read(out).astype(np.float64), result.report
-
-
-def head_layout(n_heads: int, head_dim: int, cols: int) -> FeatureLayout:
-    return FeatureLayout.heads(n_heads, head_dim, cols)
-
-
-def place_sequence(M, layout: FeatureLayout, rows: int, st: int) -> np.ndarray:
-    """(seq, n) -> (rows, parts, st*w): block y of the sequence on row y."""
-    M = np.asarray(M, np.float64)
-    padded = np.zeros((rows * st, M.shape[1]))
-    padded[:M.shape[0]] = M
-    tiles = layout.scatter(padded)                       # (rows*st, parts, w)
-    return tiles.reshape(rows, st, layout.parts, layout.width).transpose(0, 2, 1, 3).reshape(
-        rows, layout.parts, st * layout.width)
-
-
-def gather_sequence(T, layout: FeatureLayout, seq: int) -> np.ndarray:
-    """Inverse of place_sequence: (rows, parts, st*w) -> (seq, n)."""
-    T = np.asarray(T, np.float64)
-    rows, parts, _ = T.shape
-    st = T.shape[2] // layout.width
-    M = T.reshape(rows, parts, st, layout.width).transpose(0, 2, 1, 3).reshape(
-        rows * st, parts, layout.width)
-    return layout.gather(M)[:seq]
 
 
 FP16_MASK = -6.0e4

@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import wse
+from kernels.layers import head_layout, place_sequence, tiles_to_matrix
 from kernels.mesh_attention import (GemmAttentionPlan, _feature_columns, _key_order,
                                     attention as mesh_attention, b_tiles_to_matrix,
-                                    head_layout, k_move_hops, k_move_lower_bounds,
-                                    longest_gemm_sequence, move_keys, place_sequence,
-                                    tiles_to_matrix)
+                                    k_move_hops, k_move_lower_bounds,
+                                    longest_gemm_sequence, move_keys)
 from kernels import reference
 
 
