@@ -46,6 +46,8 @@ PHASES = ("qkv", "kv_update", "attention", "o_mlp_up", "down")
 
 @dataclass(frozen=True)
 class DecodeLayouts:
+    """The feature layouts of the decode layout (`decode_layouts`)."""
+
     d: FeatureLayout        # d_model along Y
     attn: FeatureLayout     # heads along X
     ff: FeatureLayout       # d_ff along X

@@ -49,6 +49,8 @@ GEMM_ALGORITHM = "summa"
 
 @dataclass(frozen=True)
 class PrefillLayouts:
+    """The feature layouts of the prefill layout (`prefill_layouts`)."""
+
     d: FeatureLayout        # d_model along X
     attn: FeatureLayout     # heads along X
     ff: FeatureLayout       # d_ff along X

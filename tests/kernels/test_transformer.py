@@ -154,6 +154,29 @@ def test_shift_moves_only_between_neighbouring_rows():
     assert max(hops) > 0
 
 
+def test_decode_runs_the_five_phases_per_layer_and_keeps_the_public_names():
+    """kernels.decode_layer builds one engine run per phase, in PHASES order for
+    every layer; the names the layer modules define stay reachable under
+    kernels.transformer."""
+    from kernels import comparison, decode_layer, prefill_layer
+    model, weights, x = _setup(seq=5, n_layers=2)
+    cfg = wse.WSE2.with_grid(rows=4, cols=4)
+    res, _ = T.prefill(model, weights, x, cfg)
+    _, _, rep = T.decode_step(model, weights, res.cache, cfg)
+    assert decode_layer.PHASES == ("qkv", "kv_update", "attention", "o_mlp_up", "down")
+    assert [p["name"] for p in rep.phases] == [f"L{i}.{n}" for i in range(2)
+                                               for n in decode_layer.PHASES]
+    for module, names in ((comparison, ("Comparison", "compare", "Extrapolation", "extrapolate",
+                                        "stage_handover_cycles")),
+                          (decode_layer, ("DecodeLayouts", "decode_layouts",
+                                          "decode_weight_bytes", "decode_x_reducing_tiles")),
+                          (prefill_layer, ("PrefillLayouts", "prefill_layouts",
+                                           "prefill_weight_tiles", "check_prefill_fits",
+                                           "GEMM_ALGORITHM"))):
+        for name in names:
+            assert getattr(T, name) is getattr(module, name)
+
+
 def test_bad_inputs_get_one_clear_error():
     model, weights, x = _setup(seq=4)
     cfg = wse.WSE2.with_grid(rows=4, cols=4)
