@@ -3,7 +3,7 @@
     O, report = kernels.attention(Q, K, V, cfg, causal=True, dtype="float32",
                                   algorithm="auto")   # "gemm" | "ring"
 
-algorithm="gemm" (the issue's): per head on its g columns, S = Q K^T by
+algorithm="gemm" (attention from GEMMs): per head on its g columns, S = Q K^T by
 kernels.gemm (SUMMA, transpose_b), the causal and padding masks, row max by
 a max-allreduce and row sum by a sum-allreduce over the g columns that hold a
 score row, P = exp(S - max) / sum, and P V by kernels.gemm; see
@@ -187,7 +187,7 @@ def prefill_program(cfg: wse.WaferConfig, layout: FeatureLayout, q_tiles, kv_til
 
 
 # ----------------------------------------------------------------------------
-# The issue's algorithm: scores by GEMM, softmax by max- and sum-allreduces, P V by GEMM
+# Attention from GEMMs: scores by GEMM, softmax by max- and sum-allreduces, P V by GEMM
 ALGORITHMS = ("auto", "gemm", "ring")
 
 
@@ -690,7 +690,7 @@ def _softmax_program(cfg, layout: FeatureLayout, p: GemmAttentionPlan, score_til
 
 def gemm_attention(cfg: wse.WaferConfig, layout: FeatureLayout, q_tiles, k_tiles, v_tiles,
                    st_q: int, st_k: int, sk: int, causal: bool, scale: float, dtype: str):
-    """The issue's algorithm on the prefill layout. q/k/v_tiles: (R, C, st*w) as
+    """Attention from GEMMs on the prefill layout. q/k/v_tiles: (R, C, st*w) as
     place_sequence leaves them. Returns (output tiles (R, C, st_q*w), report with
     the phases k_move (move_keys: K to the scores GEMM's B placement over the
     fabric; the scores GEMM takes B as that run left it), scores, softmax,
