@@ -164,7 +164,9 @@ def test_a_data_task_starts_after_the_activation_latency():
 
 
 def test_an_async_operation_takes_its_issue_cycle_from_the_main_thread():
-    """An async copy, then a synchronous one: the second issues one cycle later."""
+    """An async copy holds the main thread for its issue cycle: what follows
+    issues c later (a synchronous copy after it waits longer, for the shared
+    datapath, so only control instructions after it show the issue cycle)."""
     def emit(t, b):
         t.mov(b["y"].view(), b["x"].view(), async_=True)
         t.mov(b["z"].view(), b["x"].view())
@@ -172,3 +174,13 @@ def test_an_async_operation_takes_its_issue_cycle_from_the_main_thread():
     per = timing.simd_cycles(64, "float32", CFG)
     # both share the datapath: the second starts when the first is done
     assert cycles == CFG.vector_startup_cycles + 2 * per
+
+    # the datapath hides the issue cycle above; a loop of control
+    # instructions after the async copy shows it: c, then 2c + 100c
+    def then_loop(t, b):
+        t.mov(b["y"].view(), b["x"].view(), async_=True)
+        with t.loop(100):
+            pass
+    cycles, _, _ = one_pe_run(then_loop, {"x": 64, "y": 64})
+    c = CFG.scalar_op_cycles
+    assert cycles == c + 2 * c + 100 * c > timing.vector_cycles(64, "float32", CFG)
