@@ -436,6 +436,9 @@ def _reduce_line_steps(line: _Line, algorithm: str, root: int, B: int, group_siz
                        name: str) -> list[list[tuple]]:
     P = line.length
     steps: list[list[tuple]] = [[] for _ in range(P)]
+    if algorithm == "star":
+        _add_star(line, steps, root, name)
+        return steps
     cfg = line.prog.cfg
     arms = []
     for sign, n in ((-1, root + 1), (+1, P - root)):
@@ -467,9 +470,6 @@ def _reduce_line_steps(line: _Line, algorithm: str, root: int, B: int, group_siz
         _add_chains(line, steps, [[far_root, root]], f"{name}j")
         return steps
     depth = max(len(plan) for _, plan in arms)
-    if algorithm == "star":
-        _add_star(line, steps, root, name)
-        return steps
     for phase in range(depth):
         for sign, plan in arms:
             if phase < len(plan):
@@ -850,7 +850,7 @@ def _star_cost(low: int, high: int, B: int, cfg) -> int:
 
 
 @lru_cache(maxsize=None)
-def _tree_cost(n: int, B: int, T_R: int, H: int, su: int = 0, dp: int = 0) -> int:
+def _tree_cost(n: int, B: int, T_R: int, H: int, su: int, dp: int) -> int:
     if n <= 1:
         return 0
     L = (n - 1).bit_length()             # ceil(log2 n)
@@ -910,8 +910,8 @@ def _reduce_cost(algorithm: str, P: int, B: int, cfg, root: int, group_size) -> 
         # input queue)
         steal = min(cfg.input_queue_depth, B - 1) if arrive < own else 0
         return max(own + su + steal, arrive) + B
-    # star: one round of elements at a time, the longer arm's sources first;
-    # the other arm's first elements arrive earlier and wait in their queues
+    # star: the root folds each arm's vectors as they arrive, both arms
+    # sharing its ramp (_star_cost)
     return _star_cost(low, high, B, cfg)
 
 

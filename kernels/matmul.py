@@ -301,10 +301,6 @@ def expected_wavelet_hops(p: GemmPlan, steps: int | None = None) -> int:
     return shifts_a * hops_a * p.tile_a + shifts_b * hops_b * p.tile_b
 
 
-def _simd(cfg: wse.WaferConfig, dtype: str) -> int:
-    return cfg.simd_width(dtype)
-
-
 def matmul_cycles(p: GemmPlan, cfg: wse.WaferConfig) -> int:
     """One local tile product, from the issue of its first instruction to its
     completion: `wse.timing.matmul_cycles`, the loop nest of FMAC vector
