@@ -6,7 +6,7 @@
 """
 from .layout import (Layout, RankLayer, check_fits, default_tp, memory_per_gpu, shard_layer,
                      shard_weights)
-from .transformer import decode_step, prefill
+from .transformer import decode_step, lm_head_and_sample, model_decode_seconds, prefill
 
-__all__ = ["prefill", "decode_step", "Layout", "RankLayer", "shard_layer", "shard_weights",
+__all__ = ["prefill", "decode_step", "lm_head_and_sample", "model_decode_seconds", "Layout", "RankLayer", "shard_layer", "shard_weights",
            "memory_per_gpu", "check_fits", "default_tp"]

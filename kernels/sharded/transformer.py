@@ -72,7 +72,7 @@ def _sharded_layer(run: SpmdRun, layout: Layout, shards: list[RankLayer], xs: li
     # Megatron fuses Q, K and V into one column-parallel GEMM.
     run.compute("qkv", 2.0 * seq * model.d_model * qkv_width,
                 (seq * model.d_model + model.d_model * qkv_width + seq * qkv_width)
-                * run.bytes_per_element)
+                * run.bytes_per_element, gemm=(seq, qkv_width))
     if model.family == "llama":
         qs = [ops.rope(q, positions, model.rope_theta) for q in qs]
         ks = [ops.rope(k, positions, model.rope_theta) for k in ks]
@@ -110,7 +110,7 @@ def _sharded_layer(run: SpmdRun, layout: Layout, shards: list[RankLayer], xs: li
         up_width = f
     run.compute("mlp_up", 2.0 * seq * model.d_model * up_width,
                 (seq * model.d_model + model.d_model * up_width + seq * up_width)
-                * run.bytes_per_element)
+                * run.bytes_per_element, gemm=(seq, up_width))
     run.elementwise("mlp_act", acts, flops_per_element=8, reads=2 if model.gated else 1)
     partial = run.matmul(acts, [s.w_down for s in shards], "mlp_down")
     if sequence_parallel:
@@ -208,11 +208,64 @@ def prefill(model: ModelConfig, weights: ModelWeights, x, cluster: Cluster, tp: 
     return out, report
 
 
+def lm_head_and_sample(run: SpmdRun, model: ModelConfig, hidden: np.ndarray | None = None,
+                       lm_head_weight: np.ndarray | None = None, top_k: int = 1):
+    """The per-token tail of a decode step on `run`'s ranks, priced:
+    final norm, the vocabulary-parallel LM head (each rank multiplies the
+    hidden state by its vocab/tp columns of the d_model x vocab matrix, as
+    Megatron's VocabParallelEmbedding / vLLM's ParallelLMHead split it), a
+    local top-k over its logits, an all-gather of the tp x top_k candidates
+    (fp32 value and int32 token id, 8 bytes each) and the final choice among
+    them (greedy for top_k = 1). With lm_head_weight (d_model, vocab) the
+    logits are computed and the chosen token returned; without it the same
+    kernels and collective are priced on placeholder candidates (the
+    emulation carries no vocabulary) and None is returned."""
+    tp = run.n_ranks
+    vocab = model.vocab_size
+    if vocab < tp:
+        raise ConfigError(f"{model.name}: vocab_size {vocab} cannot be split over {tp} ranks")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k:
+        raise ConfigError(f"top_k = {top_k!r}: must be a positive integer")
+    columns = [len(c) for c in np.array_split(np.arange(vocab), tp)]
+    width = max(columns)
+    k = min(top_k, min(columns))
+    b = run.bytes_per_element
+    run.compute("final_norm", 4.0 * model.d_model, 2 * model.d_model * b)
+    run.compute("lm_head", 2.0 * model.d_model * width,
+                (model.d_model + model.d_model * width + width) * b, gemm=(1, width))
+    run.compute("top_k", 2.0 * width, width * b)
+    if lm_head_weight is not None and hidden is not None:
+        weight = np.asarray(lm_head_weight)
+        if weight.shape != (model.d_model, vocab):
+            raise ConfigError(f"lm_head_weight must be ({model.d_model}, {vocab}), "
+                              f"got {weight.shape}")
+        candidates, start = [], 0
+        for n_cols in columns:
+            logits = np.asarray(hidden, dtype=np.float64) @ weight[:, start:start + n_cols]
+            best = np.argsort(-logits, kind="stable")[:k]
+            candidates.append(np.stack([logits[best], (best + start).astype(np.float64)], 1))
+            start += n_cols
+    else:
+        candidates = [np.zeros((k, 2)) for _ in range(tp)]
+    gathered = run.allgather(candidates, axis=0, bytes_per_element=4)
+    run.compute("sample", 2.0 * tp * k, tp * k * 8)
+    if lm_head_weight is None or hidden is None:
+        return None
+    table = gathered[0]
+    return int(table[int(np.argmax(table[:, 0])), 1])
+
+
 def decode_step(model: ModelConfig, weights: ModelWeights, state: KVCache, cluster: Cluster,
                 x=None, tp: int | None = None, *, algorithm: str | None = None,
-                protocol: str | None = None, dtype=np.float32, bytes_per_element: int = 2):
+                protocol: str | None = None, dtype=np.float32, bytes_per_element: int = 2,
+                cuda_graph: bool = True, lm_head: bool = False, top_k: int = 1):
     """One new position with the KV cache split by heads over `tp` ranks.
     x: (d_model,) the new input (default: state.last_hidden).
+    cuda_graph: the step is one CUDA-graph replay (as vLLM, SGLang and
+    TensorRT-LLM run decode): one graph launch instead of one per kernel.
+    lm_head: also charge the LM head and sampling of the token
+    (lm_head_and_sample), so the report is a whole token's cost for the
+    layers given; the per-layer figure is the run without it.
     Returns (out (d_model,), new state, report)."""
     if not isinstance(state, KVCache):
         raise ConfigError(f"expected a kernels.models.KVCache, got {type(state).__name__}")
@@ -229,7 +282,7 @@ def decode_step(model: ModelConfig, weights: ModelWeights, state: KVCache, clust
     if x.shape[1] != model.d_model:
         raise ConfigError(f"expected a ({model.d_model},) input, got {x.shape[1]} features")
     run = SpmdRun(cluster, tp, algorithm=algorithm, protocol=protocol,
-                  bytes_per_element=bytes_per_element)
+                  bytes_per_element=bytes_per_element, cuda_graph=cuda_graph)
     shards = shard_weights(model, weights, tp, dtype)
     xs = [x.copy() for _ in range(tp)]
     if model.family == "gpt2":
@@ -248,4 +301,21 @@ def decode_step(model: ModelConfig, weights: ModelWeights, state: KVCache, clust
         for r in range(tp):
             caches[r].append(kv[r])
     out = xs[0][0]
+    if lm_head:
+        lm_head_and_sample(run, model, top_k=top_k)
     return out, _gather_cache(layout, caches, out.copy()), run.report()
+
+
+def model_decode_seconds(model: ModelConfig, layer_report: GpuReport,
+                         head_report: GpuReport | None = None) -> float:
+    """Seconds per generated token of the whole model from a one-layer decode
+    report: n_layers x the layer's kernels and collectives, plus the LM head
+    and sampling (head_report: a decode of the same layer with lm_head=True;
+    its excess over layer_report is the head), plus the launches: one graph
+    launch per token when the step is a CUDA graph (the whole step is one
+    graph), else every kernel's own launch, which the records already hold."""
+    per_layer = layer_report.seconds - layer_report.launch_seconds
+    head = 0.0
+    if head_report is not None:
+        head = (head_report.seconds - head_report.launch_seconds) - per_layer
+    return model.n_layers * per_layer + head + layer_report.launch_seconds

@@ -30,8 +30,20 @@ Parameters and sources
   [NCCL-I] NVIDIA/nccl-tests#212 (S. Jeaugey, 2024): NVLink protocol overhead
            is ~20%, so NCCL's ring reaches ~370 GB/s of H100's 450 GB/s.
            -> nvlink_efficiency = 0.80 (one figure for every device).
-  ASSUMPTION inter_node_efficiency = 0.90: NCCL ring bus bandwidth over NDR
-           is commonly reported at 45-48 GB/s per 50 GB/s NIC.
+  [NCCL-IB] NVIDIA/nccl-tests#290 (AddyLaddy, NVIDIA, 2025): "For NDR @
+           400Gbps you should see 46-48GB/s per NIC" -> inter_node_efficiency
+           = 0.92 (46 of 50 GB/s, the low end).
+  [HIER]   Across nodes (n > gpus_per_node) the all-reduce is also priced as
+           the two-level (hierarchical) algorithm: reduce-scatter over NVLink
+           inside each node, ring all-reduce of 1/g of the buffer between
+           nodes over each GPU's own NIC, all-gather over NVLink (Jia et al.
+           2018, arXiv:1807.11205; Horovod's hierarchical all-reduce). It is
+           what makes a rail-optimised cluster (one NIC per GPU) usable: the
+           NICs carry 1/g of the flat ring's bytes. Its steps are 2(g-1)
+           NVLink hops plus 2(N-1) network hops (N nodes). The flat ring and
+           tree stay candidates; the tuner takes the cheapest. A flat ring
+           over 2 nodes crosses the network on 2 x nNodes of its 2(n-1) steps,
+           NCCL's own count (tuning.cc, nInterSteps = 2 * nNodes).
 """
 from __future__ import annotations
 
@@ -44,7 +56,7 @@ from .topology import double_binary_tree, double_tree_port_units
 from ..errors import ConfigError
 
 OPS = ("allreduce", "allgather", "reduce_scatter", "broadcast", "send")
-ALGORITHMS = ("ring", "tree", "nvls")
+ALGORITHMS = ("ring", "tree", "nvls", "hier")
 PROTOCOLS = ("LL", "LL128", "Simple")
 
 PROTOCOL_PAYLOAD = {"LL": 0.5, "LL128": 120 / 128, "Simple": 1.0}
@@ -123,8 +135,8 @@ class Cluster:
     """InfiniBand NDR 400 Gb/s per GPU, per direction."""
     nvlink_efficiency: float = 0.80
     """Fraction of NVLink line rate NCCL's Simple protocol delivers [NCCL-I]."""
-    inter_node_efficiency: float = 0.90
-    """Fraction of the NIC line rate NCCL delivers (ASSUMPTION)."""
+    inter_node_efficiency: float = 0.92
+    """Fraction of the NIC line rate NCCL delivers: 46 of 50 GB/s [NCCL-IB]."""
     name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -183,6 +195,9 @@ class Cluster:
         # NVLS needs every rank on one NVSwitch fabric (no NVLS+IB SHARP here).
         if self.device.supports_nvls and n >= 2 and self.node_of(n - 1) == 0:
             names.append("nvls")
+        # Hierarchical: whole nodes, more than one of them [HIER].
+        if n > self.gpus_per_node and n % self.gpus_per_node == 0:
+            names.append("hier")
         return names
 
     def traffic(self, op: str, algorithm: str, nbytes: int,
@@ -224,6 +239,18 @@ class Cluster:
                     if parent != -1:
                         move(r, parent, nbytes / 2)   # reduce: partial up
                         move(parent, r, nbytes / 2)   # broadcast: result down
+        elif algorithm == "hier":
+            g = self.gpus_per_node
+            if n <= g or n % g:
+                raise ShardingError(f"the hierarchical all-reduce needs whole nodes, more "
+                                    f"than one: {n} ranks, {g} per node")
+            nodes = n // g
+            for r in range(n):
+                node, local = divmod(r, g)
+                # reduce-scatter then all-gather inside the node (rings of g)
+                move(r, node * g + (local + 1) % g, 2 * (g - 1) / g * nbytes)
+                # ring all-reduce of 1/g of the buffer among the same local rank
+                move(r, ((node + 1) % nodes) * g + local, 2 * (nodes - 1) / nodes * nbytes / g)
         elif algorithm == "nvls":
             # Each rank owns 1/n of the buffer. multimem.ld_reduce pulls that
             # slice from every rank through the switch and returns the sum to
@@ -242,10 +269,16 @@ class Cluster:
             return [self.link(0, 1)]
         if algorithm == "nvls":
             return ["nvlink"]
+        if algorithm == "hier":
+            g, nodes = self.gpus_per_node, n // self.gpus_per_node
+            return ["nvlink"] * (2 * (g - 1)) + ["net"] * (2 * (nodes - 1))
         if algorithm == "ring":
             count = {"allreduce": 2 * (n - 1)}.get(op, n - 1)
-            ring_links = [self.link(r, (r + 1) % n) for r in range(n)]
-            return [ring_links[s % n] for s in range(count)]
+            crossings = sum(self.link(r, (r + 1) % n) == "net" for r in range(n))
+            # NCCL's count (tuning.cc): an all-reduce crosses the network on
+            # 2 x (ring edges between nodes) steps, the other ops on one pass.
+            net = min(count, crossings * (2 if op == "allreduce" else 1))
+            return ["net"] * net + ["nvlink"] * (count - net)
         # tree: up the deepest path and back down, per link type on that path
         worst: list[str] = []
         for tree in double_binary_tree(n):
@@ -258,19 +291,22 @@ class Cluster:
                     worst = path
         return worst * 2
 
-    def plans(self, op: str, nbytes: int, n_ranks: int | None = None) -> list[CollectivePlan]:
-        """Every (algorithm, protocol) priced for this message."""
+    def plans(self, op: str, nbytes: int, n_ranks: int | None = None, *,
+              launch: bool = True) -> list[CollectivePlan]:
+        """Every (algorithm, protocol) priced for this message. launch=False
+        leaves out the kernel launch (the collective is replayed inside a
+        CUDA graph, whose single launch the caller charges)."""
         _check_op(op)
         n = self._ranks(n_ranks)
         if isinstance(nbytes, bool) or not isinstance(nbytes, (int, float)) or nbytes < 0:
             raise ConfigError(f"nbytes = {nbytes!r}: must be a non-negative number")
         if n == 1 and op != "send":
             return [CollectivePlan(op, int(nbytes), 1, "none", "none", 0.0, 0.0, 0.0)]
-        launch = self.device.kernel_launch_s
+        launch = self.device.kernel_launch_s if launch else 0.0
         result = []
         for algorithm in self.algorithms(op, n):
             flows = self.traffic(op, "ring" if algorithm == "p2p" else algorithm, nbytes, n)
-            table = "ring" if algorithm == "p2p" else algorithm
+            table = "ring" if algorithm in ("p2p", "hier") else algorithm
             steps = self._steps(op, algorithm, n)
             for protocol in PROTOCOLS:
                 if (table, protocol) not in BASE_LATENCY_S:
@@ -288,10 +324,11 @@ class Cluster:
 
     def collective_plan(self, op: str, nbytes: int, n_ranks: int | None = None,
                         algorithm: str | None = None,
-                        protocol: str | None = None) -> CollectivePlan:
+                        protocol: str | None = None, *, launch: bool = True) -> CollectivePlan:
         """The plan NCCL's tuner would pick (minimum predicted time), optionally
-        restricted to one algorithm and/or protocol."""
-        candidates = self.plans(op, nbytes, n_ranks)
+        restricted to one algorithm and/or protocol. launch=False: inside a
+        CUDA graph (no per-kernel launch)."""
+        candidates = self.plans(op, nbytes, n_ranks, launch=launch)
         if candidates[0].algorithm == "none":
             return candidates[0]
         if algorithm is not None:
@@ -309,17 +346,20 @@ class Cluster:
         return min(candidates, key=lambda p: p.seconds)
 
     def collective_seconds(self, op: str, nbytes: int, n_ranks: int | None = None,
-                           algorithm: str | None = None, protocol: str | None = None) -> float:
+                           algorithm: str | None = None, protocol: str | None = None,
+                           *, launch: bool = True) -> float:
         """Predicted seconds of one collective ("allreduce", "allgather",
         "reduce_scatter", "broadcast", "send") of `nbytes` over `n_ranks`
         GPUs (default: the whole cluster)."""
-        return self.collective_plan(op, nbytes, n_ranks, algorithm, protocol).seconds
+        return self.collective_plan(op, nbytes, n_ranks, algorithm, protocol,
+                                    launch=launch).seconds
 
     def busbw(self, op: str, nbytes: int, n_ranks: int | None = None,
               algorithm: str | None = None, protocol: str | None = None) -> float:
         """Predicted nccl-tests bus bandwidth, bytes/s."""
         return self.collective_plan(op, nbytes, n_ranks, algorithm, protocol).busbw
 
-    def compute_seconds(self, flops: float, nbytes: float) -> float:
+    def compute_seconds(self, flops: float, nbytes: float, *, launch: bool = True,
+                        efficiency: float | None = None) -> float:
         """Roofline time of one kernel on one GPU (see GpuDevice.compute_seconds)."""
-        return self.device.compute_seconds(flops, nbytes)
+        return self.device.compute_seconds(flops, nbytes, launch=launch, efficiency=efficiency)

@@ -189,4 +189,63 @@ def chain_broadcast(fabric: Fabric, xs: list[np.ndarray], root: int = 0) -> list
     return out
 
 
-ALLREDUCE = {"ring": ring_allreduce, "tree": tree_allreduce, "nvls": nvls_allreduce}
+class _Group:
+    """A view of `fabric` on a subset of its ranks: local rank i is global
+    rank ranks[i]. Sends go through (and are counted by) the parent fabric."""
+
+    def __init__(self, fabric: Fabric, ranks: list[int]):
+        self.fabric, self.ranks = fabric, list(ranks)
+        self.cluster = fabric.cluster
+        self.bytes_per_element = fabric.bytes_per_element
+
+    def send(self, src: int, dst: int, array: np.ndarray) -> np.ndarray:
+        return self.fabric.send(self.ranks[src], self.ranks[dst], array)
+
+
+def hierarchical_allreduce(fabric: Fabric, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """Two-level all-reduce over whole nodes (2D / hierarchical all-reduce:
+    Jia et al. 2018, arXiv:1807.11205; Horovod's hierarchical all-reduce):
+    1. inside each node, a ring reduce-scatter over NVLink: local rank j ends
+       with slice j of the node's sum;
+    2. between nodes, a ring all-reduce of slice j among the ranks with the
+       same local rank j, each over its own NIC (rail-aligned, as on a
+       DGX/HGX H100 with one NIC per GPU);
+    3. inside each node, a ring all-gather of the slices over NVLink.
+    Each GPU sends 2(g-1)/g S over NVLink and 2(N-1)/N S/g over its NIC
+    (g GPUs per node, N nodes): the network carries 1/g of what a flat ring
+    crossing it would."""
+    n = len(xs)
+    _check_same_shape(xs, "allreduce")
+    cluster = fabric.cluster
+    g = min(cluster.gpus_per_node, n)
+    if n % g:
+        raise ShardingError(f"hierarchical all-reduce needs whole nodes: {n} ranks, "
+                            f"{g} per node")
+    nodes = n // g
+    shape = np.shape(xs[0])
+    flat = [np.ravel(x) for x in xs]
+    pieces: list[np.ndarray] = [None] * n  # type: ignore[list-item]
+    for node in range(nodes):
+        ranks = list(range(node * g, (node + 1) * g))
+        part = ring_reduce_scatter(_Group(fabric, ranks), [flat[r] for r in ranks]) if g > 1 \
+            else [flat[ranks[0]]]
+        for local, r in enumerate(ranks):
+            pieces[r] = part[local]
+    for local in range(g):
+        ranks = [node * g + local for node in range(nodes)]
+        summed = ring_allreduce(_Group(fabric, ranks), [pieces[r] for r in ranks]) \
+            if nodes > 1 else [pieces[ranks[0]]]
+        for r, piece in zip(ranks, summed):
+            pieces[r] = piece
+    out: list[np.ndarray] = [None] * n  # type: ignore[list-item]
+    for node in range(nodes):
+        ranks = list(range(node * g, (node + 1) * g))
+        full = ring_allgather(_Group(fabric, ranks), [pieces[r] for r in ranks]) if g > 1 \
+            else [pieces[ranks[0]]]
+        for local, r in enumerate(ranks):
+            out[r] = full[local].reshape(shape)
+    return out
+
+
+ALLREDUCE = {"ring": ring_allreduce, "tree": tree_allreduce, "nvls": nvls_allreduce,
+             "hier": hierarchical_allreduce}

@@ -18,6 +18,19 @@ Sources
   [NCCL]    NCCL's tuner (src/graph/tuning.cc, src/tuning/nvls.cc): NVLS
             (NVLink SHARP) efficiency 0.85 on Hopper, 0.74 on Blackwell, and
             none on Ampere (its NVSwitch has no in-network reduction).
+  [GRAPH]   NVIDIA Technical Blog, "Constant Time Launch for Straight-Line
+            CUDA Graphs and Other Performance Enhancements" (2024,
+            https://developer.nvidia.com/blog/constant-time-launch-for-straight-line-graphs-and-other-performance-enhancements/):
+            with CUDA 12.6 the CPU launch of a straight-line graph is constant
+            in its node count, ~2.5 us measured. -> graph_launch_s = 2.5e-6.
+  [MMGUIDE] NVIDIA, "Matrix Multiplication Background User's Guide"
+            (https://docs.nvidia.com/deeplearning/performance/dl-performance-matrix-multiplication/):
+            cuBLAS tiles the output (largest typical tile 256 x 128); a GEMM
+            whose tiles do not fill whole waves of SMs loses the idle part of
+            the last wave ("wave quantization"), and its measured A100 figures
+            show throughput falling accordingly for small output sizes.
+            -> gemm_efficiency(). SM counts [DS]: A100 108, H100/H200 132,
+            B200 148.
   [MEAS]    Commonly reported measured HBM bandwidth (stream-like copy
             kernels): ~1.7 TB/s on A100 80GB, ~3.0 TB/s on H100 SXM,
             ~4.3 TB/s on H200 (see docs/gpu-calibration.md).
@@ -31,6 +44,11 @@ from .errors import UnknownDeviceError
 from ..errors import ConfigError
 
 GIB = 1 << 30
+
+GEMM_TILE = (128, 256)
+"""cuBLAS's largest typical output tile, rows x columns [MMGUIDE] (the guide
+lists 256x128, 128x256, 128x128, ...; the large tile is the one large GEMMs
+use, and so the one the wave count of a big GEMM sees)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +79,13 @@ class GpuDevice:
     supports_nvls: bool
     """Whether the NVSwitch can reduce in the network (NVLink SHARP): third-
     generation NVSwitch (H100/H200) and later [NCCL]."""
+    n_sms: int = 132
+    """Streaming multiprocessors [DS]: the number of output tiles one wave of
+    a GEMM runs at once (one tile per SM) [MMGUIDE]."""
+    graph_launch_s: float = 2.5e-6
+    """CPU cost of launching one CUDA graph (straight-line, any node count)
+    [GRAPH]. A decode step replayed as a graph pays this once instead of
+    kernel_launch_s per kernel."""
     nvls_efficiency: float = 0.0
     """Fraction of the NVLink bandwidth an NVLS all-reduce reaches beyond the
     protocol overhead, NCCL's own tuner figure [NCCL]."""
@@ -73,13 +98,15 @@ class GpuDevice:
 
     def __post_init__(self) -> None:
         for field in ("bf16_flops", "hbm_bytes_per_s", "nvlink_bytes_per_s",
-                      "kernel_launch_s", "tdp_watts"):
+                      "kernel_launch_s", "graph_launch_s", "tdp_watts"):
             value = getattr(self, field)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"GpuDevice.{field} = {value!r}: must be a positive number")
         if not isinstance(self.hbm_bytes, int) or self.hbm_bytes <= 0:
             raise ConfigError(
                 f"GpuDevice.hbm_bytes = {self.hbm_bytes!r}: must be a positive integer")
+        if isinstance(self.n_sms, bool) or not isinstance(self.n_sms, int) or self.n_sms < 1:
+            raise ConfigError(f"GpuDevice.n_sms = {self.n_sms!r}: must be a positive integer")
         for field in ("matmul_efficiency", "hbm_efficiency", "active_power_fraction",
                       "comm_power_fraction"):
             value = getattr(self, field)
@@ -94,11 +121,33 @@ class GpuDevice:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
-    def compute_seconds(self, flops: float, nbytes: float) -> float:
-        """Roofline time of one kernel: max(compute, memory) plus its launch."""
-        return (max(flops / (self.bf16_flops * self.matmul_efficiency),
+    def gemm_efficiency(self, m: int, n: int, k: int | None = None) -> float:
+        """Fraction of bf16_flops a cuBLAS GEMM with an (m, n) output sustains.
+
+        matmul_efficiency (the large-GEMM figure) times the wave efficiency
+        [MMGUIDE]: the output is cut into GEMM_TILE tiles, one per SM at a
+        time; a GEMM with fewer tiles than SMs leaves SMs idle, and a partial
+        last wave costs a whole wave. k does not enter (the k-loop runs inside
+        each tile). Bounded by matmul_efficiency, which it reaches exactly
+        when the tiles fill whole waves; tensor parallelism's narrow per-GPU
+        GEMMs (n / tp columns) fall below it."""
+        for name, value in (("m", m), ("n", n)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"gemm_efficiency: {name} = {value!r} must be a positive integer")
+        tiles = -(-m // GEMM_TILE[0]) * -(-n // GEMM_TILE[1])
+        waves = -(-tiles // self.n_sms)
+        return self.matmul_efficiency * tiles / (waves * self.n_sms)
+
+    def compute_seconds(self, flops: float, nbytes: float, *, launch: bool = True,
+                        efficiency: float | None = None) -> float:
+        """Roofline time of one kernel: max(compute, memory), plus its launch
+        unless launch=False (the kernel is replayed inside a CUDA graph).
+        efficiency: the fraction of peak FLOP/s (default matmul_efficiency;
+        see gemm_efficiency for a GEMM's shape)."""
+        efficiency = self.matmul_efficiency if efficiency is None else efficiency
+        return (max(flops / (self.bf16_flops * efficiency),
                     nbytes / (self.hbm_bytes_per_s * self.hbm_efficiency))
-                + self.kernel_launch_s)
+                + (self.kernel_launch_s if launch else 0.0))
 
 
 A100 = GpuDevice(
@@ -106,7 +155,7 @@ A100 = GpuDevice(
     bf16_flops=312e12, hbm_bytes=80 * GIB, hbm_bytes_per_s=2.039e12,
     nvlink_bytes_per_s=300e9,
     matmul_efficiency=0.80, hbm_efficiency=0.83,   # ~1.7 of 2.04 TB/s [MEAS]
-    kernel_launch_s=4e-6, tdp_watts=400.0,
+    kernel_launch_s=4e-6, tdp_watts=400.0, n_sms=108,
     supports_nvls=False,
 )
 
@@ -135,7 +184,7 @@ B200 = GpuDevice(
     # ASSUMPTION: first-generation software stacks reach a lower fraction of
     # the new peak than on Hopper; no widely reproduced measurement yet.
     matmul_efficiency=0.65, hbm_efficiency=0.85,
-    kernel_launch_s=4e-6, tdp_watts=1000.0,
+    kernel_launch_s=4e-6, tdp_watts=1000.0, n_sms=148,
     supports_nvls=True, nvls_efficiency=0.74,
 )
 

@@ -64,6 +64,14 @@ class GpuReport:
     collectives: tuple[CollectiveRecord, ...]
     energy_joules: float
     computes: tuple[ComputeRecord, ...] = field(default=(), repr=False)
+    cuda_graph: bool = False
+    """Whether the run was replayed as one CUDA graph: its kernels and
+    collectives then carry no launch cost, and launch_seconds holds the one
+    graph launch. Otherwise each record includes its own kernel launch."""
+    launch_seconds: float = 0.0
+    """The graph launch (cuda_graph=True), included in `seconds`; 0 otherwise."""
+    kernels: int = 0
+    """Kernels launched or replayed: compute steps plus collectives."""
 
     @property
     def bytes_sent_total(self) -> int:
@@ -82,4 +90,7 @@ class GpuReport:
             "bytes_sent_total": self.bytes_sent_total,
             "collectives": [c.to_dict() for c in self.collectives],
             "energy_joules": self.energy_joules,
+            "cuda_graph": self.cuda_graph,
+            "launch_seconds": self.launch_seconds,
+            "kernels": self.kernels,
         }

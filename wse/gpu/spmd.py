@@ -30,32 +30,42 @@ class SpmdRun:
     the fastest predicted one for each message, as NCCL does.
     bytes_per_element: the dtype the modelled GPUs compute and communicate in
     (2 = bf16); the emulation carries values in the caller's dtype.
+    cuda_graph: the run is one CUDA-graph replay (how serving stacks run a
+    decode step): no kernel or collective pays its own launch; the report
+    charges one graph launch (GpuDevice.graph_launch_s) instead.
     """
 
     def __init__(self, cluster: Cluster, n_ranks: int | None = None, *,
                  algorithm: str | None = None, protocol: str | None = None,
-                 bytes_per_element: int = 2):
+                 bytes_per_element: int = 2, cuda_graph: bool = False):
         if not isinstance(cluster, Cluster):
             raise ConfigError(f"expected a wse.gpu.Cluster, got {type(cluster).__name__}")
         n = cluster.n_gpus if n_ranks is None else n_ranks
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= cluster.n_gpus:
             raise ShardingError(
                 f"{n!r} ranks do not fit the {cluster.n_gpus}-GPU cluster {cluster.name}")
-        if algorithm is not None and algorithm not in ("ring", "tree", "nvls"):
-            raise ConfigError(f"unknown all-reduce algorithm {algorithm!r}: ring, tree or nvls")
+        if algorithm is not None and algorithm not in ("ring", "tree", "nvls", "hier"):
+            raise ConfigError(
+                f"unknown all-reduce algorithm {algorithm!r}: ring, tree, nvls or hier")
         self.cluster = cluster
         self.n_ranks = n
         self.algorithm = algorithm
         self.protocol = protocol
         self.bytes_per_element = bytes_per_element
+        self.cuda_graph = bool(cuda_graph)
         self.fabric = coll.Fabric(cluster, n, bytes_per_element)
         self._computes: list[ComputeRecord] = []
         self._collectives: list[CollectiveRecord] = []
 
     # ------------------------------------------------------------------ compute
-    def compute(self, name: str, flops: float, nbytes: float) -> None:
-        """Price one SPMD kernel: `flops` and HBM `nbytes` per rank."""
-        seconds = self.cluster.compute_seconds(flops, nbytes)
+    def compute(self, name: str, flops: float, nbytes: float, *,
+                gemm: tuple[int, int] | None = None) -> None:
+        """Price one SPMD kernel: `flops` and HBM `nbytes` per rank. gemm=(m, n):
+        the kernel is a GEMM with an m x n output per rank, priced at the
+        device's shape-dependent efficiency (GpuDevice.gemm_efficiency)."""
+        efficiency = None if gemm is None else self.cluster.device.gemm_efficiency(*gemm)
+        seconds = self.cluster.compute_seconds(flops, nbytes, launch=not self.cuda_graph,
+                                               efficiency=efficiency)
         self._computes.append(ComputeRecord(name, float(flops), float(nbytes), seconds))
 
     def matmul(self, xs: list[np.ndarray], ws: list[np.ndarray], name: str = "matmul",
@@ -68,7 +78,8 @@ class SpmdRun:
             out = [o + b for o, b in zip(out, bias)]
         m, k = xs[0].shape
         n = ws[0].shape[1]
-        self.compute(name, 2.0 * m * k * n, (m * k + k * n + m * n) * self.bytes_per_element)
+        self.compute(name, 2.0 * m * k * n, (m * k + k * n + m * n) * self.bytes_per_element,
+                     gemm=(m, n))
         return out
 
     def elementwise(self, name: str, xs: list[np.ndarray], flops_per_element: float = 1.0,
@@ -83,10 +94,14 @@ class SpmdRun:
         if len(xs) != self.n_ranks:
             raise ShardingError(f"{what}: got {len(xs)} shards for {self.n_ranks} ranks")
 
+    def _plan(self, op: str, nbytes: int, n_ranks: int, algorithm: str | None,
+              protocol: str | None):
+        return self.cluster.collective_plan(op, nbytes, n_ranks, algorithm, protocol,
+                                            launch=not self.cuda_graph)
+
     def _record(self, op: str, nbytes: int, before: np.ndarray, algorithm: str | None,
                 protocol: str | None = None) -> CollectiveRecord:
-        plan = self.cluster.collective_plan(op, nbytes, self.n_ranks, algorithm,
-                                            protocol or self.protocol)
+        plan = self._plan(op, nbytes, self.n_ranks, algorithm, protocol or self.protocol)
         sent = int(self.fabric.sent.sum() - before.sum())
         record = CollectiveRecord(op, int(nbytes), self.n_ranks, plan.algorithm,
                                   plan.protocol, plan.seconds, sent)
@@ -99,21 +114,28 @@ class SpmdRun:
         if self.n_ranks == 1:
             return [np.array(xs[0], copy=True)]
         nbytes = int(np.size(xs[0])) * self.bytes_per_element
-        plan = self.cluster.collective_plan("allreduce", nbytes, self.n_ranks,
-                                            self.algorithm, self.protocol)
+        plan = self._plan("allreduce", nbytes, self.n_ranks, self.algorithm, self.protocol)
         before = self.fabric.sent.copy()
         out = coll.ALLREDUCE[plan.algorithm](self.fabric, list(xs))
         self._record("allreduce", nbytes, before, plan.algorithm, plan.protocol)
         return out
 
-    def allgather(self, xs: list[np.ndarray], axis: int = 0) -> list[np.ndarray]:
-        """Concatenate the ranks' arrays along `axis` (rank order), result on every rank."""
+    def allgather(self, xs: list[np.ndarray], axis: int = 0, *,
+                  bytes_per_element: int | None = None) -> list[np.ndarray]:
+        """Concatenate the ranks' arrays along `axis` (rank order), result on every rank.
+        bytes_per_element: charge this many bytes per element for this
+        collective (default: the run's), e.g. 4 for fp32 values or int32 ids."""
         self._check_ranks(xs, "allgather")
         if self.n_ranks == 1:
             return [np.array(xs[0], copy=True)]
-        before = self.fabric.sent.copy()
-        out = coll.ring_allgather(self.fabric, list(xs), axis)
-        self._record("allgather", int(np.size(out[0])) * self.bytes_per_element, before, "ring")
+        width = self.bytes_per_element if bytes_per_element is None else bytes_per_element
+        saved, self.fabric.bytes_per_element = self.fabric.bytes_per_element, width
+        try:
+            before = self.fabric.sent.copy()
+            out = coll.ring_allgather(self.fabric, list(xs), axis)
+            self._record("allgather", int(np.size(out[0])) * width, before, "ring")
+        finally:
+            self.fabric.bytes_per_element = saved
         return out
 
     def reduce_scatter(self, xs: list[np.ndarray], axis: int = 0) -> list[np.ndarray]:
@@ -148,7 +170,7 @@ class SpmdRun:
         before = self.fabric.sent.copy()
         out = self.fabric.send(src, dst, x)
         nbytes = int(np.size(x)) * self.bytes_per_element
-        plan = self.cluster.collective_plan("send", nbytes, max(2, self.n_ranks))
+        plan = self._plan("send", nbytes, max(2, self.n_ranks), None, None)
         self._collectives.append(CollectiveRecord(
             "send", nbytes, 2, plan.algorithm, plan.protocol, plan.seconds,
             int(self.fabric.sent.sum() - before.sum())))
@@ -159,12 +181,15 @@ class SpmdRun:
         device = self.cluster.device
         compute_s = sum(c.seconds for c in self._computes)
         comm_s = sum(c.seconds for c in self._collectives)
+        launch_s = device.graph_launch_s if self.cuda_graph else 0.0
+        # The graph launch is host time: the GPUs idle, drawing comm-level power.
         energy = self.n_ranks * device.tdp_watts * (
-            compute_s * device.active_power_fraction + comm_s * device.comm_power_fraction)
+            compute_s * device.active_power_fraction
+            + (comm_s + launch_s) * device.comm_power_fraction)
         return GpuReport(
             device=device.name,
             n_gpus=self.n_ranks,
-            seconds=compute_s + comm_s,
+            seconds=compute_s + comm_s + launch_s,
             compute_seconds=compute_s,
             comm_seconds=comm_s,
             flops=self.n_ranks * sum(c.flops for c in self._computes),
@@ -173,4 +198,7 @@ class SpmdRun:
             collectives=tuple(self._collectives),
             energy_joules=energy,
             computes=tuple(self._computes),
+            cuda_graph=self.cuda_graph,
+            launch_seconds=launch_s,
+            kernels=len(self._computes) + len(self._collectives),
         )
