@@ -135,7 +135,56 @@ def format_sweep(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+LLAMA_MACHINES = (("1xH100", gpu.H100, 1), ("8xH100", gpu.H100, 8),
+                  ("16xH100 (2 nodes)", gpu.H100, 16), ("8xA100", gpu.A100, 8))
+
+
+def llama_layer_rows(context: int = 4096, prompt: int = 4096, machines=LLAMA_MACHINES,
+                     prefill: bool = True) -> list[dict]:
+    """LLaMA-3-8B: one layer's decode step (a `context`-token KV cache, one CUDA
+    graph) and prefill (`prompt` tokens, per-kernel launches), and whole-model
+    decode tokens/s = 1 / (32 layers + LM head and greedy sampling + one graph
+    launch), on each machine (tensor parallelism over all its GPUs)."""
+    import numpy as np
+    from kernels import models, sharded
+    from kernels.models import KVCache
+
+    model = models.preset("llama3-8b")
+    weights = models.random_weights(model, seed=0, n_layers=1)
+    rng = np.random.default_rng(0)
+    shape = (model.n_kv_heads, context, model.head_dim)
+    cache = KVCache((rng.standard_normal(shape).astype(np.float32),),
+                    (rng.standard_normal(shape).astype(np.float32),),
+                    rng.standard_normal(model.d_model).astype(np.float32))
+    x = rng.standard_normal((prompt, model.d_model)).astype(np.float32) if prefill else None
+    rows = []
+    for key, dev, n in machines:
+        cluster = gpu.Cluster(dev, n_gpus=n)
+        _, _, layer = sharded.decode_step(model, weights, cache, cluster, tp=n)
+        _, _, whole = sharded.decode_step(model, weights, cache, cluster, tp=n, lm_head=True)
+        _, _, eager = sharded.decode_step(model, weights, cache, cluster, tp=n, cuda_graph=False)
+        token_s = sharded.model_decode_seconds(model, layer, whole)
+        row = {"machine": key, "decode_layer_us": (layer.seconds - layer.launch_seconds) * 1e6,
+               "decode_layer_eager_us": eager.seconds * 1e6,
+               "lm_head_sampling_us": (whole.seconds - layer.seconds) * 1e6,
+               "token_ms": token_s * 1e3, "tokens_per_s": 1.0 / token_s,
+               "allreduce_us": [round(c.seconds * 1e6, 1) for c in layer.collectives],
+               "allreduce_algo": [f"{c.algorithm}/{c.protocol}" for c in layer.collectives]}
+        if prefill:
+            _, rep = sharded.prefill(model, weights, x, cluster, tp=n)
+            row["prefill_layer_ms"] = rep.seconds * 1e3
+            row["prefill_model_s"] = rep.seconds * model.n_layers
+            row["prefill_tokens_per_s"] = prompt / (rep.seconds * model.n_layers)
+        rows.append(row)
+    return rows
+
+
 if __name__ == "__main__":
+    import sys
+    if "--llama" in sys.argv:
+        for row in llama_layer_rows(prefill="--no-prefill" not in sys.argv):
+            print(row)
+        raise SystemExit
     print(format_table(run()))
     print()
     print(format_sweep(gpu_count_sweep()))
