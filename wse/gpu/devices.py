@@ -22,7 +22,10 @@ Sources
             CUDA Graphs and Other Performance Enhancements" (2024,
             https://developer.nvidia.com/blog/constant-time-launch-for-straight-line-graphs-and-other-performance-enhancements/):
             with CUDA 12.6 the CPU launch of a straight-line graph is constant
-            in its node count, ~2.5 us measured. -> graph_launch_s = 2.5e-6.
+            in its node count. ASSUMPTION: graph_launch_s = 2.5e-6, the order
+            of that post's figure as recalled; the page itself could not be
+            read here, so the value is unverified (a decode layer's graph
+            time moves by the same microseconds; see docs/gpu-calibration.md).
   [MMGUIDE] NVIDIA, "Matrix Multiplication Background User's Guide"
             (https://docs.nvidia.com/deeplearning/performance/dl-performance-matrix-multiplication/):
             cuBLAS tiles the output (largest typical tile 256 x 128); a GEMM
