@@ -326,10 +326,7 @@ def _gpu_side(model, phase: str, seq: int, cluster, tp, seed: int):
         x = rng.standard_normal((seq, model.d_model)).astype(np.float32)
         _, report = sharded.prefill(model, weights, x, cluster, tp=tp)
     else:
-        shape = (model.n_kv_heads, seq, model.head_dim)
-        state = models.KVCache((rng.standard_normal(shape).astype(np.float32),),
-                               (rng.standard_normal(shape).astype(np.float32),),
-                               rng.standard_normal(model.d_model).astype(np.float32))
+        state = models.KVCache.random(model, seq, rng)
         _, _, report = sharded.decode_step(model, weights, state, cluster, tp=tp)
     return tp, weights, report
 

@@ -152,10 +152,7 @@ def llama_layer_rows(context: int = 4096, prompt: int = 4096, machines=LLAMA_MAC
     model = models.preset("llama3-8b")
     weights = models.random_weights(model, seed=0, n_layers=1)
     rng = np.random.default_rng(0)
-    shape = (model.n_kv_heads, context, model.head_dim)
-    cache = KVCache((rng.standard_normal(shape).astype(np.float32),),
-                    (rng.standard_normal(shape).astype(np.float32),),
-                    rng.standard_normal(model.d_model).astype(np.float32))
+    cache = KVCache.random(model, context, rng)
     x = rng.standard_normal((prompt, model.d_model)).astype(np.float32) if prefill else None
     rows = []
     for key, dev, n in machines:

@@ -109,10 +109,7 @@ def decode_case(grid: int = 420, context: int = 4096, dtype: str = "float16",
     model = models.preset(LLAMA)
     weights = models.random_weights(model, seed=0, n_layers=1)
     rng = np.random.default_rng(1)
-    shape = (model.n_kv_heads, context, model.head_dim)
-    cache = KVCache((rng.standard_normal(shape).astype(np.float32),),
-                    (rng.standard_normal(shape).astype(np.float32),),
-                    rng.standard_normal(model.d_model).astype(np.float32))
+    cache = KVCache.random(model, context, rng)
     cfg = base.with_grid(rows=grid, cols=grid)
     started = time.perf_counter()
     out, state, report = T.decode_step(model, weights, cache, cfg, dtype=dtype)

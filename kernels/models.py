@@ -232,3 +232,13 @@ class KVCache:
     @property
     def n_layers(self) -> int:
         return len(self.keys)
+
+    @classmethod
+    def random(cls, model: ModelConfig, length: int, rng: np.random.Generator) -> "KVCache":
+        """One layer's cache of `length` positions with standard-normal keys,
+        values and last hidden state, drawn from rng in that order (a decode
+        benchmark's stand-in for what a prefill would leave)."""
+        shape = (model.n_kv_heads, length, model.head_dim)
+        return cls((rng.standard_normal(shape).astype(np.float32),),
+                   (rng.standard_normal(shape).astype(np.float32),),
+                   rng.standard_normal(model.d_model).astype(np.float32))
