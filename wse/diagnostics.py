@@ -53,10 +53,12 @@ def raise_on_status(program, static, state) -> None:
     if code == isa.STATUS_ROUTE:
         where = pe_name(program, pe)
         if kind == isa.ROUTE_RX_MISMATCH:
-            route = static.route[pe * len(program.colors) + color] if program.colors else [0] * 4
+            route = static.route[pe * len(program.colors) + color] if program.colors \
+                else [0] * (engine.SWITCH_POSITIONS * engine.POSITION_FIELDS)
             accepts = f"rx={{{port_names(int(route[engine.RX]))}}}"
-            if route[2 + engine.RX] or route[2 + engine.TX]:
-                accepts += f" (rx={{{port_names(int(route[2 + engine.RX]))}}} in its " \
+            other = engine.POSITION_FIELDS            # the second switch position's pair
+            if route[other + engine.RX] or route[other + engine.TX]:
+                accepts += f" (rx={{{port_names(int(route[other + engine.RX]))}}} in its " \
                            f"switch's other position)"
             raise RouteError(f"{where}, {color_name(program, color)}: a wavelet arrives from "
                              f"port {isa.PORT_NAMES[port]} at cycle {cycle}, but the route "

@@ -130,6 +130,7 @@ Static = namedtuple("Static", [
 T_PC, T_KIND, T_COLOR = range(3)
 R_FIRST, R_ENTRY, R_DATA_COLORS = range(3)
 RX, TX = range(2)      # columns of a switch position's (rx, tx) pair in `route`
+POSITION_FIELDS, SWITCH_POSITIONS = 2, 2   # `route` holds 2 x 2 columns per (PE, color)
 
 State = namedtuple("State", [
     "sram_f32", "sram_u16",            # two views of one byte arena
@@ -396,7 +397,7 @@ def _router_step(S, st, r, now):
         head = q * depth + st.rq[q, Q_HEAD]
         if st.rq_entry[head, E_READY] > now:
             continue
-        tx = np.int64(S.route[q, 2 * st.switch[q] + TX])
+        tx = np.int64(S.route[q, POSITION_FIELDS * st.switch[q] + TX])
         if tx == 0:
             _fail(st.counters, STATUS_ROUTE, ROUTE_NO_TX, r, c, -1, now)
             return
@@ -499,9 +500,9 @@ def _admits(S, st, q, port):
     its present switch position, 0 only in its other position (the sender
     waits), -1 in none (a route error)."""
     pos = st.switch[q]
-    if (S.route[q, 2 * pos + RX] >> port) & 1:
+    if (S.route[q, POSITION_FIELDS * pos + RX] >> port) & 1:
         return 1
-    if (S.route[q, 2 * (1 - pos) + RX] >> port) & 1:
+    if (S.route[q, POSITION_FIELDS * (1 - pos) + RX] >> port) & 1:
         return 0
     return -1
 

@@ -62,12 +62,13 @@ def lower(program):
     static.settings is left empty (`settings` fills it per run); task_names
     holds (role name, task name, first instruction) for each task, which
     diagnostics and reports use to name instructions."""
-    from .engine import Static
+    from .engine import POSITION_FIELDS, SWITCH_POSITIONS, Static
     cfg = program.cfg
     n_pe = program.rows * program.cols
     ncolors = max(len(program.colors), 1)
     # per (PE, color): rx, tx of switch position 0, then of position 1
-    route = np.zeros((n_pe, ncolors, 4), np.uint8)
+    columns = SWITCH_POSITIONS * POSITION_FIELDS
+    route = np.zeros((n_pe, ncolors, columns), np.uint8)
     for color in program.colors:
         masks = program.routes_of(color) + program.routes_of(color, position=1)
         for k, mask in enumerate(masks):
@@ -127,7 +128,7 @@ def lower(program):
                 roles[role.index, 2] |= 1 << t.color
     static = Static(
         settings=np.zeros(0, np.int64),
-        route=route.reshape(-1, 4),
+        route=route.reshape(-1, columns),
         instr=np.array(code, np.int64), instr_imm=np.array(imm, np.float32),
         desc=np.array(descs, np.int64).reshape(-1, isa.DESC_FIELDS),
         task=np.array([task_pc, task_kind, task_color], np.int64).T.reshape(-1, 3)
