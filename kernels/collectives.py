@@ -673,7 +673,9 @@ def allreduce_fragment(prog: wse.Program, data: wse.Buffer, along: str = "x", op
                        name: str = "ar") -> Fragment:
     """Route an allreduce of data[:length]; every PE's data holds the result.
 
-    Ring algorithms need data to hold ring_length(length, P) elements. Along
+    Reduce-then-broadcast algorithms reduce into `root` (default:
+    default_allreduce_root, the middle of the line for ktree, index 0 for
+    the others) and flood the result back from it. Ring algorithms need data to hold ring_length(length, P) elements. Along
     "xy": along x, then along y, with the same algorithm."""
     _check_cfg(prog.cfg)
     _check_along(along)
@@ -688,20 +690,41 @@ def allreduce_fragment(prog: wse.Program, data: wse.Buffer, along: str = "x", op
     P = _line_length(prog.cfg, along)
     _check_algorithm(algorithm, ALLREDUCE_ALGORITHMS, "allreduce")
     if algorithm == "auto":
-        algorithm = choose("allreduce", P, n, prog.cfg, dtype=data.dtype)
+        algorithm = choose("allreduce", P, n, prog.cfg, root=root, dtype=data.dtype)
     if algorithm in ("ring", "ring_interleaved"):
         return ring_allreduce_fragment(prog, data, along, op,
                                        "plain" if algorithm == "ring" else "interleaved",
                                        n, lines, name)
-    root = default_allreduce_root(algorithm, P) if root is None else root
+    if root is None:
+        root = default_allreduce_root(algorithm, P, n, prog.cfg, group_size)
     red = reduce_fragment(prog, data, along, root, op, algorithm, n, group_size, lines,
                           name + "r")
     return red.then(broadcast_fragment(prog, data, along, root, n, lines, name + "b"))
 
 
-def default_allreduce_root(algorithm: str, P: int) -> int:
-    """The root reduce-then-broadcast uses: the end of the line (index 0)."""
-    return 0
+def default_allreduce_root(algorithm: str, P: int, B: int = 1, cfg=None,
+                           group_size: int | None = None) -> int:
+    """The root reduce-then-broadcast uses.
+
+    ktree (WaferLLM's two-tree): the root at which the reduce (both arms at
+    once, _join_cost) plus the flood back both ways costs least (ties:
+    nearest the middle, then the lower index). For short vectors that is
+    the middle of the line, give or take a PE: each arm and the flood cross
+    half the line. A root inside pays B once more (the second arm's fold
+    after the first), so for long vectors on short lines it is an end.
+    The others: the end of the line (index 0)."""
+    if algorithm != "ktree" or P <= 2:
+        return 0
+    if cfg is None:
+        raise ConfigError("the ktree allreduce's root depends on B and the config: pass cfg")
+    return _best_root(P, B, cfg, group_size)
+
+
+@lru_cache(maxsize=None)
+def _best_root(P: int, B: int, cfg, group_size) -> int:
+    def total(root):
+        return _reduce_cost("ktree", P, B, cfg, root, group_size) + _broadcast_cost(P, B, cfg, root)
+    return min(range(P), key=lambda r: (total(r), abs(2 * r - (P - 1)), r))
 
 
 def shift_fragment(prog: wse.Program, src: wse.Buffer, dst: wse.Buffer, along: str = "x",
@@ -784,10 +807,13 @@ def _arm_cost(algorithm: str, n: int, B: int, cfg, s: int | None = None) -> int:
                cost = e_1 + sigma + Lat(s_1) + B.
     ktree      as two_phase, but each group reduces into a PE inside it: the
                far chain (b hops) and the near chain (a = b-1 or b-2 hops)
-               meet there, far first: A_g = sigma + b*T + B + (sigma + B)
-               (the near chain's fold issues when the far one completes;
-               sigma + b*T + B when a = 0); the level-2 distances are those
-               between the group roots.
+               meet there, far first: A_g = _join_cost(sigma + a*T,
+               sigma + b*T) = sigma + b*T + B + steal + (sigma + B) (the
+               near chain's fold issues when the far one completes; steal = 0
+               when the near chain is ahead by at least
+               min(input_queue_depth, B) cycles, as on WSE-2; sigma + b*T + B
+               when a = 0); the level-2 distances are those between the
+               group roots.
     """
     if n <= 1:
         return 0
@@ -812,7 +838,12 @@ def _arm_cost(algorithm: str, n: int, B: int, cfg, s: int | None = None) -> int:
         done = []
         for (lo, hi), r in zip(groups, roots):
             near, far = r - lo, hi - r
-            done.append(su + far * hop + (2 * B + su if near else B) if far else 0)
+            if not far:
+                done.append(0)
+            elif not near:
+                done.append(su + far * hop + B)
+            else:
+                done.append(_join_cost(su + near * hop, su + far * hop, B, cfg))
     else:
         raise AssertionError(algorithm)
     first = done[-1]
@@ -862,6 +893,7 @@ def _tree_cost(n: int, B: int, T_R: int, H: int, su: int, dp: int) -> int:
                _tree_cost(top, B, T_R, H, su, dp) + su + dp + 2 * T_R + m * H) + B
 
 
+@lru_cache(maxsize=None)
 def _best_group_size(algorithm: str, n: int, B: int, cfg) -> int:
     """Group size of two_phase / ktree (about sqrt(n)) that minimises the cost."""
     if n <= 2:
@@ -885,18 +917,14 @@ def _reduce_cost(algorithm: str, P: int, B: int, cfg, root: int, group_size) -> 
         return _arm_cost(algorithm, n, B, cfg, s)
     # a root inside the line: each arm delivers its last stream; the root
     # folds the later one first (the earlier one has filled its input queue
-    # meanwhile); streams that arrive closer together than that steal ramp
-    # slots from the first fold.
+    # meanwhile), see _join_cost.
     finish = []
     for n in (low, high):
         s = group_size or (_best_group_size(algorithm, n, B, cfg)
                            if algorithm in ("two_phase", "ktree") else None)
         finish.append(_arm_cost(algorithm, n, B, cfg, s))
-    first = [f - B for f in finish]
     if algorithm in ("chain", "two_phase", "ktree"):
-        late = max(first)
-        steal = max(0, min(cfg.input_queue_depth, B - 1) - abs(first[0] - first[1]))
-        return late + 2 * B + cfg.vector_startup_cycles + steal
+        return _join_cost(finish[0] - B, finish[1] - B, B, cfg)
     if algorithm == "tree":
         # the longer arm (without the root) reduces into the root's neighbour,
         # which streams into the root one hop after the root's own arm is done
@@ -913,6 +941,34 @@ def _reduce_cost(algorithm: str, P: int, B: int, cfg, root: int, group_size) -> 
     # star: the root folds each arm's vectors as they arrive, both arms
     # sharing its ramp (_star_cost)
     return _star_cost(low, high, B, cfg)
+
+
+def _join_cost(first_low: int, first_high: int, B: int, cfg) -> int:
+    """Cycles until a root inside the line has folded both arms' last
+    streams, whose first elements a waiting fold would handle at first_low
+    and first_high (each arm's cost less B; `_reduce_line_steps` programs
+    the root to fold the later stream first, then the earlier one).
+
+    The earlier stream (first element at e) takes one ramp slot a cycle
+    into the root's input queue until m = min(input_queue_depth, B) of its
+    elements are in it; nobody drains it yet, so it then stops. The later
+    one arrives g = l - e cycles after it and is folded as it comes, one
+    element a cycle, except for the ramp slots the earlier one still takes
+    from cycle l on: the router serves the two colors round robin, so they
+    alternate until the earlier one has its m slots. The later stream wins
+    the first of those cycles (the earlier one was served the cycle before;
+    on a tie the later one's color has the lower index, its routes being
+    set first), so it loses
+        steal = min(max(0, m - g), B - 1)
+    cycles (B - 1, not B, when g = 0 and m = B: its last element goes in
+    before the earlier stream's last). The fold of the earlier stream issues
+    when the later fold completes, pays its start-up sigma, and drains the
+    queue at full rate while the rest follows:
+        cycles = l + B + steal + sigma + B."""
+    early, late = sorted((first_low, first_high))
+    m = min(cfg.input_queue_depth, B)
+    steal = min(max(0, m - (late - early)), B - 1)
+    return late + B + steal + cfg.vector_startup_cycles + B
 
 
 def _broadcast_cost(P: int, B: int, cfg, root: int) -> int:
@@ -981,23 +1037,26 @@ def _ring_cost(P: int, B: int, cfg, ring: str) -> int:
 
 
 def cost(collective: str, algorithm: str, P: int, B: int, cfg: wse.WaferConfig,
-         root: int = 0, group_size: int | None = None, k: int = 1) -> int:
+         root: int | None = None, group_size: int | None = None, k: int = 1) -> int:
     """Predicted cycles of a collective on a line of P PEs with B elements each.
 
     collective: "reduce" | "allreduce" | "broadcast" | "shift" (shift:
-    algorithm "plain" or "interleaved", shift by k). Exact (within a few
-    cycles) for a root at an end of the line; an interior root is modelled as
-    two arms whose last streams meet at the root (see _reduce_cost).
+    algorithm "plain" or "interleaved", shift by k). root: reduce and
+    broadcast default to index 0, allreduce to default_allreduce_root (the
+    middle for ktree). Exact for any root (tests/kernels/test_collectives.py):
+    an interior root is two arms whose last streams meet at the root
+    (_reduce_cost, _join_cost).
 
     reduce     _arm_cost (chain, star, tree, two_phase, ktree); an interior
                root folds the later arm's stream, then issues the fold of
-               the other (+ sigma): late + 2B + sigma + ramp slots stolen.
+               the other: _join_cost = late + 2B + sigma + ramp slots stolen.
     broadcast  flood: sigma + delta + 2*T_R + D*H + B, D = max(root, P-1-root)
                (stream_cycles).
-    allreduce  reduce into index 0, then flood from it: the root issues its
-               send the cycle its last fold completes, and every other PE is
-               already waiting:  reduce(P, B, root 0) + sigma + delta + 2*T_R
-               + (P-1)*H + B.  ring / ring_interleaved: _ring_cost.
+    allreduce  reduce into the root, then flood from it both ways: the root
+               issues its send the cycle its last fold completes, and every
+               other PE is already waiting:  reduce(P, B, root) + sigma +
+               delta + 2*T_R + max(root, P-1-root)*H + B.  ring /
+               ring_interleaved: _ring_cost.
     shift      sigma + delta + 2*T_R + D*H + B + c with D the longest stream
                (plain: P-|k| mod P with wrap; interleaved, k=1: 2): every PE
                sends asynchronously, receives, then waits (c). Exact for
@@ -1008,7 +1067,7 @@ def cost(collective: str, algorithm: str, P: int, B: int, cfg: wse.WaferConfig,
     if P < 1 or B < 1:
         raise ConfigError(f"P and B must be >= 1, got P={P}, B={B}")
     if collective == "broadcast":
-        return _broadcast_cost(P, B, cfg, root)
+        return _broadcast_cost(P, B, cfg, 0 if root is None else root)
     if collective == "shift":
         if algorithm not in RINGS:
             raise ConfigError(f"unknown ring {algorithm!r}: expected one of {RINGS}")
@@ -1019,6 +1078,7 @@ def cost(collective: str, algorithm: str, P: int, B: int, cfg: wse.WaferConfig,
         return stream_cycles(D, B, cfg) + cfg.scalar_op_cycles
     if collective == "reduce":
         _check_algorithm(algorithm, REDUCE_ALGORITHMS, "reduce")
+        root = 0 if root is None else root
         if not 0 <= root < P:
             raise ConfigError(f"root {root} outside 0..{P - 1}")
         if algorithm == "auto":
@@ -1027,10 +1087,13 @@ def cost(collective: str, algorithm: str, P: int, B: int, cfg: wse.WaferConfig,
     if collective == "allreduce":
         _check_algorithm(algorithm, ALLREDUCE_ALGORITHMS, "allreduce")
         if algorithm == "auto":
-            algorithm = choose("allreduce", P, B, cfg)
+            algorithm = choose("allreduce", P, B, cfg, root=root)
         if algorithm in ("ring", "ring_interleaved"):
             return _ring_cost(P, B, cfg, "plain" if algorithm == "ring" else "interleaved")
-        root = default_allreduce_root(algorithm, P)
+        if root is None:
+            root = default_allreduce_root(algorithm, P, B, cfg, group_size)
+        elif not 0 <= root < P:
+            raise ConfigError(f"root {root} outside 0..{P - 1}")
         return _reduce_cost(algorithm, P, B, cfg, root, group_size) \
             + _broadcast_cost(P, B, cfg, root)
     raise ConfigError(f"unknown collective {collective!r}: expected reduce, allreduce, "
@@ -1048,12 +1111,20 @@ def colors_needed(collective: str, algorithm: str, P: int, root: int = 0) -> int
     return 0            # the others need few colors (at most 4 per phase)
 
 
-def choose(collective: str, P: int, B: int, cfg: wse.WaferConfig, root: int = 0,
+def choose(collective: str, P: int, B: int, cfg: wse.WaferConfig, root: int | None = None,
            dtype: str = "float32") -> str:
-    """The algorithm with the lowest cost() that fits the config's colors."""
+    """The algorithm with the lowest cost() that fits the config's colors.
+
+    root None: a reduce's root is index 0, an allreduce's each algorithm's
+    default_allreduce_root (the middle for ktree)."""
     names = REDUCE_ALGORITHMS if collective == "reduce" else ALLREDUCE_ALGORITHMS
+
+    def root_of(a):
+        if root is not None:
+            return root
+        return default_allreduce_root(a, P, B, cfg) if collective == "allreduce" else 0
     feasible = [a for a in names
-                if colors_needed(collective, a, P, root) <= cfg.num_colors]
+                if colors_needed(collective, a, P, root_of(a)) <= cfg.num_colors]
     return min(feasible, key=lambda a: (cost(collective, a, P, B, cfg, root=root), a))
 
 
@@ -1119,10 +1190,13 @@ def reduce(x, cfg: wse.WaferConfig, along: str = "x", root=0, op: str = "sum",
 
 
 def allreduce(x, cfg: wse.WaferConfig, along: str = "x", op: str = "sum",
-              algorithm: str = "chain", group_size: int | None = None):
+              algorithm: str = "chain", group_size: int | None = None, root=None):
     """Every PE of each line ends with the reduction of the line's vectors.
 
-    star|chain|tree|two_phase|ktree: reduce into index 0, then flood it back.
+    star|chain|tree|two_phase: reduce into index 0 (or `root`), then flood
+    it back. ktree (WaferLLM's two-tree): reduce both halves of the line at
+    once into a root in its middle (default_allreduce_root), then flood
+    back both ways.
     ring: reduce-scatter then allgather over the plain ring 0..P-1 (its
     wrap-around edge spans P-1 hops). ring_interleaved: the same over
     routes.interleaved_order (every logical neighbour at most 2 hops away).
@@ -1137,7 +1211,12 @@ def allreduce(x, cfg: wse.WaferConfig, along: str = "x", op: str = "sum",
     if algorithm in ("ring", "ring_interleaved", "auto"):
         size = max(ring_length(B, cfg.cols), ring_length(B, cfg.rows))
     buf = prog.buffer("x", (size,), _dtype_name(x))
-    frag = allreduce_fragment(prog, buf, along, op, algorithm, B, group_size=group_size)
+    if root is not None:
+        if along == "xy":
+            raise ConfigError("along='xy' allreduces choose their roots per axis; pass no root")
+        root = _check_root(root, cfg, along)
+    frag = allreduce_fragment(prog, buf, along, op, algorithm, B, root=root,
+                              group_size=group_size)
     padded = np.zeros(x.shape[:2] + (size,), x.dtype)
     padded[:, :, :B] = x
     prog.load(buf, padded)
