@@ -1,4 +1,4 @@
-"""One decoder layer of a decode step on the mesh, one engine run per phase.
+"""One decoder layer of a decode step on the mesh: one Program, one engine run.
 
 Layout (any grid): the d_model vector along Y, replicated along X (row y
 holds chunk y on every PE of the row); attention and d_ff vectors along X,
@@ -9,22 +9,35 @@ Y, leaving the result along X; one whose input lies along X keeps
 W[chunk x, chunk y] (`decode_x_reducing_tiles`) and allreduces along X. No
 transpose is ever needed.
 
-The phases (PHASES), each built and run by its own function; each reads its
-inputs in exactly the layout the previous one left them in:
+The layer's operations (PHASES), one task each per PE (TASKS), run in this
+order on every PE; each reads its inputs in exactly the layout the previous
+one left them in, in SRAM:
   qkv        norm (allreduce along Y), Q/K/V GEMV (allreduce along Y),
-             bias, RoPE                                    (qkv_phase)
-  kv_update  the new K, V into the cache          (kvcache.kv_update_phase)
+             bias, RoPE; Q converted to the cache dtype
+  kv_update  the cache's neighbour moves along Y and the insert of the new
+             K, V on the last row (`kvcache.KVUpdate`; PEs with no part in
+             it have no such task)
   attention  q.K partials (allreduce along X per head), softmax with a
              max-allreduce and a sum-allreduce along Y, P V (allreduce
-             along Y)                                (attention_phase)
+             along Y)
   o_mlp_up   O GEMV (allreduce along X) + residual, norm (along Y),
-             up/gate GEMV (along Y), activation        (o_mlp_up_phase)
-  down       down GEMV (allreduce along X) + residual      (down_phase)
-`run_layer` runs the five in turn.
+             up/gate GEMV (along Y), activation
+  down       down GEMV (allreduce along X) + residual
+The first runs in the role's entry task; each task activates the next as its
+last instruction. Nothing synchronises the PEs between operations but their
+data: a PE starts operation k+1 once its own part of k is done and waits
+inside k+1 only where a stream it reads has not arrived yet (fabric inputs
+block; FIFO order per color keeps successive allreduces on one channel
+apart). So PEs far from a reduction's root run ahead into the next
+operation while others still finish the previous one.
 
-The phase builders allocate each buffer next to its load, which
-wse.Program allows with load(..., deferred=True): the loads are written once
-every buffer is allocated.
+Everything is resident in SRAM at once: the weights, the KV cache (K, V and
+the score bias of `slots` slots, RESERVE_SLOTS beyond those in use) and the
+activations. Per step the host writes the input x (the embedding, or the
+previous layer's output) and the position's RoPE row, and reads x back; the
+decode state (`kvcache.WaferKVCache.images`) keeps each layer's final SRAM
+image, and the next step's program resumes from it (`wse.Program.resume`),
+so no weight or cache byte is written from the host again.
 """
 from __future__ import annotations
 
@@ -35,13 +48,23 @@ import numpy as np
 
 import wse
 
-from .kvcache import WaferKVCache, kv_update_phase
-from .layers import (FeatureLayout, SegmentChannel, SubBuffer, build_roles, emit_gelu,
-                     emit_gemv, emit_norm, emit_rope, emit_swiglu, expand_kv_heads, norm_kind,
-                     place_matrix, place_vector, rope_tables, run_phase)
+from .kvcache import KVUpdate, LayerImage, WaferKVCache
+from .layers import (NEG_INF, FeatureLayout, SegmentChannel, SubBuffer, build_roles,
+                     emit_gelu, emit_gemv, emit_norm, emit_rope, emit_swiglu, expand_kv_heads,
+                     norm_kind, place_matrix, place_vector, rope_tables)
 from .models import ModelConfig
 
 PHASES = ("qkv", "kv_update", "attention", "o_mlp_up", "down")
+TASKS = ("main",) + PHASES[1:]
+"""The task that runs each of PHASES (the first is the role's entry task)."""
+
+RESERVE_SLOTS = 4
+"""Cache slots laid out beyond those in use when a layer's SRAM image is
+built, so that the layout, and with it the resident image, survives the
+next RESERVE_SLOTS widenings of the slot table (under the shift policy about
+one per `rows` tokens). When the table outgrows them, the image is laid out
+anew: the weights from the host, the cache from the previous image (the
+host bytes of that step show it)."""
 
 
 @dataclass(frozen=True)
@@ -74,223 +97,240 @@ def decode_weight_bytes(model: ModelConfig, lay: DecodeLayouts, dtype: str) -> i
     return item * (wd * 3 * wa + wa * wd + wd * n_up + wf * wd)
 
 
-def resident_bytes(model: ModelConfig, lay: DecodeLayouts, dtype: str) -> int:
-    """SRAM the attention phase must leave to the layer's weights, which stay resident."""
-    return decode_weight_bytes(model, lay, dtype) // 4 * 4
+
+@dataclass
+class LayerProgram:
+    """A decode layer's Program, its buffers by name and its cache slots."""
+
+    prog: wse.Program
+    buffers: dict
+    slots: int
 
 
-def qkv_phase(cfg, model: ModelConfig, lw, x_vec, lay: DecodeLayouts, pos: int, dtype: str):
-    """Norm, Q/K/V GEMV, then RoPE at position `pos` (llama) or the Q/K/V biases
-    (gpt2). x_vec: (R, C, wd) along Y. Returns (qkv (R, C, 3*wa): Q | K | V
-    along X, equal down every column; report)."""
-    R, C = cfg.rows, cfg.cols
-    wd, wa = lay.d.width, lay.attn.width
-    prog = wse.Program(cfg)
-    x = prog.buffer("x", (wd,), "float32")
-    h = prog.buffer("h", (wd,), dtype)
-    stats = prog.buffer("stats", (3 + wd,), "float32")
-    nw = prog.buffer("norm_w", (wd,), "float32")
-    wqkv = prog.buffer("w_qkv", (wd * 3 * wa,), dtype)
-    qkv = prog.buffer("qkv", (3 * wa,), "float32")
-    prog.load(x, x_vec, deferred=True)
-    prog.load(nw, place_vector(lay.d, lw.attn_norm, R, C, "y"), deferred=True)
-    blocks = [place_matrix(W, lay.d, lay.attn) for W in
-              (lw.wq, expand_kv_heads(model, lw.wk), expand_kv_heads(model, lw.wv))]
-    prog.load(wqkv, np.concatenate(blocks, axis=3).reshape(R, C, -1), deferred=True)
-    del blocks
-    nb = None
-    if lw.attn_norm_bias is not None:
-        nb = prog.buffer("norm_b", (wd,), "float32")
-        prog.load(nb, place_vector(lay.d, lw.attn_norm_bias, R, C, "y"), deferred=True)
-    if model.family == "llama":
-        cos, sin = rope_tables(lay.attn, [pos], model.rope_theta)        # (1, C, wa/2)
-        extra = prog.buffer("rope", (2 * wa,), "float32")                # cos, sin, tmp
-        tab = np.concatenate([cos[0], sin[0], np.zeros((C, wa))], axis=1)
-        prog.load(extra, np.broadcast_to(tab[None], (R, C, 2 * wa)), deferred=True)
-    else:
-        extra = prog.buffer("bqkv", (3 * wa,), "float32")
-        b = np.concatenate([lay.attn.scatter(lw.bq),
-                            lay.attn.scatter(expand_kv_heads(model, lw.bk)),
-                            lay.attn.scatter(expand_kv_heads(model, lw.bv))], axis=1)
-        prog.load(extra, np.broadcast_to(b[None], (R, C, 3 * wa)), deferred=True)
-    col = SegmentChannel(prog, "y", [(0, R - 1)], "col")
-    kind = norm_kind(model)
-
-    def body(t, parts):
-        emit_norm(t, parts, col, parts["col"], x, h, stats, 1, wd, model.d_model, kind,
-                  model.norm_eps, nw, nb)
-        emit_gemv(t, qkv, h.view(), wqkv, wd, 3 * wa)
-        col.allreduce(t, parts["col"], qkv.view(), 3 * wa)
-        if model.family == "llama":
-            half = wa // 2
-            cosb = SubBuffer(extra, 0)
-            sinb = SubBuffer(extra, half)
-            tmp = SubBuffer(extra, wa)
-            for off in (0, wa):
-                emit_rope(t, SubBuffer(qkv, off), cosb, sinb, tmp, wa)
-        else:
-            t.add(qkv.view(), qkv.view(), extra.view())
-
-    build_roles(prog, {"col": col}, body)
-    out, report = run_phase(prog, {"qkv": qkv})
-    return out["qkv"], report
+def _cache_slots_that_fit(free: int, wa: int, item: int) -> int:
+    """Most slots whose K, V (rounded to 4 bytes), bias and score fit `free` bytes."""
+    slot = 2 * wa * item + 8
+    n = max(free // slot, 0)
+    while n > 0 and 2 * ((n * wa * item + 3) // 4 * 4) + 8 * n > free:
+        n -= 1
+    return n
 
 
-def attention_phase(cfg, model: ModelConfig, q_vec, cache: WaferKVCache, layer: int, bias,
-                    lay: DecodeLayouts, dtype: str):
-    """softmax(q K^T / sqrt(hd) + bias) V over the cache of `layer`. q_vec:
-    (R, C, wa) along X; bias: (R, C, cap) as the kv_update phase left it.
-    The layer's weights stay resident while the cache grows, so their bytes
-    (`resident_bytes`) are reserved first and an overflow names a cache
-    buffer. Returns (o (R, C, wa) along X, report)."""
-    R, C = cfg.rows, cfg.cols
-    wa = lay.attn.width
-    cap = cache.capacity
-    prog = wse.Program(cfg)
-    resident = resident_bytes(model, lay, dtype)
-    if resident > 0:
-        prog.buffer("resident_weights", (resident // 4,), "float32")
-    q = prog.buffer("q", (wa,), dtype)
-    kb = prog.buffer("k_cache", (cap * wa,), dtype)
-    vb = prog.buffer("v_cache", (cap * wa,), dtype)
-    bb = prog.buffer("bias", (cap,), "float32")
-    s = prog.buffer("scores", (cap,), "float32")
-    o = prog.buffer("o_acc", (wa,), "float32")
-    sc = prog.buffer("scalars", (4,), "float32")
-    ob = prog.buffer("o", (wa,), dtype)
-    prog.load(q, q_vec, deferred=True)
-    prog.load(kb, cache.keys[layer].reshape(R, C, cap * wa), deferred=True)
-    prog.load(vb, cache.values[layer].reshape(R, C, cap * wa), deferred=True)
-    prog.load(bb, bias, deferred=True)
-    heads = SegmentChannel(prog, "x", lay.attn.segments, "hd")
-    col = SegmentChannel(prog, "y", [(0, R - 1)], "col")
-    scale = 1.0 / math.sqrt(model.head_dim)
-
-    def body(t, parts):
-        t.fill(s.view(), 0.0)
-        t.matmul(s.view(), q.view(), kb.view(), 1, wa, cap, transpose_b=True)
-        heads.allreduce(t, parts["hd"], s.view(), cap)
-        t.scale(s.view(), s.view(), scale)
-        t.add(s.view(), s.view(), bb.view())
-        t.rmax(sc.view(0, 1), s.view())
-        col.allreduce(t, parts["col"], sc.view(0, 1), 1, "max")
-        t.subs(s.view(), s.view(), sc.scalar(0))
-        t.exp(s.view(), s.view())
-        t.sum(sc.view(1, 1), s.view())
-        col.allreduce(t, parts["col"], sc.view(1, 1), 1, "sum")
-        t.fill(o.view(), 0.0)
-        t.matmul(o.view(), s.view(), vb.view(), 1, cap, wa)
-        col.allreduce(t, parts["col"], o.view(), wa)
-        t.recip(sc.view(1, 1), sc.view(1, 1))
-        t.scale(ob.view(), o.view(), sc.scalar(1))
-
-    build_roles(prog, {"hd": heads, "col": col}, body)
-    out, report = run_phase(prog, {"o": ob})
-    return out["o"], report
-
-
-def o_mlp_up_phase(cfg, model: ModelConfig, lw, o_vec, x_vec, lay: DecodeLayouts, dtype: str):
-    """O GEMV + residual (+ bias), norm, up (and gate) GEMV, activation.
-    o_vec: (R, C, wa) along X; x_vec: (R, C, wd) along Y. Returns (x (R, C, wd)
-    along Y, the residual stream after attention; act (R, C, wf) along X; report)."""
+def layer_program(cfg: wse.WaferConfig, model: ModelConfig, lay: DecodeLayouts, dtype: str,
+                  capacity: int, moves, insert, slots: int | None = None) -> LayerProgram:
+    """The Program of one decode layer, nothing loaded. capacity: the slot
+    table's width (the slots attention reads); moves, insert: this step's
+    `WaferKVCache.plan_append`; slots: the cache slots to lay out (default:
+    capacity + RESERVE_SLOTS, or fewer if SRAM has no room for them; an
+    SramOverflowError names the first buffer that does not fit)."""
     R, C = cfg.rows, cfg.cols
     wd, wa, wf = lay.d.width, lay.attn.width, lay.ff.width
-    prog = wse.Program(cfg)
-    ov = prog.buffer("o", (wa,), dtype)
-    wo = prog.buffer("w_o", (wa * wd,), dtype)
-    part = prog.buffer("partial", (wd,), "float32")
-    x = prog.buffer("x", (wd,), "float32")
-    h = prog.buffer("h", (wd,), dtype)
-    stats = prog.buffer("stats", (3 + wd,), "float32")
-    nw = prog.buffer("norm_w", (wd,), "float32")
     n_up = 2 * wf if model.gated else wf
-    wup = prog.buffer("w_up", (wd * n_up,), dtype)
-    up = prog.buffer("up", (n_up,), "float32")
-    act = prog.buffer("act", (wf,), dtype)
-    prog.load(ov, o_vec, deferred=True)
-    prog.load(wo, decode_x_reducing_tiles(lw.wo, lay.attn, lay.d, R, C), deferred=True)
-    prog.load(x, x_vec, deferred=True)
-    prog.load(nw, place_vector(lay.d, lw.mlp_norm, R, C, "y"), deferred=True)
-    ups = [lw.w_gate, lw.w_up] if model.gated else [lw.w_up]
-    prog.load(wup, np.concatenate([place_matrix(W, lay.d, lay.ff) for W in ups],
-                                  axis=3).reshape(R, C, -1), deferred=True)
-    nb = bo = bup = tmp = None
-    if model.has_bias:
-        nb = prog.buffer("norm_b", (wd,), "float32")
-        prog.load(nb, place_vector(lay.d, lw.mlp_norm_bias, R, C, "y"), deferred=True)
-        bo = prog.buffer("b_o", (wd,), "float32")
-        prog.load(bo, place_vector(lay.d, lw.bo, R, C, "y"), deferred=True)
-        bup = prog.buffer("b_up", (wf,), "float32")
-        prog.load(bup, place_vector(lay.ff, lw.b_up, R, C, "x"), deferred=True)
-        tmp = prog.buffer("tmp", (wf,), "float32")
-    row = SegmentChannel(prog, "x", [(0, C - 1)], "row")
-    col = SegmentChannel(prog, "y", [(0, R - 1)], "col")
-    kind = norm_kind(model)
+    llama = model.family == "llama"
+    bias = model.has_bias
+    prog = wse.Program(cfg)
+    b = {}
 
-    def body(t, parts):
-        emit_gemv(t, part, ov.view(), wo, wa, wd)
+    def buf(name, n, dt="float32", when=True):
+        if when:
+            b[name] = prog.buffer(name, (n,), dt)
+        return b.get(name)
+
+    # resident weights
+    buf("attn_norm_w", wd)
+    buf("attn_norm_b", wd, when=bias)
+    buf("w_qkv", wd * 3 * wa, dtype)
+    buf("b_qkv", 3 * wa, when=not llama)
+    buf("w_o", wa * wd, dtype)
+    buf("b_o", wd, when=bias)
+    buf("mlp_norm_w", wd)
+    buf("mlp_norm_b", wd, when=bias)
+    buf("w_up", wd * n_up, dtype)
+    buf("b_up", wf, when=bias)
+    buf("w_down", wf * wd, dtype)
+    buf("b_down", wd, when=bias)
+    # written by the host every step
+    buf("x", wd)
+    buf("rope", wa, when=llama)                    # cos | sin of the position
+    # activations
+    buf("h", wd, dtype)
+    buf("stats", 3 + wd)
+    buf("qkv", 3 * wa)
+    buf("tmp", max(wa, 0 if model.gated else wf))
+    buf("q", wa, dtype)
+    buf("o_acc", wa)
+    buf("scalars", 4)
+    buf("o", wa, dtype)
+    buf("partial", wd)
+    buf("up", n_up)
+    buf("act", wf, dtype)
+    # the KV cache, last, so that it takes what is left
+    if slots is None:
+        free = cfg.sram_bytes - int(prog.sram_used.max())
+        fit = _cache_slots_that_fit(free, wa, 2 if dtype == "float16" else 4)
+        slots = max(capacity, min(capacity + RESERVE_SLOTS, fit))
+    if slots < capacity:
+        raise wse.ConfigError(f"layer_program: {slots} cache slots cannot hold a slot table "
+                              f"of {capacity}")
+    buf("k_cache", slots * wa, dtype)
+    buf("v_cache", slots * wa, dtype)
+    buf("bias", slots)
+    buf("scores", slots)
+
+    col = SegmentChannel(prog, "y", [(0, R - 1)], "col")
+    heads = SegmentChannel(prog, "x", lay.attn.segments, "hd")
+    row = SegmentChannel(prog, "x", [(0, C - 1)], "row")
+    kv = KVUpdate(prog, moves, insert, wa, b["k_cache"], b["v_cache"], b["bias"],
+                  SubBuffer(b["qkv"], wa), SubBuffer(b["qkv"], 2 * wa))
+    kind = norm_kind(model)
+    cap = capacity
+    scale = 1.0 / math.sqrt(model.head_dim)
+
+    def qkv_op(t, parts):
+        emit_norm(t, parts, col, parts["col"], b["x"], b["h"], b["stats"], 1, wd,
+                  model.d_model, kind, model.norm_eps, b["attn_norm_w"], b.get("attn_norm_b"))
+        emit_gemv(t, b["qkv"], b["h"].view(), b["w_qkv"], wd, 3 * wa)
+        col.allreduce(t, parts["col"], b["qkv"].view(), 3 * wa)
+        if llama:
+            half = wa // 2
+            for off in (0, wa):
+                emit_rope(t, SubBuffer(b["qkv"], off), SubBuffer(b["rope"], 0),
+                          SubBuffer(b["rope"], half), b["tmp"], wa)
+        else:
+            t.add(b["qkv"].view(), b["qkv"].view(), b["b_qkv"].view())
+        t.mov(b["q"].view(), b["qkv"].view(0, wa))
+
+    def attention_op(t, parts):
+        s, sc, o = b["scores"].view(0, cap), b["scalars"], b["o_acc"]
+        t.fill(s, 0.0)
+        t.matmul(s, b["q"].view(), b["k_cache"].view(), 1, wa, cap, transpose_b=True)
+        heads.allreduce(t, parts["hd"], s, cap)
+        t.scale(s, s, scale)
+        t.add(s, s, b["bias"].view(0, cap))
+        t.rmax(sc.view(0, 1), s)
+        col.allreduce(t, parts["col"], sc.view(0, 1), 1, "max")
+        t.subs(s, s, sc.scalar(0))
+        t.exp(s, s)
+        t.sum(sc.view(1, 1), s)
+        col.allreduce(t, parts["col"], sc.view(1, 1), 1, "sum")
+        t.fill(o.view(), 0.0)
+        t.matmul(o.view(), s, b["v_cache"].view(), 1, cap, wa)
+        col.allreduce(t, parts["col"], o.view(), wa)
+        t.recip(sc.view(1, 1), sc.view(1, 1))
+        t.scale(b["o"].view(), o.view(), sc.scalar(1))
+
+    def o_mlp_up_op(t, parts):
+        x, part = b["x"], b["partial"]
+        emit_gemv(t, part, b["o"].view(), b["w_o"], wa, wd)
         row.allreduce(t, parts["row"], part.view(), wd)
         t.add(x.view(), x.view(), part.view())
-        if bo is not None:
-            t.add(x.view(), x.view(), bo.view())
-        emit_norm(t, parts, col, parts["col"], x, h, stats, 1, wd, model.d_model, kind,
-                  model.norm_eps, nw, nb)
-        emit_gemv(t, up, h.view(), wup, wd, n_up)
+        if bias:
+            t.add(x.view(), x.view(), b["b_o"].view())
+        emit_norm(t, parts, col, parts["col"], x, b["h"], b["stats"], 1, wd, model.d_model,
+                  kind, model.norm_eps, b["mlp_norm_w"], b.get("mlp_norm_b"))
+        up = b["up"]
+        emit_gemv(t, up, b["h"].view(), b["w_up"], wd, n_up)
         col.allreduce(t, parts["col"], up.view(), n_up)
         if model.gated:
-            emit_swiglu(t, SubBuffer(up, 0), SubBuffer(up, wf), act, wf)
+            emit_swiglu(t, SubBuffer(up, 0), SubBuffer(up, wf), b["act"], wf)
         else:
-            t.add(up.view(), up.view(), bup.view())
-            emit_gelu(t, up, tmp, wf)
-            t.mov(act.view(), up.view())
+            t.add(up.view(), up.view(), b["b_up"].view())
+            emit_gelu(t, up, b["tmp"], wf)
+            t.mov(b["act"].view(), up.view())
 
-    build_roles(prog, {"row": row, "col": col}, body)
-    out, report = run_phase(prog, {"x": x, "act": act})
-    return out["x"], out["act"], report
-
-
-def down_phase(cfg, lw, a_vec, x_vec, lay: DecodeLayouts, dtype: str):
-    """Down GEMV + residual (+ bias). a_vec: (R, C, wf) along X; x_vec: (R, C, wd)
-    along Y. Returns (x (R, C, wd) along Y, the layer's output; report)."""
-    R, C = cfg.rows, cfg.cols
-    wd, wf = lay.d.width, lay.ff.width
-    prog = wse.Program(cfg)
-    av = prog.buffer("act", (wf,), dtype)
-    wdn = prog.buffer("w_down", (wf * wd,), dtype)
-    part = prog.buffer("partial", (wd,), "float32")
-    x = prog.buffer("x", (wd,), "float32")
-    prog.load(av, a_vec, deferred=True)
-    prog.load(wdn, decode_x_reducing_tiles(lw.w_down, lay.ff, lay.d, R, C), deferred=True)
-    prog.load(x, x_vec, deferred=True)
-    bd = None
-    if lw.b_down is not None:
-        bd = prog.buffer("b_down", (wd,), "float32")
-        prog.load(bd, place_vector(lay.d, lw.b_down, R, C, "y"), deferred=True)
-    row = SegmentChannel(prog, "x", [(0, C - 1)], "row")
-
-    def body(t, parts):
-        emit_gemv(t, part, av.view(), wdn, wf, wd)
+    def down_op(t, parts):
+        x, part = b["x"], b["partial"]
+        emit_gemv(t, part, b["act"].view(), b["w_down"], wf, wd)
         row.allreduce(t, parts["row"], part.view(), wd)
         t.add(x.view(), x.view(), part.view())
-        if bd is not None:
-            t.add(x.view(), x.view(), bd.view())
+        if bias:
+            t.add(x.view(), x.view(), b["b_down"].view())
 
-    build_roles(prog, {"row": row}, body)
-    out, report = run_phase(prog, {"x": x})
-    return out["x"], report
+    ops = {"qkv": qkv_op, "kv_update": lambda t, parts: kv.emit(t, parts["kv"]),
+           "attention": attention_op, "o_mlp_up": o_mlp_up_op, "down": down_op}
+
+    def body(main, parts):
+        phases = [p for p in PHASES if p != "kv_update" or kv.has_work(parts["kv"])]
+        tasks = [main] + [main.role.task(TASKS[PHASES.index(p)]) for p in phases[1:]]
+        for i, (phase, t) in enumerate(zip(phases, tasks)):
+            ops[phase](t, parts)
+            if i + 1 < len(tasks):
+                t.activate(tasks[i + 1])
+
+    build_roles(prog, {"col": col, "hd": heads, "row": row, "kv": kv}, body)
+    return LayerProgram(prog, b, slots)
+
+
+def place_resident(lp: LayerProgram, model: ModelConfig, lw, lay: DecodeLayouts, K, V,
+                   slot_bias) -> None:
+    """Load the layer's weights and its KV cache (K, V: (R, C, n, wa) for the
+    first n slots; slot_bias: (R, n)) into a fresh LayerProgram."""
+    prog, b = lp.prog, lp.buffers
+    R, C = prog.rows, prog.cols
+    wa = lay.attn.width
+
+    def load(name, data):
+        prog.load(b[name], data, deferred=True)
+
+    load("attn_norm_w", place_vector(lay.d, lw.attn_norm, R, C, "y"))
+    blocks = [place_matrix(W, lay.d, lay.attn) for W in
+              (lw.wq, expand_kv_heads(model, lw.wk), expand_kv_heads(model, lw.wv))]
+    load("w_qkv", np.concatenate(blocks, axis=3).reshape(R, C, -1))
+    del blocks
+    load("w_o", decode_x_reducing_tiles(lw.wo, lay.attn, lay.d, R, C))
+    load("mlp_norm_w", place_vector(lay.d, lw.mlp_norm, R, C, "y"))
+    ups = [lw.w_gate, lw.w_up] if model.gated else [lw.w_up]
+    load("w_up", np.concatenate([place_matrix(W, lay.d, lay.ff) for W in ups],
+                                axis=3).reshape(R, C, -1))
+    load("w_down", decode_x_reducing_tiles(lw.w_down, lay.ff, lay.d, R, C))
+    if model.has_bias:
+        load("attn_norm_b", place_vector(lay.d, lw.attn_norm_bias, R, C, "y"))
+        load("mlp_norm_b", place_vector(lay.d, lw.mlp_norm_bias, R, C, "y"))
+        load("b_o", place_vector(lay.d, lw.bo, R, C, "y"))
+        load("b_up", place_vector(lay.ff, lw.b_up, R, C, "x"))
+        load("b_down", place_vector(lay.d, lw.b_down, R, C, "y"))
+    if model.family != "llama":
+        bqkv = np.concatenate([lay.attn.scatter(lw.bq),
+                               lay.attn.scatter(expand_kv_heads(model, lw.bk)),
+                               lay.attn.scatter(expand_kv_heads(model, lw.bv))], axis=1)
+        load("b_qkv", np.broadcast_to(bqkv[None], (R, C, 3 * wa)))
+    n = min(K.shape[2], lp.slots)
+    for name, M in (("k_cache", K), ("v_cache", V)):
+        full = np.zeros((R, C, lp.slots, wa))
+        full[:, :, :n] = M[:, :, :n]
+        load(name, full.reshape(R, C, -1))
+    sb = np.full((R, lp.slots), NEG_INF)
+    sb[:, :n] = slot_bias[:, :n]
+    load("bias", np.broadcast_to(sb[:, None, :], (R, C, lp.slots)))
 
 
 def run_layer(cfg, model: ModelConfig, lw, x_vec, cache: WaferKVCache, layer: int,
               lay: DecodeLayouts, pos: int, dtype: str, moves, insert):
-    """One decode layer: the five PHASES in turn. x_vec: (R, C, wd) the d_model
-    vector along Y. moves, insert: this step's cache.plan_append. Returns
-    (x_vec, reports, names); replaces cache.keys/values[layer]."""
-    wa = lay.attn.width
-    qkv, r_qkv = qkv_phase(cfg, model, lw, x_vec, lay, pos, dtype)
-    bias, r_kv = kv_update_phase(cfg, cache, layer, qkv[:, :, wa:], moves, insert, dtype)
-    o_vec, r_attn = attention_phase(cfg, model, qkv[:, :, :wa], cache, layer, bias, lay, dtype)
-    del qkv, bias
-    x_vec, a_vec, r_up = o_mlp_up_phase(cfg, model, lw, o_vec, x_vec, lay, dtype)
-    del o_vec
-    x_vec, r_down = down_phase(cfg, lw, a_vec, x_vec, lay, dtype)
-    return x_vec, [r_qkv, r_kv, r_attn, r_up, r_down], list(PHASES)
+    """One decode layer as one engine run. x_vec: (R, C, wd) the d_model vector
+    along Y; moves, insert: this step's cache.plan_append. Resumes from the
+    layer's SRAM image in `cache.images` when its cache slots still hold the
+    slot table, otherwise places the weights (and the cache, from the image
+    or the host copy) first. Returns (x_vec, report); keeps the run's final
+    image in cache.images[layer]."""
+    R, C = cfg.rows, cfg.cols
+    image = cache.images[layer]
+    reuse = image is not None and image.slots >= cache.capacity and image.dtype == dtype
+    lp = layer_program(cfg, model, lay, dtype, cache.capacity, moves, insert,
+                       image.slots if reuse else None)
+    if reuse:
+        lp.prog.resume(image.sram)
+    else:
+        K, V = cache.layer_kv(layer)
+        place_resident(lp, model, lw, lay, K, V, cache.bias())
+        del K, V
+    cache.images[layer] = None
+    cache.keys[layer] = cache.values[layer] = None
+    lp.prog.load(lp.buffers["x"], x_vec)
+    if model.family == "llama":
+        cos, sin = rope_tables(lay.attn, [pos], model.rope_theta)       # (1, C, wa/2)
+        row = np.concatenate([cos[0], sin[0]], axis=1)
+        lp.prog.load(lp.buffers["rope"], np.broadcast_to(row[None], (R, C, lay.attn.width)))
+    result = lp.prog.run(max_cycles=10 ** 12)
+    x_out = result.read(lp.buffers["x"]).astype(np.float64)
+    cache.images[layer] = LayerImage(result.image(), lp.slots, dtype)
+    return x_out, result.report

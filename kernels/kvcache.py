@@ -20,7 +20,12 @@ Appending the new position of a decode step (placement policies):
     r+1..R-1 sends 2*w values one hop (w: its K/V features).
 Which slot a position goes to is decided by the host (it is bookkeeping: a
 slot index per PE and step, loaded as a program parameter); the data moves
-on the fabric: kv_update_phase is the decode layer's "kv_update" phase.
+on the fabric: `KVUpdate` emits the decode layer's "kv_update" operation.
+
+Residency: until its first decode step a layer's cache is a host copy
+(`keys`, `values`); from then on it lives only in the layer's SRAM image
+(`images`, one `LayerImage` per layer), which each step's program resumes
+from and leaves updated; `layer_kv` and `to_kvcache` read it back.
 
 SRAM: the emulation allocates the cache buffers at the largest row's size on
 every PE (one Program buffer has one shape), so an overflow is detected
@@ -35,16 +40,28 @@ import numpy as np
 import wse
 from wse import routes
 from wse.errors import ConfigError
+from wse.program import SramImage
 
-from .layers import NEG_INF, FeatureLayout, place_sequence, run_phase
+from .layers import NEG_INF, FeatureLayout, place_sequence
 from .models import KVCache, ModelConfig
 
 POLICIES = ("shift", "append")
 
 
 @dataclass
+class LayerImage:
+    """A layer's SRAM as its last decode run left it (weights, cache,
+    activations), the cache slots it lays out and the dtype it was built for."""
+
+    sram: SramImage
+    slots: int
+    dtype: str
+
+
+@dataclass
 class WaferKVCache:
-    """A decode state on the wafer: per layer the K and V of every slot, per row
+    """A decode state on the wafer: per layer the K and V of every slot (a host
+    copy until the layer's first decode step, then its SRAM image), per row
     the position held by each slot (-1: free), and the last hidden state."""
 
     model: ModelConfig
@@ -59,10 +76,13 @@ class WaferKVCache:
     last_hidden: np.ndarray
     length: int
     history: list = field(default_factory=list)   # per decode step: growing row
+    images: list | None = None            # per layer: LayerImage once decoded
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ConfigError(f"KV cache policy {self.policy!r}: expected one of {POLICIES}")
+        if self.images is None:
+            self.images = [None] * len(self.keys)
 
     @property
     def capacity(self) -> int:
@@ -79,13 +99,30 @@ class WaferKVCache:
         """(rows, cap) additive score bias: 0 where a slot is used."""
         return np.where(self.slot_position >= 0, 0.0, NEG_INF)
 
+    def layer_kv(self, layer: int):
+        """(K, V) of `layer`, each (rows, cols, capacity, w), from its SRAM image
+        if it has one (slots past the image's are zero), else the host copy."""
+        image = self.images[layer]
+        if image is None:
+            return self.keys[layer], self.values[layer]
+        out = []
+        for name in ("k_cache", "v_cache"):
+            M = image.sram.read(name).astype(np.float64).reshape(
+                self.rows, self.cols, image.slots, -1)
+            full = np.zeros((self.rows, self.cols, self.capacity, M.shape[3]))
+            n = min(image.slots, self.capacity)
+            full[:, :, :n] = M[:, :, :n]
+            out.append(full)
+        return tuple(out)
+
     # ------------------------------------------------------------- host views
     def to_kvcache(self) -> KVCache:
         """The plain kernels.models.KVCache (host read-back, for checks)."""
         m = self.model
         group = m.n_heads // m.n_kv_heads
         keys, values = [], []
-        for K, V in zip(self.keys, self.values):
+        for layer in range(self.n_layers):
+            K, V = self.layer_kv(layer)
             kk = np.zeros((self.length, m.n_heads * m.head_dim))
             vv = np.zeros_like(kk)
             for y in range(self.rows):
@@ -177,8 +214,8 @@ class WaferKVCache:
             [self.slot_position, np.full((self.rows, 1), -1, np.int64)], axis=1)
         pad = lambda a: np.concatenate([a, np.zeros(a.shape[:2] + (1,) + a.shape[3:])],  # noqa
                                        axis=2)
-        self.keys = [pad(k) for k in self.keys]
-        self.values = [pad(v) for v in self.values]
+        self.keys = [None if k is None else pad(k) for k in self.keys]
+        self.values = [None if v is None else pad(v) for v in self.values]
 
     def commit_append(self, moves, insert, position: int) -> None:
         """Update the slot table after the moves and the insert ran on the wafer."""
@@ -189,72 +226,71 @@ class WaferKVCache:
         sp[insert[0], insert[1]] = position
 
 
-def kv_update_phase(cfg: wse.WaferConfig, cache: WaferKVCache, layer: int, new_kv, moves,
-                    insert, dtype: str):
-    """The "kv_update" phase of a decode layer: the moves of `cache.plan_append`
-    (row r sends slot src north, row r - 1 receives it into slot dst, both
-    rows' biases updated) and the insert of the new position's K and V on the
-    last row. new_kv: (R, C, 2*w) the new K | V along X, as the qkv phase
-    leaves them. Replaces cache.keys[layer] and cache.values[layer] with the
-    read-back cache; returns (bias (R, C, cap) as the run leaves it, report).
-    The slot table is updated later by commit_append, once for all layers."""
-    R, C = cfg.rows, cfg.cols
-    wa = cache.layout.width
-    cap = cache.capacity
-    prog = wse.Program(cfg)
-    kb = prog.buffer("k_cache", (cap * wa,), dtype)
-    vb = prog.buffer("v_cache", (cap * wa,), dtype)
-    bb = prog.buffer("bias", (cap,), "float32")
-    newkv = prog.buffer("new_kv", (2 * wa,), dtype)
-    prog.load(kb, cache.keys[layer].reshape(R, C, cap * wa), deferred=True)
-    prog.load(vb, cache.values[layer].reshape(R, C, cap * wa), deferred=True)
-    prog.load(bb, np.broadcast_to(cache.bias()[:, None, :], (R, C, cap)), deferred=True)
-    prog.load(newkv, new_kv, deferred=True)
-    send_slot = np.full((R, C), 0, np.int64)
-    recv_slot = np.full((R, C), 0, np.int64)
-    sender = np.zeros((R, C), bool)
-    receiver = np.zeros((R, C), bool)
-    for row, src, dst in moves:
-        send_slot[row] = src
-        recv_slot[row - 1] = dst
-        sender[row] = True
-        receiver[row - 1] = True
-    inserter = np.zeros((R, C), bool)
-    inserter[insert[0]] = True
-    ins_slot = insert[1]
-    p_send = prog.param("send_slot", send_slot)
-    p_recv = prog.param("recv_slot", recv_slot)
-    if moves:
-        plan = routes.transfers(prog, "y", [(row, row - 1) for row, _, _ in moves], name="kvmv")
-        s_color = prog.color_param_indices("mv_send", plan.send_color)
-        r_color = prog.color_param_indices("mv_recv", plan.recv_color)
-    key = sender * 1 + receiver * 2 + inserter * 4
-    for value in np.unique(key):
-        if value == 0:
-            continue
-        role = prog.role(f"kv{value}", where=key == value)
-        with role.task("main", entry=True) as t:
+class KVUpdate:
+    """The decode layer's "kv_update" operation, on the PEs that take part: the
+    moves of `WaferKVCache.plan_append` (row r sends slot src north, row r - 1
+    receives it into slot dst, both rows' biases updated) and the insert of
+    the new position's K and V (from the layer's qkv buffer, converted to
+    the cache dtype) on the last row. Routes and slot parameters are set up
+    when it is made; `label` (sender 1 + receiver 2 + inserter 4 per PE) lets
+    `layers.build_roles` give each combination its own role, and `emit` the
+    code for one. The slot table is updated later by commit_append, once for
+    all layers."""
+
+    def __init__(self, prog: wse.Program, moves, insert, w: int, k_cache, v_cache, bias,
+                 new_k, new_v):
+        R, C = prog.rows, prog.cols
+        self.prog, self.w = prog, w
+        self.k, self.v, self.bias, self.new_k, self.new_v = k_cache, v_cache, bias, new_k, new_v
+        send_slot = np.zeros((R, C), np.int64)
+        recv_slot = np.zeros((R, C), np.int64)
+        sender = np.zeros((R, C), bool)
+        receiver = np.zeros((R, C), bool)
+        for row, src, dst in moves:
+            send_slot[row] = src
+            recv_slot[row - 1] = dst
+            sender[row] = True
+            receiver[row - 1] = True
+        inserter = np.zeros((R, C), bool)
+        inserter[insert[0]] = True
+        self.insert_slot = int(insert[1])
+        self.label = sender * 1 + receiver * 2 + inserter * 4
+        self.send_slot = prog.param("send_slot", send_slot)
+        self.recv_slot = prog.param("recv_slot", recv_slot)
+        if moves:
+            plan = routes.transfers(prog, "y", [(row, row - 1) for row, _, _ in moves],
+                                    name="kvmv")
+            self.send = prog.color_param_indices("mv_send", plan.send_color)
+            self.recv = prog.color_param_indices("mv_recv", plan.recv_color)
+
+    @staticmethod
+    def has_work(key: int) -> bool:
+        return key != 0
+
+    def emit(self, t, key: int) -> None:
+        prog, w, kb, vb, bb = self.prog, self.w, self.k, self.v, self.bias
+        if key & 3:
             rs, rr = t.reg(), t.reg()
-            t.set(rs, p_send)
-            t.set(rr, p_recv)
-            if value & 2:
-                t.mov(kb.view(offset=rr * wa, length=wa), prog.fabin(r_color, wa), async_=True)
-            if value & 1:
-                t.mov(prog.fabout(s_color, wa), kb.view(offset=rs * wa, length=wa))
-                t.mov(prog.fabout(s_color, wa), vb.view(offset=rs * wa, length=wa))
-                t.fill(bb.view(offset=rs, length=1), NEG_INF)
-            if value & 2:
-                t.wait()
-                t.mov(vb.view(offset=rr * wa, length=wa), prog.fabin(r_color, wa))
-                t.fill(bb.view(offset=rr, length=1), 0.0)
-            if value & 4:
-                t.mov(kb.view(ins_slot * wa, wa), newkv.view(0, wa))
-                t.mov(vb.view(ins_slot * wa, wa), newkv.view(wa, wa))
-                t.fill(bb.view(ins_slot, 1), 0.0)
-    out, report = run_phase(prog, {"k": kb, "v": vb, "bias": bb})
-    cache.keys[layer] = out["k"].reshape(R, C, cap, wa)
-    cache.values[layer] = out["v"].reshape(R, C, cap, wa)
-    return out["bias"], report
+            t.set(rs, self.send_slot)
+            t.set(rr, self.recv_slot)
+        if key & 2:
+            t.mov(kb.view(offset=rr * w, length=w), prog.fabin(self.recv, w), async_=True)
+        if key & 1:
+            t.mov(prog.fabout(self.send, w), kb.view(offset=rs * w, length=w))
+            t.mov(prog.fabout(self.send, w), vb.view(offset=rs * w, length=w))
+            t.fill(bb.view(offset=rs, length=1), NEG_INF)
+        if key & 2:
+            t.wait()
+            t.mov(vb.view(offset=rr * w, length=w), prog.fabin(self.recv, w))
+            t.fill(bb.view(offset=rr, length=1), 0.0)
+        if key & 4:
+            s = self.insert_slot
+            t.mov(kb.view(s * w, w), self.new_k.view(0, w))
+            t.mov(vb.view(s * w, w), self.new_v.view(0, w))
+            t.fill(bb.view(s, 1), 0.0)
+        if key & 3:
+            prog.free_reg(rs)
+            prog.free_reg(rr)
 
 
 def cache_bytes_per_pe(model: ModelConfig, cols: int, positions_per_row: int,

@@ -11,11 +11,14 @@ wse.gpu.Cluster (dispatched to kernels.sharded, Megatron tensor parallelism).
 Decode returns the new state separately, like kernels.reference.decode_step
 and kernels.sharded.decode_step: (out, state, report) on both targets.
 
-A layer on the wafer is a sequence of engine runs, one Program per phase;
-each phase reads its inputs in exactly the layout the previous phase left
-them in, so the values are carried from one run's SRAM to the next run's
-SRAM by the emulator (no transfer would happen on the wafer, and none is
-charged). The phase reports are combined with wse.RunReport.sequence.
+A prefill layer on the wafer is a sequence of engine runs, one Program per
+phase; each phase reads its inputs in exactly the layout the previous phase
+left them in, so the values are carried from one run's SRAM to the next
+run's SRAM by the emulator (no transfer would happen on the wafer, and none
+is charged). A decode layer is one Program (one engine run) whose
+operations follow each other per PE with no barrier; its weights and KV
+cache stay resident from step to step in the decode state's SRAM images.
+The reports are combined with wse.RunReport.sequence (one phase per run).
 The phases and their layouts live in their own modules:
   kernels.prefill_layer  prefill layout (sequence along Y, features along X)
                          and its phases (attn_norm, q/k/v_proj, rope,
@@ -23,9 +26,11 @@ The phases and their layouts live in their own modules:
                          down_proj, residual); the K and V tiles it leaves
                          are the KV cache, already in the decode layout
   kernels.decode_layer   decode layout (d_model along Y, attention and d_ff
-                         along X) and its phases (qkv, kv_update, attention,
-                         o_mlp_up, down)
-  kernels.kvcache        the KV cache on the mesh and the kv_update phase
+                         along X) and the one-program layer (operations qkv,
+                         kv_update, attention, o_mlp_up, down)
+  kernels.kvcache        the KV cache on the mesh, the decode state (with
+                         each layer's resident SRAM image) and the
+                         kv_update operation
   kernels.comparison     compare (wafer against GPU) and extrapolate (whole
                          models from emulated layers, pipeline regions)
 This module checks the inputs, dispatches by target, runs the layers in
@@ -35,9 +40,10 @@ Re-layout between prefill and decode: the KV cache needs none. The weights
 of the X-reducing GEMVs (O and down projections) are stored transposed
 block-wise relative to their prefill placement; relayout_weights moves them
 over the fabric once (a block transpose, charged in its own report; see
-docs/transformer.md). decode_step places the same tiles itself. The decode
-input x comes from the host each step (the embedding of the sampled token;
-here state.last_hidden).
+docs/transformer.md). decode_step places the same tiles itself, once per
+session (the first step; again only when the cache outgrows its reserved
+slots). The decode input x comes from the host each step (the embedding of
+the sampled token; here state.last_hidden), with the position's RoPE row.
 """
 from __future__ import annotations
 
@@ -175,7 +181,10 @@ def decode_step(model: ModelConfig, weights: ModelWeights, state, target, x=None
     cluster used as is). x: (d_model,) input (default: state.last_hidden).
 
     Returns (out (d_model,), new_state, report). On a wafer the new state is a
-    WaferKVCache (the given one is updated in place and returned)."""
+    WaferKVCache (the given one is updated in place and returned; it keeps
+    each layer's SRAM image, weights and cache resident, for the next step:
+    report.host_bytes_loaded shows what the host wrote); the report has one
+    phase per layer, each one engine run."""
     _check_model(model, weights)
     if isinstance(target, Cluster):
         if isinstance(state, WaferKVCache):
@@ -213,26 +222,25 @@ def decode_step(model: ModelConfig, weights: ModelWeights, state, target, x=None
         x = x + np.asarray(weights.position_embedding[pos], np.float64)
     grow, moves, insert = state.plan_append()
     x_vec = np.array(place_vector(lay.d, x, cfg.rows, cfg.cols, "y"))
-    reports, names = [], []
+    reports = []
     for i, lw in enumerate(weights.layers):
         try:
-            x_vec, reps, nms = decode_layer.run_layer(cfg, model, lw, x_vec, state, i, lay, pos,
-                                                      dtype, moves, insert)
+            x_vec, rep = decode_layer.run_layer(cfg, model, lw, x_vec, state, i, lay, pos,
+                                                dtype, moves, insert)
         except SramOverflowError as err:
             counts = state.row_counts()
             raise SramOverflowError(
                 f"decode of position {pos}: the KV cache no longer fits the {cfg.rows} x "
                 f"{cfg.cols} grid (policy {state.policy!r}: the fullest row would hold "
                 f"{int(counts.max()) + 1} positions, {state.capacity} slots per PE, next to "
-                f"the layer's resident weights); engine: {err}") from err
-        reports += reps
-        names += [f"L{i}.{n}" for n in nms]
+                f"the layer's resident weights and activations); engine: {err}") from err
+        reports.append(rep)
     state.commit_append(moves, insert, pos)
     state.length = pos + 1
     out = lay.d.gather(x_vec[:, 0, :].reshape(cfg.rows, lay.d.width))
     state.last_hidden = out.copy()
     state.history.append(grow)
-    report = wse.RunReport.sequence(reports, names)
+    report = wse.RunReport.sequence(reports, [f"L{i}" for i in range(len(reports))])
     report.extra["transformer"] = {"mode": "decode", "model": model.name, "position": pos,
                                    "layers": weights.n_layers, "dtype": dtype,
                                    "policy": state.policy, "cache_slots_per_row": state.capacity,

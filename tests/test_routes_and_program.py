@@ -135,3 +135,47 @@ def test_deferred_loads_let_buffers_follow_them_and_land_in_order():
     with pytest.raises(wse.ProgramError, match="allocate every buffer before loading data"):
         prog.buffer("late", (1,))
     np.testing.assert_array_equal(prog.run().read(a), np.zeros((2, 3, 4)))
+
+
+def test_resume_starts_from_the_previous_runs_sram_and_counts_host_bytes():
+    """Program.resume(result.image()) keeps every buffer's final values from the
+    previous run with no host bytes (report.host_bytes_loaded counts only what
+    is loaded on top: elements x itemsize on the PEs written); a program whose
+    layout differs is refused, naming the first buffer that differs."""
+    cfg = wse.WSE2.with_grid(rows=2, cols=3)
+
+    def build(dtype_b="float16", size_a=4):
+        prog = wse.Program(cfg)
+        a = prog.buffer("a", (size_a,))
+        b = prog.buffer("b", (2,), dtype_b)
+        with prog.role("all").task("main", entry=True) as t:
+            t.adds(a.view(), a.view(), 1.0)             # a += 1 on every run
+        return prog, a, b
+
+    prog, a, b = build()
+    data = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    prog.load(a, data)
+    prog.load(b, [1.5, 2.5], where=prog.pes(rows=1))
+    first = prog.run()
+    assert first.report.host_bytes_loaded == 6 * 4 * 4 + 3 * 2 * 2
+    image = first.image()
+    np.testing.assert_array_equal(image.read("a"), data + 1)
+    again, a2, b2 = build()
+    again.resume(image)
+    second = again.run()
+    assert second.report.host_bytes_loaded == 0
+    np.testing.assert_array_equal(second.read(a2), data + 2)
+    np.testing.assert_array_equal(second.read(b2)[1], np.broadcast_to([1.5, 2.5], (3, 2)))
+    third, a3, _ = build()
+    third.resume(second.image())
+    third.load(a3, np.zeros(4), where=third.pes(cols=0))
+    result = third.run()
+    assert result.report.host_bytes_loaded == 2 * 4 * 4
+    np.testing.assert_array_equal(result.read(a3)[:, 0], np.ones((2, 4)))
+    np.testing.assert_array_equal(result.read(a3)[:, 1:], data[:, 1:] + 3)
+    with pytest.raises(wse.ConfigError, match="buffer 'b' is float32"):
+        build("float32")[0].resume(result.image())
+    with pytest.raises(wse.ConfigError, match="buffer 'a' is float32 \\(5,\\)"):
+        build(size_a=5)[0].resume(result.image())
+    with pytest.raises(wse.ConfigError, match="gone"):
+        image.read("a")

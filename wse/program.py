@@ -528,6 +528,7 @@ class Program:
         self._arena = None
         self._deferred: list = []                   # loads waiting for the SRAM image
         self._ran_in_place = False
+        self.host_bytes_loaded = 0                  # SRAM bytes written by load()
 
     # --- selection of PEs
     def pes(self, rows=slice(None), cols=slice(None)) -> np.ndarray:
@@ -757,6 +758,7 @@ class Program:
         flat = data.reshape(self.rows * self.cols, buffer.size)
         addr = self._buffer_addresses(buffer)
         pes = np.nonzero(mask.reshape(-1))[0]
+        self.host_bytes_loaded += len(pes) * buffer.size * buffer.itemsize
         if buffer.dtype == "float32":
             view, unit, convert = arena.view(np.float32), 4, np.float32
         else:
@@ -781,6 +783,37 @@ class Program:
         self._ensure_arena()
         off = self._buf_offsets[buffer.id].reshape(-1)
         return np.where(off >= 0, self._pe_base + off, -1)
+
+    def resume(self, image: "SramImage") -> None:
+        """Start from the SRAM a previous run left (`RunResult.image()`) instead
+        of an empty image: the buffers keep the values that run left in them
+        and cost no host bytes (`host_bytes_loaded`), as on a wafer whose
+        SRAM holds a session's weights and state from one program to the next.
+        Only the code, routes and parameters are new. Needs every buffer
+        allocated and nothing loaded yet; the layout (names, shapes, dtypes,
+        per-PE offsets) must equal the image's, else a ConfigError names the
+        first buffer that differs. The image's bytes become this program's
+        (no copy): the image must not be used again."""
+        if self._arena is not None:
+            raise ProgramError("resume: this program's SRAM image is already laid out "
+                               "(resume before any immediate load)")
+        mine = _layout_of(self)
+        for i in range(max(len(mine.buffers), len(image.layout.buffers))):
+            here = mine.buffers[i] if i < len(mine.buffers) else None
+            there = image.layout.buffers[i] if i < len(image.layout.buffers) else None
+            if here != there or not np.array_equal(mine.offsets[i], image.layout.offsets[i]):
+                name = (here or there)[0]
+                raise ConfigError(
+                    f"resume: buffer {name!r} is {_describe(here)} in this program but "
+                    f"{_describe(there)} in the image (the layouts must be identical)")
+        if image.arena.nbytes != max(int(self._sram_used.sum()), 4):
+            raise ConfigError("resume: the image's size does not match this program's SRAM")
+        self._pe_base = mine.pe_base
+        self._arena = image.arena
+        image.arena = None
+        deferred, self._deferred = self._deferred, []
+        while deferred:
+            self._write(*deferred.pop(0))
 
     # --- compile and run
     def compile(self):
@@ -843,21 +876,16 @@ class RunResult:
         self.state = state
         self.report = report
 
+    def image(self) -> "SramImage":
+        """The final SRAM contents with their buffer layout, for `Program.resume`
+        (shares the bytes with this result; no copy)."""
+        return SramImage(_layout_of(self.program), self.state.sram_f32.view(np.uint8))
+
     def read(self, buffer: Buffer) -> np.ndarray:
         """(rows, cols, *shape) array of the buffer's final contents; NaN where absent."""
         prog = self.program
-        addr = prog._buffer_addresses(buffer)
-        present = addr >= 0
-        out_dtype = np.float32 if buffer.dtype == "float32" else np.float16
-        out = np.full((prog.rows * prog.cols, buffer.size), np.nan, out_dtype)
-        pes = np.nonzero(present)[0]
-        for chunk in _pe_chunks(pes, buffer.size):
-            if buffer.dtype == "float32":
-                idx = addr[chunk, None] // 4 + np.arange(buffer.size)
-                out[chunk] = self.state.sram_f32[idx]
-            else:
-                idx = addr[chunk, None] // 2 + np.arange(buffer.size)
-                out[chunk] = self.state.sram_u16[idx].view(np.float16)
+        out = _gather(self.state.sram_f32.view(np.uint8), prog._buffer_addresses(buffer),
+                      buffer.size, buffer.dtype)
         return out.reshape((prog.rows, prog.cols) + buffer.shape)
 
 
@@ -867,3 +895,67 @@ def _pe_chunks(pes: np.ndarray, elements: int, budget: int = 1 << 24):
     step = max(1, budget // max(elements, 1))
     for start in range(0, len(pes), step):
         yield pes[start:start + step]
+
+
+@dataclass(frozen=True)
+class BufferLayout:
+    """Where a program's buffers are: (name, shape, dtype) per buffer in
+    allocation order, each one's byte offset per PE (rows, cols; -1 where
+    absent), and each PE's first byte in the SRAM image."""
+    buffers: tuple
+    offsets: tuple
+    pe_base: np.ndarray
+
+    def addresses(self, index: int) -> np.ndarray:
+        off = self.offsets[index].reshape(-1)
+        return np.where(off >= 0, self.pe_base + off, -1)
+
+
+@dataclass
+class SramImage:
+    """SRAM bytes a run left and the layout they follow (`RunResult.image`)."""
+    layout: BufferLayout
+    arena: np.ndarray | None
+
+    def read(self, name: str) -> np.ndarray:
+        """(rows, cols, *shape) contents of buffer `name`; NaN where absent."""
+        names = [b[0] for b in self.layout.buffers]
+        if name not in names:
+            raise ConfigError(f"the image has no buffer {name!r} (it has {names})")
+        if self.arena is None:
+            raise ConfigError("this image was handed to Program.resume and is gone")
+        i = names.index(name)
+        _, shape, dtype = self.layout.buffers[i]
+        rows, cols = self.layout.offsets[i].shape
+        size = int(np.prod(shape))
+        return _gather(self.arena, self.layout.addresses(i), size, dtype).reshape(
+            (rows, cols) + tuple(shape))
+
+
+def _layout_of(program: Program) -> BufferLayout:
+    used = program._sram_used.reshape(-1)
+    base = program._pe_base if program._arena is not None else \
+        np.concatenate([[0], np.cumsum(used)[:-1]]).astype(np.int64)
+    return BufferLayout(tuple((b.name, b.shape, b.dtype) for b in program.buffers),
+                        tuple(program._buf_offsets), base)
+
+
+def _describe(entry) -> str:
+    if entry is None:
+        return "absent"
+    name, shape, dtype = entry
+    return f"{dtype} {shape}"
+
+
+def _gather(arena: np.ndarray, addr: np.ndarray, size: int, dtype: str) -> np.ndarray:
+    """(PEs, size) values of a buffer at byte addresses `addr` (-1: absent -> NaN)."""
+    present = addr >= 0
+    out_dtype = np.float32 if dtype == "float32" else np.float16
+    out = np.full((addr.shape[0], size), np.nan, out_dtype)
+    pes = np.nonzero(present)[0]
+    unit = 4 if dtype == "float32" else 2
+    words = arena.view(np.float32) if unit == 4 else arena.view(np.uint16)
+    for chunk in _pe_chunks(pes, size):
+        idx = addr[chunk, None] // unit + np.arange(size)
+        out[chunk] = words[idx] if unit == 4 else words[idx].view(np.float16)
+    return out

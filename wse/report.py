@@ -20,7 +20,10 @@ class RunReport:
                       on a stream (plain sends and receives are not compute);
                       concurrent operations add up
       stall_cycles    cycles in which a fabric operation could not move
-      ramp_in/out     wavelets delivered to / injected by the PE"""
+      ramp_in/out     wavelets delivered to / injected by the PE
+    host_bytes_loaded: SRAM bytes the host wrote before the run (Program.load);
+    a program resumed from a previous run's image (Program.resume) pays only
+    for what it loads on top."""
 
     config_name: str
     rows: int
@@ -41,6 +44,7 @@ class RunReport:
     energy_breakdown: dict
     peak_flops_per_pe_cycle: int = 8
     wall_seconds: float = 0.0
+    host_bytes_loaded: int = 0
     router_steps: int = 0
     pe_steps: int = 0
     phases: list = field(default_factory=list)
@@ -110,6 +114,7 @@ class RunReport:
             flops=flops, sram_bytes_accessed=sram_acc,
             energy_joules=float(sum(energy.values())), energy_breakdown=energy,
             peak_flops_per_pe_cycle=peak, wall_seconds=wall_seconds,
+            host_bytes_loaded=int(program.host_bytes_loaded),
             router_steps=int(counters[engine.K_STEPS_ROUTER]),
             pe_steps=int(counters[engine.K_STEPS_PE]),
             task_events=events(state.task_events, engine.K_TASK_EVENTS, engine.RECORD_TASKS),
@@ -159,6 +164,7 @@ class RunReport:
             energy_joules=sum(r.energy_joules for r in reports), energy_breakdown=breakdown,
             peak_flops_per_pe_cycle=max(r.peak_flops_per_pe_cycle for r in reports),
             wall_seconds=sum(r.wall_seconds for r in reports),
+            host_bytes_loaded=sum(r.host_bytes_loaded for r in reports),
             router_steps=sum(r.router_steps for r in reports),
             pe_steps=sum(r.pe_steps for r in reports),
             phases=[{"name": n, "cycles": r.cycles, "wavelet_hops": r.wavelet_hops,
@@ -180,6 +186,7 @@ class RunReport:
             "sram_peak_bytes_max": int(self.sram_peak_bytes.max()),
             "energy_joules": self.energy_joules,
             "wall_seconds": self.wall_seconds,
+            "host_bytes_loaded": self.host_bytes_loaded,
         }
 
     def to_dict(self, arrays: bool = True) -> dict:

@@ -126,7 +126,9 @@ def _decode_until_overflow(policy, sram, limit=40):
 
 
 def test_shift_cache_decodes_many_more_tokens_than_append():
-    sram = 11400          # the layer's decode weights (10 KiB here) plus ~7 cache slots
+    # everything else the layer keeps resident (weights, activations: 11,548 B
+    # here) plus 7 cache slots of 2 x 16 x 4 + 8 B
+    sram = 11548 + 7 * 136
     append_steps, append_state, err = _decode_until_overflow("append", sram)
     assert isinstance(err, wse.SramOverflowError) and "PE (" in str(err)
     assert "no longer fits" in str(err) and "'append'" in str(err)
@@ -138,34 +140,86 @@ def test_shift_cache_decodes_many_more_tokens_than_append():
     assert counts.max() - counts.min() <= 1            # rows stay balanced
 
 
+def _col_allreduce_elements(model, lay):
+    """Elements a decode layer allreduces along Y (each PE of rows 1.. sends
+    them north once, on the chain towards row 0): the two norms' sums of
+    squares, Q|K|V, the softmax max and sum, P V, up (| gate)."""
+    n_up = (2 if model.gated else 1) * lay.ff.width
+    return 1 + 3 * lay.attn.width + 1 + 1 + lay.attn.width + 1 + n_up
+
+
 def test_shift_moves_only_between_neighbouring_rows():
+    """Per token, each PE of the rows below the growing one sends its oldest
+    K and V (16 features each here) one hop north, and nothing else moves
+    north but the allreduces' chains: every PE of rows 1.. sends exactly
+    `_col_allreduce_elements` wavelets north, plus 2 x 16 if its row moves."""
     model, weights, x = _setup(seq=8, n_layers=1)
     ref = reference.prefill(model, weights, x)
     cfg = wse.WSE2.with_grid(rows=4, cols=4)
+    lay = T.decode_layouts(model, cfg)
     state = kvcache.WaferKVCache.from_kvcache(model, ref.cache, 4, 4, "shift")
-    hops = []
-    for _ in range(5):
+    ref_state, moved = ref.cache, 0
+    for _ in range(6):
         _, state, rep = T.decode_step(model, weights, state, cfg)
-        kv = next(p for p in rep.phases if p["name"] == "L0.kv_update")
-        hops.append(kv["wavelet_hops"])
         moves = rep.extra["transformer"]["moves"]
-        # each move: K and V (16 features each) over one link, on every column
-        assert kv["wavelet_hops"] == moves * 2 * 16 * 4
-    assert max(hops) > 0
+        moved += moves
+        north = rep.link_wavelets[:, :, wse.isa.NORTH]
+        assert (north[0] == 0).all()
+        for y in range(1, 4):
+            mover = y >= 4 - moves
+            assert (north[y] == _col_allreduce_elements(model, lay) + mover * 2 * 16).all()
+        ref_out, ref_state = reference.decode_step(model, weights, ref_state)
+        assert _rel(state.last_hidden, ref_out) < 1e-4
+    assert moved > 0
 
 
-def test_decode_runs_the_five_phases_per_layer_and_keeps_the_public_names():
-    """kernels.decode_layer builds one engine run per phase, in PHASES order for
-    every layer; the names the layer modules define stay reachable under
-    kernels.transformer."""
+def _phase_windows(report):
+    """Per decode operation (kernels.decode_layer.PHASES), the task slices of
+    a traced decode layer: (pe, start, end) rows, from the task names."""
+    from kernels import decode_layer
+    names = [n.rsplit(".", 1)[-1] for n in report.task_names]
+    ev = report.task_events
+    return {phase: ev[[names[t] == task for t in ev[:, 1]]][:, [0, 2, 3]]
+            for phase, task in zip(decode_layer.PHASES, decode_layer.TASKS)}
+
+
+def test_decode_layer_is_one_run_and_pes_overlap_operations():
+    """One engine run per layer; in it, from the trace: every PE runs the
+    layer's operations in PHASES order, one task each (kv_update only on the
+    rows the cache update involves), one after another on its own timeline;
+    the run ends when the last task does; and for every pair of successive
+    operations some PE starts operation k+1 before another PE has finished
+    operation k (no barrier between operations: a PE goes on as soon as its
+    own inputs are there, e.g. row 0 once it has sent the flood of an
+    allreduce along Y, while the far rows still receive it)."""
     from kernels import comparison, decode_layer, prefill_layer
-    model, weights, x = _setup(seq=5, n_layers=2)
+    model, weights, x = _setup(seq=8, n_layers=2)
     cfg = wse.WSE2.with_grid(rows=4, cols=4)
     res, _ = T.prefill(model, weights, x, cfg)
     _, _, rep = T.decode_step(model, weights, res.cache, cfg)
-    assert decode_layer.PHASES == ("qkv", "kv_update", "attention", "o_mlp_up", "down")
-    assert [p["name"] for p in rep.phases] == [f"L{i}.{n}" for i in range(2)
-                                               for n in decode_layer.PHASES]
+    assert [p["name"] for p in rep.phases] == ["L0", "L1"]          # one run per layer
+    one = models.ModelWeights(weights.layers[:1])
+    state = kvcache.WaferKVCache.from_kvcache(model, reference.prefill(model, one, x).cache,
+                                              4, 4)
+    _, state, _ = T.decode_step(model, one, state, cfg)
+    with wse.run_options(trace=True):
+        _, state, rep = T.decode_step(model, one, state, cfg)
+    assert rep.extra["transformer"]["moves"] > 0
+    windows = _phase_windows(rep)
+    assert rep.cycles == int(rep.task_events[:, 3].max())
+    for phase, w in windows.items():
+        pes = w[:, 0].tolist()
+        assert len(set(pes)) == len(pes)                           # one task per PE
+        assert set(pes) == set(range(16)) or phase == "kv_update"
+    ends = {}
+    for phase in decode_layer.PHASES:
+        for pe, start, end in windows[phase].tolist():
+            assert start >= ends.get(pe, 0)                        # in order on each PE
+            ends[pe] = end
+    ran = [p for p in decode_layer.PHASES if len(windows[p])]
+    assert len(ran) >= 4
+    for k, nxt in zip(ran, ran[1:]):
+        assert windows[nxt][:, 1].min() < windows[k][:, 2].max(), (k, nxt)
     for module, names in ((comparison, ("Comparison", "compare", "Extrapolation", "extrapolate",
                                         "stage_handover_cycles")),
                           (decode_layer, ("DecodeLayouts", "decode_layouts",
@@ -175,6 +229,42 @@ def test_decode_runs_the_five_phases_per_layer_and_keeps_the_public_names():
                                            "GEMM_ALGORITHM"))):
         for name in names:
             assert getattr(T, name) is getattr(module, name)
+
+
+@pytest.mark.parametrize("name, dtype", [("tiny", "float32"), ("tiny-gpt2", "float16")])
+def test_second_decode_step_writes_only_the_input_and_rope_row(name, dtype):
+    """The first step places every layer's weights and cache (host bytes more
+    than the GEMV weights of every PE); the next ones resume from each
+    layer's SRAM image and the host writes only x (wd fp32 per PE) and, for
+    llama, the position's RoPE row (wa fp32 per PE), per layer, until the
+    slot table outgrows the reserved slots and the image is laid out anew.
+    Values stay those of the float64 reference over the steps (cache
+    growth, moves, re-layouts)."""
+    from kernels import decode_layer
+    model, weights, x = _setup(name, seq=8, n_layers=2)
+    ref = reference.prefill(model, weights, x)
+    cfg = wse.WSE2.with_grid(rows=4, cols=4)
+    lay = T.decode_layouts(model, cfg)
+    state = kvcache.WaferKVCache.from_kvcache(model, ref.cache, 4, 4, "shift", dtype)
+    ref_state = ref.cache
+    tol = 1e-4 if dtype == "float32" else 2e-2
+    per_step = 16 * 4 * (lay.d.width + (lay.attn.width if model.family == "llama" else 0)) * 2
+    weight_bytes = 16 * T.decode_weight_bytes(model, lay, dtype) * 2
+    relayouts = 0
+    for step in range(4 * decode_layer.RESERVE_SLOTS + 2):
+        slots = [im.slots if im is not None else 0 for im in state.images]
+        out, state, rep = T.decode_step(model, weights, state, cfg, dtype=dtype)
+        ref_out, ref_state = reference.decode_step(model, weights, ref_state)
+        assert _rel(out, ref_out) < tol
+        if step == 0 or slots[0] < state.capacity:
+            assert rep.host_bytes_loaded > weight_bytes
+            relayouts += step > 0
+        else:
+            assert rep.host_bytes_loaded == per_step
+    assert relayouts >= 1
+    got = state.to_kvcache()
+    for a, b in zip(got.keys + got.values, ref_state.keys + ref_state.values):
+        assert _rel(a, b) < tol
 
 
 def test_bad_inputs_get_one_clear_error():
