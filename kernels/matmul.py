@@ -1,4 +1,4 @@
-"""Dense matrix multiply on the mesh: SUMMA, Cannon and MeshGEMM.
+"""Dense matrix multiply on the mesh: SUMMA, Cannon, MeshGEMM and GEMM-T.
 
     C, report = kernels.gemm(A, B, cfg, algorithm="meshgemm", dtype="float16",
                              transpose_b=False, accumulate="float32")
@@ -7,7 +7,7 @@ computes C = A @ B (or A @ B.T with transpose_b, B given as (N, K) and never
 transposed: each PE keeps its tiles of B in B's own row-major layout and the
 engine's matmul reads them transposed).
 
-Layout (all three algorithms; rows x cols = R x C PEs, L = lcm(R, C))
+Layout (summa, cannon, meshgemm; rows x cols = R x C PEs, L = lcm(R, C))
   A (M x K) is cut into R x L blocks of mt x kt, B (K x N) into L x C blocks
   of kt x nt, C into R x C blocks of mt x nt, with mt = ceil(M/R),
   kt = ceil(K/L), nt = ceil(N/C); the matrices are zero-padded to
@@ -54,6 +54,31 @@ SUMMA
   needs 8 vector operations at once, more than the PE's async slots, so
   SUMMA here is not pipelined: broadcast A, broadcast B, then multiply.
 
+GEMM-T (algorithm="gemmt", transpose_b=True only: C = A @ B.T, B given
+as (N, K) and never transposed or moved into a GEMM alignment)
+  Layout: A (M x K) in R x C blocks of mt x kt (mt = ceil(M/R), kt =
+  ceil(K/C)), PE (x, y) holding A block (y, x); B (N x K) in R x C blocks
+  of nt x kt (nt = ceil(N/R)), B's N along Y: PE (x, y) starts with B block
+  (y, x) (B's own row-major nt x kt). This is how the prefill layout keeps
+  both Q and K (sequence along Y, features along X), so Q K^T needs no
+  data moved before it starts. C (M x N) is R x R blocks of mt x nt: block
+  (y, n) ends on PE (n mod C, y), in slot n // C of its C buffer
+  (c_slots = ceil(R/C) slots; on a square grid PE (x, y) owns block (y, x)
+  like the other algorithms).
+  Steps t = 0 .. R-1: row y holds B's N-block n = order[(pos[y] + t) mod R]
+  (`gemmt_held`; order the interleaved ring along Y, so the shift of B to
+  each column's ring predecessor is at most two hops and runs
+  asynchronously, double-buffered, while the step computes). Every PE of
+  row y multiplies A(y, x) B(n, x)^T (its kt features of the dot products:
+  a partial mt x nt tile), and the row reduces the partials along X into
+  the root, column n mod C: an eastward pipelined chain from column 0 to
+  the root and a westward one from column C-1 (`gemmt_roles`), each PE
+  adding its partial to the stream as it passes; the root multiplies
+  straight into its C block and folds the west stream, then the east one.
+  A row may skip a step's block (skip_blocks: the fully masked blocks of
+  causal scores): no product, no reduce, only the shift of B.
+  The steps are unrolled (each has its own per-PE roles, `Program.param`).
+
 Costs: see `model_cycles` (first-principles formulas, checked against the
 engine in tests/kernels/test_matmul.py) and `expected_wavelet_hops`; both take
 steps= for a run of the first steps only (`gemm_first_steps`, for benchmarks
@@ -79,15 +104,21 @@ from dataclasses import dataclass
 import numpy as np
 
 import wse
-from wse import routes, timing
+from wse import isa, routes, timing
 from wse.config import DTYPES
 from wse.errors import ConfigError, SramOverflowError
 
 ALGORITHMS = ("summa", "cannon", "meshgemm")
+# C = A @ B.T with B kept in its own (N, K) layout, which the algorithm needs:
+# only with transpose_b=True
+TRANSPOSED_ALGORITHMS = ("gemmt",)
+ALL_ALGORITHMS = ALGORITHMS + TRANSPOSED_ALGORITHMS
 # cannon/meshgemm's initial alignment: "fabric" shifts the tiles into place on
 # the rings and charges it (the default); "host" places them already skewed
 # and charges nothing for it (the steps alone, as first-steps runs measure them)
-SKEWS = ("fabric", "host")
+# "weights": A on the fabric, B (a weight resident in SRAM, placed once per
+# session) placed already aligned: what a layer's projections pay per call
+SKEWS = ("fabric", "host", "weights")
 
 # |cycles - model_cycles| / model_cycles with the skew on the fabric: the
 # skew breaks the lockstep of the steps, and ramp turns between streams that
@@ -99,6 +130,13 @@ SKEWS = ("fabric", "host")
 # 6 x 6) and cannon 0.27% (369 of 136,951, 256^3 on 8 x 8). For SUMMA and
 # skew="host" the model is exact, with and without instruction costs.
 FABRIC_SKEW_MODEL_BOUND = 0.015
+# |cycles - model_cycles| / model_cycles for gemmt: the recurrence follows
+# queue back-pressure and ramp sharing to first order only (model_cycles'
+# docstring). Largest seen: 3.0% (64^3 fp16 on 16 x 16, zero instruction
+# costs: 4 x 4 tiles, where a stall reaches over several chain links), 2.5%
+# (16^3 on 16 x 16, zero-cost, model high), with instruction costs 0.8%
+# (21 x 12 x 30 on 7 x 3); 0% on 1-row and 1-column grids.
+GEMMT_MODEL_BOUND = 0.05
 FP16_MAX = 65504.0
 
 
@@ -120,8 +158,14 @@ class GemmPlan:
 
     @property
     def steps(self) -> int:
-        """L = lcm(rows, cols): K-blocks, and steps of every algorithm."""
-        return math.lcm(self.rows, self.cols)
+        """Steps of the algorithm: L = lcm(rows, cols) (also the K-blocks) for
+        summa, cannon and meshgemm; rows (B's N-blocks) for gemmt."""
+        return self.rows if self.algorithm == "gemmt" else math.lcm(self.rows, self.cols)
+
+    @property
+    def k_blocks(self) -> int:
+        """Blocks K is cut into: L, or cols for gemmt."""
+        return self.cols if self.algorithm == "gemmt" else self.steps
 
     @property
     def mt(self) -> int:
@@ -129,19 +173,25 @@ class GemmPlan:
 
     @property
     def kt(self) -> int:
-        return -(-self.K // self.steps)
+        return -(-self.K // self.k_blocks)
 
     @property
     def nt(self) -> int:
-        return -(-self.N // self.cols)
+        return -(-self.N // (self.rows if self.algorithm == "gemmt" else self.cols))
 
     @property
     def a_blocks(self) -> int:
-        return self.steps // self.cols
+        return 1 if self.algorithm == "gemmt" else self.steps // self.cols
 
     @property
     def b_blocks(self) -> int:
-        return self.steps // self.rows
+        return 1 if self.algorithm == "gemmt" else self.steps // self.rows
+
+    @property
+    def c_slots(self) -> int:
+        """C blocks a PE keeps: ceil(rows / cols) for gemmt (C block (y, n) on
+        column n mod cols), 1 otherwise."""
+        return -(-self.rows // self.cols) if self.algorithm == "gemmt" else 1
 
     @property
     def tile_a(self) -> int:
@@ -174,7 +224,7 @@ class GemmPlan:
 
     @property
     def shifts_a(self) -> bool:
-        return self.cols > 1
+        return self.cols > 1 and self.algorithm != "gemmt"
 
     @property
     def shifts_b(self) -> bool:
@@ -185,14 +235,21 @@ class GemmPlan:
         if steps is None:
             return self.steps
         if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= self.steps:
+            what = (f"rows = {self.rows}" if self.algorithm == "gemmt"
+                    else f"L = lcm({self.rows}, {self.cols})")
             raise ConfigError(f"steps={steps!r}: expected an integer from 1 to {self.steps} "
-                              f"(the {self.algorithm} GEMM's L = lcm({self.rows}, "
-                              f"{self.cols}) steps)")
+                              f"(the {self.algorithm} GEMM's {what} steps)")
         return int(steps)
 
     def buffer_elements(self) -> dict[str, tuple[int, str]]:
         """name -> (elements, dtype) of every SRAM buffer a PE allocates."""
         bufs: dict[str, tuple[int, str]] = {}
+        if self.algorithm == "gemmt":
+            bufs["a"] = (self.tile_a, self.dtype)
+            bufs["b_fifo"] = ((1 + self.shifts_b) * self.tile_b, self.dtype)
+            # the C blocks, and a partial product for the reduce (more than one column)
+            bufs["c"] = ((self.c_slots + (self.cols > 1)) * self.tile_c, self.acc_dtype)
+            return bufs
         if self.algorithm == "summa":
             bufs["a_blocks"] = (self.a_blocks * self.tile_a, self.dtype)
             bufs["b_blocks"] = (self.b_blocks * self.tile_b, self.dtype)
@@ -266,21 +323,30 @@ def fabric_skew(p: GemmPlan) -> tuple[np.ndarray, np.ndarray]:
     the product loop at K-block k0 = py*b + px*a: its row shifts A py*b times
     and its column shifts B px*a times (mod L), on the rings the steps use.
     An axis without shifts (a line of one PE) holds all its blocks and just
-    starts at k0. summa, and skew="host" (tiles placed already skewed, the
-    alignment not charged): no shifts."""
+    starts at k0. summa, gemmt, and skew="host" (tiles placed already
+    skewed, the alignment not charged): no shifts. skew="weights": A's
+    shifts only; B, a resident weight, is placed once already aligned."""
     R, C, L = p.rows, p.cols, p.steps
-    if p.algorithm == "summa" or p.skew == "host":
+    if p.algorithm in ("summa", "gemmt") or p.skew == "host":
         return np.zeros(R, np.int64), np.zeros(C, np.int64)
     pos_y = routes.ring_position(ring_order(p.algorithm, R))
     pos_x = routes.ring_position(ring_order(p.algorithm, C))
     skew_a = (pos_y * p.b_blocks) % L if p.shifts_a else np.zeros(R, np.int64)
-    skew_b = (pos_x * p.a_blocks) % L if p.shifts_b else np.zeros(C, np.int64)
+    skew_b = ((pos_x * p.a_blocks) % L if p.shifts_b and p.skew != "weights"
+              else np.zeros(C, np.int64))
     return np.asarray(skew_a, np.int64), np.asarray(skew_b, np.int64)
 
 
-def expected_wavelet_hops(p: GemmPlan, steps: int | None = None) -> int:
+def expected_wavelet_hops(p: GemmPlan, steps: int | None = None,
+                          computes: np.ndarray | None = None) -> int:
     """Wavelets x links the algorithm must move (in its first `steps` steps;
     all L by default).
+
+    gemmt: L-1 shifts of a B tile round each column's interleaved ring (sum
+    of its stream lengths, 2(R-1)), and per C block computed (all, or those
+    of `computes`, (rows, rows) booleans) a reduce that moves its partial
+    tile over each of the row's C-1 links once (the east chain over the
+    links west of the root, the west chain over the others).
 
     cannon/meshgemm: L-1 shifts, and before them the skew's (fabric_skew:
     row y shifts A skew_a[y] times, column x shifts B skew_b[x] times); per
@@ -290,6 +356,12 @@ def expected_wavelet_hops(p: GemmPlan, steps: int | None = None) -> int:
     once) and each column floods B likewise."""
     R, C = p.rows, p.cols
     L = p.check_steps(steps)
+    if p.algorithm == "gemmt":
+        hops_b = sum(_ring_hops(routes.interleaved_order(R))) if p.shifts_b else 0
+        held = gemmt_held(p)[:, :L]
+        done = np.ones((R, R), bool) if computes is None else computes
+        blocks = int(done[np.arange(R)[:, None], held].sum())
+        return C * (L - 1) * hops_b * p.tile_b + blocks * (C - 1) * p.tile_c
     if p.algorithm == "summa":
         per_step = R * (C - 1) * p.tile_a * p.shifts_a + C * (R - 1) * p.tile_b * p.shifts_b
         return L * per_step
@@ -342,7 +414,8 @@ def _summa_advance_issues(e: np.ndarray, phase: int, P: int):
     return n, e, phase
 
 
-def model_cycles(p: GemmPlan, cfg: wse.WaferConfig, steps: int | None = None) -> int:
+def model_cycles(p: GemmPlan, cfg: wse.WaferConfig, steps: int | None = None,
+                 computes: np.ndarray | None = None) -> int:
     """First-principles cycle count: the critical path through the steps
     (the first `steps` of them, as `gemm_first_steps` runs; all L by default).
 
@@ -440,6 +513,30 @@ def model_cycles(p: GemmPlan, cfg: wse.WaferConfig, steps: int | None = None) ->
     loop's 2. The run ends when the last PE's loop does. A term for an
     axis of one PE (no shifts) is left out.
 
+    gemmt: per step a PE posts B's receive and send (2 c, not on the last
+    step), sets and tests the step's loop (2 c; a skipped row stops there),
+    sets its product's destination (c), a non-root zeroes its partial (2 c
+    for the loop, the fill, c), multiplies (mm), then passes six one-pass
+    loops on its reduce role (2 c each, c more for the one it runs): start
+    of a chain (its partial onto the chain), middle (the stream in plus its
+    partial, out), root (fold the west stream, then the east one). A
+    chain stream's head moves one link per delta + 2T + H; a chain PE's
+    stream ends a tile after the later of its issue and the head, no
+    earlier than the upstream tail, and (sharing its ramp out) no earlier
+    than `_ramp_end` of its B send and the stream; it cannot run further
+    ahead of its consumer than the queues of one link hold
+    (2 queue_depth + input_queue_depth); the root's west fold is longer
+    by the east wavelets that enter its input queue meanwhile. Then the
+    wait ends when the PE's B send is out (no further ahead of its
+    receiver's post than the path holds), B's next block is in (delta + 2T
+    + d H after its sender's last wavelet), and the ramp into the PE has
+    taken B's block and the reduce streams it folds from the first
+    arrival on; 4 register updates follow. The run ends with the last
+    PE's last step. What the recurrence leaves out is stalls beyond the
+    first order (a stall propagated over several chain links, a B stream
+    slowed by reduce wavelets on a shared ramp): within
+    GEMMT_MODEL_BOUND of the engine (tests/kernels/test_matmul.py).
+
     With cfg.without_instruction_costs() (c = sigma = delta = 0) every
     formula above is the model of the zero-cost engine (the issues cost
     nothing and mm is mt*kt*ceil(nt/SIMD), which is the tile's products at
@@ -456,6 +553,8 @@ def model_cycles(p: GemmPlan, cfg: wse.WaferConfig, steps: int | None = None) ->
     start = np.zeros((R, C))
     if p.algorithm in ("cannon", "meshgemm"):
         return _ring_model(p, cfg, L, mm, ta, tb)
+    if p.algorithm == "gemmt":
+        return _gemmt_model(p, cfg, L, mm, computes)
     xs, ys = np.arange(C)[None, :], np.arange(R)[:, None]
 
     def flood(S, r, tile, index, axis):
@@ -611,6 +710,135 @@ def _ring_model(p: GemmPlan, cfg: wse.WaferConfig, L: int, mm: int, ta: int, tb:
     return int(round(start.max() + mm))
 
 
+def _gemmt_model(p: GemmPlan, cfg: wse.WaferConfig, L: int, mm: int,
+                 computes: np.ndarray | None = None) -> int:
+    """gemmt: model_cycles' recurrence for GEMM-T (its docstring)."""
+    R, C = p.rows, p.cols
+    T, H = cfg.ramp_latency, cfg.hop_latency
+    c, sigma = cfg.scalar_op_cycles, cfg.vector_startup_cycles
+    lat = cfg.datapath_latency + 2 * T
+    hop = lat + H                            # one link of a reduce chain
+    tb, tc = p.tile_b if p.shifts_b else 0, p.tile_c
+    fill = timing.vector_cycles(tc, p.acc_dtype, cfg, isa.OP_FILL)
+    computes = np.ones((R, R), bool) if computes is None else computes
+    held = gemmt_held(p)
+    order_y = routes.interleaved_order(R)
+    pos_y = routes.ring_position(order_y)
+    succ_y = np.asarray(order_y)[(pos_y + 1) % R]
+    hops_y = (np.abs(succ_y - np.arange(R)) * H)[:, None]
+    pred_y = np.asarray(order_y)[(pos_y - 1) % R]
+    ahead_y = ((np.abs(pred_y - np.arange(R)) + 1) * cfg.queue_depth
+               + cfg.input_queue_depth)[:, None]
+    start = np.full((R, C), 2.0 * c if p.shifts_b else 0.0)   # head and free set
+    for s in range(L):
+        last = s == L - 1
+        shifting = p.shifts_b and not last
+        t = start + (2 * c if shifting else 0)                  # receive, send posted
+        b_first = start + c + sigma                             # B's first wavelet leaves
+        roles = gemmt_roles(p, held[:, s], computes[np.arange(R), held[:, s]])
+        do = roles["do"]
+        t = t + 2 * c                                           # loop(do): set, guard
+        body = t + c                                            # set dst
+        if C > 1:
+            body = body + 2 * c + np.where(roles["partial"], fill + c, 0)
+        body = body + mm
+        done = body.copy()
+        if C > 1:
+            names = ("start_e", "start_w", "mid_e", "mid_w", "root_w", "root_e")
+            issue = {}
+            at = body.copy()
+            for name in names:
+                at = at + 2 * c
+                issue[name] = at.copy()
+                at = at + np.where(roles[name], c, 0)           # the loop's branch ...
+            # ... and the operation between: streams along the chains
+            # the head of the eastward stream at PE x: sent by the chain's PEs
+            # x' < x when they issue, one chain link per hop
+            send_e = np.where(roles["start_e"], issue["start_e"],
+                              np.where(roles["mid_e"], issue["mid_e"], -np.inf)) + sigma
+            send_w = np.where(roles["start_w"], issue["start_w"],
+                              np.where(roles["mid_w"], issue["mid_w"], -np.inf)) + sigma
+            head_e = np.full((R, C), -np.inf)
+            head_w = np.full((R, C), -np.inf)
+            for x in range(1, C):
+                head_e[:, x] = np.maximum(head_e[:, x - 1], send_e[:, x - 1]) + hop
+            for x in range(C - 2, -1, -1):
+                head_w[:, x] = np.maximum(head_w[:, x + 1], send_w[:, x + 1]) + hop
+            # a chain PE's stream ends a tile after its head, no earlier than
+            # the upstream's tail arrives, and shares the ramp out with the
+            # B block it sends (from b_first, when shifting)
+            end_e = np.maximum(send_e, head_e) + tc
+            end_w = np.maximum(send_w, head_w) + tc
+            if shifting:
+                end_e = np.maximum(end_e, _ramp_end(b_first, tb, send_e, tc))
+                end_w = np.maximum(end_w, _ramp_end(b_first, tb, send_w, tc))
+            tail_e = np.full((R, C), -np.inf)
+            tail_w = np.full((R, C), -np.inf)
+            for x in range(1, C):
+                end_e[:, x] = np.maximum(end_e[:, x], tail_e[:, x])
+                tail_e[:, x] = np.where(np.isfinite(send_e[:, x - 1]), end_e[:, x - 1] + hop - 1,
+                                        -np.inf)
+                end_e[:, x] = np.where(np.isfinite(send_e[:, x]),
+                                       np.maximum(end_e[:, x], tail_e[:, x]), end_e[:, x])
+            for x in range(C - 2, -1, -1):
+                tail_w[:, x] = np.where(np.isfinite(send_w[:, x + 1]), end_w[:, x + 1] + hop - 1,
+                                        -np.inf)
+                end_w[:, x] = np.where(np.isfinite(send_w[:, x]),
+                                       np.maximum(end_w[:, x], tail_w[:, x]), end_w[:, x])
+            end = np.where(roles["start_e"] | roles["mid_e"], end_e,
+                           np.where(roles["start_w"] | roles["mid_w"], end_w, body))
+            # the root folds the west stream, then the east one
+            w_end = np.maximum(np.maximum(issue["root_w"] + sigma, head_e) + tc, tail_e + 1)
+            # the east stream, arriving meanwhile, fills the PE's input queue
+            # through the same ramp: that many cycles more for the west one
+            early = roles["root_w"] & roles["root_e"] & (head_w < w_end)
+            w_end = w_end + np.where(early, np.minimum(min(cfg.input_queue_depth, tc),
+                                                       w_end - head_w), 0)
+            e_issue = np.where(roles["root_w"], w_end + c + 2 * c, issue["root_e"])
+            e_end = np.maximum(np.maximum(e_issue + sigma, head_w) + tc, tail_w + 1)
+            # a chain PE cannot run further ahead of its consumer than the
+            # queues between them hold (one link: 2 queues and the input one)
+            cap = 2 * cfg.queue_depth + cfg.input_queue_depth
+            for x in range(C - 2, -1, -1):
+                consumer = np.where(roles["mid_e"][:, x + 1], end_e[:, x + 1],
+                                    np.where(roles["root_w"][:, x + 1], w_end[:, x + 1], -np.inf))
+                end_e[:, x] = np.where(np.isfinite(send_e[:, x]),
+                                       np.maximum(end_e[:, x], consumer - cap), end_e[:, x])
+            for x in range(1, C):
+                consumer = np.where(roles["mid_w"][:, x - 1], end_w[:, x - 1],
+                                    np.where(roles["root_e"][:, x - 1], e_end[:, x - 1], -np.inf))
+                end_w[:, x] = np.where(np.isfinite(send_w[:, x]),
+                                       np.maximum(end_w[:, x], consumer - cap), end_w[:, x])
+            end = np.where(roles["start_e"] | roles["mid_e"], end_e,
+                           np.where(roles["start_w"] | roles["mid_w"], end_w, body))
+            root_end = np.where(roles["root_e"], e_end + c,
+                                np.where(roles["root_w"], w_end + c + 2 * c, body + 12 * c))
+            later = {"start_e": 5, "start_w": 4, "mid_e": 3, "mid_w": 2}
+            done = np.where(roles["root"], root_end, body + 12 * c)
+            for name, n_after in later.items():
+                done = np.where(roles[name], end + c + 2 * c * n_after, done)
+        t = np.where(do, done + c, t)                           # the loop's branch
+        if shifting:
+            # the send runs ahead of a late receiver by what the path holds
+            out = np.maximum(b_first + tb, start[pred_y, :] + sigma + tb - ahead_y)
+            arrive = out[succ_y, :] + lat + hops_y
+            t = np.maximum.reduce([t + c, out, arrive])
+            if C > 1:
+                # the ramp into the PE takes B's block and the reduce streams
+                # it folds, one wavelet a cycle, from the first to arrive on
+                b0 = b_first[succ_y, :] + lat + hops_y
+                first_in = np.minimum(b0, np.minimum(np.where(roles["mid_e"] | roles["root_w"],
+                                                              head_e, np.inf),
+                                                     np.where(roles["mid_w"] | roles["root_e"],
+                                                              head_w, np.inf)))
+                n_in = tc * (roles["mid_e"] | roles["mid_w"]) \
+                    + tc * (roles["root_w"].astype(int) + roles["root_e"])
+                t = np.maximum(t, first_in + tb + n_in + c)
+            t = t + 4 * c                                       # wait, FIFO registers
+        start = t
+    return int(round(start.max()))
+
+
 def tolerance(dtype: str, accumulate: str, K: int, steps: int) -> float:
     """Elementwise bound on |C - C_ref| / (|A| @ |B|) against the float64
     product of the unrounded inputs. With u(dt) the unit roundoff of a
@@ -672,7 +900,7 @@ def _check_range(name: str, X: np.ndarray, dtype: str) -> None:
 # Public entry point
 def gemm(A, B, cfg: wse.WaferConfig, algorithm: str = "meshgemm", dtype: str = "float16",
          transpose_b: bool = False, accumulate: str = "float32", max_cycles: int = 10 ** 12,
-         skew: str = "fabric"):
+         skew: str = "fabric", skip_blocks=None):
     """C = A @ B (A @ B.T with transpose_b) on the cfg.rows x cfg.cols grid.
 
     A: (M, K); B: (K, N), or (N, K) with transpose_b. dtype: storage of A
@@ -681,19 +909,32 @@ def gemm(A, B, cfg: wse.WaferConfig, algorithm: str = "meshgemm", dtype: str = "
     tiles into their initial alignment on the rings, charged in the cycles;
     "host" loads them already skewed and does not charge the alignment
     (the steps alone, as benchmarks/gemm.py's first-steps runs measure
-    them). Returns (C, report):
+    them); "weights" shifts A on the fabric and loads B already aligned
+    (B a resident weight, placed once). gemmt (transpose_b=True only) needs
+    no alignment; its skip_blocks, (rows, rows) booleans, leaves C block
+    (y, n) (rows y*mt.., columns n*nt..) at 0 without computing it where
+    True (the fully masked blocks of causal attention scores). Returns (C, report):
     C of shape (M, N) in `dtype`; the
     report carries compute efficiency and report.extra["gemm"] (plan,
     model cycles, compute/stall split)."""
-    p, prog, c_buf = _build(A, B, cfg, algorithm, dtype, transpose_b, accumulate, None, skew)
+    p, prog, c_buf = _build(A, B, cfg, algorithm, dtype, transpose_b, accumulate, None, skew,
+                            skip_blocks)
     result = prog.run(max_cycles=max_cycles)
-    c_tiles = result.read(c_buf).astype(np.float32)       # (R, C, mt*nt)
-    R, Cn = p.rows, p.cols
-    C = c_tiles.reshape(R, Cn, p.mt, p.nt).transpose(0, 2, 1, 3).reshape(R * p.mt, Cn * p.nt)
-    C = C[:p.M, :p.N].astype(np.float16 if dtype == "float16" else np.float32)
+    c_tiles = result.read(c_buf).astype(np.float32)       # (R, C, slots*mt*nt)
+    C = _assemble(p, c_tiles)[:p.M, :p.N].astype(np.float16 if dtype == "float16"
+                                                  else np.float32)
     report = result.report
-    _annotate(report, p, cfg, p.steps)
+    _annotate(report, p, cfg, p.steps, None if skip_blocks is None else ~np.asarray(skip_blocks))
     return C, report
+
+
+def gemm_t(A, B, cfg: wse.WaferConfig, dtype: str = "float16", accumulate: str = "float32",
+           skip_blocks=None, max_cycles: int = 10 ** 12):
+    """C = A @ B.T by GEMM-T: `gemm(A, B, cfg, algorithm="gemmt",
+    transpose_b=True, ...)`, B given as (N, K) and used where it lies (the
+    module docstring). Returns (C, report)."""
+    return gemm(A, B, cfg, algorithm="gemmt", dtype=dtype, transpose_b=True,
+                accumulate=accumulate, max_cycles=max_cycles, skip_blocks=skip_blocks)
 
 
 def gemm_first_steps(A, B, cfg: wse.WaferConfig, steps: int, algorithm: str = "meshgemm",
@@ -719,12 +960,30 @@ def gemm_first_steps(A, B, cfg: wse.WaferConfig, steps: int, algorithm: str = "m
     return report
 
 
+def _assemble(p: GemmPlan, c_tiles: np.ndarray) -> np.ndarray:
+    """The padded C from the PEs' C buffers (R, C, slots*mt*nt): block (y, x) on
+    PE (x, y); gemmt: block (y, n) on PE (n mod C, y), slot n // C."""
+    R, Cn = p.rows, p.cols
+    if p.algorithm != "gemmt":
+        return c_tiles.reshape(R, Cn, p.mt, p.nt).transpose(0, 2, 1, 3).reshape(
+            R * p.mt, Cn * p.nt)
+    n = np.arange(R)
+    blocks = c_tiles[:, n % Cn].reshape(R, R, -1, p.tile_c)[:, n, n // Cn]   # (y, n, tile)
+    return blocks.reshape(R, R, p.mt, p.nt).transpose(0, 2, 1, 3).reshape(R * p.mt, R * p.nt)
+
+
 def _build(A, B, cfg, algorithm: str, dtype: str, transpose_b: bool, accumulate: str,
-           steps: int | None, skew: str):
+           steps: int | None, skew: str, skip_blocks=None):
     """Check the inputs, plan, and build the program of the first `steps` steps."""
     check_common(cfg, dtype, accumulate)
-    if algorithm not in ALGORITHMS:
-        raise ConfigError(f"unknown GEMM algorithm {algorithm!r}: expected one of {ALGORITHMS}")
+    if algorithm not in ALL_ALGORITHMS:
+        raise ConfigError(f"unknown GEMM algorithm {algorithm!r}: expected one of "
+                          f"{ALL_ALGORITHMS}")
+    if algorithm in TRANSPOSED_ALGORITHMS and not transpose_b:
+        raise ConfigError(f"{algorithm} computes A @ B.T with B in its own (N, K) layout: "
+                          f"pass B as (N, K) with transpose_b=True")
+    if skip_blocks is not None and algorithm != "gemmt":
+        raise ConfigError(f"skip_blocks applies to gemmt only, not {algorithm!r}")
     if skew not in SKEWS:
         raise ConfigError(f"unknown skew {skew!r}: expected one of {SKEWS}")
     A = _matrix("A", A)
@@ -747,13 +1006,25 @@ def _build(A, B, cfg, algorithm: str, dtype: str, transpose_b: bool, accumulate:
     check_fits(p, cfg)
     a_blocks, b_blocks = _blocks(p, A, B)
     del A, B                # the float64 copies: the program needs only the blocks
+    if algorithm == "gemmt":
+        computes = np.ones((p.rows, p.rows), bool)
+        if skip_blocks is not None:
+            skip = np.asarray(skip_blocks)
+            if skip.shape != (p.rows, p.rows) or skip.dtype != bool:
+                raise ConfigError(f"skip_blocks: expected ({p.rows}, {p.rows}) booleans (C "
+                                  f"blocks of {p.mt} x {p.nt}), got {skip.shape} {skip.dtype}")
+            computes = ~skip
+        prog, c_buf = _gemmt_program(p, cfg, a_blocks, b_blocks, steps, computes)
+        return p, prog, c_buf
     build = _summa_program if algorithm == "summa" else _cannon_program
     prog, c_buf = build(p, cfg, a_blocks, b_blocks, steps)
     return p, prog, c_buf
 
 
-def _annotate(report: wse.RunReport, p: GemmPlan, cfg: wse.WaferConfig, steps: int) -> None:
-    """Describe a run of the first `steps` steps (all p.steps for gemm())."""
+def _annotate(report: wse.RunReport, p: GemmPlan, cfg: wse.WaferConfig, steps: int,
+              computes: np.ndarray | None = None) -> None:
+    """Describe a run of the first `steps` steps (all p.steps for gemm());
+    computes: gemmt's C blocks computed (None: all)."""
     compute = report.compute_cycles
     stall = report.stall_cycles
     useful = 2 * p.M * p.K * p.N * steps / p.steps
@@ -762,8 +1033,8 @@ def _annotate(report: wse.RunReport, p: GemmPlan, cfg: wse.WaferConfig, steps: i
         "grid": f"{p.rows}x{p.cols}", "steps": p.steps, "steps_run": steps,
         "tile": [p.mt, p.kt, p.nt], "dtype": p.dtype, "accumulate": p.acc_dtype,
         "transpose_b": p.transpose_b, "skew": p.skew, "sram_bytes_per_pe": p.sram_bytes(),
-        "model_cycles": model_cycles(p, cfg, steps),
-        "expected_wavelet_hops": expected_wavelet_hops(p, steps),
+        "model_cycles": model_cycles(p, cfg, steps, computes),
+        "expected_wavelet_hops": expected_wavelet_hops(p, steps, computes),
         "compute_efficiency": report.compute_efficiency,
         # FLOPs of the unpadded problem (its share done in the steps run)
         # over the peak of the whole grid
@@ -783,19 +1054,21 @@ def _annotate(report: wse.RunReport, p: GemmPlan, cfg: wse.WaferConfig, steps: i
 # Host-side tiling
 def _blocks(p: GemmPlan, A: np.ndarray, B: np.ndarray):
     """A as (R, L, mt, kt) blocks and B as (L, C, kt, nt) blocks, or, with
-    transpose_b, B's own (C, L, nt, kt) blocks."""
-    R, C, L = p.rows, p.cols, p.steps
+    transpose_b, B's own (C, L, nt, kt) blocks (L = p.k_blocks; gemmt: B's
+    own (R, C, nt, kt) blocks, N-block first)."""
+    R, L = p.rows, p.k_blocks
+    n_blocks = R if p.algorithm == "gemmt" else p.cols
     Ap = np.zeros((R * p.mt, L * p.kt))
     Ap[:A.shape[0], :A.shape[1]] = A
     a_blocks = Ap.reshape(R, p.mt, L, p.kt).transpose(0, 2, 1, 3)
     if p.transpose_b:
-        Bp = np.zeros((C * p.nt, L * p.kt))
+        Bp = np.zeros((n_blocks * p.nt, L * p.kt))
         Bp[:B.shape[0], :B.shape[1]] = B
-        b_blocks = Bp.reshape(C, p.nt, L, p.kt).transpose(0, 2, 1, 3)
+        b_blocks = Bp.reshape(n_blocks, p.nt, L, p.kt).transpose(0, 2, 1, 3)
     else:
-        Bp = np.zeros((L * p.kt, C * p.nt))
+        Bp = np.zeros((L * p.kt, n_blocks * p.nt))
         Bp[:B.shape[0], :B.shape[1]] = B
-        b_blocks = Bp.reshape(L, p.kt, C, p.nt).transpose(0, 2, 1, 3)
+        b_blocks = Bp.reshape(L, p.kt, n_blocks, p.nt).transpose(0, 2, 1, 3)
     return a_blocks, b_blocks
 
 
@@ -949,6 +1222,116 @@ def _cannon_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks, steps
             t.wait()
             advance()
         multiply()
+    return prog, c_buf
+
+
+# ----------------------------------------------------------------------------
+# GEMM-T
+def gemmt_held(p: GemmPlan) -> np.ndarray:
+    """(rows, steps): the N-block of B row y holds at step t (and so the C block
+    (y, n) it computes): order[(pos[y] + t) mod R] on the interleaved ring."""
+    R = p.rows
+    order = np.asarray(routes.interleaved_order(R))
+    pos = routes.ring_position(order.tolist())
+    return order[(pos[:, None] + np.arange(p.steps)[None, :]) % R]
+
+
+def gemmt_roles(p: GemmPlan, held_n: np.ndarray, computes: np.ndarray) -> dict[str, np.ndarray]:
+    """What each PE does in the reduce of one step, as (rows, cols) 0/1 arrays.
+
+    held_n (rows,): the N-block of each row; computes (rows,): whether the row
+    computes it. The row's partials go to the root, column n mod cols: the
+    PEs west of it form an eastward chain (column 0 starts it, the others
+    add their partial to what arrives from the west and pass it on), those
+    east of it a westward chain; the root adds both into its C block."""
+    C = p.cols
+    xs = np.arange(C)[None, :]
+    r = (held_n % C)[:, None]
+    do = computes.astype(bool)[:, None]
+    root = do & (xs == r)
+    return {"do": np.broadcast_to(do, (p.rows, C)), "root": root, "partial": do & ~root,
+            "start_e": do & (xs == 0) & (r > 0), "start_w": do & (xs == C - 1) & (r < C - 1),
+            "mid_e": do & (xs > 0) & (xs < r), "mid_w": do & (xs < C - 1) & (xs > r),
+            "root_w": root & (r > 0), "root_e": root & (r < C - 1)}
+
+
+def _gemmt_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks, steps: int,
+                   computes: np.ndarray):
+    """C = A B^T by GEMM-T (module docstring). a_blocks (R, C, mt, kt): A block
+    (y, x) on PE (x, y); b_blocks (R, C, nt, kt): B's own block (n, x), at
+    first on PE (x, n); computes (R, R): which C blocks (y, n) are computed."""
+    R, C = p.rows, p.cols
+    prog = wse.Program(cfg)
+    a_buf = prog.buffer("a", (p.tile_a,), p.dtype)
+    slots_b = 1 + p.shifts_b
+    b_fifo = prog.buffer("b_fifo", (slots_b * p.tile_b,), p.dtype)
+    c_buf = prog.buffer("c", ((p.c_slots + (C > 1)) * p.tile_c,), p.acc_dtype)
+    partial = p.c_slots * p.tile_c                 # offset of the partial product
+    prog.load(a_buf, a_blocks.reshape(R, C, -1))
+    b_init = np.zeros((R, C, slots_b * p.tile_b))
+    b_init[:, :, :p.tile_b] = b_blocks.reshape(R, C, -1)
+    prog.load(b_fifo, b_init)
+    del b_init
+    held = gemmt_held(p)
+    if p.shifts_b:
+        plan_y = routes.ring(prog, "y", routes.interleaved_order(R), step=-1, name="b_ring")
+        b_send = prog.color_param_indices("b_send", plan_y.send_color)
+        b_recv = prog.color_param_indices("b_recv", plan_y.recv_color)
+    if C > 1:
+        east = routes.transfers(prog, "x", [(i, i + 1) for i in range(C - 1)], name="red_e")
+        west = routes.transfers(prog, "x", [(i + 1, i) for i in range(C - 1)], name="red_w")
+        e_send = prog.color_param_indices("red_e_send", east.send_color)
+        e_recv = prog.color_param_indices("red_e_recv", east.recv_color)
+        w_send = prog.color_param_indices("red_w_send", west.send_color)
+        w_recv = prog.color_param_indices("red_w_recv", west.recv_color)
+
+    role = prog.role("pe")
+    with role.task("main", entry=True) as t:
+        head, free, dst = t.reg(), t.reg(), t.reg()
+        if p.shifts_b:
+            t.set(head, 0)
+            t.set(free, 1)
+        tile = p.tile_c
+        scratch = c_buf.view(offset=partial, length=tile) if C > 1 else None
+        for s in range(steps):
+            last = s == steps - 1
+            if p.shifts_b and not last:
+                # the next B block streams in while this one is used
+                t.mov(b_fifo.view(offset=free * p.tile_b, length=p.tile_b),
+                      prog.fabin(b_recv, p.tile_b), async_=True)
+                t.mov(prog.fabout(b_send, p.tile_b),
+                      b_fifo.view(offset=head * p.tile_b, length=p.tile_b), async_=True)
+            roles = gemmt_roles(p, held[:, s], computes[np.arange(R), held[:, s]])
+            params = {k: prog.param(f"s{s}_{k}", v.astype(np.int64)) for k, v in roles.items()}
+            slot = (held[:, s] // C * tile)[:, None]
+            dst_off = np.where(roles["root"], slot, partial)
+            with t.loop(params["do"]):
+                t.set(dst, prog.param(f"s{s}_dst", dst_off.astype(np.int64)))
+                if C > 1:
+                    with t.loop(params["partial"]):
+                        t.fill(scratch, 0.0)
+                t.matmul(c_buf.view(offset=dst, length=tile), a_buf.view(),
+                         b_fifo.view(offset=head * p.tile_b, length=p.tile_b),
+                         p.mt, p.kt, p.nt, transpose_b=True)
+                if C > 1:
+                    c_blk = c_buf.view(offset=dst, length=tile)
+                    with t.loop(params["start_e"]):
+                        t.mov(prog.fabout(e_send, tile), scratch)
+                    with t.loop(params["start_w"]):
+                        t.mov(prog.fabout(w_send, tile), scratch)
+                    with t.loop(params["mid_e"]):
+                        t.add(prog.fabout(e_send, tile), prog.fabin(e_recv, tile), scratch)
+                    with t.loop(params["mid_w"]):
+                        t.add(prog.fabout(w_send, tile), prog.fabin(w_recv, tile), scratch)
+                    with t.loop(params["root_w"]):
+                        t.add(c_blk, c_blk, prog.fabin(e_recv, tile))
+                    with t.loop(params["root_e"]):
+                        t.add(c_blk, c_blk, prog.fabin(w_recv, tile))
+            if p.shifts_b and not last:
+                t.wait()
+                for r in (head, free):
+                    t.addi(r, 1)
+                    t.mod(r, 2)
     return prog, c_buf
 
 

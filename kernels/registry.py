@@ -23,7 +23,7 @@ import wse
 from wse.errors import ConfigError
 
 from . import collectives, models, reference
-from .matmul import gemm, model_cycles as gemm_model_cycles, plan as gemm_plan
+from .matmul import gemm, gemm_t, model_cycles as gemm_model_cycles, plan as gemm_plan
 from .matvec import gemv, model_cycles as gemv_model_cycles, plan as gemv_plan
 from .mesh_attention import attention
 from .transformer import prefill
@@ -273,6 +273,28 @@ def _gemm_example(cfg, length: int) -> Call:
     return Call((A, B, cfg), {}, (A, B), f"gemm {side}x{side}x{side}")
 
 
+def _gemmt_inputs(cfg, s, seed) -> Call:
+    rng = np.random.default_rng(seed)
+    m, k, n = s["m"] or _side(cfg), s["k"] or _side(cfg), s["n"] or _side(cfg)
+    A, B = rng.standard_normal((m, k)), rng.standard_normal((n, k))
+    return Call((A, B, cfg), {}, (A, B, True), f"gemmt C({m}x{n}) = A({m}x{k}) B({n}x{k})^T")
+
+
+def _gemmt_cost(cfg, call: Call) -> int:
+    """kernels.matmul.model_cycles of the call's GEMM-T plan."""
+    A, B = call.args[:2]
+    options = {p: call.kwargs.get(p, default(gemm_t, p)) for p in ("dtype", "accumulate")}
+    return gemm_model_cycles(gemm_plan(A.shape[0], A.shape[1], B.shape[0], cfg, "gemmt",
+                                       transpose_b=True, **options), cfg)
+
+
+def _gemmt_example(cfg, length: int) -> Call:
+    side = 4 * cfg.rows
+    rng = np.random.default_rng(1)
+    A, B = rng.standard_normal((side, side)), rng.standard_normal((side, side))
+    return Call((A, B, cfg), {}, (A, B, True), f"gemmt {side}x{side}x{side}")
+
+
 def _gemv_inputs(cfg, s, seed) -> Call:
     rng = np.random.default_rng(seed)
     m, k = s["m"] or _side(cfg), s["k"] or _side(cfg)
@@ -322,6 +344,9 @@ for _record in (
            _allreduce_cost, _allreduce_example, "the sum of each line's vectors on every PE"),
     Kernel("gemm", gemm, reference.matmul, _gemm_inputs, (M, K, N),
            "kernels.strategies:gemm_problems", _gemm_cost, _gemm_example, "C = A @ B"),
+    Kernel("gemmt", gemm_t, reference.matmul, _gemmt_inputs, (M, K, N),
+           "kernels.strategies:gemmt_problems", _gemmt_cost, _gemmt_example,
+           "C = A @ B^T by GEMM-T, B in its own (N, K) layout"),
     Kernel("gemv", gemv, reference.gemv, _gemv_inputs, (M, K),
            "kernels.strategies:gemv_problems", _gemv_cost, None, "y = W @ x"),
     Kernel("attention", attention, reference.attention, _attention_inputs,

@@ -32,7 +32,8 @@ from . import reference, registry
 
 __all__ = [
     "problems", "CollectiveProblem", "GemmProblem", "GemvProblem", "AttentionProblem",
-    "collective_problems", "gemm_problems", "gemv_problems", "attention_problems",
+    "collective_problems", "gemm_problems", "gemmt_problems", "gemv_problems",
+    "attention_problems",
     "gemm_sram_bytes",
 ]
 
@@ -156,6 +157,14 @@ def gemm_problems(draw, min_side: int = 1, max_side: int = 4, square_grid: bool 
     A = draw(testing.matrices((M, K), dtype, **opts))
     B = draw(testing.matrices((N, K) if tb else (K, N), dtype, **opts))
     return GemmProblem(cfg, A, B, M, K, N, dtype, tb)
+
+
+def gemmt_problems(**options):
+    """gemm_problems for C = A @ B^T by GEMM-T: B drawn as (N, K), any grid
+    shape (GEMM-T needs no square grid)."""
+    options.setdefault("square_grid", False)
+    options.setdefault("transpose_b", (True,))
+    return gemm_problems(**options)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ def run_and_check(M, K, N, rows, cols, algorithm, dtype, transpose_b, accumulate
     ref = reference.matmul(A, B, transpose_b=transpose_b)
     scale = np.abs(A) @ (np.abs(B).T if transpose_b else np.abs(B))
     p = G.plan(M, K, N, cfg, algorithm, dtype, accumulate, transpose_b)
-    tol = G.tolerance(dtype, accumulate, K, p.steps)
+    tol = G.tolerance(dtype, accumulate, K, p.k_blocks)
     err = np.abs(C.astype(np.float64) - ref)
     assert (err <= tol * scale + 1e-30).all(), f"max relative error {(err / scale).max():.3g}"
     return C, report, p, cfg
@@ -289,6 +289,129 @@ def test_interleaved_ring_streams_are_at_most_two_hops_and_plain_ring_wraps():
     assert sum(G._ring_hops(G.ring_order("meshgemm", 11))) == 2 * 10
 
 
+# --------------------------------------------------------------------- GEMM-T
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(M=st.integers(1, 40), K=st.integers(1, 40), N=st.integers(1, 40),
+       rows=st.integers(1, 6), cols=st.integers(1, 6),
+       dtype=st.sampled_from(("float32", "float16")),
+       accumulate=st.sampled_from(("float32", "float16")))
+def test_gemmt_matches_float64_reference(M, K, N, rows, cols, dtype, accumulate):
+    """C = A B^T with B in its own (N, K) layout, odd shapes and grids
+    included; the tolerance counts kt FMAC roundings per partial and C - 1
+    additions along the reduce chain ((C kt + 1) u(acc) covers both)."""
+    run_and_check(M, K, N, rows, cols, "gemmt", dtype, True, accumulate)
+
+
+GEMMT_CASES = COST_CASES + [(8, 8, 8, 8, 8, "float32"), (7, 3, 21, 12, 30, "float32"),
+                            (16, 16, 16, 16, 16, "float16")]
+
+
+@pytest.mark.parametrize("rows,cols,M,K,N,dtype", GEMMT_CASES)
+@pytest.mark.parametrize("costs", ["instruction costs", "zero-cost"])
+def test_gemmt_cycles_near_the_model_and_hops_exact(rows, cols, M, K, N, dtype, costs):
+    """The model follows the engine within GEMMT_MODEL_BOUND (why:
+    model_cycles' docstring); every PE multiplies once per step; the
+    wavelet-hops are exactly the R-1 shifts of a B tile round each column's
+    interleaved ring (2(R-1) links) plus, per C block, a partial tile over
+    each of its row's C-1 links."""
+    cfg = wse.WSE2.with_grid(rows=rows, cols=cols)
+    if costs == "zero-cost":
+        cfg = cfg.without_instruction_costs()
+    rng = np.random.default_rng(1)
+    _, report = G.gemm(rng.standard_normal((M, K)), rng.standard_normal((N, K)), cfg,
+                       algorithm="gemmt", dtype=dtype, transpose_b=True)
+    p = G.plan(M, K, N, cfg, "gemmt", dtype, "float32", transpose_b=True)
+    model = G.model_cycles(p, cfg)
+    assert abs(report.cycles - model) <= G.GEMMT_MODEL_BOUND * model, (report.cycles, model)
+    if rows == 1 or cols == 1:
+        assert report.cycles == model        # no chain, or no shift: nothing left out
+    R, C = rows, cols
+    hops = C * (R - 1) * 2 * (R - 1) * p.tile_b + R * R * (C - 1) * p.tile_c
+    assert report.wavelet_hops == G.expected_wavelet_hops(p) == hops
+    assert report.extra["gemm"]["model_cycles"] == model
+    products = 2 * p.steps * p.mt * p.kt * p.nt * R * C
+    assert products <= report.flops <= products + R * R * (C - 1) * p.tile_c
+
+
+def test_gemmt_skips_blocks_and_their_work():
+    """Skipped C blocks (the causal mask's upper triangle) stay 0 and cost no
+    product and no reduce: a row y computes y + 1 blocks, the hops drop by
+    the skipped blocks' reduces and the flops by their products; the rest of
+    C is the reference's."""
+    R, C = 4, 3
+    cfg = wse.WSE2.with_grid(rows=R, cols=C)
+    rng = np.random.default_rng(5)
+    A, B = rng.standard_normal((20, 12)), rng.standard_normal((20, 12))
+    skip = np.triu(np.ones((R, R), bool), 1)
+    out, report = G.gemm(A, B, cfg, algorithm="gemmt", dtype="float32", transpose_b=True,
+                         skip_blocks=skip)
+    _, full = G.gemm(A, B, cfg, algorithm="gemmt", dtype="float32", transpose_b=True)
+    p = G.plan(20, 12, 20, cfg, "gemmt", "float32", "float32", transpose_b=True)
+    masked = np.kron(skip, np.ones((p.mt, p.nt), bool))[:20, :20]
+    assert (out[masked] == 0).all()
+    ref = A @ B.T
+    assert np.abs(out[~masked] - ref[~masked]).max() <= 1e-5 * np.abs(ref).max()
+    skipped = int(skip.sum())
+    assert full.wavelet_hops - report.wavelet_hops == skipped * (C - 1) * p.tile_c
+    assert report.wavelet_hops == G.expected_wavelet_hops(p, computes=~skip)
+    assert full.flops - report.flops >= skipped * C * 2 * p.mt * p.kt * p.nt
+    model = G.model_cycles(p, cfg, computes=~skip)
+    assert abs(report.cycles - model) <= G.GEMMT_MODEL_BOUND * model
+    assert report.extra["gemm"]["model_cycles"] == model
+
+
+def test_gemmt_first_steps_and_square_layout():
+    """gemm_first_steps runs gemmt's first k of its R steps; on a square grid
+    C block (y, x) ends on PE (x, y), like the other algorithms."""
+    cfg = wse.WSE2.with_grid(rows=4, cols=4)
+    rng = np.random.default_rng(6)
+    A, B = rng.standard_normal((16, 16)), rng.standard_normal((16, 16))
+    p = G.plan(16, 16, 16, cfg, "gemmt", "float16", "float32", transpose_b=True)
+    assert (p.steps, p.k_blocks, p.c_slots) == (4, 4, 1)
+    _, full = G.gemm(A, B, cfg, algorithm="gemmt", transpose_b=True)
+    every = G.gemm_first_steps(A, B, cfg, 4, algorithm="gemmt", transpose_b=True)
+    assert (every.cycles, every.wavelet_hops) == (full.cycles, full.wavelet_hops)
+    for k in (1, 2, 3):
+        report = G.gemm_first_steps(A, B, cfg, k, algorithm="gemmt", transpose_b=True)
+        model = G.model_cycles(p, cfg, k)
+        assert abs(report.cycles - model) <= G.GEMMT_MODEL_BOUND * model
+        assert report.wavelet_hops == G.expected_wavelet_hops(p, k)
+    held = G.gemmt_held(p)
+    assert (held[:, 0] == np.arange(4)).all()                  # each row starts on its own block
+    assert all(sorted(row) == [0, 1, 2, 3] for row in held)    # and meets every block once
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"algorithm": "gemmt"}, "transpose_b=True"),
+    ({"algorithm": "meshgemm", "skip_blocks": np.zeros((2, 2), bool)}, "gemmt only"),
+    ({"algorithm": "gemmt", "transpose_b": True, "skip_blocks": np.zeros((3, 2), bool)},
+     "skip_blocks"),
+])
+def test_gemmt_bad_options_get_one_clear_error(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        G.gemm(np.ones((2, 2)), np.ones((2, 2)), CFG, **kw)
+
+
+@pytest.mark.parametrize("rows,cols", [(4, 4), (3, 5)])
+def test_meshgemm_with_resident_weights_skews_a_only(rows, cols):
+    """skew="weights": B (a weight placed once, already aligned) does not
+    move before the steps; A's skew does, and is charged: the hops are the
+    fabric skew's less B's part, and C is the same."""
+    cfg = wse.WSE2.with_grid(rows=rows, cols=cols)
+    rng = np.random.default_rng(7)
+    A, B = rng.standard_normal((30, 45)), rng.standard_normal((45, 40))
+    C_full, full = G.gemm(A, B, cfg, dtype="float32")
+    C_w, weights = G.gemm(A, B, cfg, dtype="float32", skew="weights")
+    np.testing.assert_array_equal(C_full, C_w)
+    p = G.plan(30, 45, 40, cfg, "meshgemm", "float32", "float32", skew="weights")
+    skew_a, skew_b = G.fabric_skew(p)
+    assert not skew_b.any() and skew_a.any()
+    assert weights.wavelet_hops == G.expected_wavelet_hops(p) < full.wavelet_hops
+    model = G.model_cycles(p, cfg)
+    assert abs(weights.cycles - model) <= G.FABRIC_SKEW_MODEL_BOUND * model
+    assert weights.cycles < full.cycles
+
+
 # --------------------------------------------------------------------- SRAM
 def test_2048_on_16x16_overflows_and_names_the_smallest_grid():
     cfg = wse.WSE2.with_grid(rows=16, cols=16)
@@ -304,9 +427,11 @@ def test_2048_on_16x16_overflows_and_names_the_smallest_grid():
 
 def test_plan_matches_what_the_program_allocates():
     cfg = wse.WSE2.with_grid(rows=3, cols=2)
-    for algorithm in G.ALGORITHMS:
-        _, report = G.gemm(np.ones((7, 9)), np.ones((9, 5)), cfg, algorithm=algorithm)
-        p = G.plan(7, 9, 5, cfg, algorithm, "float16", "float32")
+    for algorithm in G.ALL_ALGORITHMS:
+        transpose_b = algorithm in G.TRANSPOSED_ALGORITHMS
+        _, report = G.gemm(np.ones((7, 9)), np.ones((5, 9) if transpose_b else (9, 5)), cfg,
+                           algorithm=algorithm, transpose_b=transpose_b)
+        p = G.plan(7, 9, 5, cfg, algorithm, "float16", "float32", transpose_b)
         assert int(report.sram_peak_bytes.max()) == p.sram_bytes()
 
 

@@ -126,3 +126,25 @@ def test_an_option_name_means_one_option(toy):
 def test_an_unknown_kernel_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown kernel 'fft'"):
         registry.get("fft")
+
+
+def test_wse_run_runs_gemmt_and_its_strategy_draws_transposed_problems(capsys):
+    """GEMM-T is a kernel of its own in the registry: `wse run gemmt` checks it
+    against A @ B.T and prints the model's cycles beside the engine's; its
+    strategy draws B as (N, K) on any grid."""
+    code = cli.main(["run", "gemmt", "--grid", "3x2", "--m", "7", "--k", "5", "--n", "9"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "gemmt C(7x9) = A(7x5) B(9x5)^T" in out
+    error_line = next(line for line in out.splitlines() if "max |error| vs float64" in line)
+    assert float(error_line.split("│")[-2]) < 1e-2
+
+    @settings(max_examples=5, deadline=None)
+    @given(strategies.problems("gemmt", max_side=3))
+    def check(problem):
+        assert problem.transpose_b and problem.B.shape == (problem.N, problem.K)
+        C, report = registry.get("gemmt").function(problem.A, problem.B, problem.cfg,
+                                                   dtype=problem.dtype)
+        testing.assert_close(C, problem.reference(), problem.dtype, terms=problem.K,
+                             scale=problem.magnitude())
+    check()
