@@ -38,7 +38,9 @@ from wse import gpu
 DECODE_JSON = pathlib.Path("bench-out/transformer_decode.json")
 """Written by `python -m benchmarks.transformer --full --part decode`."""
 
-# Sources, cited once each and referred to by key below.
+# Sources, cited once each and referred to by key below. Each text starts
+# with the name it is cited by elsewhere (CITED_AS), so that a constant set
+# from the same source can be found.
 SOURCES = {
     "HPDC24": "Luczynski et al., \"Near-Optimal Wafer-Scale Reduce\", HPDC 2024 "
               "(arXiv:2404.15888): performance model of flood broadcast, chain and star "
@@ -69,6 +71,14 @@ SOURCES = {
                   "no TP, CUDA graphs: decode median 9.00-9.10 ms (109.85-111 token/s); an "
                   "80 GB GPU whose model the readable text does not name",
 }
+
+CITED_AS = {
+    "HPDC24": "HPDC 2024", "JIP26": "Miyajima", "WAFERLLM": "WaferLLM",
+    "NCCLT212": "nccl-tests#212", "NCCL1455": "nccl#1455", "NCCL1374": "nccl#1374",
+    "NCCLT272": "nccl-tests#272", "NCCLT149": "nccl-tests#149", "NCCL583": "nccl#583",
+    "TORCHPERF79": "torch-performance-test-data#79", "SGLANGGIST": "jerryzh168",
+}
+"""The name each source goes by in the code's constant documentation."""
 
 SHARED_MACHINE = ("figures computed on a 2-core machine shared with other agents; "
                   "wall times are inflated, cycle counts are not")
@@ -254,20 +264,22 @@ MEASUREMENTS: list[Measurement] = _hpdc_rows() + [
         note="not counted: the grid and context length behind the 2,700 are not in the "
              "readable text. Below it: the emulated layer is set by nine chain-then-flood "
              "allreduces across 420 PEs each (WaferLLM reduces with a two-tree rooted "
-             "mid-line) and each allreduce hop pays a datapath cycle"),
+             "mid-line) and each allreduce hop pays a datapath cycle. From WaferLLM too: "
+             "clock_hz = 1.1 GHz (its cycle-to-second conversion) and "
+             "fmacs_per_cycle_fp32, per-PE constants, not this figure"),
     Measurement(
         key="nccl-8xh100-nvls-8g", side="GPU", quantity="all-reduce bus bandwidth",
         configuration="8 x H100 SXM, NVLS, large message (8 GiB)", unit="GB/s",
         published=480.0, source="NCCLT212", emulate="allreduce",
         args=("H100", 8, 8 << 30, "busbw"), quick=True,
-        note="the NVLS efficiency 0.85 is NCCL's tuner figure, not this measurement; the "
-             "NVLink efficiency 0.80 comes from the same thread's ring statement"),
+        note="the NVLS efficiency 0.85 is NCCL's tuner figure, not this measurement; "
+             "nvlink_efficiency = 0.80 comes from the same thread's ring statement"),
     Measurement(
         key="nccl-8xh100-ring-8g", side="GPU", quantity="all-reduce bus bandwidth",
         configuration="8 x H100 SXM, NCCL_ALGO=RING, 8 GiB", unit="GB/s",
         published=370.0, source="NCCLT212", emulate="allreduce",
         args=("H100", 8, 8 << 30, "busbw", "ring"), independent=False,
-        note="not independent: the NVLink efficiency 0.80 was set from this statement's "
+        note="not independent: nvlink_efficiency = 0.80 was set from this statement's "
              "\"protocol overhead (~20%)\""),
     *[Measurement(
         key=f"nccl-h100-nvls-{n}gpu", side="GPU", quantity="all-reduce bus bandwidth",
@@ -420,8 +432,22 @@ def constant_rows() -> list[dict]:
     rows.append({"side": "GPU (cluster)", "constant": "base and per-step latencies",
                  "value": "tables", "source": "[NCCL-T] " + cluster_tags["NCCL-T"]})
     for r in rows:
-        r["assumption"] = "ASSUMPTION" in r["source"]
+        r["basis"] = _basis(r["source"])
     return rows
+
+
+UNPUBLISHED = re.compile(r"ASSUMPTION|not published|\bno\b[^.]*\bis published")
+
+
+def _basis(source: str) -> str:
+    """"cited" where the documentation cites a source, "assumption" where it
+    says the value is assumed or not published, "cited + assumption" where it
+    does both (a cited bound or a cited part, the rest assumed: read the
+    text), "" where it does neither (a defect the tests catch)."""
+    cited = bool(re.search(r"\[[^\]]+\]", source))
+    assumed = bool(UNPUBLISHED.search(source))
+    return {(True, False): "cited", (False, True): "assumption",
+            (True, True): "cited + assumption", (False, False): ""}[(cited, assumed)]
 
 
 # ----------------------------------------------------------------------------
@@ -472,10 +498,10 @@ def sources_markdown() -> str:
 
 
 def constants_markdown(rows: list[dict]) -> str:
-    lines = ["| side | constant | value | set from |", "|---|---|---|---|"]
+    lines = ["| side | constant | value | basis | set from |", "|---|---|---|---|---|"]
     for r in rows:
         value = f"{r['value']:g}" if isinstance(r["value"], float) else r["value"]
-        lines.append(f"| {r['side']} | `{r['constant']}` | {value} | "
+        lines.append(f"| {r['side']} | `{r['constant']}` | {value} | {r['basis']} | "
                      f"{r['source'].replace('|', '/')} |")
     return "\n".join(lines)
 
