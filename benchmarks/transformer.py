@@ -16,8 +16,14 @@ full:  LLaMA-3-8B, one layer
     at n = 660. The fit's error at n = 64 from the n = 16, 32 fit is reported.
   * the same layer on 8 x H100 and 8 x A100 (kernels.sharded, tp = 8).
 Extrapolation to 32 layers: kernels.transformer.extrapolate.
+decode sweep (--grids, --models): one decode layer (4096-token context,
+fp16) per model and region size, each emulated in full in its own child
+process (wall time and peak memory per point), traced for the operations'
+windows, with whole-model tokens/s by kernels.transformer.extrapolate.
 
 Run alone: python -m benchmarks.transformer [--full]
+           python -m benchmarks.transformer --grids 420,540,660 \
+               --models llama3-8b,llama2-13b
 """
 from __future__ import annotations
 
@@ -100,19 +106,22 @@ def quick_case() -> list[dict]:
 
 
 def decode_case(grid: int = 420, context: int = 4096, dtype: str = "float16",
-                base: wse.WaferConfig = wse.WSE2) -> dict:
-    """LLaMA-3-8B layer, one decode step at `context` on a grid x grid region
-    of the wafer `base`."""
-    from kernels import models, reference
+                base: wse.WaferConfig = wse.WSE2, model_name: str = LLAMA) -> dict:
+    """One layer of `model_name`, one decode step at `context` on a grid x grid
+    region of the wafer `base`, traced: besides the cycles, each operation's
+    window (first PE to start it, last PE to finish it) and its span on
+    one PE (median task duration)."""
+    from kernels import decode_layer, models, reference
     from kernels import transformer as T
     from kernels.models import KVCache
-    model = models.preset(LLAMA)
+    model = models.preset(model_name)
     weights = models.random_weights(model, seed=0, n_layers=1)
     rng = np.random.default_rng(1)
     cache = KVCache.random(model, context, rng)
     cfg = base.with_grid(rows=grid, cols=grid)
     started = time.perf_counter()
-    out, state, report = T.decode_step(model, weights, cache, cfg, dtype=dtype)
+    with wse.run_options(trace=True, event_capacity=(len(decode_layer.PHASES) + 1) * grid * grid):
+        out, state, report = T.decode_step(model, weights, cache, cfg, dtype=dtype)
     wall = time.perf_counter() - started
     ref_out, _ = reference.decode_step(model, weights, cache)
     err = float(np.abs(out - ref_out).max() / np.abs(ref_out).max())
@@ -121,10 +130,43 @@ def decode_case(grid: int = 420, context: int = 4096, dtype: str = "float16",
         state.capacity * (2 * lay.attn.width * 2 + 4)
     ext = T.extrapolate(report, model, 1, cfg, per_layer, tokens=1,
                         handover_wavelets=lay.d.width)
-    return _wafer_row("llama3-8b layer", "decode", cfg, report, 1, wall, True, rel_err=err,
-                      context=context, dtype=dtype, extrapolation=ext.to_dict(),
+    operations = []
+    for name, sl in decode_layer.operation_slices(report).items():
+        if len(sl):
+            operations.append({"name": name, "pes": len(sl), "first_start": int(sl[:, 1].min()),
+                               "last_end": int(sl[:, 2].max()),
+                               "median_pe_cycles": float(np.median(sl[:, 2] - sl[:, 1]))})
+    report.task_events = None
+    return _wafer_row(f"{model_name} layer", "decode", cfg, report, 1, wall, True, rel_err=err,
+                      model=model_name, context=context, dtype=dtype,
+                      engine_wall_s=report.wall_seconds,
+                      host_bytes_loaded=report.host_bytes_loaded,
+                      extrapolation=ext.to_dict(), operations=operations,
                       sram_bytes_per_pe_max=int(report.sram_peak_bytes.max()),
                       weights=weights, cache=cache)
+
+
+def decode_sweep(grids=(420, 540, 660), model_names=(LLAMA, "llama2-13b"), context: int = 4096,
+                 dtype: str = "float16") -> list[dict]:
+    """decode_case for every model and grid, one at a time, each in a child
+    process (so that rss_gib is that run's own peak and its memory is given
+    back before the next starts)."""
+    import json
+    import subprocess
+    import sys
+    rows = []
+    for name in model_names:
+        for grid in grids:
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "benchmarks.transformer",
+                                   "--decode-point", name, str(grid), str(context), dtype],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"decode point {name} {grid}x{grid} failed:\n{done.stderr}")
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            row["process_wall_s"] = time.perf_counter() - started
+            rows.append(row)
+    return rows
 
 
 def proxy_model(n: int):
@@ -249,8 +291,10 @@ def full_cases() -> list[dict]:
     return decode_part() + prefill_part()
 
 
-def run(quick: bool = True, part: str | None = None) -> list[dict]:
-    if part is not None:
+def run(quick: bool = True, part: str | None = None, grids=None, model_names=None) -> list[dict]:
+    if grids or model_names:
+        rows = decode_sweep(grids or (420,), model_names or (LLAMA,))
+    elif part is not None:
         rows = {"decode": decode_part, "prefill": prefill_part, "relayout": relayout_part}[part]()
     else:
         rows = quick_case() if quick else full_cases()
@@ -300,16 +344,38 @@ def plot(rows, out_dir) -> list[pathlib.Path]:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     made.append(path)
-    phases = [r for r in rows if r["mode"] == "decode" and r.get("phases")]
-    if phases:
-        r = phases[-1]
+    traced = [r for r in rows if r["mode"] == "decode" and r.get("operations")]
+    if traced:
+        r = traced[0]
+        ops = r["operations"]
         fig, ax = plt.subplots(figsize=(7, 3.5))
-        names = [p["name"] for p in r["phases"]]
-        ax.barh(names, [p["cycles"] for p in r["phases"]])
-        ax.set_xlabel("cycles")
-        ax.set_title(f"decode phases, {r['case']} on {r['machine']}")
+        ax.barh([o["name"] for o in ops], [o["last_end"] - o["first_start"] for o in ops],
+                left=[o["first_start"] for o in ops])
+        ax.invert_yaxis()
+        ax.set_xlabel("cycles (first PE starts .. last PE ends)")
+        ax.set_title(f"decode operations, {r['case']} on {r['machine']}")
         fig.tight_layout()
         path = out_dir / "transformer_decode_phases.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        made.append(path)
+    swept = {}
+    for r in traced:
+        if r.get("extrapolation"):
+            swept.setdefault(r["model"], []).append(
+                (r["cycles"] and int(r["machine"].split()[-1].split("x")[0]),
+                 r["extrapolation"]["tokens_per_second"]))
+    if any(len(v) > 1 for v in swept.values()):
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for name, pts in swept.items():
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
+        ax.set_xlabel("region side (PEs)")
+        ax.set_ylabel("tokens / s, whole model (extrapolated)")
+        ax.set_title("decode, 4096-token context, fp16")
+        ax.legend()
+        fig.tight_layout()
+        path = out_dir / "transformer_decode_regions.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
         made.append(path)
@@ -321,11 +387,28 @@ def _main(argv: list[str] | None = None) -> None:
     parser = command_line("transformer", __doc__, "LLaMA-3-8B at full size")
     parser.add_argument("--part", choices=("decode", "prefill", "relayout"),
                         help="only this part of the full run")
+    parser.add_argument("--grids", help="decode sweep: comma-separated region sizes "
+                        "(e.g. 420,540,660), one child process per point")
+    parser.add_argument("--models", help="decode sweep: comma-separated model presets "
+                        "(e.g. llama3-8b,llama2-13b)")
+    parser.add_argument("--decode-point", nargs=4, metavar=("MODEL", "GRID", "CONTEXT", "DTYPE"),
+                        help="one decode_case in this process; prints its row as JSON")
     args = parser.parse_args(argv)
-    rows = run(quick=not args.full, part=args.part)
+    if args.decode_point:
+        name, grid, context, dtype = args.decode_point
+        row = decode_case(int(grid), int(context), dtype, model_name=name)
+        for key in ("report", "weights", "cache"):
+            row.pop(key, None)
+        row["rss_gib"] = _rss_gib()
+        print(json.dumps(row, default=str))
+        return
+    grids = [int(g) for g in args.grids.split(",")] if args.grids else None
+    model_names = args.models.split(",") if args.models else None
+    rows = run(quick=not args.full, part=args.part, grids=grids, model_names=model_names)
     out = pathlib.Path("bench-out")
     out.mkdir(exist_ok=True)
-    name = (f"transformer_{args.part}" if args.part
+    name = ("transformer_decode_sweep" if grids or model_names
+            else f"transformer_{args.part}" if args.part
             else ("transformer_full" if args.full else "transformer"))
     (out / f"{name}.json").write_text(
         json.dumps(rows, indent=1, default=str))

@@ -98,6 +98,10 @@ def decode_weight_bytes(model: ModelConfig, lay: DecodeLayouts, dtype: str) -> i
 
 
 
+class CacheOverflowError(wse.SramOverflowError):
+    """The layer's weights and activations fit, its KV cache slots do not."""
+
+
 @dataclass
 class LayerProgram:
     """A decode layer's Program, its buffers by name and its cache slots."""
@@ -172,10 +176,13 @@ def layer_program(cfg: wse.WaferConfig, model: ModelConfig, lay: DecodeLayouts, 
     if slots < capacity:
         raise wse.ConfigError(f"layer_program: {slots} cache slots cannot hold a slot table "
                               f"of {capacity}")
-    buf("k_cache", slots * wa, dtype)
-    buf("v_cache", slots * wa, dtype)
-    buf("bias", slots)
-    buf("scores", slots)
+    try:
+        buf("k_cache", slots * wa, dtype)
+        buf("v_cache", slots * wa, dtype)
+        buf("bias", slots)
+        buf("scores", slots)
+    except wse.SramOverflowError as err:
+        raise CacheOverflowError(str(err)) from None
 
     col = SegmentChannel(prog, "y", [(0, R - 1)], "col")
     heads = SegmentChannel(prog, "x", lay.attn.segments, "hd")
@@ -269,8 +276,8 @@ def place_resident(lp: LayerProgram, model: ModelConfig, lw, lay: DecodeLayouts,
     R, C = prog.rows, prog.cols
     wa = lay.attn.width
 
-    def load(name, data):
-        prog.load(b[name], data, deferred=True)
+    def load(name, data):           # written at once, so one placed array lives at a time
+        prog.load(b[name], data)
 
     load("attn_norm_w", place_vector(lay.d, lw.attn_norm, R, C, "y"))
     blocks = [place_matrix(W, lay.d, lay.attn) for W in
@@ -334,3 +341,16 @@ def run_layer(cfg, model: ModelConfig, lw, x_vec, cache: WaferKVCache, layer: in
     x_out = result.read(lp.buffers["x"]).astype(np.float64)
     cache.images[layer] = LayerImage(result.image(), lp.slots, dtype)
     return x_out, result.report
+
+
+def operation_slices(report: wse.RunReport) -> dict:
+    """Per operation of PHASES, the task slices of a traced decode run
+    (`wse.run_options(trace=True)`): an (n, 3) array of (pe, start, end)
+    rows, start and end in cycles of the run (of the whole sequence for a
+    multi-layer report, whose layers follow each other)."""
+    if report.task_events is None:
+        raise wse.ConfigError("operation_slices needs a traced run (wse.run_options(trace=True))")
+    names = [n.rsplit(".", 1)[-1] for n in report.task_names]
+    ev = report.task_events
+    task = np.array([names[t] for t in ev[:, 1]], dtype=object)
+    return {phase: ev[task == name][:, [0, 2, 3]] for phase, name in zip(PHASES, TASKS)}

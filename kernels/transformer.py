@@ -227,13 +227,17 @@ def decode_step(model: ModelConfig, weights: ModelWeights, state, target, x=None
         try:
             x_vec, rep = decode_layer.run_layer(cfg, model, lw, x_vec, state, i, lay, pos,
                                                 dtype, moves, insert)
-        except SramOverflowError as err:
+        except decode_layer.CacheOverflowError as err:
             counts = state.row_counts()
             raise SramOverflowError(
                 f"decode of position {pos}: the KV cache no longer fits the {cfg.rows} x "
                 f"{cfg.cols} grid (policy {state.policy!r}: the fullest row would hold "
                 f"{int(counts.max()) + 1} positions, {state.capacity} slots per PE, next to "
                 f"the layer's resident weights and activations); engine: {err}") from err
+        except SramOverflowError as err:
+            raise SramOverflowError(
+                f"decode: one layer of {model.name} (weights and activations, before any KV "
+                f"cache) does not fit the {cfg.rows} x {cfg.cols} grid; engine: {err}") from err
         reports.append(rep)
     state.commit_append(moves, insert, pos)
     state.length = pos + 1

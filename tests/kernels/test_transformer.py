@@ -173,16 +173,6 @@ def test_shift_moves_only_between_neighbouring_rows():
     assert moved > 0
 
 
-def _phase_windows(report):
-    """Per decode operation (kernels.decode_layer.PHASES), the task slices of
-    a traced decode layer: (pe, start, end) rows, from the task names."""
-    from kernels import decode_layer
-    names = [n.rsplit(".", 1)[-1] for n in report.task_names]
-    ev = report.task_events
-    return {phase: ev[[names[t] == task for t in ev[:, 1]]][:, [0, 2, 3]]
-            for phase, task in zip(decode_layer.PHASES, decode_layer.TASKS)}
-
-
 def test_decode_layer_is_one_run_and_pes_overlap_operations():
     """One engine run per layer; in it, from the trace: every PE runs the
     layer's operations in PHASES order, one task each (kv_update only on the
@@ -205,7 +195,7 @@ def test_decode_layer_is_one_run_and_pes_overlap_operations():
     with wse.run_options(trace=True):
         _, state, rep = T.decode_step(model, one, state, cfg)
     assert rep.extra["transformer"]["moves"] > 0
-    windows = _phase_windows(rep)
+    windows = decode_layer.operation_slices(rep)
     assert rep.cycles == int(rep.task_events[:, 3].max())
     for phase, w in windows.items():
         pes = w[:, 0].tolist()
@@ -284,6 +274,8 @@ def test_bad_inputs_get_one_clear_error():
     ref = reference.prefill(model, weights, x)
     with pytest.raises(wse.ConfigError, match="layers"):
         T.decode_step(model, models.random_weights(model, n_layers=1), ref.cache, cfg)
+    with pytest.raises(wse.SramOverflowError, match="before any KV cache.*buffer 'w_up'"):
+        T.decode_step(model, weights, ref.cache, cfg.replace(sram_bytes=8192))
 
 
 def test_gpu_target_dispatches_to_sharded_and_compare_table():
