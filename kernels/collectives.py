@@ -441,10 +441,8 @@ def _reduce_line_steps(line: _Line, algorithm: str, root: int, B: int, group_siz
         return steps
     cfg = line.prog.cfg
     arms = []
-    for sign, n in ((-1, root + 1), (+1, P - root)):
-        s = None
-        if algorithm in ("two_phase", "ktree"):
-            s = group_size if group_size is not None else _best_group_size(algorithm, n, B, cfg)
+    sizes = _arm_group_sizes(algorithm, P, B, cfg, root, group_size)
+    for sign, n, s in zip((-1, +1), _arms(P, root), sizes):
         finish = _arm_cost(algorithm, n, B, cfg, s)
         arms.append((finish, sign, _arm_plan(algorithm, n, s)))
     # the root folds the arm whose stream arrives later first: the other one
@@ -720,6 +718,34 @@ def default_allreduce_root(algorithm: str, P: int, B: int = 1, cfg=None,
     return _best_root(P, B, cfg, group_size)
 
 
+def ktree_allreduce_plan(P: int, cfg: wse.WaferConfig, lengths) -> tuple[int, tuple[int, int]]:
+    """(root, (low arm's group size, high arm's group size)) of one ktree
+    allreduce layout over P PEs that serves vectors of every length in
+    `lengths` (routes are fixed when a program is built, the lengths vary
+    per call): of the cheapest layouts for each length
+    (default_allreduce_root and each arm's best group size), the one with
+    the least total cost over all the lengths (ties: the root nearest the
+    middle)."""
+    lengths = tuple(sorted({int(n) for n in lengths}))
+    if not lengths or lengths[0] < 1:
+        raise ConfigError(f"lengths must be positive vector lengths, got {lengths}")
+    return _ktree_plan(int(P), cfg, lengths)
+
+
+@lru_cache(maxsize=None)
+def _ktree_plan(P: int, cfg, lengths: tuple) -> tuple[int, tuple[int, int]]:
+    candidates = set()
+    for n in lengths:
+        root = default_allreduce_root("ktree", P, n, cfg)
+        candidates.add((root, _arm_group_sizes("ktree", P, n, cfg, root, None)))
+
+    def total(plan):
+        root, sizes = plan
+        return sum(_reduce_cost("ktree", P, n, cfg, root, sizes) + _broadcast_cost(P, n, cfg, root)
+                   for n in lengths)
+    return min(candidates, key=lambda c: (total(c), abs(2 * c[0] - (P - 1)), c))
+
+
 @lru_cache(maxsize=None)
 def _best_root(P: int, B: int, cfg, group_size) -> int:
     def total(root):
@@ -908,21 +934,29 @@ def _arms(P: int, root: int) -> tuple[int, int]:
     return root + 1, P - root
 
 
+def _arm_group_sizes(algorithm: str, P: int, B: int, cfg, root: int, group_size) -> tuple:
+    """Group sizes of the low arm (root..0) and the high arm (root..P-1):
+    group_size as given (one size for both arms, or a (low, high) pair), or
+    each arm's cheapest (_best_group_size); None for algorithms without
+    groups."""
+    if algorithm not in ("two_phase", "ktree"):
+        return None, None
+    if isinstance(group_size, (tuple, list)):
+        return tuple(int(s) for s in group_size)
+    return tuple(group_size or _best_group_size(algorithm, n, B, cfg)
+                 for n in _arms(P, root))
+
+
 def _reduce_cost(algorithm: str, P: int, B: int, cfg, root: int, group_size) -> int:
     low, high = _arms(P, root)
+    sizes = _arm_group_sizes(algorithm, P, B, cfg, root, group_size)
     if low == 1 or high == 1:
         n = max(low, high)
-        s = group_size or (_best_group_size(algorithm, n, B, cfg)
-                           if algorithm in ("two_phase", "ktree") else None)
-        return _arm_cost(algorithm, n, B, cfg, s)
+        return _arm_cost(algorithm, n, B, cfg, sizes[0] if low > 1 else sizes[1])
     # a root inside the line: each arm delivers its last stream; the root
     # folds the later one first (the earlier one has filled its input queue
     # meanwhile), see _join_cost.
-    finish = []
-    for n in (low, high):
-        s = group_size or (_best_group_size(algorithm, n, B, cfg)
-                           if algorithm in ("two_phase", "ktree") else None)
-        finish.append(_arm_cost(algorithm, n, B, cfg, s))
+    finish = [_arm_cost(algorithm, n, B, cfg, s) for n, s in zip((low, high), sizes)]
     if algorithm in ("chain", "two_phase", "ktree"):
         return _join_cost(finish[0] - B, finish[1] - B, B, cfg)
     if algorithm == "tree":

@@ -26,15 +26,15 @@ Feature layouts
   each segment only.
 
 Segmented allreduce (SegmentChannel)
-  Inside each segment [lo, hi] of a line: a pipelined chain from hi down to
-  lo (PE o of the segment receives from o + 1, adds its own element, sends
-  to o - 1; two colors alternate so that no router both receives and sends
-  one color), then a flood from lo back over the segment. A whole line is one
-  segment. Cost, with T_R ramp latency, H hop latency, g PEs, n elements:
-      chain (g-1) * (2*T_R + H) + n,   flood 2*T_R + (g-1)*H + n
-  (`allreduce_cycles`). A channel's routes are static and used by every
-  allreduce a phase does on that axis; successive uses are ordered on every
-  path (FIFO per color), so they need no extra colors.
+  Inside each segment [lo, hi] of a line: WaferLLM's two-tree allreduce
+  (kernels.collectives' ktree), rooted where it costs least for the vector
+  lengths the channel is laid out for (the middle of the segment for short
+  vectors): both halves reduce into the root at once, then the root floods
+  the result back both ways. A whole line is one segment. Cycles:
+  `allreduce_cycles` (collectives.cost of that layout). A channel's routes
+  are static and used by every allreduce a program does on that axis, with
+  any vector length; successive uses are ordered on every path (FIFO per
+  color), so they need no extra colors.
 """
 from __future__ import annotations
 
@@ -45,6 +45,8 @@ import numpy as np
 import wse
 from wse import routes
 from wse.errors import ConfigError
+
+from . import collectives
 
 NEG_INF = -1.0e30
 """Additive mask value: exp(NEG_INF - max) underflows to exactly 0 in fp32."""
@@ -146,80 +148,215 @@ def rope_tables(layout: FeatureLayout, positions, theta: float):
 
 # ----------------------------------------------------------------------------
 # Segmented allreduce channels
-def allreduce_cycles(cfg: wse.WaferConfig, g: int, n: int) -> int:
-    """First-principles cycles of one segmented allreduce of n elements over g PEs:
-    a chain reduce into the segment's root, then a flood back (the costs of
-    kernels.collectives: each stream's sender pays its vector start-up sigma,
-    every PE that puts an element on its ramp the datapath latency delta):
-        sigma + (g-1)(2 T_R + H + delta) + n  +  sigma + delta + 2 T_R + (g-1) H + n."""
+SHORT_VECTORS = (1, 8, 32)
+"""Vector lengths a SegmentChannel is laid out for unless told otherwise:
+decode's reductions (norm and softmax statistics of one or two elements,
+GEMV partial sums and per-head scores of a few to a few dozen)."""
+
+
+def allreduce_cycles(cfg: wse.WaferConfig, g: int, n: int, lengths=SHORT_VECTORS) -> int:
+    """First-principles cycles of one SegmentChannel allreduce of n elements
+    over a segment of g PEs laid out for `lengths`: the mid-rooted two-tree
+    (kernels.collectives: ktree reduce of both arms into the root, the
+    later arm's stream folded first, then a flood back both ways) with the
+    root and group sizes of collectives.ktree_allreduce_plan:
+        collectives.cost("allreduce", "ktree", g, n, cfg, root, group sizes),
+    whose docstrings derive it."""
     if g <= 1:
         return 0
-    T, H = cfg.ramp_latency, cfg.hop_latency
-    su, dp = cfg.vector_startup_cycles, cfg.datapath_latency
-    return su + (g - 1) * (2 * T + H + dp) + n + su + dp + 2 * T + (g - 1) * H + n
+    root, sizes = collectives.ktree_allreduce_plan(g, cfg, lengths)
+    return collectives.cost("allreduce", "ktree", g, n, cfg, root=root, group_size=sizes)
+
+
+@dataclass(frozen=True)
+class _SegmentRoot:
+    """What a segment root needs to order its two folds for a vector length:
+    each arm's PE count, group size and the color of its last stream."""
+    arms: tuple          # ((n PEs, group size, Color) of the low arm, of the high arm)
+
+    def fold_order(self, cfg, n: int) -> list[int]:
+        """Arm indices in the order the root folds them: the stream that
+        arrives later first (collectives._join_cost); on a tie the one with
+        the lower color id, which the router serves first."""
+        live = [k for k, (count, _, _) in enumerate(self.arms) if count > 1]
+        first = {k: collectives._arm_cost("ktree", self.arms[k][0], n, cfg, self.arms[k][1]) - n
+                 for k in live}
+        return sorted(live, key=lambda k: (-first[k], self.arms[k][2].id))
 
 
 class SegmentChannel:
     """Routes for allreduces inside the segments of every line along one axis.
 
-    label (rows, cols): 0 segment root, 1 middle, 2 last, -1 not in a segment
-    of two or more PEs (its allreduce is a no-op)."""
+    Each segment [lo, hi] of g >= 2 PEs allreduces by WaferLLM's two-tree
+    (the ktree of kernels.collectives), laid out for the vector lengths in
+    `lengths` (collectives.ktree_allreduce_plan: for short vectors the root
+    sits in the middle of the segment): both arms of the root reduce at once
+    (in each group of an arm two chains meet at the group root, far chain
+    first; the group roots reduce along a chain routed past the other PEs
+    into the segment root), the root folds the arm whose stream arrives
+    later first, then floods the result back both ways. Any length n works
+    on the same routes (streams on a color stay in order, so successive
+    allreduces on one channel need no extra colors); the cycles of one are
+    `cycles(n)` (= allreduce_cycles for the longest segment).
 
-    ROOT, MIDDLE, LAST = 0, 1, 2
+    Colors (at most five, shared by all segments and both arms): chain hops
+    between indices i and i+1 alternate between two colors by the parity of
+    i, so that a PE receives and sends on different colors; the chains over
+    the group roots alternate between two more, the two arms' last streams
+    into the root on different ones; one color floods. A PE's colors come
+    from per-PE parameters, so PEs that run the same steps share a part.
 
-    def __init__(self, prog: wse.Program, along: str, segments, name: str):
+    label (rows, cols): the part each PE runs (-1: not in a segment of two
+    or more PEs; its allreduce is a no-op). Parts 0..5 are (folds, then a
+    send or a fold-and-send) shapes, see PARTS; parts from ROOT on are
+    segment roots, one per arm layout."""
+
+    PARTS = ((0, "send"), (0, "fold_send"), (1, "send"), (1, "fold_send"),
+             (2, "send"), (2, "fold_send"))
+    ROOT = len(PARTS)
+
+    def __init__(self, prog: wse.Program, along: str, segments, name: str,
+                 lengths=SHORT_VECTORS):
         self.prog, self.along, self.name = prog, along, name
+        self.lengths = tuple(lengths)
         length = prog.cols if along == "x" else prog.rows
         segments = [(int(lo), int(hi)) for lo, hi in segments if hi > lo]
+        for lo, hi in segments:
+            if not 0 <= lo < hi < length:
+                raise ConfigError(f"segment ({lo}, {hi}) of channel {name!r} lies outside the "
+                                  f"{length} PEs along {along}")
         self.segments = segments
-        label_line = np.full(length, -1, np.int64)
-        send_line = np.full(length, -1, np.int64)
-        recv_line = np.full(length, -1, np.int64)
         self.active = bool(segments)
-        if self.active:
-            fwd, back = ("E", "W") if along == "x" else ("S", "N")
-            chain = [prog.color(f"{name}_c0"), prog.color(f"{name}_c1")]
-            self.flood = prog.color(f"{name}_fl")
-            rx = [np.zeros(length, np.uint8) for _ in chain]
-            tx = [np.zeros(length, np.uint8) for _ in chain]
-            for lo, hi in segments:
-                for i in range(lo, hi + 1):
-                    o = i - lo
-                    label_line[i] = self.ROOT if o == 0 else (self.LAST if i == hi else
-                                                              self.MIDDLE)
-                    if o >= 1:          # i sends its partial towards lo on chain[o % 2]
-                        c = o % 2
-                        rx[c][i], tx[c][i] = routes.BIT["RAMP"], routes.BIT[back]
-                        rx[c][i - 1], tx[c][i - 1] = routes.BIT[fwd], routes.BIT["RAMP"]
-                        send_line[i] = chain[c].index
-                        recv_line[i - 1] = chain[c].index
-                routes.multicast(prog, self.flood, along, root=lo, span=(lo, hi))
-            for c, color in enumerate(chain):
-                routes.set_line_routes(prog, color, along, rx[c], tx[c])
+        self._fwd, self._back = ("E", "W") if along == "x" else ("S", "N")
+        self._colors: dict[str, wse.Color] = {}
+        self._routes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        label = np.full(length, -1, np.int64)
+        params = {k: np.full(length, -1, np.int64) for k in ("a", "b", "in", "out")}
+        self._roots: list[_SegmentRoot] = []
+        self._plans = []
+        for lo, hi in segments:
+            self._add_segment(lo, hi, length, label, params)
+        for key, color in self._colors.items():
+            routes.set_line_routes(prog, color, along, *self._routes[key])
         grid = (lambda line: np.broadcast_to(line[None, :], (prog.rows, prog.cols))) \
             if along == "x" else (lambda line: np.broadcast_to(line[:, None],
                                                                 (prog.rows, prog.cols)))
-        self.label = grid(label_line).copy()
-        if self.active:
-            self.send = prog.color_param_indices(f"{name}_send", grid(send_line))
-            self.recv = prog.color_param_indices(f"{name}_recv", grid(recv_line))
+        self.label = grid(label).copy()
+        self._params = {k: prog.color_param_indices(f"{name}_{k}", grid(v))
+                        for k, v in params.items() if (v >= 0).any()}
+
+    # -- layout
+    def _color(self, key: str) -> wse.Color:
+        if key not in self._colors:
+            self._colors[key] = self.prog.color(f"{self.name}_{key}")
+            length = self.prog.cols if self.along == "x" else self.prog.rows
+            self._routes[key] = (np.zeros(length, np.uint8), np.zeros(length, np.uint8))
+        return self._colors[key]
+
+    def _route_stream(self, key: str, src: int, dst: int) -> wse.Color:
+        """Route a stream src -> dst on color `key`: the routers in between pass it on."""
+        color = self._color(key)
+        rx, tx = self._routes[key]
+        out, inn = (self._fwd, self._back) if dst > src else (self._back, self._fwd)
+        step = 1 if dst > src else -1
+        want = [(src, routes.BIT["RAMP"], routes.BIT[out])]
+        want += [(i, routes.BIT[inn], routes.BIT[out]) for i in range(src + step, dst, step)]
+        want += [(dst, routes.BIT[inn], routes.BIT["RAMP"])]
+        for i, r, t in want:
+            if tx[i] and (rx[i], tx[i]) != (r, t):      # pragma: no cover - layout invariant
+                raise AssertionError(f"channel {self.name!r}: color {key} routed twice at {i}")
+            rx[i], tx[i] = r, t
+        return color
+
+    def _add_segment(self, lo: int, hi: int, length: int, label, params) -> None:
+        cfg = self.prog.cfg
+        g = hi - lo + 1
+        r, sizes = collectives.ktree_allreduce_plan(g, cfg, self.lengths)
+        root = lo + r
+        self._plans.append((g, r, sizes))
+        folds: dict[int, list] = {}
+        tails: dict[int, tuple] = {}
+        finals = []
+        for arm, (sign, n, s) in enumerate(zip((-1, +1), (r + 1, g - r), sizes)):
+            plan = collectives._arm_plan("ktree", n, s)
+            index = lambda v: root + sign * v                  # noqa: E731
+            if not plan:
+                finals.append((n, s, None))
+                continue
+            *chains, (level2,) = plan
+            for phase in chains:
+                for chain in phase:
+                    self._add_chain([index(v) for v in chain], folds, tails,
+                                    lambda a, b: f"c{min(a, b) % 2}")
+            hops = len(level2) - 1
+            # hop j (counted from the root) on l[(j + arm) % 2]: the two arms'
+            # last streams into the root arrive on different colors
+            self._add_chain([index(v) for v in level2], folds, tails,
+                            lambda a, b, j=iter(range(hops, 0, -1)): f"l{(next(j) + arm) % 2}")
+            finals.append((n, s, folds.pop(root)[0]))
+        self._roots.append(_SegmentRoot(tuple(finals)))
+        flood = self._color("fl")
+        routes.multicast(self.prog, flood, self.along, root=root, span=(lo, hi))
+        self.flood = flood
+        for i in range(lo, hi + 1):
+            if i == root:
+                continue
+            f = folds.get(i, [])
+            kind, *colors = tails[i]
+            label[i] = self.PARTS.index((len(f), kind))
+            for key, c in zip(("a", "b"), f):
+                params[key][i] = c.index
+            if kind == "send":
+                params["out"][i] = colors[0].index
+            else:
+                params["in"][i], params["out"][i] = colors[0].index, colors[1].index
+        for key, (_, _, c) in zip(("a", "b"), finals):
+            if c is not None:
+                params[key][root] = c.index
+        label[root] = self.ROOT + len(self._roots) - 1
+
+    def _add_chain(self, chain: list[int], folds, tails, key_of) -> None:
+        """A pipelined chain over line indices chain[0] -> ... -> chain[-1]:
+        the first sends, the middle ones fold and send on, the last folds."""
+        if len(chain) < 2:
+            return
+        colors = [self._route_stream(key_of(a, b), a, b) for a, b in zip(chain, chain[1:])]
+        tails[chain[0]] = ("send", colors[0])
+        for j in range(1, len(chain) - 1):
+            tails[chain[j]] = ("fold_send", colors[j - 1], colors[j])
+        folds.setdefault(chain[-1], []).append(colors[-1])
+
+    # -- use
+    def cycles(self, n: int) -> int:
+        """Cycles of one allreduce of n elements on this channel, its entry
+        code starting at the same cycle on every PE (collectives.cost)."""
+        return max((collectives.cost("allreduce", "ktree", g, n, self.prog.cfg, root=r,
+                                     group_size=sizes) for g, r, sizes in self._plans), default=0)
 
     def allreduce(self, t, part: int, view, n: int, op: str = "sum") -> None:
         """Emit this PE's code: afterwards `view` (n elements) holds the segment's
         sum (or max) on every PE of the segment."""
         if not self.active or part < 0:
             return
+        if op not in collectives.OPS:
+            raise ConfigError(f"unknown reduce op {op!r}: expected one of {collectives.OPS}")
         prog = self.prog
         combine = t.add if op == "sum" else t.max
-        if part == self.ROOT:
-            combine(view, prog.fabin(self.recv, n), view)
+        p = self._params
+        if part >= self.ROOT:
+            root = self._roots[part - self.ROOT]
+            for arm in root.fold_order(prog.cfg, n):
+                combine(view, prog.fabin(p["ab"[arm]], n), view)
             t.mov(prog.fabout(self.flood, n), view)
-        elif part == self.MIDDLE:
-            combine(prog.fabout(self.send, n), prog.fabin(self.recv, n), view)
-            t.mov(view, prog.fabin(self.flood, n))
+            return
+        folds, tail = self.PARTS[part]
+        for key in "ab"[:folds]:
+            combine(view, prog.fabin(p[key], n), view)
+        if tail == "send":
+            t.mov(prog.fabout(p["out"], n), view)
         else:
-            t.mov(prog.fabout(self.send, n), view)
-            t.mov(view, prog.fabin(self.flood, n))
+            combine(prog.fabout(p["out"], n), prog.fabin(p["in"], n), view)
+        t.mov(view, prog.fabin(self.flood, n))
 
 
 def build_roles(prog: wse.Program, channels: dict, body, where=None) -> int:

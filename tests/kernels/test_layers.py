@@ -1,6 +1,8 @@
 """kernels.layers: feature layouts, segmented allreduce, norm/RoPE/activation emitters."""
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import wse
 from kernels import reference
@@ -59,30 +61,93 @@ def test_place_matrix_blocks():
         place_matrix(W[:, :6], a, b)
 
 
-@pytest.mark.parametrize("along, segments, op", [
-    ("x", [(0, 1), (2, 4)], "sum"), ("y", [(0, 5)], "max"), ("x", [(1, 4)], "sum")])
-def test_segmented_allreduce_values_and_cycles(along, segments, op):
-    rows, cols, n = (3, 5, 7) if along == "x" else (6, 2, 7)
-    cfg = wse.WSE2.with_grid(rows=rows, cols=cols)
-    x = np.random.default_rng(2).standard_normal((rows, cols, n)).astype(np.float32)
-    prog = wse.Program(cfg)
-    buf = prog.buffer("v", (n,), "float32")
-    prog.load(buf, x)
-    ch = SegmentChannel(prog, along, segments, "s")
-    build_roles(prog, {"s": ch}, lambda t, parts: ch.allreduce(t, parts["s"], buf.view(), n, op))
-    res = prog.run()
-    got = res.read(buf)
-    expect = x.copy()
+def _segment_reference(x, along, segments, op):
+    """float64 reduction of x inside each segment, broadcast over it."""
+    expect = x.astype(np.float64).copy()
     red = np.sum if op == "sum" else np.max
     for lo, hi in segments:
         if along == "x":
-            expect[:, lo:hi + 1] = red(x[:, lo:hi + 1], axis=1, keepdims=True)
+            expect[:, lo:hi + 1] = red(x[:, lo:hi + 1].astype(np.float64), axis=1, keepdims=True)
         else:
-            expect[lo:hi + 1] = red(x[lo:hi + 1], axis=0, keepdims=True)
-    np.testing.assert_allclose(got, expect, rtol=1e-6, atol=1e-6)
+            expect[lo:hi + 1] = red(x[lo:hi + 1].astype(np.float64), axis=0, keepdims=True)
+    return expect
+
+
+@st.composite
+def segmented_lines(draw):
+    """A line of 1..40 PEs cut into segments (of 1, 2, 3, odd and even
+    lengths), 1..3 lines beside it, and 1..3 allreduces of different lengths
+    and ops."""
+    along = draw(st.sampled_from("xy"))
+    length = draw(st.integers(1, 40))
+    cuts = draw(st.sets(st.integers(1, max(1, length - 1)), max_size=6)) if length > 1 else set()
+    bounds = [0] + sorted(c for c in cuts if c < length) + [length]
+    segments = [(a, b - 1) for a, b in zip(bounds, bounds[1:])]
+    calls = draw(st.lists(st.tuples(st.integers(1, 40), st.sampled_from(["sum", "max"])),
+                          min_size=1, max_size=3, unique_by=lambda c: c[0]))
+    return along, length, draw(st.integers(1, 3)), segments, calls
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(segmented_lines(), st.sampled_from([wse.WSE2, wse.WSE2.without_instruction_costs()]),
+       st.integers(0, 2**31 - 1))
+def test_segmented_allreduce_values_and_cycles(problem, base, seed):
+    """Every PE of every segment ends with the segment's sum or max (float64
+    reference; fp32 sums of g terms within g 2^-24 sum|x|), also when one
+    task allreduces several times on the same channel with different lengths
+    and ops; one allreduce takes exactly the cycles of its cost function."""
+    along, length, other, segments, calls = problem
+    rows, cols = (other, length) if along == "x" else (length, other)
+    cfg = base.with_grid(rows, cols)
+    rng = np.random.default_rng(seed)
+    xs = [rng.standard_normal((rows, cols, n)).astype(np.float32) for n, _ in calls]
+    prog = wse.Program(cfg)
+    bufs = [prog.buffer(f"v{k}", (n,), "float32") for k, (n, _) in enumerate(calls)]
+    for buf, x in zip(bufs, xs):
+        prog.load(buf, x)
+    ch = SegmentChannel(prog, along, segments, "s")
+
+    def body(t, parts):
+        for buf, (n, op) in zip(bufs, calls):
+            ch.allreduce(t, parts["s"], buf.view(), n, op)
+    build_roles(prog, {"s": ch}, body)
+    res = prog.run()
     g = max(hi - lo + 1 for lo, hi in segments)
-    # the engine's count against the first-principles formula (layers docstring)
-    assert abs(res.report.cycles - allreduce_cycles(cfg, g, n)) <= 2 + g
+    for buf, x, (n, op) in zip(bufs, xs, calls):
+        expect = _segment_reference(x, along, segments, op)
+        scale = _segment_reference(np.abs(x), along, segments, "sum")
+        assert np.all(np.abs(res.read(buf) - expect) <= (g + 1) * 2.0**-24 * scale + 1e-30)
+    if len(calls) == 1:
+        n = calls[0][0]
+        assert res.report.cycles == ch.cycles(n) == max(
+            allreduce_cycles(cfg, hi - lo + 1, n) for lo, hi in segments)
+
+
+@pytest.mark.parametrize("n", [1, 10, 35])
+def test_a_long_line_allreduces_by_the_mid_rooted_two_tree(n):
+    """Decode's reductions over a 420-PE line: the channel roots them in the
+    middle and reduces both halves by the two-tree; the engine's cycles equal
+    the cost function, under a third of the chain into an end and the flood
+    back (sigma + (g-1)(2 T_R + H + delta) + n + sigma + delta + 2 T_R
+    + (g-1) H + n), and the values are right."""
+    g = 420
+    cfg = wse.WSE2.with_grid(1, g)
+    x = np.random.default_rng(n).standard_normal((1, g, n)).astype(np.float32)
+    prog = wse.Program(cfg)
+    buf = prog.buffer("v", (n,), "float32")
+    prog.load(buf, x)
+    ch = SegmentChannel(prog, "x", [(0, g - 1)], "row")
+    build_roles(prog, {"row": ch}, lambda t, parts: ch.allreduce(t, parts["row"], buf.view(), n))
+    res = prog.run()
+    np.testing.assert_allclose(res.read(buf), _segment_reference(x, "x", [(0, g - 1)], "sum"),
+                               rtol=1e-5, atol=1e-4)
+    root = int(np.flatnonzero(ch.label[0] >= SegmentChannel.ROOT)[0])
+    assert abs(2 * root - (g - 1)) <= 4
+    T, H = cfg.ramp_latency, cfg.hop_latency
+    su, dp = cfg.vector_startup_cycles, cfg.datapath_latency
+    chain_and_flood = su + (g - 1) * (2 * T + H + dp) + n + su + dp + 2 * T + (g - 1) * H + n
+    assert res.report.cycles == allreduce_cycles(cfg, g, n) < chain_and_flood / 3
+    assert len(prog.colors) <= 5
 
 
 def _run_rowwise(cfg, arrays, body, out_names):
