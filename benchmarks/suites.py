@@ -146,6 +146,9 @@ TOPICS: dict[str, Topic] = {t.name: t for t in [
           _run_fabric_maps, key_columns=("kernel", "cycles", "cycles_formula")),
     Topic("gpu_calibration", "benchmarks.gpu_calibration",
           "GPU cost model against published nccl-tests figures", _run_gpu_calibration),
+    Topic("validation", "benchmarks.validation",
+          "Published hardware figures beside the emulator's (docs/validation.md)",
+          key_columns=("key", "published", "emulated", "error_pct", "status")),
 ]}
 
 SUITES = {"quick": [t for t in TOPICS if t != "memory"], "full": list(TOPICS)}
