@@ -113,6 +113,7 @@ def decode_case(grid: int = 420, context: int = 4096, dtype: str = "float16",
     one PE (median task duration)."""
     from kernels import decode_layer, models, reference
     from kernels import transformer as T
+    from kernels.kvcache import cache_bytes_per_pe
     from kernels.models import KVCache
     model = models.preset(model_name)
     weights = models.random_weights(model, seed=0, n_layers=1)
@@ -127,7 +128,7 @@ def decode_case(grid: int = 420, context: int = 4096, dtype: str = "float16",
     err = float(np.abs(out - ref_out).max() / np.abs(ref_out).max())
     lay = T.decode_layouts(model, cfg)
     per_layer = T.decode_weight_bytes(model, lay, dtype) + \
-        state.capacity * (2 * lay.attn.width * 2 + 4)
+        cache_bytes_per_pe(model, cfg.cols, state.capacity, dtype)
     ext = T.extrapolate(report, model, 1, cfg, per_layer, tokens=1,
                         handover_wavelets=lay.d.width)
     operations = []
@@ -138,7 +139,7 @@ def decode_case(grid: int = 420, context: int = 4096, dtype: str = "float16",
                                "median_pe_cycles": float(np.median(sl[:, 2] - sl[:, 1]))})
     report.task_events = None
     return _wafer_row(f"{model_name} layer", "decode", cfg, report, 1, wall, True, rel_err=err,
-                      model=model_name, context=context, dtype=dtype,
+                      model=model_name, grid=grid, context=context, dtype=dtype,
                       engine_wall_s=report.wall_seconds,
                       host_bytes_loaded=report.host_bytes_loaded,
                       extrapolation=ext.to_dict(), operations=operations,
@@ -363,8 +364,7 @@ def plot(rows, out_dir) -> list[pathlib.Path]:
     for r in traced:
         if r.get("extrapolation"):
             swept.setdefault(r["model"], []).append(
-                (r["cycles"] and int(r["machine"].split()[-1].split("x")[0]),
-                 r["extrapolation"]["tokens_per_second"]))
+                (r["grid"], r["extrapolation"]["tokens_per_second"]))
     if any(len(v) > 1 for v in swept.values()):
         fig, ax = plt.subplots(figsize=(5.5, 4))
         for name, pts in swept.items():

@@ -141,8 +141,7 @@ def test_shift_cache_decodes_many_more_tokens_than_append():
 
 
 def _col_allreduce_elements(model, lay):
-    """Elements a decode layer allreduces along Y (each PE of rows 1.. sends
-    them north once, on the chain towards row 0): the two norms' sums of
+    """Elements a decode layer allreduces along Y: the two norms' sums of
     squares, Q|K|V, the softmax max and sum, P V, up (| gate)."""
     n_up = (2 if model.gated else 1) * lay.ff.width
     return 1 + 3 * lay.attn.width + 1 + 1 + lay.attn.width + 1 + n_up
@@ -151,8 +150,11 @@ def _col_allreduce_elements(model, lay):
 def test_shift_moves_only_between_neighbouring_rows():
     """Per token, each PE of the rows below the growing one sends its oldest
     K and V (16 features each here) one hop north, and nothing else moves
-    north but the allreduces' chains: every PE of rows 1.. sends exactly
-    `_col_allreduce_elements` wavelets north, plus 2 x 16 if its row moves."""
+    north but the column allreduces (on these 4 rows each link of a column
+    carries each allreduced vector once towards the root and once in the
+    flood back, whichever row the root is): every PE of rows 1.. sends
+    exactly `_col_allreduce_elements` wavelets north, plus 2 x 16 if its row
+    moves."""
     model, weights, x = _setup(seq=8, n_layers=1)
     ref = reference.prefill(model, weights, x)
     cfg = wse.WSE2.with_grid(rows=4, cols=4)
