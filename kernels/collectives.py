@@ -706,7 +706,10 @@ def default_allreduce_root(algorithm: str, P: int, B: int = 1, cfg=None,
 
     ktree (WaferLLM's two-tree): the root at which the reduce (both arms at
     once, _join_cost) plus the flood back both ways costs least (ties:
-    nearest the middle, then the lower index). For short vectors that is
+    nearest the middle, then the lower index), among the two ends and the
+    PEs within 2 sqrt(P) + 2 of the middle: away from the middle an
+    interior root only lengthens the longer arm and the flood, and near it
+    the arms' group layouts decide. For short vectors that is
     the middle of the line, give or take a PE: each arm and the flood cross
     half the line. A root inside pays B once more (the second arm's fold
     after the first), so for long vectors on short lines it is an end.
@@ -750,7 +753,10 @@ def _ktree_plan(P: int, cfg, lengths: tuple) -> tuple[int, tuple[int, int]]:
 def _best_root(P: int, B: int, cfg, group_size) -> int:
     def total(root):
         return _reduce_cost("ktree", P, B, cfg, root, group_size) + _broadcast_cost(P, B, cfg, root)
-    return min(range(P), key=lambda r: (total(r), abs(2 * r - (P - 1)), r))
+    reach = 2 * math.isqrt(P) + 2
+    middle = (P - 1) // 2
+    candidates = {0, P - 1} | set(range(max(0, middle - reach), min(P, middle + reach + 2)))
+    return min(candidates, key=lambda r: (total(r), abs(2 * r - (P - 1)), r))
 
 
 def shift_fragment(prog: wse.Program, src: wse.Buffer, dst: wse.Buffer, along: str = "x",

@@ -294,7 +294,9 @@ class SegmentChannel:
             self._add_chain([index(v) for v in level2], folds, tails,
                             lambda a, b, j=iter(range(hops, 0, -1)): f"l{(next(j) + arm) % 2}")
             finals.append((n, s, folds.pop(root)[0]))
-        self._roots.append(_SegmentRoot(tuple(finals)))
+        layout = _SegmentRoot(tuple(finals))
+        if layout not in self._roots:          # segments laid out alike share a part
+            self._roots.append(layout)
         flood = self._color("fl")
         routes.multicast(self.prog, flood, self.along, root=root, span=(lo, hi))
         self.flood = flood
@@ -313,7 +315,7 @@ class SegmentChannel:
         for key, (_, _, c) in zip(("a", "b"), finals):
             if c is not None:
                 params[key][root] = c.index
-        label[root] = self.ROOT + len(self._roots) - 1
+        label[root] = self.ROOT + self._roots.index(layout)
 
     def _add_chain(self, chain: list[int], folds, tails, key_of) -> None:
         """A pipelined chain over line indices chain[0] -> ... -> chain[-1]:
