@@ -101,3 +101,17 @@ def test_markdown_has_a_line_per_row_with_its_error():
     assert len(body) == len(rows)
     for line, r in zip(body, rows):
         assert f"{100 * r.error:+.1f}%" in line and r.m.source in line
+
+
+def test_write_replaces_only_the_generated_part(tmp_path):
+    page = tmp_path / "validation.md"
+    page.write_text(f"prose before\n{V.BEGIN_MARK}\nold table\n{V.END_MARK}\nprose after\n")
+    V.write_into(page, "new table")
+    text = page.read_text()
+    assert "old table" not in text and "new table" in text
+    assert text.startswith("prose before\n") and text.endswith("prose after\n")
+    V.write_into(page, "newer table")
+    assert page.read_text().count(V.BEGIN_MARK) == 1 and "new table\n" not in page.read_text()
+    (tmp_path / "bare.md").write_text("no markers")
+    with pytest.raises(SystemExit, match="markers"):
+        V.write_into(tmp_path / "bare.md", "x")
