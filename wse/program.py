@@ -18,6 +18,13 @@ A Program describes one run on a grid of PEs, SPMD style:
     result = prog.run()
     result.read(x), result.report
 
+A later program with the same buffer layout can start from the SRAM a run
+left, instead of an empty image, and load only what changed:
+
+    again = build()                    # same buffers, new code
+    again.resume(result.image())       # no host bytes for what stays
+    again.load(x, new_x)               # report.host_bytes_loaded counts this
+
 Per-PE differences come from roles (which PEs run which tasks) and from
 integer parameters (`prog.param`), which a task loads into registers; a
 million PEs need neither a million programs nor a Python loop over PEs.
