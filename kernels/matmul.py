@@ -155,12 +155,17 @@ class GemmPlan:
     acc_dtype: str
     transpose_b: bool = False
     skew: str = "fabric"       # cannon/meshgemm's initial alignment, see SKEWS
+    k_split: int = 0           # summa: K in this many blocks (0: L = lcm(rows, cols))
 
     @property
     def steps(self) -> int:
         """Steps of the algorithm: L = lcm(rows, cols) (also the K-blocks) for
         summa, cannon and meshgemm; rows (B's N-blocks) for gemmt."""
-        return self.rows if self.algorithm == "gemmt" else math.lcm(self.rows, self.cols)
+        if self.algorithm == "gemmt":
+            return self.rows
+        if self.algorithm == "summa" and self.k_split:
+            return self.k_split
+        return math.lcm(self.rows, self.cols)
 
     @property
     def k_blocks(self) -> int:
@@ -181,11 +186,11 @@ class GemmPlan:
 
     @property
     def a_blocks(self) -> int:
-        return 1 if self.algorithm == "gemmt" else self.steps // self.cols
+        return 1 if self.algorithm == "gemmt" else -(-self.steps // self.cols)
 
     @property
     def b_blocks(self) -> int:
-        return 1 if self.algorithm == "gemmt" else self.steps // self.rows
+        return 1 if self.algorithm == "gemmt" else -(-self.steps // self.rows)
 
     @property
     def c_slots(self) -> int:
@@ -273,9 +278,9 @@ class GemmPlan:
 
 def plan(M: int, K: int, N: int, cfg: wse.WaferConfig, algorithm: str = "meshgemm",
          dtype: str = "float16", accumulate: str = "float32",
-         transpose_b: bool = False, skew: str = "fabric") -> GemmPlan:
+         transpose_b: bool = False, skew: str = "fabric", k_split: int = 0) -> GemmPlan:
     return GemmPlan(algorithm, int(M), int(K), int(N), cfg.rows, cfg.cols, dtype,
-                    accumulate, bool(transpose_b), skew)
+                    accumulate, bool(transpose_b), skew, int(k_split))
 
 
 def smallest_square_grid(M: int, K: int, N: int, cfg: wse.WaferConfig, algorithm: str,
@@ -900,7 +905,7 @@ def _check_range(name: str, X: np.ndarray, dtype: str) -> None:
 # Public entry point
 def gemm(A, B, cfg: wse.WaferConfig, algorithm: str = "meshgemm", dtype: str = "float16",
          transpose_b: bool = False, accumulate: str = "float32", max_cycles: int = 10 ** 12,
-         skew: str = "fabric", skip_blocks=None):
+         skew: str = "fabric", skip_blocks=None, k_split: int = 0):
     """C = A @ B (A @ B.T with transpose_b) on the cfg.rows x cfg.cols grid.
 
     A: (M, K); B: (K, N), or (N, K) with transpose_b. dtype: storage of A
@@ -913,12 +918,15 @@ def gemm(A, B, cfg: wse.WaferConfig, algorithm: str = "meshgemm", dtype: str = "
     (B a resident weight, placed once). gemmt (transpose_b=True only) needs
     no alignment; its skip_blocks, (rows, rows) booleans, leaves C block
     (y, n) (rows y*mt.., columns n*nt..) at 0 without computing it where
-    True (the fully masked blocks of causal attention scores). Returns (C, report):
+    True (the fully masked blocks of causal attention scores). summa's
+    k_split cuts K into that many blocks instead of lcm(rows, cols) (block k
+    on column k mod cols and row k mod rows, so operands already cut that
+    way are used where they lie). Returns (C, report):
     C of shape (M, N) in `dtype`; the
     report carries compute efficiency and report.extra["gemm"] (plan,
     model cycles, compute/stall split)."""
     p, prog, c_buf = _build(A, B, cfg, algorithm, dtype, transpose_b, accumulate, None, skew,
-                            skip_blocks)
+                            skip_blocks, k_split)
     result = prog.run(max_cycles=max_cycles)
     c_tiles = result.read(c_buf).astype(np.float32)       # (R, C, slots*mt*nt)
     C = _assemble(p, c_tiles)[:p.M, :p.N].astype(np.float16 if dtype == "float16"
@@ -973,7 +981,7 @@ def _assemble(p: GemmPlan, c_tiles: np.ndarray) -> np.ndarray:
 
 
 def _build(A, B, cfg, algorithm: str, dtype: str, transpose_b: bool, accumulate: str,
-           steps: int | None, skew: str, skip_blocks=None):
+           steps: int | None, skew: str, skip_blocks=None, k_split: int = 0):
     """Check the inputs, plan, and build the program of the first `steps` steps."""
     check_common(cfg, dtype, accumulate)
     if algorithm not in ALL_ALGORITHMS:
@@ -984,6 +992,10 @@ def _build(A, B, cfg, algorithm: str, dtype: str, transpose_b: bool, accumulate:
                           f"pass B as (N, K) with transpose_b=True")
     if skip_blocks is not None and algorithm != "gemmt":
         raise ConfigError(f"skip_blocks applies to gemmt only, not {algorithm!r}")
+    if k_split and (algorithm != "summa" or not isinstance(k_split, (int, np.integer))
+                    or k_split < 1):
+        raise ConfigError(f"k_split={k_split!r}: a positive integer, for summa only "
+                          f"(algorithm {algorithm!r})")
     if skew not in SKEWS:
         raise ConfigError(f"unknown skew {skew!r}: expected one of {SKEWS}")
     A = _matrix("A", A)
@@ -1001,7 +1013,7 @@ def _build(A, B, cfg, algorithm: str, dtype: str, transpose_b: bool, accumulate:
     _check_range("A", A, dtype)
     _check_range("B", B, dtype)
     M, K = A.shape
-    p = plan(M, K, N, cfg, algorithm, dtype, accumulate, transpose_b, skew)
+    p = plan(M, K, N, cfg, algorithm, dtype, accumulate, transpose_b, skew, k_split)
     steps = p.check_steps(steps)
     check_fits(p, cfg)
     a_blocks, b_blocks = _blocks(p, A, B)
@@ -1368,10 +1380,15 @@ def _summa_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks, steps:
     c_buf = prog.buffer("c", (p.tile_c,), p.acc_dtype)
 
     # PE (x, y) holds A blocks x, x+C, ... of row y and B blocks y, y+R, ... of column x
+    # (with k_split, not a multiple of the line: zero blocks past the last)
+    a_blocks = np.concatenate([a_blocks, np.zeros_like(a_blocks[:, :1])], axis=1)
+    zero_b = (np.zeros_like(b_blocks[:, :1]) if p.transpose_b
+              else np.zeros_like(b_blocks[:1]))
+    b_blocks = np.concatenate([b_blocks, zero_b], axis=1 if p.transpose_b else 0)
     ys = np.arange(R)[:, None, None]
     xs = np.arange(C)[None, :, None]
-    ka = xs + C * np.arange(a)[None, None, :]                     # (1, C, a)
-    kb = ys + R * np.arange(b)[None, None, :]                     # (R, 1, b)
+    ka = np.minimum(xs + C * np.arange(a)[None, None, :], L)       # (1, C, a)
+    kb = np.minimum(ys + R * np.arange(b)[None, None, :], L)       # (R, 1, b)
     shape_a = (R, C, a)
     prog.load(a_store, a_blocks[np.broadcast_to(ys, shape_a),
                                 np.broadcast_to(ka, shape_a)].reshape(R, C, -1))

@@ -6,25 +6,32 @@ d_ff in plain chunks, attention features by head groups,
 kernels.layers.FeatureLayout; `prefill_layouts`). Phases (`run_layer`):
   attn_norm  norm of each row: sums reduced along X (segmented allreduce
              over the whole row)                          (norm_phase)
-  q, k, v    kernels.gemm SUMMA (X @ W, W pre-placed; SUMMA needs no
-             initial skew, so the activation tiles are used where they are
-             and the products land in the same layout)    (gemm_phase)
+  q, k, v    kernels.gemm MeshGEMM (X @ W, W resident, placed once in
+             MeshGEMM's alignment; the activations are skewed along the
+             rows on the fabric, charged; the products land in the same
+             layout)                                      (gemm_phase)
   rope       RoPE (llama) or the Q/K/V biases (gpt2), elementwise
                                                     (elementwise_phase)
-  attention  kernels.mesh_attention.prefill_attention: attention="ring" (ring
-             attention along Y, partial scores reduced along X per head,
-             online softmax) or "gemm" (scores by kernels.gemm with
-             transpose_b, softmax by max- and sum-allreduces along X, P V by
-             kernels.gemm)
-  o_proj     kernels.gemm SUMMA
+  attention  kernels.mesh_attention.prefill_attention: attention="gemm"
+             (scores Q K^T by GEMM-T with the fully masked causal blocks
+             skipped, softmax by max- and sum-allreduces along X, P V by
+             kernels.gemm) or "ring" (ring attention along Y, partial scores
+             reduced along X per head, online softmax)
+  o_proj     kernels.gemm MeshGEMM
   mlp_norm   residual add (+ bias) and norm
-  up, gate   kernels.gemm SUMMA
+  up, gate   kernels.gemm MeshGEMM
   act        GELU or SwiGLU (+ bias)
-  down       kernels.gemm SUMMA
+  down       kernels.gemm MeshGEMM
   residual   residual add (+ bias)
 The K and V tiles the attention phase read are the KV cache: they stay on
 the PEs, already in the decode cache layout (positions along Y, features
 along X).
+
+SRAM: every phase runs with the resident weights of the layers its region
+holds reserved (`PrefillMapping`: the region holds ceil(n_layers / regions)
+layers; a GEMM phase's own weight tile is its B buffer, the rest of the
+reserve is the other weights), so a phase fails with SramOverflowError where
+the real PE would overflow.
 """
 from __future__ import annotations
 
@@ -34,17 +41,19 @@ from dataclasses import dataclass
 import numpy as np
 
 import wse
+from wse import routes
+from wse.config import PRESETS
 from wse.errors import ConfigError, SramOverflowError
 
-from .matmul import gemm as mesh_gemm
-from .mesh_attention import (GemmAttentionPlan, gemm_layout_error, longest_gemm_sequence,
-                             prefill_attention)
+from .decode_layer import decode_weight_bytes
+from .matmul import gemm as mesh_gemm, plan as gemm_plan
+from .mesh_attention import GemmAttentionPlan, longest_gemm_sequence, prefill_attention
 from .layers import (FeatureLayout, SegmentChannel, build_roles, emit_gelu, emit_norm,
                      emit_rope, emit_swiglu, expand_kv_heads, matrix_to_tiles, norm_kind,
                      place_matrix, place_vector, rope_tables, run_phase, tiles_to_matrix)
 from .models import ModelConfig
 
-GEMM_ALGORITHM = "summa"
+GEMM_ALGORITHM = "meshgemm"
 
 
 @dataclass(frozen=True)
@@ -63,8 +72,8 @@ def prefill_layouts(model: ModelConfig, cfg: wse.WaferConfig) -> PrefillLayouts:
 
 
 def placed_weight(W, rows_layout: FeatureLayout, cols_layout: FeatureLayout) -> np.ndarray:
-    """W as the (parts_in*w_in, parts_out*w_out) matrix in layout order (for SUMMA,
-    whose PE (x, y) holds block (y, x): exactly the pre-placed tile)."""
+    """W as the (parts_in*w_in, parts_out*w_out) matrix in layout order: block
+    (i, j) is the tile of input part i and output part j."""
     blocks = place_matrix(W, rows_layout, cols_layout)   # (Pi, Po, wi, wo)
     Pi, Po, wi, wo = blocks.shape
     return blocks.transpose(0, 2, 1, 3).reshape(Pi * wi, Po * wo)
@@ -77,13 +86,127 @@ def prefill_weight_tiles(W, rows_layout: FeatureLayout, cols_layout: FeatureLayo
     return blocks.reshape(blocks.shape[0], blocks.shape[1], -1)
 
 
-def gemm_phase(tiles, w_in: int, W_placed: np.ndarray, cfg, w_out: int, dtype: str):
-    """tiles @ W_placed by kernels.gemm (SUMMA) on the whole grid: activation
-    tiles (R, C, st*w_in) in, product tiles (R, C, st*w_out) out, same layout.
-    Returns (tiles, report)."""
+def gemm_phase(tiles, w_in: int, W_placed: np.ndarray, cfg, w_out: int, dtype: str,
+               reserve: int = 0):
+    """tiles @ W_placed by kernels.gemm (MeshGEMM) on the whole (square) grid:
+    activation tiles (R, C, st*w_in) in, product tiles (R, C, st*w_out) out,
+    same layout. Returns (tiles, report).
+
+    MeshGEMM starts PE (x, y) from the K-block of its own ring position
+    pos[x] (kernels.matmul.fabric_skew): the activation chunk column x
+    already holds is labelled K-block pos[x] (and the weight's row blocks
+    likewise), so no activation moves before the fabric skew; the skew of
+    the activations along the rows runs on the fabric and is charged
+    (skew="weights"); the weight, resident, is placed once already aligned.
+    reserve: bytes per PE the resident weights of the region's layers take,
+    of which this GEMM's own tile (its B buffer) is allocated by the GEMM."""
+    R, C = cfg.rows, cfg.cols
+    order = routes.interleaved_order(C)
     A = tiles_to_matrix(tiles, w_in)
-    C, report = mesh_gemm(A, W_placed, cfg, algorithm=GEMM_ALGORITHM, dtype=dtype)
-    return matrix_to_tiles(C.astype(np.float64), cfg.rows, cfg.cols, w_out), report
+    A = A.reshape(A.shape[0], C, w_in)[:, order].reshape(A.shape[0], C * w_in)
+    W = W_placed.reshape(C, w_in, -1)[order].reshape(C * w_in, -1)
+    own = gemm_plan(A.shape[0], C * w_in, W.shape[1], cfg, GEMM_ALGORITHM, dtype).tile_b
+    own_bytes = (own * (2 if dtype == "float16" else 4) + 3) // 4 * 4
+    work = _working(cfg, max(reserve - own_bytes, 0))
+    out, report = mesh_gemm(A, W, work, algorithm=GEMM_ALGORITHM, dtype=dtype, skew="weights")
+    return matrix_to_tiles(out.astype(np.float64), R, C, w_out), report
+
+
+def _working(cfg: wse.WaferConfig, reserve: int) -> wse.WaferConfig:
+    """cfg with `reserve` bytes of each PE's SRAM taken by resident weights."""
+    if reserve <= 0:
+        return cfg
+    if reserve >= cfg.sram_bytes:
+        raise SramOverflowError(f"the resident weights take {reserve} bytes per PE, all of the "
+                                f"{cfg.sram_bytes} of a PE")
+    return cfg.replace(sram_bytes=cfg.sram_bytes - reserve)
+
+
+@dataclass(frozen=True)
+class PrefillMapping:
+    """How a whole model's layers map onto wafer regions for prefill.
+
+    Every layer runs on a square region of R x R PEs; a region keeps the
+    weights of `layers_per_region` consecutive layers resident and runs
+    them in turn, handing the activations on to the next region (pipeline).
+    A wafer holds `regions_per_wafer` regions (floor(rows/R) x
+    floor(cols/R) of its fabric); a region can hold at most
+    floor((SRAM - working) / weights per layer) layers, working being the
+    largest phase's own buffers; the model takes ceil(n_layers / that)
+    regions, on ceil(regions / regions_per_wafer) wafers, and spreads its
+    layers evenly over the regions of those wafers."""
+    region: int
+    weight_bytes_per_layer: int        # per PE
+    working_bytes: int                 # per PE, the largest phase's own buffers
+    max_layers_per_region: int
+    regions_per_wafer: int
+    regions: int
+    wafers: int
+    layers_per_region: int
+
+    @property
+    def reserved_bytes(self) -> int:
+        """SRAM per PE the resident weights of a region's layers take."""
+        return self.layers_per_region * self.weight_bytes_per_layer
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "reserved_bytes": self.reserved_bytes}
+
+
+def prefill_mapping(model: ModelConfig, cfg: wse.WaferConfig, seq: int, dtype: str,
+                    attention: str = "gemm") -> PrefillMapping:
+    """PrefillMapping of `model` on regions of cfg's (square) grid for a
+    `seq`-token prompt. The wafer is cfg's preset (by name; WSE-2 otherwise)."""
+    lay = prefill_layouts(model, cfg)
+    R = cfg.rows
+    st = -(-seq // R)
+    weight = decode_weight_bytes(model, lay, dtype)
+    working = _working_bytes(model, cfg, lay, st, dtype, attention)
+    if working + weight > cfg.sram_bytes:
+        raise SramOverflowError(
+            f"one {model.name} layer on a {R} x {cfg.cols} region needs {weight} bytes per PE of "
+            f"resident weights and {working} of working buffers ({seq}-token prompt), more than "
+            f"the {cfg.sram_bytes} of a PE")
+    most = (cfg.sram_bytes - working) // weight
+    wafer = next((w for w in PRESETS.values() if w.name == cfg.name), wse.WSE2)
+    per_wafer = (wafer.rows // R) * (wafer.cols // cfg.cols)
+    if per_wafer < 1:
+        raise ConfigError(f"a {R} x {cfg.cols} region does not fit the {wafer.rows} x "
+                          f"{wafer.cols} fabric of {wafer.name}")
+    regions = -(-model.n_layers // most)
+    wafers = -(-regions // per_wafer)
+    used = min(wafers * per_wafer, model.n_layers)
+    return PrefillMapping(R, weight, working, int(most), per_wafer, regions, wafers,
+                          -(-model.n_layers // used))
+
+
+def _working_bytes(model, cfg, lay: PrefillLayouts, st: int, dtype: str,
+                   attention: str) -> int:
+    """The largest per-PE buffers of a prefill phase: the attention phase's
+    and every projection's (MeshGEMM, whose weight tile is counted with the
+    resident weights, not here); norms and elementwise phases are smaller."""
+    R = cfg.rows
+    need = [_attention_bytes(model, cfg, st, dtype, attention)]
+    wd, wa, wf = lay.d.width, lay.attn.width, lay.ff.width
+    for w_in, w_out in ((wd, wa), (wa, wd), (wd, wf), (wf, wd)):
+        p = gemm_plan(R * st, cfg.cols * w_in, cfg.cols * w_out, cfg, GEMM_ALGORITHM, dtype)
+        need.append(p.sram_bytes() - (p.tile_b * (2 if dtype == "float16" else 4) + 3) // 4 * 4)
+    item = 2 if dtype == "float16" else 4
+    need.append(st * wf * (4 + 4 + item) + 4 * st * wf)      # act: gate, up, out, tmp
+    return max(need)
+
+
+def _attention_bytes(model, cfg, st: int, dtype: str, attention: str) -> int:
+    """Per-PE bytes of the attention phase ("gemm": GemmAttentionPlan; "ring":
+    the K/V ring slots, scores, accumulator and statistics)."""
+    lay = FeatureLayout.heads(model.n_heads, model.head_dim, cfg.cols)
+    if attention == "gemm":
+        return GemmAttentionPlan(cfg.rows, lay.group, lay.width, st, st, dtype,
+                                 True).sram_bytes(cfg)
+    item = 2 if dtype == "float16" else 4
+    w = lay.width
+    kv = 2 * (2 * st * w + st) * item        # two ring slots of K, V, bias
+    return kv + st * w * (2 * item + 4) + st * st * 4 + (cfg.rows + 2 * st + 4) * 4 + st * st * 4
 
 
 def norm_phase(cfg, model, x_tiles, st, lay: FeatureLayout, weight, bias, dtype,
@@ -142,8 +265,10 @@ def elementwise_phase(cfg, tiles: dict, st: int, dtype: str, body_fn, consts=Non
 
 
 def run_layer(cfg, model, lw, x_tiles, st, lay: PrefillLayouts, positions, dtype,
-              attention_algorithm: str):
-    """One layer on the prefill layout. Returns (x_tiles, k_tiles, v_tiles, reports, names)."""
+              attention_algorithm: str, reserve: int = 0):
+    """One layer on the prefill layout, `reserve` bytes per PE taken by the
+    region's resident weights. Returns (x_tiles, k_tiles, v_tiles, reports, names)."""
+    region, cfg = cfg, _working(cfg, reserve)
     R, C = cfg.rows, cfg.cols
     reports, names = [], []
 
@@ -158,8 +283,8 @@ def run_layer(cfg, model, lw, x_tiles, st, lay: PrefillLayouts, positions, dtype
     qkv = {}
     for name, W in (("q", lw.wq), ("k", expand_kv_heads(model, lw.wk)),
                     ("v", expand_kv_heads(model, lw.wv))):
-        qkv[name], r = gemm_phase(h, lay.d.width, placed_weight(W, lay.d, lay.attn), cfg, wa,
-                                  dtype)
+        qkv[name], r = gemm_phase(h, lay.d.width, placed_weight(W, lay.d, lay.attn), region, wa,
+                                  dtype, reserve=reserve)
         add(f"{name}_proj", r)
     n = st * wa
     if model.family == "llama":
@@ -195,20 +320,21 @@ def run_layer(cfg, model, lw, x_tiles, st, lay: PrefillLayouts, positions, dtype
                                    True, 1.0 / math.sqrt(model.head_dim), dtype,
                                    attention_algorithm)
     add("attention", r)
-    attn_out, r = gemm_phase(o_tiles, wa, placed_weight(lw.wo, lay.attn, lay.d), cfg,
-                             lay.d.width, dtype)
+    attn_out, r = gemm_phase(o_tiles, wa, placed_weight(lw.wo, lay.attn, lay.d), region,
+                             lay.d.width, dtype, reserve=reserve)
     add("o_proj", r)
     x_tiles, h, r = norm_phase(cfg, model, x_tiles, st, lay.d, lw.mlp_norm,
                                lw.mlp_norm_bias, dtype, residual=attn_out,
                                residual_bias=lw.bo)
     add("mlp_norm", r)
     wf = lay.ff.width
-    up, r = gemm_phase(h, lay.d.width, placed_weight(lw.w_up, lay.d, lay.ff), cfg, wf, dtype)
+    up, r = gemm_phase(h, lay.d.width, placed_weight(lw.w_up, lay.d, lay.ff), region, wf,
+                       dtype, reserve=reserve)
     add("up_proj", r)
     nf = st * wf
     if model.gated:
-        gate, r = gemm_phase(h, lay.d.width, placed_weight(lw.w_gate, lay.d, lay.ff), cfg, wf,
-                             dtype)
+        gate, r = gemm_phase(h, lay.d.width, placed_weight(lw.w_gate, lay.d, lay.ff), region, wf,
+                             dtype, reserve=reserve)
         add("gate_proj", r)
 
         def act_body(t, b):
@@ -228,8 +354,8 @@ def run_layer(cfg, model, lw, x_tiles, st, lay: PrefillLayouts, positions, dtype
             {"u": (up, "float32"), "bup": (bup, "float32"),
              "tmp": (np.zeros((R, C, nf)), "float32")})
     add("act", r)
-    down, r = gemm_phase(out["a"], wf, placed_weight(lw.w_down, lay.ff, lay.d), cfg,
-                         lay.d.width, dtype)
+    down, r = gemm_phase(out["a"], wf, placed_weight(lw.w_down, lay.ff, lay.d), region,
+                         lay.d.width, dtype, reserve=reserve)
     add("down_proj", r)
     consts = {"down": (down, dtype)}
     if lw.b_down is not None:
@@ -247,38 +373,32 @@ def run_layer(cfg, model, lw, x_tiles, st, lay: PrefillLayouts, positions, dtype
 
 
 def check_prefill_fits(model: ModelConfig, cfg: wse.WaferConfig, seq: int, dtype: str,
-                       attention: str = "ring") -> None:
+                       attention: str = "gemm", reserve: int = 0) -> None:
     """One clear error when the sequence's KV cache (and the attention phase's
-    buffers) cannot fit the grid's SRAM, or attention="gemm" cannot run here."""
+    buffers) cannot fit the SRAM a PE has left beside `reserve` bytes of
+    resident weights."""
+    work = _working(cfg, reserve)
     lay = FeatureLayout.heads(model.n_heads, model.head_dim, cfg.cols)
     st = -(-seq // cfg.rows)
+    need = _attention_bytes(model, cfg, st, dtype, attention)
+    if need <= work.sram_bytes:
+        return
     if attention == "gemm":
-        why = gemm_layout_error(cfg.rows, lay)
-        if why:
-            raise ConfigError(why)
         plan = GemmAttentionPlan(cfg.rows, lay.group, lay.width, st, st, dtype, True)
-        need = plan.sram_bytes(cfg)
-        if need > cfg.sram_bytes:
-            raise SramOverflowError(
-                f"a {seq}-token prefill of {model.name} on a {cfg.rows} x {cfg.cols} grid with "
-                f"gemm attention keeps {st} x {plan.nt} scores per PE and needs {need} bytes per "
-                f"PE, more than the {cfg.sram_bytes} of a PE; the longest sequence that fits "
-                f"this grid is {longest_gemm_sequence(cfg, lay, dtype)} tokens")
-    item = 2 if dtype == "float16" else 4
-    w = lay.width
-    kv = 2 * (2 * st * w + st) * item        # two ring slots of K, V, bias
-    need = kv + st * w * (2 * item + 4) + st * st * 4 + (cfg.rows + 2 * st + 4) * 4 + st * st * 4
-    if need > cfg.sram_bytes:
-        longest = 0
-        for s in range(1, seq):
-            stt = -(-s // cfg.rows)
-            n2 = (2 * (2 * stt * w + stt) * item + stt * w * (2 * item + 4) + 2 * stt * stt * 4
-                  + (cfg.rows + 2 * stt + 4) * 4)
-            if n2 > cfg.sram_bytes:
-                break
-            longest = s
         raise SramOverflowError(
-            f"a {seq}-token prefill of {model.name} on a {cfg.rows} x {cfg.cols} grid puts "
-            f"{st} positions of the KV cache ({w} features each) on every PE and needs "
-            f"{need} bytes per PE in the attention phase, more than the {cfg.sram_bytes} of a PE; "
-            f"the longest sequence that fits this grid is {longest} tokens")
+            f"a {seq}-token prefill of {model.name} on a {cfg.rows} x {cfg.cols} grid with "
+            f"gemm attention keeps {st} x {plan.nt} scores per PE and needs {need} bytes per "
+            f"PE, more than the {work.sram_bytes} a PE has beside {reserve} bytes of resident "
+            f"weights; the longest sequence that fits this grid is "
+            f"{longest_gemm_sequence(work, lay, dtype)} tokens")
+    longest = 0
+    for s in range(1, seq):
+        if _attention_bytes(model, cfg, -(-s // cfg.rows), dtype, "ring") > work.sram_bytes:
+            break
+        longest = s
+    raise SramOverflowError(
+        f"a {seq}-token prefill of {model.name} on a {cfg.rows} x {cfg.cols} grid puts "
+        f"{st} positions of the KV cache ({lay.width} features each) on every PE and needs "
+        f"{need} bytes per PE in the attention phase, more than the {work.sram_bytes} a PE has "
+        f"beside {reserve} bytes of resident weights; the longest sequence that fits this "
+        f"grid is {longest} tokens")

@@ -116,12 +116,18 @@ class PrefillResult:
 
 
 def prefill(model: ModelConfig, weights: ModelWeights, x, target, *, dtype: str = "float32",
-            policy: str = "shift", tp: int | None = None, attention: str = "ring"):
+            policy: str = "shift", tp: int | None = None, attention: str = "gemm",
+            reserve_weights: bool = True):
     """All layers of `weights` over x (seq, d_model) on `target`.
 
-    attention (wafer only): "ring" (ring attention along Y, online softmax) or
-    "gemm" (scores by kernels.gemm, softmax by max- and sum-allreduces along X,
-    P V by kernels.gemm; see kernels/mesh_attention.py).
+    attention (wafer only): "gemm" (scores Q K^T by GEMM-T, the fully masked
+    causal blocks skipped, softmax by max- and sum-allreduces along X, P V by
+    kernels.gemm) or "ring" (ring attention along Y, online softmax); see
+    kernels/mesh_attention.py. The projections are MeshGEMMs. With
+    reserve_weights (wafer only), every phase runs beside the resident
+    weights of the layers the region holds when the whole model
+    (model.n_layers) is mapped onto regions of this size
+    (prefill_layer.prefill_mapping, in report.extra["transformer"]["mapping"]).
 
     Returns (PrefillResult(hidden, cache), report): on a wafer the report is a
     wse.RunReport (phases in report.phases) and cache a WaferKVCache; on a
@@ -142,12 +148,17 @@ def prefill(model: ModelConfig, weights: ModelWeights, x, target, *, dtype: str 
     _check_dtype(dtype)
     cfg = target
     if cfg.rows != cfg.cols:
-        raise ConfigError(f"wafer prefill needs a square grid (SUMMA keeps the activations "
-                          f"in place only when rows == cols), got {cfg.rows} x {cfg.cols}")
+        raise ConfigError(f"wafer prefill needs a square grid (the projections' outputs "
+                          f"land in the activations' layout only when rows == cols), got "
+                          f"{cfg.rows} x {cfg.cols}")
     lay = prefill_layouts(model, cfg)
     if attention not in ("ring", "gemm"):
         raise ConfigError(f"unknown attention algorithm {attention!r}: expected 'ring' or 'gemm'")
-    check_prefill_fits(model, cfg, seq, dtype, attention)
+    check_prefill_fits(model, cfg, seq, dtype, attention)     # the attention phase alone
+    mapping = (prefill_layer.prefill_mapping(model, cfg, seq, dtype, attention)
+               if reserve_weights else None)
+    reserve = mapping.reserved_bytes if mapping else 0
+    check_prefill_fits(model, cfg, seq, dtype, attention, reserve)
     R = cfg.rows
     st = -(-seq // R)
     positions = np.arange(seq)
@@ -157,7 +168,7 @@ def prefill(model: ModelConfig, weights: ModelWeights, x, target, *, dtype: str 
     reports, names, k_all, v_all = [], [], [], []
     for i, lw in enumerate(weights.layers):
         x_tiles, k, v, reps, nms = prefill_layer.run_layer(cfg, model, lw, x_tiles, st, lay,
-                                                           positions, dtype, attention)
+                                                           positions, dtype, attention, reserve)
         reports += reps
         names += [f"L{i}.{n}" for n in nms]
         k_all.append(k)
@@ -166,7 +177,8 @@ def prefill(model: ModelConfig, weights: ModelWeights, x, target, *, dtype: str 
     report = wse.RunReport.sequence(reports, names)
     report.extra["transformer"] = {"mode": "prefill", "model": model.name, "seq": seq,
                                    "layers": weights.n_layers, "dtype": dtype,
-                                   "positions_per_row": st, "attention": attention}
+                                   "positions_per_row": st, "attention": attention,
+                                   "mapping": mapping.to_dict() if mapping else None}
     cache = WaferKVCache.from_tiles(model, R, cfg.cols, lay.attn, policy, dtype, k_all, v_all,
                                     seq, hidden[-1])
     return PrefillResult(hidden, cache), report

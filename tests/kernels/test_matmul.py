@@ -392,6 +392,25 @@ def test_gemmt_bad_options_get_one_clear_error(kw, match):
         G.gemm(np.ones((2, 2)), np.ones((2, 2)), CFG, **kw)
 
 
+@pytest.mark.parametrize("rows,cols,k_split", [(6, 4, 6), (5, 2, 5), (3, 5, 7), (4, 4, 4)])
+def test_summa_with_k_split_uses_blocks_cut_by_the_caller(rows, cols, k_split):
+    """SUMMA with K in k_split blocks (block k on column k mod cols and row k
+    mod rows; columns with fewer blocks hold a zero one): C is the product,
+    the model stays exact and the traffic is k_split floods of each kind."""
+    cfg = wse.WSE2.with_grid(rows=rows, cols=cols)
+    rng = np.random.default_rng(8)
+    A, B = rng.standard_normal((12, 3 * k_split)), rng.standard_normal((3 * k_split, 10))
+    C, report = G.gemm(A, B, cfg, algorithm="summa", dtype="float32", k_split=k_split)
+    np.testing.assert_allclose(C, A @ B, rtol=1e-5, atol=1e-5)
+    p = G.plan(12, 3 * k_split, 10, cfg, "summa", "float32", k_split=k_split)
+    assert (p.steps, p.kt) == (k_split, 3)
+    assert report.cycles == G.model_cycles(p, cfg)
+    assert report.wavelet_hops == G.expected_wavelet_hops(p)
+    assert int(report.sram_peak_bytes.max()) == p.sram_bytes()
+    with pytest.raises(ConfigError, match="k_split"):
+        G.gemm(A, B, cfg, algorithm="meshgemm", k_split=k_split)
+
+
 @pytest.mark.parametrize("rows,cols", [(4, 4), (3, 5)])
 def test_meshgemm_with_resident_weights_skews_a_only(rows, cols):
     """skew="weights": B (a weight placed once, already aligned) does not
