@@ -138,13 +138,33 @@ def decode_case(grid: int = 420, context: int = 4096, dtype: str = "float16",
                                "last_end": int(sl[:, 2].max()),
                                "median_pe_cycles": float(np.median(sl[:, 2] - sl[:, 1]))})
     report.task_events = None
+    allreduces = [line_allreduce_cycles(grid, n, base) for n in (1, 3 * lay.attn.width)]
     return _wafer_row(f"{model_name} layer", "decode", cfg, report, 1, wall, True, rel_err=err,
                       model=model_name, grid=grid, context=context, dtype=dtype,
                       engine_wall_s=report.wall_seconds,
                       host_bytes_loaded=report.host_bytes_loaded,
                       extrapolation=ext.to_dict(), operations=operations,
+                      line_allreduces=allreduces,
                       sram_bytes_per_pe_max=int(report.sram_peak_bytes.max()),
                       weights=weights, cache=cache)
+
+
+def line_allreduce_cycles(line: int, n: int, base: wse.WaferConfig = wse.WSE2) -> dict:
+    """One allreduce of n fp32 elements over a whole line of `line` PEs, as a
+    decode layer's SegmentChannel does it, run alone on a line x 1 grid:
+    the engine's cycles beside kernels.layers.allreduce_cycles."""
+    from kernels.layers import SegmentChannel, allreduce_cycles, build_roles
+    cfg = base.with_grid(rows=line, cols=1)
+    prog = wse.Program(cfg)
+    v = prog.buffer("v", (n,), "float32")
+    col = SegmentChannel(prog, "y", [(0, line - 1)], "col")
+    build_roles(prog, {"col": col}, lambda t, parts: col.allreduce(t, parts["col"], v.view(), n))
+    prog.load(v, np.ones((line, 1, n), np.float32))
+    result = prog.run(max_cycles=10 ** 9)
+    if not (result.read(v) == line).all():
+        raise RuntimeError(f"line allreduce over {line} PEs gave a wrong sum")
+    return {"line": line, "n": n, "cycles": result.report.cycles,
+            "model_cycles": allreduce_cycles(cfg, line, n)}
 
 
 def decode_sweep(grids=(420, 540, 660), model_names=(LLAMA, "llama2-13b"), context: int = 4096,
