@@ -95,10 +95,10 @@ class Measurement:
     configuration: str        # the configuration measured (and emulated)
     unit: str
     published: float
-    source: str               # key of SOURCES, or a URL
+    source: str               # key of SOURCES
     emulate: str              # name of a function in EMULATORS
     args: tuple = ()
-    kind: str = "measured"    # or "model validated on the hardware"
+    kind: str = "measured"    # or a published model validated on the hardware
     independent: bool = True  # False: an emulator constant was set from this figure
     counted: bool = True      # False: configuration or text not established
     quick: bool = False       # part of the fast subset (tests, --quick)
@@ -139,7 +139,8 @@ def _wafer_gemm_tflops(algorithm: str, n: int, side: int, dtype: str) -> tuple[f
     matmul.check_fits(plan, cfg)
     cycles = matmul.model_cycles(plan, cfg)
     seconds = cycles / cfg.clock_hz
-    exact = "equal to" if algorithm == "summa" else "within 1.5% of"
+    exact = ("equal to" if algorithm == "summa"
+             else f"within {100 * matmul.FABRIC_SKEW_MODEL_BOUND:g}% of")
     return (2.0 * n ** 3 / seconds / 1e12,
             f"model: kernels.matmul.model_cycles = {cycles:,} cycles at "
             f"{cfg.clock_hz / 1e9:g} GHz ({exact} the engine: "
@@ -492,9 +493,9 @@ def _error(r: Row) -> str:
 
 
 def _status(r: Row) -> str:
-    if not r.m.counted:
-        return "not counted"
-    return "counted" if r.m.independent else "counted, not independent"
+    status = ("not counted" if not r.m.counted
+              else "counted" if r.m.independent else "counted, not independent")
+    return status if r.m.kind == "measured" else f"{status}; {r.m.kind}"
 
 
 def _source_text(key: str) -> str:
