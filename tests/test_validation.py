@@ -82,16 +82,20 @@ def test_no_constant_is_fitted():
 
 def test_decode_rows_read_the_benchmark_file_or_say_how_to_make_it(tmp_path, monkeypatch):
     monkeypatch.setattr(V, "DECODE_JSON", tmp_path / "transformer_decode.json")
-    value, provenance = V._wafer_decode_tokens_per_s("llama3-8b")
+    value, provenance = V._wafer_decode_tokens_per_s("llama3-8b", 420)
     assert value is None and "--part decode" in provenance
+    wafer = {"case": "llama3-8b layer", "mode": "decode", "context": 4096}
     (tmp_path / "transformer_decode.json").write_text(json.dumps([
         {"case": "llama3-8b layer", "machine": "8xH100-SXM5-80GB", "mode": "decode"},
-        {"case": "llama3-8b layer", "machine": "wafer 420x420", "mode": "decode",
-         "context": 4096, "cycles": 28783,
-         "extrapolation": {"tokens_per_second": 1193.1, "n_layers": 32, "regions": 3}}]))
-    value, provenance = V._wafer_decode_tokens_per_s("llama3-8b")
+        dict(wafer, case="llama2-13b layer", machine="wafer 420x420", cycles=1,
+             extrapolation={"tokens_per_second": 1.0}),
+        dict(wafer, machine="wafer 540x540", cycles=2, extrapolation={"tokens_per_second": 2.0}),
+        dict(wafer, machine="wafer 420x420", cycles=28783,
+             extrapolation={"tokens_per_second": 1193.1, "n_layers": 32, "regions": 3})]))
+    value, provenance = V._wafer_decode_tokens_per_s("llama3-8b", 420)
     assert value == 1193.1
     assert provenance.startswith("file:") and "28,783 cycles per layer" in provenance
+    assert V._wafer_decode_tokens_per_s("llama3-8b", 660)[0] is None
 
 
 def test_markdown_has_a_line_per_row_with_its_error():
