@@ -1,7 +1,9 @@
 """Collectives on one row of P PEs: emulated cycles against the cost functions.
 
 For every reduce and allreduce algorithm and every (P, B) of the sweep this
-runs the kernel on a 1 x P grid (root at index 0), records the engine's cycle
+runs the kernel on a 1 x P grid (reduce: root at index 0; allreduce: each
+algorithm's `default_allreduce_root`, the cheapest root for ktree, WaferLLM's
+mid-rooted two-tree, index 0 for the others), records the engine's cycle
 count beside `kernels.collectives.cost`, and marks the cheapest algorithm per
 (P, B). Star needs one color per source, so it runs only while P - 1 fits in
 the config's colors.
@@ -64,8 +66,11 @@ def run(quick: bool = True, cfg: wse.WaferConfig = wse.WSE2) -> list[dict]:
                     started = time.perf_counter()
                     _, report = call(x, grid, algorithm=algorithm)
                     predicted = C.cost(collective, algorithm, P, B, grid)
+                    root = (C.default_allreduce_root(algorithm, P, B, grid)
+                            if collective == "allreduce" else 0)
                     group.append({
                         "collective": collective, "algorithm": algorithm, "P": P, "B": B,
+                        "root": root,
                         "cycles": report.cycles, "predicted": predicted,
                         "rel_error": (report.cycles - predicted) / predicted,
                         "wavelet_hops": report.wavelet_hops,
