@@ -482,6 +482,14 @@ def test_bad_input_gets_one_clear_error():
         C.reduce(x, cfg, algorithm="butterfly")
     with pytest.raises(ConfigError, match="unknown allreduce algorithm"):
         C.allreduce(x, cfg, algorithm="butterfly")
+    with pytest.raises(ConfigError, match="root"):
+        C.allreduce(x, cfg, algorithm="ktree", root=4)
+    with pytest.raises(ConfigError, match="root"):
+        C.allreduce(x, cfg, along="xy", algorithm="ktree", root=1)
+    with pytest.raises(ConfigError, match="root"):
+        C.cost("allreduce", "ktree", 4, 3, cfg, root=4)
+    with pytest.raises(ConfigError, match="lengths"):
+        C.ktree_allreduce_plan(4, cfg, [])
     with pytest.raises(ConfigError, match="unknown broadcast algorithm"):
         C.broadcast(x, cfg, algorithm="tree")
     with pytest.raises(ConfigError, match="op"):

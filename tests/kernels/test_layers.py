@@ -150,6 +150,17 @@ def test_a_long_line_allreduces_by_the_mid_rooted_two_tree(n):
     assert len(prog.colors) <= 5
 
 
+def test_segment_channel_bad_input_gets_one_clear_error():
+    prog = wse.Program(wse.WSE2.with_grid(2, 5))
+    with pytest.raises(wse.ConfigError, match=r"segment \(3, 5\).*outside the 5 PEs"):
+        SegmentChannel(prog, "x", [(0, 2), (3, 5)], "bad")
+    ch = SegmentChannel(prog, "x", [(0, 4)], "ok")
+    buf = prog.buffer("v", (3,), "float32")
+    with pytest.raises(wse.ConfigError, match="unknown reduce op 'prod'"):
+        build_roles(prog, {"ok": ch}, lambda t, parts: ch.allreduce(t, parts["ok"], buf.view(),
+                                                                    3, "prod"))
+
+
 def _run_rowwise(cfg, arrays, body, out_names):
     prog = wse.Program(cfg)
     bufs = {k: prog.buffer(k, (v.shape[-1],), "float32") for k, v in arrays.items()}
