@@ -132,9 +132,10 @@ class PrefillMapping:
     A wafer holds `regions_per_wafer` regions (floor(rows/R) x
     floor(cols/R) of its fabric); a region can hold at most
     floor((SRAM - working) / weights per layer) layers, working being the
-    largest phase's own buffers; the model takes ceil(n_layers / that)
-    regions, on ceil(regions / regions_per_wafer) wafers, and spreads its
-    layers evenly over the regions of those wafers."""
+    largest phase's own buffers; the model needs ceil(n_layers / that)
+    regions, so ceil(that / regions_per_wafer) wafers, and spreads its
+    layers evenly over the regions of those wafers: `regions` of
+    `layers_per_region` layers each."""
     region: int
     weight_bytes_per_layer: int        # per PE
     working_bytes: int                 # per PE, the largest phase's own buffers
@@ -173,11 +174,10 @@ def prefill_mapping(model: ModelConfig, cfg: wse.WaferConfig, seq: int, dtype: s
     if per_wafer < 1:
         raise ConfigError(f"a {R} x {cfg.cols} region does not fit the {wafer.rows} x "
                           f"{wafer.cols} fabric of {wafer.name}")
-    regions = -(-model.n_layers // most)
-    wafers = -(-regions // per_wafer)
-    used = min(wafers * per_wafer, model.n_layers)
-    return PrefillMapping(R, weight, working, int(most), per_wafer, regions, wafers,
-                          -(-model.n_layers // used))
+    wafers = -(-(-(-model.n_layers // most)) // per_wafer)
+    per_region = -(-model.n_layers // min(wafers * per_wafer, model.n_layers))
+    return PrefillMapping(R, weight, working, int(most), per_wafer,
+                          -(-model.n_layers // per_region), wafers, per_region)
 
 
 def _working_bytes(model, cfg, lay: PrefillLayouts, st: int, dtype: str,

@@ -70,8 +70,9 @@ def test_projections_are_meshgemm_with_the_activation_skew_charged():
 def test_llama3_8b_mapping_on_480_600_720():
     """Which region holds which layers: a region keeps at most
     floor((SRAM - working) / weights per layer) layers; the model takes
-    ceil(32 / that) regions, on ceil(regions / regions per wafer) wafers
-    (WSE-2: 996 x 757 PEs), its layers spread evenly over their regions."""
+    ceil(32 / that) regions, on ceil(that / regions per wafer) wafers (WSE-2:
+    996 x 757 PEs), its layers spread evenly over the regions of those
+    wafers."""
     model = models.preset("llama3-8b")
     for side in (480, 600, 720):
         cfg = wse.WSE2.with_grid(rows=side, cols=side)
@@ -81,10 +82,11 @@ def test_llama3_8b_mapping_on_480_600_720():
         assert m.max_layers_per_region == (cfg.sram_bytes - m.working_bytes) \
             // m.weight_bytes_per_layer
         assert m.regions_per_wafer == (996 // side) * (757 // side)
-        assert m.regions == -(-32 // m.max_layers_per_region)
-        assert m.wafers == -(-m.regions // m.regions_per_wafer)
+        assert m.wafers == -(-(-(-32 // m.max_layers_per_region)) // m.regions_per_wafer)
         assert m.layers_per_region <= m.max_layers_per_region
-        assert m.layers_per_region * min(m.wafers * m.regions_per_wafer, 32) >= 32
+        assert m.regions <= m.wafers * m.regions_per_wafer
+        assert m.regions == -(-32 // m.layers_per_region)
+        assert (m.regions - 1) * m.layers_per_region < 32
         assert m.reserved_bytes + m.working_bytes <= cfg.sram_bytes
     assert P.prefill_mapping(model, wse.WSE2.with_grid(rows=480, cols=480), 4096,
                              "float16").regions_per_wafer == 2
