@@ -2,7 +2,8 @@
 
 Every point runs in a child process (so its wall time and peak memory are its
 own): `python -m benchmarks.gemm --point ALGORITHM SIZE GRID` prints one JSON
-row. quick: 256^3 on 8x8 and 16x16 and 512^3 on 32x32; full: 2048^3 (fp16)
+row (ALGORITHM gemmt: C = A @ B.T by GEMM-T, B in its own layout; not in
+the suites, which compare the A @ B algorithms). quick: 256^3 on 8x8 and 16x16 and 512^3 on 32x32; full: 2048^3 (fp16)
 on 64x64, 128x128, 256x256 (about 40 min each on a shared core) and 8192^3
 on 256x256 from its first steps (FIRST_STEPS).
 
@@ -48,11 +49,13 @@ def measure_point(algorithm: str, size: int, grid: int, dtype: str = "float16") 
     rng = np.random.default_rng(0)
     A = rng.standard_normal((size, size)).astype(np.float32)
     B = rng.standard_normal((size, size)).astype(np.float32)
+    # GEMM-T computes A @ B.T with B in its own layout (`--point gemmt SIZE GRID`)
+    transpose_b = algorithm in G.TRANSPOSED_ALGORITHMS
     started = time.perf_counter()
-    C, report = G.gemm(A, B, cfg, algorithm=algorithm, dtype=dtype)
+    C, report = G.gemm(A, B, cfg, algorithm=algorithm, dtype=dtype, transpose_b=transpose_b)
     wall = time.perf_counter() - started
     extra = report.extra["gemm"]
-    row = {"algorithm": algorithm, "size": size, "grid": f"{grid}x{grid}", "pes": grid * grid,
+    row = {"algorithm": algorithm, "transpose_b": transpose_b, "size": size, "grid": f"{grid}x{grid}", "pes": grid * grid,
            "dtype": dtype, "cycles": report.cycles, "model_cycles": extra["model_cycles"],
            "model_ratio": report.cycles / extra["model_cycles"],
            "skew": extra["skew"],
@@ -67,9 +70,10 @@ def measure_point(algorithm: str, size: int, grid: int, dtype: str = "float16") 
            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     # spot-check the result against float64 on a few rows (a full check is O(n^3))
     rows = rng.choice(size, size=min(size, 8), replace=False)
-    ref = reference.matmul(A[rows], B)
-    scale = np.abs(A[rows]).astype(np.float64) @ np.abs(B)
-    tol = G.tolerance(dtype, "float32", size, extra["steps"])
+    ref = reference.matmul(A[rows], B, transpose_b)
+    scale = np.abs(A[rows]).astype(np.float64) @ np.abs(B.T if transpose_b else B)
+    tol = G.tolerance(dtype, "float32", size, G.plan(size, size, size, cfg, algorithm,
+                                                     transpose_b=transpose_b).k_blocks)
     row["max_rel_error"] = float((np.abs(C[rows] - ref) / scale).max())
     row["within_tolerance"] = bool(row["max_rel_error"] <= tol)
     return row
