@@ -161,6 +161,7 @@ class GemmPlan:
     transpose_b: bool = False
     skew: str = "fabric"       # cannon/meshgemm's initial alignment, see SKEWS
     k_split: int = 0           # summa: K in this many blocks (0: L = lcm(rows, cols))
+    a_lower: bool = False      # summa: A's block (y, s) is zero for s > y, not multiplied
 
     @property
     def steps(self) -> int:
@@ -283,9 +284,10 @@ class GemmPlan:
 
 def plan(M: int, K: int, N: int, cfg: wse.WaferConfig, algorithm: str = "meshgemm",
          dtype: str = "float16", accumulate: str = "float32",
-         transpose_b: bool = False, skew: str = "fabric", k_split: int = 0) -> GemmPlan:
+         transpose_b: bool = False, skew: str = "fabric", k_split: int = 0,
+         a_lower: bool = False) -> GemmPlan:
     return GemmPlan(algorithm, int(M), int(K), int(N), cfg.rows, cfg.cols, dtype,
-                    accumulate, bool(transpose_b), skew, int(k_split))
+                    accumulate, bool(transpose_b), skew, int(k_split), bool(a_lower))
 
 
 def smallest_square_grid(M: int, K: int, N: int, cfg: wse.WaferConfig, algorithm: str,
@@ -597,11 +599,18 @@ def model_cycles(p: GemmPlan, cfg: wse.WaferConfig, steps: int | None = None,
     for tile, P, index, axis, e, _ in axes:
         start = start + 10 * c + 2 * c * (e % P == 0)
     start = start + own * c + 2 * c                  # the step loop's set and guard
+    if p.a_lower:
+        start = start + c                            # the rows' product count set
     for s in range(L):
         for ax in axes:
             tile, P, index, axis, e, phase = ax
             start = flood(start, s % P, tile, index, axis)
-        start = start + mm
+        if p.a_lower:
+            # a one-pass loop on the products left (set, guard; the product,
+            # the counter set to 1, the branch), then its decrement
+            start = start + np.where(ys >= s, mm + 5 * c, 3 * c)
+        else:
+            start = start + mm
         for ax in axes:
             tile, P, index, axis, e, phase = ax
             n, ax[4], ax[5] = _summa_advance_issues(e, phase, P)
@@ -917,7 +926,7 @@ def _check_range(name: str, X: np.ndarray, dtype: str) -> None:
 # Public entry point
 def gemm(A, B, cfg: wse.WaferConfig, algorithm: str = "meshgemm", dtype: str = "float16",
          transpose_b: bool = False, accumulate: str = "float32", max_cycles: int = 10 ** 12,
-         skew: str = "fabric", skip_blocks=None, k_split: int = 0):
+         skew: str = "fabric", skip_blocks=None, k_split: int = 0, a_lower: bool = False):
     """C = A @ B (A @ B.T with transpose_b) on the cfg.rows x cfg.cols grid.
 
     A: (M, K); B: (K, N), or (N, K) with transpose_b. dtype: storage of A
@@ -933,12 +942,14 @@ def gemm(A, B, cfg: wse.WaferConfig, algorithm: str = "meshgemm", dtype: str = "
     True (the fully masked blocks of causal attention scores). summa's
     k_split cuts K into that many blocks instead of lcm(rows, cols) (block k
     on column k mod cols and row k mod rows, so operands already cut that
-    way are used where they lie). Returns (C, report):
+    way are used where they lie); with a_lower, summa takes A's block (y, s)
+    (rows y*mt.., K-block s) to be zero for s > y and skips those products
+    (the probabilities of the fully masked causal blocks). Returns (C, report):
     C of shape (M, N) in `dtype`; the
     report carries compute efficiency and report.extra["gemm"] (plan,
     model cycles, compute/stall split)."""
     p, prog, c_buf = _build(A, B, cfg, algorithm, dtype, transpose_b, accumulate, None, skew,
-                            skip_blocks, k_split)
+                            skip_blocks, k_split, a_lower)
     result = prog.run(max_cycles=max_cycles)
     c_tiles = result.read(c_buf).astype(np.float32)       # (R, C, slots*mt*nt)
     C = _assemble(p, c_tiles)[:p.M, :p.N].astype(np.float16 if dtype == "float16"
@@ -993,7 +1004,8 @@ def _assemble(p: GemmPlan, c_tiles: np.ndarray) -> np.ndarray:
 
 
 def _build(A, B, cfg, algorithm: str, dtype: str, transpose_b: bool, accumulate: str,
-           steps: int | None, skew: str, skip_blocks=None, k_split: int = 0):
+           steps: int | None, skew: str, skip_blocks=None, k_split: int = 0,
+           a_lower: bool = False):
     """Check the inputs, plan, and build the program of the first `steps` steps."""
     check_common(cfg, dtype, accumulate)
     if algorithm not in ALL_ALGORITHMS:
@@ -1008,6 +1020,8 @@ def _build(A, B, cfg, algorithm: str, dtype: str, transpose_b: bool, accumulate:
                     or k_split < 1):
         raise ConfigError(f"k_split={k_split!r}: a positive integer, for summa only "
                           f"(algorithm {algorithm!r})")
+    if a_lower and algorithm != "summa":
+        raise ConfigError(f"a_lower applies to summa only, not {algorithm!r}")
     if skew not in SKEWS:
         raise ConfigError(f"unknown skew {skew!r}: expected one of {SKEWS}")
     A = _matrix("A", A)
@@ -1025,7 +1039,7 @@ def _build(A, B, cfg, algorithm: str, dtype: str, transpose_b: bool, accumulate:
     _check_range("A", A, dtype)
     _check_range("B", B, dtype)
     M, K = A.shape
-    p = plan(M, K, N, cfg, algorithm, dtype, accumulate, transpose_b, skew, k_split)
+    p = plan(M, K, N, cfg, algorithm, dtype, accumulate, transpose_b, skew, k_split, a_lower)
     steps = p.check_steps(steps)
     check_fits(p, cfg)
     a_blocks, b_blocks = _blocks(p, A, B)
@@ -1473,6 +1487,10 @@ def _summa_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks, steps:
             with if_zero(e, P):                # the root reached this PE
                 t.set(len_b, tile)
 
+        if p.a_lower:
+            products = t.reg()                 # row y multiplies K-blocks 0 .. y
+            t.set(products, prog.param("products", np.broadcast_to(np.arange(1, R + 1)[:, None],
+                                                                   (R, C))))
         with t.loop(steps):
             for axis, st in zip(axes, state):
                 broadcast(axis, st)
@@ -1480,7 +1498,14 @@ def _summa_program(p: GemmPlan, cfg: wse.WaferConfig, a_blocks, b_blocks, steps:
                                                                    length=p.tile_a)
             b_op = b_panel.view() if p.shifts_b else b_store.view(offset=own_b * 1,
                                                                    length=p.tile_b)
-            t.matmul(c_buf.view(), a_op, b_op, p.mt, p.kt, p.nt, transpose_b=p.transpose_b)
+            if p.a_lower:
+                with t.loop(products) as once:
+                    t.matmul(c_buf.view(), a_op, b_op, p.mt, p.kt, p.nt,
+                             transpose_b=p.transpose_b)
+                    t.set(once, 1)
+                t.addi(products, -1)
+            else:
+                t.matmul(c_buf.view(), a_op, b_op, p.mt, p.kt, p.nt, transpose_b=p.transpose_b)
             for axis, st in zip(axes, state):
                 advance(axis, st)
             if own_a is not None:

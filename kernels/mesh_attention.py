@@ -10,7 +10,8 @@ those of padding keys only, skipped), the causal and padding masks, row max
 by a max-allreduce and row sum by a sum-allreduce over the g columns that
 hold a score row (each PE exponentiating only its live score blocks), P =
 exp(S - max) / sum, and P V by kernels.gemm (SUMMA with K cut into the R key
-blocks, so P and V are used where they lie); see gemm_attention and
+blocks, so P and V are used where they lie, the masked blocks' products
+skipped); see gemm_attention and
 docs/gemm.md, and the SRAM the score matrix needs (GemmAttentionPlan,
 longest_gemm_sequence).
 algorithm="ring": described below.
@@ -227,7 +228,7 @@ class GemmAttentionPlan:
         return (gemm_plan(R * self.st_q, self.group * self.width, R * self.st_k, sub, "gemmt",
                           self.dtype, transpose_b=True),
                 gemm_plan(R * self.st_q, R * self.st_k, self.group * self.width, sub, "summa",
-                          self.dtype, k_split=R))
+                          self.dtype, k_split=R, a_lower=self.causal))
 
     def score_blocks(self, sk: int) -> np.ndarray:
         """(R, R) booleans: score block (y, n) holds a key the query block may
@@ -442,7 +443,8 @@ def gemm_attention(cfg: wse.WaferConfig, layout: FeatureLayout, q_tiles, k_tiles
     place_sequence leaves them. Returns (output tiles (R, C, st_q*w), report with
     the phases scores (GEMM-T per head, Q and K where they lie, the blocks of
     no visible key skipped), softmax, pv (SUMMA per head with K cut into the
-    R key blocks, P and V where they lie)). See the module docstring."""
+    R key blocks, P and V where they lie; causal: row y multiplies key
+    blocks 0 .. y only)). See the module docstring."""
     R, C = cfg.rows, cfg.cols
     g, w = layout.group, layout.width
     p = GemmAttentionPlan(R, g, w, st_q, st_k, dtype, causal)
@@ -477,7 +479,7 @@ def gemm_attention(cfg: wse.WaferConfig, layout: FeatureLayout, q_tiles, k_tiles
         A = np.zeros((R * st_q, R * st_k))
         A[:, keys[padded]] = P[:, padded]          # the same values, natural key order
         O, r = mesh_gemm(A, tiles_to_matrix(v_tiles[:, lo:hi + 1], w), sub, algorithm="summa",
-                         dtype=dtype, k_split=R)
+                         dtype=dtype, k_split=R, a_lower=causal)
         out[:, lo:hi + 1] = matrix_to_tiles(O, R, g, w)
         runs.append(r)
     report = wse.RunReport.sequence(

@@ -116,7 +116,7 @@ def test_gemm_scores_are_gemmt_side_by_side_per_head_with_masked_blocks_skipped(
     columns at once (its cycles one such run's, its traffic H times it), Q
     and K used where they lie, the causal blocks above the diagonal skipped:
     R(R+1)/2 of the R^2 score blocks are computed. The P V phase is SUMMA
-    with K cut into the R key blocks."""
+    with K cut into the R key blocks, row y multiplying blocks 0 .. y."""
     import kernels
     Q, K, V = _inputs(2, 2, 8, 8, 8, 4)
     cfg = wse.WSE2.with_grid(rows=4, cols=4)
@@ -131,8 +131,9 @@ def test_gemm_scores_are_gemmt_side_by_side_per_head_with_masked_blocks_skipped(
     assert report.extra["gemm_attention"]["score_blocks_computed"] == 10
     pv = next(ph for ph in report.phases if ph["name"] == "pv")
     _, pv_one = kernels.gemm(np.ones((8, 8)), np.ones((8, 8)), sub, algorithm="summa",
-                             dtype="float32", k_split=4)
+                             dtype="float32", k_split=4, a_lower=True)
     assert pv["cycles"] == pv_one.cycles
+    assert pv["flops"] == 2 * pv_one.flops                    # 10 of the 16 key blocks
 
 
 def test_gemm_softmax_exponentiates_only_live_score_blocks():
