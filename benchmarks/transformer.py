@@ -168,25 +168,35 @@ def line_allreduce_cycles(line: int, n: int, base: wse.WaferConfig = wse.WSE2) -
 
 
 def decode_sweep(grids=(420, 540, 660), model_names=(LLAMA, "llama2-13b"), context: int = 4096,
-                 dtype: str = "float16") -> list[dict]:
+                 dtype: str = "float16", log=None) -> list[dict]:
     """decode_case for every model and grid, one at a time, each in a child
     process (so that rss_gib is that run's own peak and its memory is given
-    back before the next starts)."""
+    back before the next starts). A model whose max_seq_len is `context`
+    decodes its last position instead (context - 1 cached, `context`
+    attended). A point that fails gives a row with its error and the sweep
+    goes on; each row is also appended to `log` (JSON lines) when given."""
     import json
     import subprocess
     import sys
+    from kernels import models
     rows = []
     for name in model_names:
+        cached = min(context, models.preset(name).max_seq_len - 1)
         for grid in grids:
             started = time.perf_counter()
             done = subprocess.run([sys.executable, "-m", "benchmarks.transformer",
-                                   "--decode-point", name, str(grid), str(context), dtype],
+                                   "--decode-point", name, str(grid), str(cached), dtype],
                                   capture_output=True, text=True)
             if done.returncode != 0:
-                raise RuntimeError(f"decode point {name} {grid}x{grid} failed:\n{done.stderr}")
-            row = json.loads(done.stdout.strip().splitlines()[-1])
+                row = {"model": name, "grid": grid, "context": cached, "mode": "decode",
+                       "error": done.stderr.strip().splitlines()[-1:]}
+            else:
+                row = json.loads(done.stdout.strip().splitlines()[-1])
             row["process_wall_s"] = time.perf_counter() - started
             rows.append(row)
+            if log is not None:
+                with open(log, "a") as f:
+                    f.write(json.dumps(row, default=str) + "\n")
     return rows
 
 
@@ -314,7 +324,10 @@ def full_cases() -> list[dict]:
 
 def run(quick: bool = True, part: str | None = None, grids=None, model_names=None) -> list[dict]:
     if grids or model_names:
-        rows = decode_sweep(grids or (420,), model_names or (LLAMA,))
+        out = pathlib.Path("bench-out")
+        out.mkdir(exist_ok=True)
+        rows = decode_sweep(grids or (420,), model_names or (LLAMA,),
+                            log=out / "transformer_decode_sweep.jsonl")
     elif part is not None:
         rows = {"decode": decode_part, "prefill": prefill_part, "relayout": relayout_part}[part]()
     else:
