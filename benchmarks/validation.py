@@ -267,10 +267,14 @@ MEASUREMENTS: list[Measurement] = _hpdc_rows() + [
                       "a 420 x 420 region, 4,096-token context, x 32 layers",
         unit="tokens/s", published=2700.0, source="WAFERLLM",
         emulate="wafer_decode_tokens_per_s", args=("llama3-8b", 420), counted=False,
-        note="not counted: the grid and context length behind the 2,700 are not in the "
-             "readable text. Below it: the emulated layer is set by nine chain-then-flood "
-             "allreduces across 420 PEs each (WaferLLM reduces with a two-tree rooted "
-             "mid-line) and each allreduce hop pays a datapath cycle. From WaferLLM too: "
+        note="not counted: the grid, context length and batch behind the 2,700 are not "
+             "in the readable text. Above it, so the emulated wafer may be optimistic; "
+             "its idealisations: no embedding, LM head or sampling on the wafer (the LM "
+             "head alone holds about 2.4 layers' weights), the hand-over between the "
+             "layers' regions charged by formula (kernels.comparison."
+             "stage_handover_cycles), not emulated, no host input/output per token, and "
+             "per-instruction costs (issue, vector start-up, task start) that are "
+             "assumptions. Nothing was tuned to close it. From WaferLLM too: "
              "clock_hz = 1.1 GHz (its cycle-to-second conversion) and "
              "fmacs_per_cycle_fp32, per-PE constants, not this figure"),
     Measurement(
