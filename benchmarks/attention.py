@@ -1,5 +1,6 @@
-"""kernels.attention on the mesh, algorithm "gemm" (scores by
-kernels.gemm, softmax by max- and sum-allreduces, P V by kernels.gemm) beside
+"""kernels.attention on the mesh, algorithm "gemm" (scores Q K^T by GEMM-T
+with Q and K where the prefill layout holds them and the fully masked causal
+blocks skipped, softmax by max- and sum-allreduces, P V by SUMMA) beside
 "ring" (ring attention, online softmax): cycles, traffic and accuracy.
 
 Each case runs causal attention with H heads of hd features over a sequence
@@ -13,10 +14,11 @@ head.
 
 `llama_proxies` runs one LLaMA-3-8B head of the 660 x 660 prefill (4096
 tokens, fp16) with the gemm algorithm on R x g columns, R = 33 g, whose PEs
-hold the same tiles as at g = 20 (R = 660): 7 queries, 231 score columns, 8
-features, kt = 1; the heads of the real run are side by side and identical.
-The phases are k_move (K to the scores GEMM's B placement, over the
-fabric), scores, softmax and pv.
+hold the same tiles as at g = 20 (R = 660): 7 queries, 8 features, 231
+score columns (33 key blocks of 7 per PE); the heads of the real run are
+side by side and identical. The phases are scores (GEMM-T), softmax and pv
+(SUMMA); each is fitted a + b g on the two largest proxies and evaluated at
+g = 20.
 
 Run alone: python -m benchmarks.attention [--full] [--llama]
 """
