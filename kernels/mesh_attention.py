@@ -3,19 +3,6 @@
     O, report = kernels.attention(Q, K, V, cfg, causal=True, dtype="float32",
                                   algorithm="auto")   # "gemm" | "ring"
 
-algorithm="gemm" (attention from GEMMs): per head on its g columns, S = Q K^T by
-GEMM-T (kernels.gemm's "gemmt": Q and K used where the prefill layout holds
-them, no K moved into place; the score blocks above the causal diagonal, and
-those of padding keys only, skipped), the causal and padding masks, row max
-by a max-allreduce and row sum by a sum-allreduce over the g columns that
-hold a score row (each PE exponentiating only its live score blocks), P =
-exp(S - max) / sum, and P V by kernels.gemm (SUMMA with K cut into the R key
-blocks, so P and V are used where they lie, the masked blocks' products
-skipped); see gemm_attention and
-docs/gemm.md, and the SRAM the score matrix needs (GemmAttentionPlan,
-longest_gemm_sequence).
-algorithm="ring": described below.
-
 Layout (the prefill layout of kernels.prefill_layer): queries and keys are
 cut into R blocks along the sequence, block y on row y (sequence along Y);
 the features of the H heads are spread along X with FeatureLayout.heads, each
@@ -25,8 +12,37 @@ Grouped-query attention: each query head's K and V columns are placed next
 to its Q columns (the KV head is stored once per query head that reads it;
 the K and V projections produce them so, see kernels.prefill_layer).
 
-Ring algorithm (R steps; a ring over each column, in the interleaved order
-0, 2, 4, ..., 5, 3, 1 so that every transfer is at most two hops):
+Two algorithms. The transformer's prefill uses "gemm" unless told "ring";
+the standalone kernel's "auto" takes "gemm" where its phases fit a PE's
+SRAM (GemmAttentionPlan.sram_bytes) and "ring" otherwise.
+
+algorithm="gemm" (attention from GEMMs; gemm_attention), per head on its
+R x g sub-grid, in three phases (scores and pv emulated one head at a time
+and reported side by side, as the heads run at once on disjoint columns):
+  scores   S = Q K^T by GEMM-T (kernels.gemm's "gemmt"): Q and K are used
+           where the layout holds them and no K moves into place; GEMM-T
+           leaves score block (y, n) (query block y, key block n) on row y,
+           column n mod g, so the scores of a query row end spread over the
+           g columns of its head (keys along X). The blocks above the
+           causal diagonal and those holding only padding keys are skipped.
+  softmax  scale, causal and padding masks, then the row max by a
+           max-allreduce and the row sum by a sum-allreduce over those g
+           columns (the row is already there, so a plain segmented
+           allreduce along X does it); each PE exponentiates only its live
+           score blocks; P = exp(S - max) / sum.
+  pv       P V by kernels.gemm (SUMMA with K cut into the R key blocks, so P
+           and V are used where they lie; causal: row y multiplies key
+           blocks 0 .. y only, the masked blocks cost no product).
+It keeps a query block's whole score rows, st_q x a*st_k per PE (a =
+ceil(R / g)), which bounds the sequence it fits (longest_gemm_sequence); in
+exchange nothing is moved into a GEMM alignment first, the fully masked
+blocks cost nothing in either GEMM, and each softmax statistic is one
+allreduce per row. See docs/gemm.md.
+
+algorithm="ring" (one engine run; prefill_program) keeps no score matrix,
+so it fits sequences the gemm algorithm cannot. R steps on a ring over each
+column, in the interleaved order 0, 2, 4, ..., 5, 3, 1 so that every
+transfer is at most two hops:
   step t: every PE holds the K/V block of the row t places after it on the
   ring (at t = 0 its own). It
     1. starts sending that block to its ring predecessor and receiving the
@@ -45,13 +61,14 @@ Ring algorithm (R steps; a ring over each column, in the interleaved order
     6. waits for the transfer.
   Finally each output row is divided by l. The output tile is left where Q
   was: the layout of the next phase (the O projection) is the same.
-The softmax max and sum are reduced along the key blocks as they pass (the
-online form of softmax; FlashAttention's merge), not by separate max- and
-sum-allreduces over a materialised score row: that would need the scores of
-a query row spread over a row of PEs, i.e. keys along X, which is the
-transpose of the layout the projections produce.
+A PE holds one key block's scores at a time, so the row max and sum are not
+known until every block has passed; they are merged step by step along the
+key blocks (the online form of softmax; FlashAttention's merge) instead of
+reduced over a stored score row. Fully masked blocks still pass the ring
+(every block must reach every row) and are computed, then masked by the
+per-PE table.
 
-Costs per step (first principles): shift 2*T_R + 2*H + 2*st*w + st (one
+Ring costs per step (first principles): shift 2*T_R + 2*H + 2*st*w + st (one
 stream of the K, V and bias block); scores st*st*w / SIMD; segmented
 allreduce (layers.allreduce_cycles); softmax ~ 6*st*st + ~10*st;
 P V st*st*w / SIMD. The shift overlaps the compute.

@@ -80,8 +80,10 @@ def placed_weight(W, rows_layout: FeatureLayout, cols_layout: FeatureLayout) -> 
 
 
 def prefill_weight_tiles(W, rows_layout: FeatureLayout, cols_layout: FeatureLayout) -> np.ndarray:
-    """Prefill (SUMMA) placement: PE (x, y) holds W[part y of the input, part x of
-    the output] (block (y, x) of placed_weight)."""
+    """The block placement of W on the prefill layout before MeshGEMM's
+    alignment: PE (x, y) holds W[part y of the input, part x of the output]
+    (block (y, x) of placed_weight). gemm_phase places the resident weight
+    from placed_weight in MeshGEMM's alignment instead (skew="weights")."""
     blocks = place_matrix(W, rows_layout, cols_layout)
     return blocks.reshape(blocks.shape[0], blocks.shape[1], -1)
 
