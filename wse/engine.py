@@ -76,8 +76,9 @@ LOW_63_BITS = np.int64(0x7FFFFFFFFFFFFFFF)
 # settings: the run's integer parameters
 (C_ROWS, C_COLS, C_RAMP, C_HOP, C_QDEPTH, C_IQDEPTH, C_SLOTS, C_SCALAR_CYCLES, C_IPC,
  C_SIMD32, C_SIMD16, C_NCOLORS, C_MAX_CYCLES, C_DEADLOCK_WINDOW, C_TRAP_NAN,
- C_RECORD, C_VECTOR_STARTUP, C_DATAPATH, C_TASK_START) = range(19)
-SETTINGS_FIELDS = 19
+ C_RECORD, C_VECTOR_STARTUP, C_DATAPATH, C_TASK_START, C_ENGINE) = range(20)
+SETTINGS_FIELDS = 20
+ENGINE_WAVELET, ENGINE_STREAM = 0, 1      # C_ENGINE: step every wavelet, or also advance in bulk
 RECORD_LINKS, RECORD_DELIVERIES, RECORD_TASKS = 1, 2, 4
 
 # counters: run-wide numbers, then the status of the run
@@ -93,7 +94,13 @@ K_ROUTER_LIST_LEN, K_PE_LIST_LEN = 10, 12     # two each: one per cycle parity
 (ST_CODE, ST_KIND, ST_PE, ST_COLOR, ST_PORT, ST_CYCLE, ST_INSTR, ST_BUF, ST_ELEMENT,
  ST_COUNT) = range(14, 24)
 K_RUN_START = 24      # the cycle the run began: tasks picked then are already running
-COUNTERS = 25
+# Bulk advance (the stream engine): instructions issued and tasks picked, timers
+# set, whether the cycle's moves are being recorded and how many were, and what
+# bulk advance did (cycles, wavelet-hops, attempts, and replayed moves that found
+# their operands not as recorded: always 0 unless the periodicity check is wrong)
+(K_ISSUES, K_HEAP_PUSHES, K_RECORDING, K_ACTIONS, K_BULK_CYCLES, K_BULK_HOPS,
+ K_BULK_ATTEMPTS, K_BULK_MISMATCH, K_TIMERS_FIRED) = range(25, 34)
+COUNTERS = 34
 
 # pe: one row per PE (and its router); the fields every step touches come first
 (P_TASK, P_PC, P_PENDING, P_SLOTS_BUSY, P_SLEEP, P_R_NONEMPTY, P_R_RR, P_SLOT_RR,
@@ -143,9 +150,20 @@ State = namedtuple("State", [
     "link_wavelets",                   # (pes, 4): wavelets sent out N, E, S, W
     "link_events", "delivery_events", "task_events",
     "counters",
+    # the stream engine's scratch (length 1 for the wavelet engine):
+    "actions",                         # (capacity, 3): the moves of the recorded cycle
+    "signature",                       # (capacity,) the periodic state of the recorded cycle
+    "bulk_rows",                       # (4, pes / 64) bitmaps: routers and PEs listed when
+                                       # recording began; the watched set; those listed since
+    "bulk_sleep",                      # (pes,) their sleep flags then
+    "bulk_stall",                      # (pes,) their stall cycles when recording began
+    "bulk_moves",                      # (pes, slots + 1) elements a slot moves per period
 ])
 
 SLEEP_INPUT, SLEEP_OUTPUT = 1, 2
+# what a recorded cycle did: a router's queue or a PE's fabric slot moved an
+# element, a PE set a timer (so many cycles ahead), the cycle ended
+ACTION_ROUTER, ACTION_FABRIC, ACTION_TIMER, ACTION_CYCLE_END = 0, 1, 2, 3
 
 # what one step of a fabric operation did (MOVED and above: it moved an element)
 WAIT_INPUT, WAIT_OUTPUT, MOVED, MOVED_ON_RAMP = 0, 1, 2, 3
@@ -247,6 +265,7 @@ def _heap_push(heap, counters, pe, t, p):
         n = m
     _heap_sift_up(heap, n, t, p)
     counters[K_HEAP_SIZE] = n + 1
+    counters[K_HEAP_PUSHES] += 1
 
 
 @njit(cache=True, _nrt=False)
@@ -283,11 +302,31 @@ def _wake_at(active, heap, counters, pe, p, t, now):
 
 
 @njit(cache=True, _nrt=False)
+def _wake(st, p, t, now):
+    """_wake_at for a PE's own step; a timer it sets is recorded when recording."""
+    pushes = st.counters[K_HEAP_PUSHES]
+    _wake_at(st.active, st.heap, st.counters, st.pe, p, t, now)
+    if st.counters[K_RECORDING] and st.counters[K_HEAP_PUSHES] != pushes:
+        _record(st.actions, st.counters, ACTION_TIMER, p, t - now)
+
+
+@njit(cache=True, _nrt=False)
 def _progress(counters, now, done_at):
     """Something moved or computed in cycle `now`; it completes at `done_at`."""
     counters[K_LAST_PROGRESS] = now
     if done_at > counters[K_FINISH]:
         counters[K_FINISH] = done_at
+
+
+@njit(cache=True, _nrt=False)
+def _record(actions, counters, kind, who, which):
+    """Note a move of the cycle being recorded (a router's color, a PE's slot)."""
+    n = counters[K_ACTIONS]
+    if n < actions.shape[0]:
+        actions[n, 0] = kind
+        actions[n, 1] = who
+        actions[n, 2] = which
+    counters[K_ACTIONS] = n + 1
 
 
 @njit(cache=True, _nrt=False, inline='always')
@@ -432,64 +471,81 @@ def _router_step(S, st, r, now):
                 break
         if not ok:
             continue
-        value = st.rq_val[head]
-        wid = st.rq_entry[head, E_ID]
-        for port in range(5):
-            if (tx >> port) & 1 == 0:
-                continue
-            if port == RAMP:
-                tail = q * idepth + _ring(st.pq[q, Q_HEAD] + st.pq[q, Q_COUNT], idepth)
-                st.pq_val[tail] = value
-                st.pq_entry[tail, E_READY] = now + ramp
-                st.pq_entry[tail, E_ID] = wid
-                st.pq[q, Q_COUNT] += 1
-                pe[r, P_RAMP_IN] += 1
-                if pe[r, P_SLEEP] & SLEEP_INPUT:
-                    pe[r, P_SLEEP] = 0
-                    _list_pe(st.active, st.counters, r, now + 1)
-                if record & RECORD_DELIVERIES:
-                    n_ev = st.counters[K_DELIVERY_EVENTS]
-                    if n_ev < st.delivery_events.shape[0]:
-                        st.delivery_events[n_ev, 0] = now + ramp
-                        st.delivery_events[n_ev, 1] = r
-                        st.delivery_events[n_ev, 2] = c
-                        st.delivery_events[n_ev, 3] = wid
-                    st.counters[K_DELIVERY_EVENTS] = n_ev + 1
-                continue
-            nx = x + (1 if port == 1 else (-1 if port == 3 else 0))
-            ny = y + (1 if port == 2 else (-1 if port == 0 else 0))
-            n = ny * cols + nx
-            dq = n * colors + c
-            tail = dq * depth + _ring(st.rq[dq, Q_HEAD] + st.rq[dq, Q_COUNT], depth)
-            st.rq_val[tail] = value
-            st.rq_entry[tail, E_READY] = now + hop
-            st.rq_entry[tail, E_ID] = wid
-            st.rq[dq, Q_COUNT] += 1
-            pe[n, P_R_NONEMPTY] |= np.int64(1) << c
-            _list_router(st.active, st.counters, n, now + 1)
-            st.link_wavelets[r, port] += 1
-            if record & RECORD_LINKS:
-                n_ev = st.counters[K_LINK_EVENTS]
-                if n_ev < st.link_events.shape[0]:
-                    st.link_events[n_ev, 0] = now
-                    st.link_events[n_ev, 1] = r
-                    st.link_events[n_ev, 2] = port
-                    st.link_events[n_ev, 3] = c
-                    st.link_events[n_ev, 4] = wid
-                st.counters[K_LINK_EVENTS] = n_ev + 1
-        st.rq[q, Q_HEAD] = _next_slot(st.rq[q, Q_HEAD], depth)
-        st.rq[q, Q_COUNT] -= 1
-        st.rq[q, Q_LAST_POP] = now
-        if st.rq[q, Q_COUNT] == 0:
-            pe[r, P_R_NONEMPTY] &= ~(np.int64(1) << c)
+        _router_move(S, st, r, c, q, head, tx, now)
         used |= tx
-        pe[r, P_R_RR] = c + 1 if c + 1 < colors else 0
-        _progress(st.counters, now, now + 1)
-        if pe[r, P_SLEEP] & SLEEP_OUTPUT:     # our own PE may be waiting for this slot
-            pe[r, P_SLEEP] = 0
-            _list_pe(st.active, st.counters, r, now + 1)
+        if st.counters[K_RECORDING]:
+            _record(st.actions, st.counters, ACTION_ROUTER, r, c)
     if pe[r, P_R_NONEMPTY] != 0:
         _list_router(st.active, st.counters, r, now + 1)
+
+
+@njit(cache=True, _nrt=False, inline='always')
+def _router_move(S, st, r, c, q, head, tx, now):
+    """Move the head wavelet of router queue q (color c of router r) to every
+    port of `tx`; the caller checked that the links are free, the destinations
+    have room and their routes admit it."""
+    cfg = S.settings
+    cols, colors = cfg[C_COLS], cfg[C_NCOLORS]
+    depth, idepth, hop, ramp = cfg[C_QDEPTH], cfg[C_IQDEPTH], cfg[C_HOP], cfg[C_RAMP]
+    record = cfg[C_RECORD]
+    pe = st.pe
+    x = pe[r, P_X]
+    y = pe[r, P_Y]
+    value = st.rq_val[head]
+    wid = st.rq_entry[head, E_ID]
+    for port in range(5):
+        if (tx >> port) & 1 == 0:
+            continue
+        if port == RAMP:
+            tail = q * idepth + _ring(st.pq[q, Q_HEAD] + st.pq[q, Q_COUNT], idepth)
+            st.pq_val[tail] = value
+            st.pq_entry[tail, E_READY] = now + ramp
+            st.pq_entry[tail, E_ID] = wid
+            st.pq[q, Q_COUNT] += 1
+            pe[r, P_RAMP_IN] += 1
+            if pe[r, P_SLEEP] & SLEEP_INPUT:
+                pe[r, P_SLEEP] = 0
+                _list_pe(st.active, st.counters, r, now + 1)
+            if record & RECORD_DELIVERIES:
+                n_ev = st.counters[K_DELIVERY_EVENTS]
+                if n_ev < st.delivery_events.shape[0]:
+                    st.delivery_events[n_ev, 0] = now + ramp
+                    st.delivery_events[n_ev, 1] = r
+                    st.delivery_events[n_ev, 2] = c
+                    st.delivery_events[n_ev, 3] = wid
+                st.counters[K_DELIVERY_EVENTS] = n_ev + 1
+            continue
+        nx = x + (1 if port == 1 else (-1 if port == 3 else 0))
+        ny = y + (1 if port == 2 else (-1 if port == 0 else 0))
+        n = ny * cols + nx
+        dq = n * colors + c
+        tail = dq * depth + _ring(st.rq[dq, Q_HEAD] + st.rq[dq, Q_COUNT], depth)
+        st.rq_val[tail] = value
+        st.rq_entry[tail, E_READY] = now + hop
+        st.rq_entry[tail, E_ID] = wid
+        st.rq[dq, Q_COUNT] += 1
+        pe[n, P_R_NONEMPTY] |= np.int64(1) << c
+        _list_router(st.active, st.counters, n, now + 1)
+        st.link_wavelets[r, port] += 1
+        if record & RECORD_LINKS:
+            n_ev = st.counters[K_LINK_EVENTS]
+            if n_ev < st.link_events.shape[0]:
+                st.link_events[n_ev, 0] = now
+                st.link_events[n_ev, 1] = r
+                st.link_events[n_ev, 2] = port
+                st.link_events[n_ev, 3] = c
+                st.link_events[n_ev, 4] = wid
+            st.counters[K_LINK_EVENTS] = n_ev + 1
+    st.rq[q, Q_HEAD] = _next_slot(st.rq[q, Q_HEAD], depth)
+    st.rq[q, Q_COUNT] -= 1
+    st.rq[q, Q_LAST_POP] = now
+    if st.rq[q, Q_COUNT] == 0:
+        pe[r, P_R_NONEMPTY] &= ~(np.int64(1) << c)
+    pe[r, P_R_RR] = c + 1 if c + 1 < colors else 0
+    _progress(st.counters, now, now + 1)
+    if pe[r, P_SLEEP] & SLEEP_OUTPUT:     # our own PE may be waiting for this slot
+        pe[r, P_SLEEP] = 0
+        _list_pe(st.active, st.counters, r, now + 1)
 
 
 # ----------------------------------------------------------------------------
@@ -709,6 +765,8 @@ def _fabric_step(S, st, p, s, now, ramp_used):
         # done after its last element, and never before its issue cycles are over
         issued = st.slot[p, s, S_START] - S.settings[C_VECTOR_STARTUP]
         st.slot[p, s, S_BUSY_UNTIL] = max(now + 1, issued + S.settings[C_SCALAR_CYCLES])
+    if st.counters[K_RECORDING]:
+        _record(st.actions, st.counters, ACTION_FABRIC, p, s)
     _progress(st.counters, now, now + 1)
     return MOVED_ON_RAMP if out_fabric else MOVED
 
@@ -882,6 +940,7 @@ def _pe_step(S, st, p, now):
             t = _pick_task(S, st, p, now)
             if t < 0:
                 break
+            st.counters[K_ISSUES] += 1
             pe[p, P_TASK] = t
             pe[p, P_PC] = S.task[t, T_PC]
             pe[p, P_TASK_START] = now
@@ -898,6 +957,7 @@ def _pe_step(S, st, p, now):
         op = S.instr[ins, I_OP]
         budget -= 1
         if op == OP_END:
+            st.counters[K_ISSUES] += 1
             if S.settings[C_RECORD] & RECORD_TASKS:
                 n_ev = st.counters[K_TASK_EVENTS]
                 if n_ev < st.task_events.shape[0]:
@@ -913,6 +973,7 @@ def _pe_step(S, st, p, now):
             if nxt < 0:
                 break
             pe[p, P_PC] = nxt
+            st.counters[K_ISSUES] += 1
             progressed = True
             cost = S.settings[C_SCALAR_CYCLES]
             if cost > 0:
@@ -921,6 +982,7 @@ def _pe_step(S, st, p, now):
         s = S.instr[ins, I_SLOT]
         if (pe[p, P_SLOTS_BUSY] >> s) & 1:
             break                        # that slot's own progress wakes us
+        st.counters[K_ISSUES] += 1
         if not _start_op(S, st, p, s, ins, now):
             return
         pe[p, P_PC] = ins + 1
@@ -958,7 +1020,7 @@ def _pe_step(S, st, p, now):
     if progressed or budget == 0:
         _list_pe(st.active, st.counters, p, now + 1)
     elif wake < INF:
-        _wake_at(st.active, st.heap, st.counters, pe, p, max(wake, now + 1), now)
+        _wake(st, p, max(wake, now + 1), now)
     if not progressed and (waiting_in or waiting_out):
         if pe[p, P_STALL_SINCE] < 0:
             pe[p, P_STALL_SINCE] = now
@@ -994,7 +1056,347 @@ def _wake_for_queued_input(S, st, p, now, data_tasks_only):
             if t < soonest:
                 soonest = t
     if soonest < INF:
-        _wake_at(st.active, st.heap, st.counters, st.pe, p, max(soonest, now + 1), now)
+        _wake(st, p, max(soonest, now + 1), now)
+
+
+# ----------------------------------------------------------------------------
+# Bulk advance (the stream engine). Stepping is deterministic: what a cycle
+# does follows from the state at its start. If the part of that state that
+# decides anything (queue counts and each entry's ready time relative to the
+# clock, flags, round-robin pointers, registers, busy slots, relative timers;
+# not the values carried nor how far a stream has got) is the same at the start
+# of cycles t and t + k, and every router or PE listed in between was listed at
+# t, then the cycles from t + k on repeat those from t until a boundary: a
+# stream's last element, a timer, a due time, the cycle limit. (Every router
+# or PE listed in the period belongs to a watched set, whose state, listed or
+# not, is what is compared: an attempt that finds one outside it retries with
+# the set widened.) The stream
+# engine records the moves of such a period, checks that the state repeats and
+# replays the moves for as many whole periods as fit before the boundary,
+# without deciding anything: values, queue slots, counters and events come out
+# of the same move functions stepping uses, in the same order. What only the
+# PEs' own steps change (stall cycles, sleep flags, listings) is advanced by
+# the period's recorded change.
+BULK_MIN_CYCLES = 4       # shorter repeats are stepped
+BULK_PERIOD_MAX = 12      # longest period looked for, in cycles
+BULK_BACKOFF_MIN, BULK_BACKOFF_MAX = 16, 1024   # cycles between attempts after misses
+
+
+@njit(cache=True, _nrt=False)
+def _fire_timers(st, now):
+    """Pop the timers due at `now`; a live one lists its PE."""
+    counters, pe = st.counters, st.pe
+    while counters[K_HEAP_SIZE] > 0 and st.heap[0, 0] <= now:
+        t = st.heap[0, 0]
+        p = st.heap[1, 0]
+        _heap_pop(st.heap, counters)
+        if pe[p, P_WAKE] == t:
+            pe[p, P_WAKE] = INF
+            _list_pe(st.active, counters, p, now)
+            counters[K_LAST_PROGRESS] = now      # a computation completes
+            counters[K_TIMERS_FIRED] += 1
+
+
+@njit(cache=True, _nrt=False)
+def _signature(S, st, now, at):
+    """Write the state that decides cycle `now` into st.signature[at:]: the
+    cycles since the last progress, then per router or PE of the watched set
+    (st.bulk_rows[2]) its index and whether it is listed for `now`, control
+    fields, registers, busy slots (times relative to `now`) and non-empty
+    queues (each entry's ready time relative to `now`, clamped at 0). Returns
+    its length, or -1 if it does not fit."""
+    cfg = S.settings
+    colors, depth, idepth, slots = cfg[C_NCOLORS], cfg[C_QDEPTH], cfg[C_IQDEPTH], cfg[C_SLOTS]
+    sig = st.signature
+    cap = sig.shape[0]
+    active, pe, slot = st.active, st.pe, st.slot
+    parity = now & 1
+    per_entity = 16 + st.regs.shape[1] + 9 * (slots + 1) + colors * (3 + depth + idepth)
+    k = at
+    if k + 1 > cap:
+        return -1
+    sig[k] = min(now - st.counters[K_LAST_PROGRESS], cfg[C_DEADLOCK_WINDOW] + 2)
+    k += 1
+    for w in range(active.shape[1]):
+        routers = active[parity, w]
+        pes = active[2 + parity, w]
+        bits = st.bulk_rows[2, w]
+        b = 0
+        while bits != 0:
+            if bits & 1:
+                e = w * 64 + b
+                if k + per_entity > cap:
+                    return -1
+                since = pe[e, P_STALL_SINCE]
+                sig[k] = e
+                sig[k + 1] = ((routers >> b) & 1) * 2 + ((pes >> b) & 1)
+                sig[k + 2] = pe[e, P_TASK]
+                sig[k + 3] = pe[e, P_PC]
+                sig[k + 4] = pe[e, P_PENDING]
+                sig[k + 5] = pe[e, P_SLOTS_BUSY]
+                sig[k + 6] = pe[e, P_SLEEP]
+                sig[k + 7] = pe[e, P_R_NONEMPTY]
+                sig[k + 8] = pe[e, P_R_RR]
+                sig[k + 9] = pe[e, P_SLOT_RR]
+                sig[k + 10] = pe[e, P_WAKE] - now if pe[e, P_WAKE] != INF else -1
+                sig[k + 11] = now - since if since >= 0 else -1
+                sig[k + 12] = pe[e, P_BUSY_SINCE]
+                k += 13
+                for r in range(st.regs.shape[1]):
+                    sig[k] = st.regs[e, r]
+                    k += 1
+                busy = pe[e, P_SLOTS_BUSY]
+                for s in range(slots + 1):
+                    if (busy >> s) & 1 == 0:
+                        continue
+                    until = slot[e, s, S_BUSY_UNTIL]
+                    sig[k] = s
+                    sig[k + 1] = slot[e, s, S_INSTR]
+                    sig[k + 2] = slot[e, s, S_LEN]
+                    # a due time two or more cycles ahead decides nothing yet
+                    # (_bulk_periods keeps the replay short of it)
+                    sig[k + 3] = -1 if until == INF else min(max(until - now, 0), 2)
+                    sig[k + 4] = max(slot[e, s, S_START] - now, 0)
+                    sig[k + 5] = slot[e, s, S_BASE_DST]
+                    sig[k + 6] = slot[e, s, S_BASE_A]
+                    sig[k + 7] = slot[e, s, S_BASE_B]
+                    sig[k + 8] = slot[e, s, S_BASE_S]
+                    k += 9
+                for c in range(colors):
+                    q = e * colors + c
+                    n_r = st.rq[q, Q_COUNT]
+                    n_p = st.pq[q, Q_COUNT]
+                    if n_r == 0 and n_p == 0:
+                        continue
+                    sig[k] = c
+                    sig[k + 1] = n_r
+                    sig[k + 2] = n_p
+                    k += 3
+                    for i in range(n_r):
+                        at_i = q * depth + _ring(st.rq[q, Q_HEAD] + i, depth)
+                        sig[k] = max(st.rq_entry[at_i, E_READY] - now, 0)
+                        k += 1
+                    for i in range(n_p):
+                        at_i = q * idepth + _ring(st.pq[q, Q_HEAD] + i, idepth)
+                        sig[k] = max(st.pq_entry[at_i, E_READY] - now, 0)
+                        k += 1
+            bits = (bits >> 1) & LOW_63_BITS
+            b += 1
+    return k - at
+
+
+@njit(cache=True, _nrt=False)
+def _repeats(S, st, now, length):
+    """Whether the state at `now` has the signature recorded (st.signature[:length])."""
+    if 2 * length > st.signature.shape[0]:
+        return False
+    if _signature(S, st, now, length) != length:
+        return False
+    sig = st.signature
+    for i in range(length):
+        if sig[i] != sig[length + i]:
+            return False
+    return True
+
+
+@njit(cache=True, _nrt=False)
+def _within_recorded(st, parity):
+    """Whether every router and PE listed in this cycle is in the watched set
+    (those listed are noted in st.bulk_rows[3] either way)."""
+    rows = st.bulk_rows
+    inside = True
+    for w in range(st.active.shape[1]):
+        listed = st.active[parity, w] | st.active[2 + parity, w]
+        rows[3, w] |= listed
+        if listed & ~rows[2, w]:
+            inside = False
+    return inside
+
+
+@njit(cache=True, _nrt=False)
+def _bulk_periods(S, st, now, period):
+    """How many whole periods from `now` on repeat the recorded one: every
+    replayed cycle stays below the cycle limit and the next timer, no stream
+    reaches its last element, and no busy slot comes within two cycles of its
+    due time (its signature class would change). Timers of the watched PEs
+    are part of the period (replayed); any other live timer bounds it."""
+    cfg = S.settings
+    slots = cfg[C_SLOTS]
+    cycles = cfg[C_MAX_CYCLES] - now
+    # a live timer of a PE outside the watched set would list it
+    for i in range(st.counters[K_HEAP_SIZE]):
+        t = st.heap[0, i]
+        p = st.heap[1, i]
+        if st.pe[p, P_WAKE] == t and (st.bulk_rows[2, p >> 6] >> (p & 63)) & 1 == 0:
+            cycles = min(cycles, t - now)
+    n = cycles // period
+    actions = st.actions
+    n_act = st.counters[K_ACTIONS]
+    moves = st.bulk_moves
+    for a in range(n_act):
+        if actions[a, 0] == ACTION_FABRIC:
+            moves[actions[a, 1], actions[a, 2]] += 1
+    for a in range(n_act):
+        if actions[a, 0] == ACTION_FABRIC:
+            p = actions[a, 1]
+            s = actions[a, 2]
+            m = moves[p, s]
+            if m > 0:
+                n = min(n, (st.slot[p, s, S_LEN] - 1 - st.slot[p, s, S_PROGRESS]) // m)
+                moves[p, s] = 0
+    for w in range(st.active.shape[1]):
+        bits = st.bulk_rows[2, w]
+        b = 0
+        while bits != 0:
+            if bits & 1:
+                e = w * 64 + b
+                busy = st.pe[e, P_SLOTS_BUSY]
+                for s in range(slots + 1):
+                    if (busy >> s) & 1:
+                        until = st.slot[e, s, S_BUSY_UNTIL]
+                        if until != INF and until > now:
+                            n = min(n, (until - now - 2) // period)
+            bits = (bits >> 1) & LOW_63_BITS
+            b += 1
+    return max(n, 0)
+
+
+@njit(cache=True, _nrt=False)
+def _replay(S, st, now, periods):
+    """Repeat the recorded moves and timers, cycle by cycle in their recorded
+    order (timers due first, as stepping pops them), for `periods` periods
+    from `now`, counting the steps stepping would have taken. Returns the
+    cycle reached, or the cycle of a failure."""
+    cfg = S.settings
+    colors, depth = cfg[C_NCOLORS], cfg[C_QDEPTH]
+    actions = st.actions
+    counters = st.counters
+    n_act = counters[K_ACTIONS]
+    t = now
+    for _ in range(periods):
+        _fire_timers(st, t)
+        for a in range(n_act):
+            kind = actions[a, 0]
+            who = actions[a, 1]
+            which = actions[a, 2]
+            if kind == ACTION_CYCLE_END:
+                counters[K_STEPS_ROUTER] += who
+                counters[K_STEPS_PE] += which
+                t += 1
+                if a + 1 < n_act:
+                    _fire_timers(st, t)
+                continue
+            if kind == ACTION_TIMER:
+                _wake_at(st.active, st.heap, counters, st.pe, who, t + which, t)
+                continue
+            if kind == ACTION_ROUTER:
+                q = who * colors + which
+                head = q * depth + st.rq[q, Q_HEAD]
+                if st.rq[q, Q_COUNT] == 0 or st.rq_entry[head, E_READY] > t:
+                    counters[K_BULK_MISMATCH] += 1
+                tx = np.int64(S.route[q, POSITION_FIELDS * st.switch[q] + TX])
+                _router_move(S, st, who, which, q, head, tx, t)
+            elif _fabric_step(S, st, who, which, t, False) < MOVED:
+                counters[K_BULK_MISMATCH] += 1
+            if counters[ST_CODE] != STATUS_OK:
+                for rest in range(a + 1, n_act):      # the failing cycle's steps
+                    if actions[rest, 0] == ACTION_CYCLE_END:
+                        counters[K_STEPS_ROUTER] += actions[rest, 1]
+                        counters[K_STEPS_PE] += actions[rest, 2]
+                        break
+                return t
+    return t
+
+
+@njit(cache=True, _nrt=False)
+def _advance(S, st, now, period):
+    """At the start of cycle `now`, whose state repeats that of `period` cycles
+    ago (the recorded period): advance by whole periods. Returns the cycle
+    stepping resumes at (`now` if none was advanced), or the cycle of a failure."""
+    periods = _bulk_periods(S, st, now, period)
+    if periods * period < BULK_MIN_CYCLES:
+        return now
+    counters = st.counters
+    active, pe = st.active, st.pe
+    words = active.shape[1]
+    # the PEs' own steps, not replayed, set sleep flags and count stalls: at the
+    # end of whole periods these are as now, stall counts grown by the period's
+    for w in range(words):
+        bits = st.bulk_rows[2, w]
+        b = 0
+        while bits != 0:
+            if bits & 1:
+                e = w * 64 + b
+                st.bulk_sleep[e] = pe[e, P_SLEEP]
+                st.bulk_stall[e] = pe[e, P_STALL] - st.bulk_stall[e]
+            bits = (bits >> 1) & LOW_63_BITS
+            b += 1
+    hops_per_period = 0
+    for a in range(counters[K_ACTIONS]):
+        if st.actions[a, 0] == ACTION_ROUTER:
+            q = st.actions[a, 1] * S.settings[C_NCOLORS] + st.actions[a, 2]
+            tx = np.int64(S.route[q, POSITION_FIELDS * st.switch[q] + TX]) & 15
+            while tx:
+                hops_per_period += tx & 1
+                tx >>= 1
+    n_r = counters[K_ROUTER_LIST_LEN + (now & 1)]
+    n_p = counters[K_PE_LIST_LEN + (now & 1)]
+    reached = _replay(S, st, now, periods)
+    if counters[ST_CODE] != STATUS_OK:
+        counters[K_BULK_CYCLES] += reached + 1 - now
+        return reached
+    counters[K_BULK_CYCLES] += reached - now
+    counters[K_BULK_HOPS] += periods * hops_per_period
+    for w in range(words):
+        for row in range(4):
+            active[row, w] = 0
+        active[reached & 1, w] = st.bulk_rows[0, w]
+        active[2 + (reached & 1), w] = st.bulk_rows[1, w]
+        bits = st.bulk_rows[2, w]
+        b = 0
+        while bits != 0:
+            if bits & 1:
+                e = w * 64 + b
+                pe[e, P_SLEEP] = st.bulk_sleep[e]
+                pe[e, P_STALL] += periods * st.bulk_stall[e]
+                if pe[e, P_STALL_SINCE] >= 0:
+                    pe[e, P_STALL_SINCE] += reached - now
+            bits = (bits >> 1) & LOW_63_BITS
+            b += 1
+    counters[K_ROUTER_LIST_LEN + (reached & 1)] = n_r
+    counters[K_ROUTER_LIST_LEN + 1 - (reached & 1)] = 0
+    counters[K_PE_LIST_LEN + (reached & 1)] = n_p
+    counters[K_PE_LIST_LEN + 1 - (reached & 1)] = 0
+    return reached
+
+
+@njit(cache=True, _nrt=False)
+def _start_recording(S, st, now, widen):
+    """Record from cycle `now` on (the stream engine), watching those listed
+    now and, if `widen`, those the last attempt watched or met; returns the
+    signature's length, or -1 (nothing recorded: it does not fit)."""
+    parity = now & 1
+    for w in range(st.active.shape[1]):
+        st.bulk_rows[0, w] = st.active[parity, w]
+        st.bulk_rows[1, w] = st.active[2 + parity, w]
+        st.bulk_rows[2, w] = st.active[parity, w] | st.active[2 + parity, w] | (
+            st.bulk_rows[2, w] | st.bulk_rows[3, w] if widen else 0)
+        st.bulk_rows[3, w] = 0
+    length = _signature(S, st, now, 0)
+    if length < 0 or 2 * length > st.signature.shape[0]:
+        return -1
+    for w in range(st.active.shape[1]):
+        bits = st.bulk_rows[2, w]
+        b = 0
+        while bits != 0:
+            if bits & 1:
+                st.bulk_stall[w * 64 + b] = st.pe[w * 64 + b, P_STALL]
+            bits = (bits >> 1) & LOW_63_BITS
+            b += 1
+    st.counters[K_BULK_ATTEMPTS] += 1
+    st.counters[K_ACTIONS] = 0
+    st.counters[K_RECORDING] = 1
+    return length
 
 
 # ----------------------------------------------------------------------------
@@ -1003,7 +1405,8 @@ def run(S, st):
     """Run until every PE is idle and the fabric is empty, or an error.
 
     The outcome lands in st.counters (K_FINISH and the ST_* status); the caller
-    turns a status into an exception."""
+    turns a status into an exception. With C_ENGINE = ENGINE_STREAM, periods
+    of cycles that repeat are advanced in bulk (see _advance)."""
     cfg = S.settings
     max_cycles = cfg[C_MAX_CYCLES]
     window = cfg[C_DEADLOCK_WINDOW]
@@ -1017,26 +1420,77 @@ def run(S, st):
             pe[p, P_PENDING] |= entry
             _list_pe(active, counters, p, now)
     counters[K_LAST_PROGRESS] = now
+    stream = cfg[C_ENGINE] == ENGINE_STREAM
+    recorded_at = -1          # the cycle recording began, -1: not recording
+    recorded_length = 0       # of its signature
+    recorded_n_r = 0
+    recorded_n_p = 0
+    unchanged = 0             # counters that must not move while recording
+    retry_at = now + 1
+    backoff = BULK_BACKOFF_MIN
+    widen = False             # the last attempt met a router or PE outside its watched set
+    widenings = 0
+    quiet_too_long = 0        # a recorded cycle ended with no progress for the deadlock window
     while True:
         parity = now & 1
-        while counters[K_HEAP_SIZE] > 0 and st.heap[0, 0] <= now:   # timers due
-            t = st.heap[0, 0]
-            p = st.heap[1, 0]
-            _heap_pop(st.heap, counters)
-            if pe[p, P_WAKE] == t:
-                pe[p, P_WAKE] = INF
-                _list_pe(active, counters, p, now)
-                counters[K_LAST_PROGRESS] = now      # a computation completes
+        _fire_timers(st, now)
         n_r = counters[K_ROUTER_LIST_LEN + parity]
         n_p = counters[K_PE_LIST_LEN + parity]
         if n_r == 0 and n_p == 0:
             if counters[K_HEAP_SIZE] == 0:
                 break
             now = st.heap[0, 0]           # nobody is active: jump to the next timer
+            if recorded_at >= 0:
+                recorded_at = -1
+                counters[K_RECORDING] = 0
             continue
         if now >= max_cycles:
             _fail(counters, STATUS_CYCLE_LIMIT, 0, -1, -1, -1, now)
             break
+        if stream:
+            if recorded_at >= 0:
+                moved = counters[K_ISSUES] + quiet_too_long
+                outside = not _within_recorded(st, parity)
+                stop = moved != unchanged or counters[K_ACTIONS] > st.actions.shape[0] or outside
+                if not stop and n_r == recorded_n_r and n_p == recorded_n_p \
+                        and counters[K_ACTIONS] > now - recorded_at \
+                        and _repeats(S, st, now, recorded_length):
+                    counters[K_RECORDING] = 0
+                    recorded_at_was = recorded_at
+                    recorded_at = -1
+                    reached = _advance(S, st, now, now - recorded_at_was)
+                    if counters[ST_CODE] != STATUS_OK:
+                        now = reached
+                        break
+                    if reached > now:
+                        now = reached
+                        backoff = BULK_BACKOFF_MIN
+                        retry_at = now
+                        widen = False
+                        widenings = 0
+                        continue
+                    stop = True
+                if stop or now - recorded_at >= BULK_PERIOD_MAX:
+                    counters[K_RECORDING] = 0
+                    recorded_at = -1
+                    widen = outside and moved == unchanged and widenings < 3
+                    if widen:          # retry at once, watching what it met
+                        widenings += 1
+                        retry_at = now
+                    else:
+                        widenings = 0
+                        retry_at = now + backoff
+                        backoff = min(2 * backoff, BULK_BACKOFF_MAX)
+            if recorded_at < 0 and now >= retry_at:
+                recorded_length = _start_recording(S, st, now, widen)
+                if recorded_length >= 0:
+                    recorded_at = now
+                    recorded_n_r = n_r
+                    recorded_n_p = n_p
+                    unchanged = counters[K_ISSUES]
+                    quiet_too_long = 0
+                else:
+                    retry_at = now + BULK_BACKOFF_MAX
         for kind in range(2):             # routers, then PEs; each in index order
             row = 2 * kind + parity
             for w in range(active.shape[1]):
@@ -1057,16 +1511,21 @@ def run(S, st):
                     break
             if counters[ST_CODE] != STATUS_OK:
                 break
+        if counters[K_RECORDING]:
+            _record(st.actions, counters, ACTION_CYCLE_END, n_r, n_p)
         counters[K_STEPS_ROUTER] += n_r
         counters[K_STEPS_PE] += n_p
         counters[K_ROUTER_LIST_LEN + parity] = 0
         counters[K_PE_LIST_LEN + parity] = 0
         if counters[ST_CODE] != STATUS_OK:
             break
-        if now - counters[K_LAST_PROGRESS] > window and counters[K_HEAP_SIZE] == 0:
-            _fail(counters, STATUS_DEADLOCK, DEADLOCK_STALLED, -1, -1, -1, now)
-            break
+        if now - counters[K_LAST_PROGRESS] > window:
+            if counters[K_HEAP_SIZE] == 0:
+                _fail(counters, STATUS_DEADLOCK, DEADLOCK_STALLED, -1, -1, -1, now)
+                break
+            quiet_too_long = 1    # only a timer (maybe stale) kept the run going
         now += 1
+    counters[K_RECORDING] = 0
     counters[K_NOW] = now
     if counters[ST_CODE] == STATUS_OK:
         _check_quiescent(S, st, now)

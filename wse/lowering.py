@@ -146,6 +146,12 @@ def lower(program):
     return static, ncolors, task_names
 
 
+# the engines a run may use, by name, in the order of engine.ENGINE_* codes:
+# "wavelet" steps every wavelet (the reference); "stream" also advances
+# repeating cycles in bulk and gives the same results to the bit
+ENGINES = ("wavelet", "stream")
+
+
 def settings(cfg: WaferConfig, ncolors: int, options: dict) -> np.ndarray:
     """The engine's settings vector for one run of a program with `ncolors` colors
     on `cfg`; `options` are the run's (see `wse.program.RUN_DEFAULTS`)."""
@@ -172,12 +178,15 @@ def settings(cfg: WaferConfig, ncolors: int, options: dict) -> np.ndarray:
     s[engine.C_RECORD] = (engine.RECORD_LINKS * options["record_links"]
                           + engine.RECORD_DELIVERIES * options["record_deliveries"]
                           + engine.RECORD_TASKS * options["trace"])
+    s[engine.C_ENGINE] = ENGINES.index(options["engine"])
     return s
 
 
-def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events: int):
+def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events: int,
+              stream: bool = False):
     """Fresh engine state for `static` over the SRAM bytes in `arena` (used as is),
-    with room for `events` recorded events of each kind."""
+    with room for `events` recorded events of each kind, and with the stream
+    engine's scratch (recorded moves, state signatures) when `stream`."""
     from . import engine
     n_pe = cfg.rows * cfg.cols
     nq = n_pe * ncolors
@@ -210,4 +219,10 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
         link_events=np.zeros((events, 5), i64), delivery_events=np.zeros((events, 4), i64),
         task_events=np.zeros((events, 4), i64),
         counters=np.zeros(engine.COUNTERS, i64),
+        actions=np.zeros((min(10 * n_pe + 64, 1 << 20) if stream else 1, 3), i64),
+        signature=np.zeros(min(192 * n_pe + 4096, 1 << 24) if stream else 1, i64),
+        bulk_rows=np.zeros((4, (n_pe + 63) // 64 if stream else 1), i64),
+        bulk_sleep=np.zeros(n_pe if stream else 1, i64),
+        bulk_stall=np.zeros(n_pe if stream else 1, i64),
+        bulk_moves=np.zeros((n_pe, cfg.async_slots + 1) if stream else (1, 1), i64),
     )

@@ -51,7 +51,7 @@ IN_PLACE_BYTES = 256 << 20
 
 RUN_DEFAULTS = dict(max_cycles=100_000_000, deadlock_window=100_000, trap_nan=False,
                     record_links=False, record_deliveries=False, trace=False,
-                    event_capacity=1_000_000)
+                    event_capacity=1_000_000, engine="wavelet")
 _RUN_OPTIONS: contextvars.ContextVar[dict] = contextvars.ContextVar("run_options", default={})
 
 
@@ -833,18 +833,23 @@ class Program:
     def run(self, max_cycles: int | None = None, deadlock_window: int | None = None,
             trap_nan: bool | None = None, record_links: bool | None = None,
             record_deliveries: bool | None = None, trace: bool | None = None,
-            event_capacity: int | None = None) -> "RunResult":
+            event_capacity: int | None = None, engine: str | None = None) -> "RunResult":
         """Run the program to completion; raises a WseError subclass on any fault.
 
         Options left as None take their value from the innermost
         `wse.run_options(...)` block, else from RUN_DEFAULTS, so a caller can
-        trace or trap NaNs inside a kernel it did not write."""
-        from . import engine
+        trace or trap NaNs inside a kernel it did not write.
+
+        `engine` is "wavelet" (every wavelet stepped: the reference) or "stream"
+        (cycles that repeat the previous one are advanced in bulk; the same
+        cycles, counters, values, errors and events to the bit). The report's
+        extra["bulk_hop_fraction"] says how much of the traffic went in bulk."""
+        from . import engine as engine_loop
         from .report import RunReport
         given = dict(max_cycles=max_cycles, deadlock_window=deadlock_window,
                      trap_nan=trap_nan, record_links=record_links,
                      record_deliveries=record_deliveries, trace=trace,
-                     event_capacity=event_capacity)
+                     event_capacity=event_capacity, engine=engine)
         options = {**RUN_DEFAULTS, **_RUN_OPTIONS.get(),
                    **{k: v for k, v in given.items() if v is not None}}
         max_cycles, deadlock_window = options["max_cycles"], options["deadlock_window"]
@@ -855,6 +860,8 @@ class Program:
             raise ConfigError(f"max_cycles = {max_cycles}: must be in [1, 2**60]")
         if int(deadlock_window) < 1:
             raise ConfigError(f"deadlock_window = {deadlock_window}: must be >= 1")
+        if options["engine"] not in lowering.ENGINES:
+            raise ConfigError(f"engine = {options['engine']!r}: must be one of {lowering.ENGINES}")
         static, ncolors = self.compile()
         static = static._replace(settings=lowering.settings(self.cfg, ncolors, options))
         if self._ran_in_place:
@@ -866,9 +873,10 @@ class Program:
         self._ran_in_place = in_place
         state = lowering.new_state(
             static, self._arena if in_place else self._arena.copy(), ncolors, self.cfg,
-            event_capacity if (record_links or record_deliveries or trace) else 0)
+            event_capacity if (record_links or record_deliveries or trace) else 0,
+            stream=options["engine"] == "stream")
         started = time.perf_counter()
-        engine.run(static, state)
+        engine_loop.run(static, state)
         wall = time.perf_counter() - started
         diagnostics.raise_on_status(self, static, state)
         report = RunReport.from_state(self, static, state, wall)

@@ -8,6 +8,27 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+def bulk_summary(static, state, hops: int) -> dict:
+    """What the stream engine advanced in bulk (empty for the wavelet engine):
+    the fraction of wavelet-hops and of cycles, and how often it checked."""
+    from . import engine
+    if static.settings[engine.C_ENGINE] != engine.ENGINE_STREAM:
+        return {}
+    counters = state.counters
+    cycles = int(counters[engine.K_FINISH])
+    return _bulk_fractions({"engine": "stream", "bulk_hops": int(counters[engine.K_BULK_HOPS]),
+                            "bulk_cycles": int(counters[engine.K_BULK_CYCLES]),
+                            "bulk_attempts": int(counters[engine.K_BULK_ATTEMPTS]),
+                            "bulk_mismatches": int(counters[engine.K_BULK_MISMATCH])},
+                           hops, cycles)
+
+
+def _bulk_fractions(bulk: dict, hops: int, cycles: int) -> dict:
+    bulk["bulk_hop_fraction"] = bulk["bulk_hops"] / hops if hops else 0.0
+    bulk["bulk_cycle_fraction"] = bulk["bulk_cycles"] / cycles if cycles else 0.0
+    return bulk
+
+
 @dataclass
 class RunReport:
     """Cycles, traffic, SRAM, compute and energy of one run (or of phases in sequence).
@@ -122,6 +143,7 @@ class RunReport:
             link_events=events(state.link_events, engine.K_LINK_EVENTS, engine.RECORD_LINKS),
             delivery_events=events(state.delivery_events, engine.K_DELIVERY_EVENTS,
                                    engine.RECORD_DELIVERIES),
+            extra=bulk_summary(static, state, hops),
         )
 
     @classmethod
@@ -170,6 +192,7 @@ class RunReport:
             phases=[{"name": n, "cycles": r.cycles, "wavelet_hops": r.wavelet_hops,
                      "flops": r.flops} for n, r in zip(names, reports)],
             task_events=events, task_names=task_names,
+            extra=_bulk_in_sequence(reports),
         )
 
     def summary(self) -> dict:
@@ -229,3 +252,15 @@ class RunReport:
             json.dump({"traceEvents": meta + events, "displayTimeUnit": "ns",
                        "otherData": {"config": self.config_name, "cycles": self.cycles}}, f)
         return len(events)
+
+
+def _bulk_in_sequence(reports) -> dict:
+    """The stream engine's bulk figures of phases in sequence (empty unless every
+    phase ran on it)."""
+    if not reports or not all(r.extra.get("engine") == "stream" for r in reports):
+        return {}
+    bulk = {"engine": "stream"}
+    for key in ("bulk_hops", "bulk_cycles", "bulk_attempts", "bulk_mismatches"):
+        bulk[key] = sum(r.extra[key] for r in reports)
+    return _bulk_fractions(bulk, sum(r.wavelet_hops for r in reports),
+                           sum(r.cycles for r in reports))

@@ -25,12 +25,15 @@ What is here
     (random PE programs, built with `ProgramSpec.build`), for fuzzing;
   * `assert_close(actual, reference, dtype, terms=...)` with the tolerances
     documented on it, and `check_report(report or run result)` for the
-    invariants every run must satisfy.
+    invariants every run must satisfy;
+  * `assert_engines_agree(run)`: the same call on the wavelet and the stream
+    engine gives the same values, counts, events and errors, to the bit.
 Problems of the project's kernels (collectives, GEMM, GEMV, attention), each
 with its float64 reference, are in kernels.strategies.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -48,6 +51,7 @@ __all__ = [
     "grids", "wafer_configs", "dtypes", "elements", "matrices", "pe_vectors",
     "RouteSpec", "routes", "ProgramSpec", "programs",
     "tolerance", "assert_close", "check_report",
+    "ENGINES", "run_on_each_engine", "assert_engines_agree",
 ]
 
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -423,13 +427,15 @@ def _code(draw, sizes, n_colors: int, local_tasks, data_task: bool, depth: int, 
 @st.composite
 def programs(draw, min_rows: int = 1, max_rows: int = 4, min_cols: int = 1, max_cols: int = 4,
              max_colors: int = 3, max_buffers: int = 3, max_roles: int = 3,
-             max_instructions: int = 5, fabric: bool = True, vary_timing: bool = True):
+             max_instructions: int = 5, fabric: bool = True, vary_timing: bool = True,
+             max_size: int = 10):
     """A ProgramSpec: random routes, buffers (random dtype, size and placement),
     roles by random PE assignment, local and data tasks whose code mixes vector
     operations on random descriptors (memory views, fabric in/out, by color or
     by per-PE color parameter, register offsets and lengths), async operations
     with on_done tasks, waits, loops, register arithmetic and activations.
-    Most of it is legal; some of it is not, on purpose."""
+    Most of it is legal; some of it is not, on purpose. Buffers hold 1 to
+    `max_size` elements (so streams are at most that long)."""
     cfg = draw(wafer_configs(min_rows, max_rows, min_cols, max_cols, vary_timing=vary_timing))
     rows, cols = cfg.rows, cfg.cols
     n_colors = draw(st.integers(0, max_colors)) if fabric else 0
@@ -441,7 +447,7 @@ def programs(draw, min_rows: int = 1, max_rows: int = 4, min_cols: int = 1, max_
     n_buffers = draw(st.integers(1, max_buffers))
     buffers, data = [], []
     for b in range(n_buffers):
-        size = draw(st.integers(1, 10))
+        size = draw(st.integers(1, max_size))
         dtype = draw(dtypes())
         where = rng.integers(0, 2, (rows, cols)).astype(bool) if draw(st.integers(0, 2)) == 0 \
             else None
@@ -793,3 +799,115 @@ def check_report(report, cfg: WaferConfig | None = None, program=None) -> tuple[
             fail("wavelets traced back to their sources do not add up to ramp_out")
         done.append("paths")
     return tuple(done)
+
+
+# ----------------------------------------------------------------------------
+# The two engines
+ENGINES = ("wavelet", "stream")
+# stream-engine scratch and bookkeeping that the wavelet engine has no use for
+_ENGINE_SCRATCH = ("actions", "signature", "bulk_rows", "bulk_sleep", "bulk_stall",
+                   "bulk_moves")
+
+
+def run_on_each_engine(run) -> dict:
+    """{engine: outcome} for `run()` called inside `wse.run_options(engine=...)`
+    for each engine; an outcome is ("ok", what run returned) or ("error", the
+    error's class name, its message). Only wse errors are caught."""
+    from .errors import WseError
+    from .program import run_options
+    outcomes = {}
+    for engine in ENGINES:
+        with run_options(engine=engine):
+            try:
+                outcomes[engine] = ("ok", run())
+            except WseError as error:
+                outcomes[engine] = ("error", type(error).__name__, str(error))
+    return outcomes
+
+
+def assert_engines_agree(run) -> dict:
+    """Assert that `run()` gives the same outcome on both engines: the same error
+    class and message, or results equal to the bit: arrays byte for byte, run
+    reports field by field (events and the Chrome trace included; not the wall
+    time or the stream engine's own bulk figures), run results' whole final
+    engine state. Returns the stream engine's bulk figures (report.extra of the
+    first report found; {} after an error)."""
+    outcomes = run_on_each_engine(run)
+    wavelet, stream = outcomes["wavelet"], outcomes["stream"]
+    assert wavelet[0] == stream[0], f"wavelet engine: {wavelet[:3]}; stream engine: {stream[:3]}"
+    if wavelet[0] == "error":
+        assert wavelet == stream, f"wavelet engine: {wavelet}; stream engine: {stream}"
+        return {}
+    bulk: dict = {}
+    _assert_same(wavelet[1], stream[1], "result", bulk)
+    return bulk
+
+
+def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def _assert_same(a, b, where: str, bulk: dict) -> None:
+    from . import engine
+    from .program import RunResult
+    from .report import RunReport
+    assert type(a) is type(b), f"{where}: {type(a).__name__} vs {type(b).__name__}"
+    if isinstance(a, RunResult):
+        for name in engine.State._fields:
+            if name in _ENGINE_SCRATCH:
+                continue
+            x, y = getattr(a.state, name), getattr(b.state, name)
+            if name == "counters":
+                keep = np.ones(len(x), bool)
+                keep[[engine.K_RECORDING, engine.K_ACTIONS, engine.K_BULK_CYCLES,
+                      engine.K_BULK_HOPS, engine.K_BULK_ATTEMPTS,
+                      engine.K_BULK_MISMATCH]] = False
+                x, y = x[keep], y[keep]
+            assert _same_array(x, y), f"{where}: final engine state '{name}' differs"
+        _assert_same(a.report, b.report, f"{where}.report", bulk)
+    elif isinstance(a, RunReport):
+        if not bulk:
+            bulk.update(b.extra)
+        assert b.extra.get("bulk_mismatches", 0) == 0, f"{where}: replayed moves found " \
+            f"their operands not as recorded ({b.extra})"
+        for name in a.__dataclass_fields__:
+            if name == "wall_seconds":
+                continue
+            x, y = getattr(a, name), getattr(b, name)
+            if name == "extra":
+                y = {k: v for k, v in y.items() if not (k == "engine" or k.startswith("bulk_"))}
+            _assert_same(x, y, f"{where}.{name}", bulk)
+        trace_a, trace_b = _chrome_trace(a), _chrome_trace(b)
+        assert trace_a == trace_b, f"{where}: Chrome traces differ"
+    elif isinstance(a, np.ndarray):
+        assert _same_array(a, b), f"{where}: arrays differ"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), f"{where}: keys {sorted(a)} vs {sorted(b)}"
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}[{k!r}]", bulk)
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"{where}: lengths {len(a)} vs {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]", bulk)
+    elif isinstance(a, float):
+        assert a == b or (a != a and b != b), f"{where}: {a!r} vs {b!r}"
+    elif dataclasses.is_dataclass(a):
+        _assert_same({f.name: getattr(a, f.name) for f in dataclasses.fields(a)},
+                     {f.name: getattr(b, f.name) for f in dataclasses.fields(b)}, where, bulk)
+    elif hasattr(a, "__dict__") and not isinstance(a, type):
+        _assert_same(vars(a), vars(b), where, bulk)
+    else:
+        assert a == b, f"{where}: {a!r} vs {b!r}"
+
+
+def _chrome_trace(report) -> str | None:
+    """The Chrome trace JSON `report.to_chrome_trace` writes, or None untraced."""
+    import os
+    import tempfile
+    if report.task_events is None:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "trace.json")
+        report.to_chrome_trace(path)
+        with open(path) as f:
+            return f.read()
