@@ -155,7 +155,8 @@ State = namedtuple("State", [
     "signature",                       # (capacity,) the periodic state of the recorded cycle
     "bulk_rows",                       # (4, pes / 64) bitmaps: routers and PEs listed when
                                        # recording began; the watched set; those listed since
-    "bulk_sleep",                      # (pes,) their sleep flags then
+    "bulk_sleep",                      # (pes, 4) their sleep flags, non-empty colors and
+                                       # round-robin pointers then
     "bulk_stall",                      # (pes,) their stall cycles when recording began
     "bulk_moves",                      # (pes, slots + 1) elements a slot moves per period
 ])
@@ -548,6 +549,44 @@ def _router_move(S, st, r, c, q, head, tx, now):
         _list_pe(st.active, st.counters, r, now + 1)
 
 
+@njit(cache=True, _nrt=False, inline='always')
+def _router_move_lean(S, st, r, c, q, t):
+    """_router_move in a replay without recorded links or deliveries: the same
+    values, queue slots, ready times, ids and counts; listings, non-empty bits
+    and the round-robin pointer are the period's and are set after the replay."""
+    cfg = S.settings
+    cols, colors = cfg[C_COLS], cfg[C_NCOLORS]
+    depth, idepth = cfg[C_QDEPTH], cfg[C_IQDEPTH]
+    head = q * depth + st.rq[q, Q_HEAD]
+    tx = np.int64(S.route[q, POSITION_FIELDS * st.switch[q] + TX])
+    value = st.rq_val[head]
+    wid = st.rq_entry[head, E_ID]
+    for port in range(5):
+        if (tx >> port) & 1 == 0:
+            continue
+        if port == RAMP:
+            tail = q * idepth + _ring(st.pq[q, Q_HEAD] + st.pq[q, Q_COUNT], idepth)
+            st.pq_val[tail] = value
+            st.pq_entry[tail, E_READY] = t + cfg[C_RAMP]
+            st.pq_entry[tail, E_ID] = wid
+            st.pq[q, Q_COUNT] += 1
+            st.pe[r, P_RAMP_IN] += 1
+            continue
+        n = r + (1 if port == 1 else (-1 if port == 3 else 0)) + \
+            (cols if port == 2 else (-cols if port == 0 else 0))
+        dq = n * colors + c
+        tail = dq * depth + _ring(st.rq[dq, Q_HEAD] + st.rq[dq, Q_COUNT], depth)
+        st.rq_val[tail] = value
+        st.rq_entry[tail, E_READY] = t + cfg[C_HOP]
+        st.rq_entry[tail, E_ID] = wid
+        st.rq[dq, Q_COUNT] += 1
+        st.link_wavelets[r, port] += 1
+    st.rq[q, Q_HEAD] = _next_slot(st.rq[q, Q_HEAD], depth)
+    st.rq[q, Q_COUNT] -= 1
+    st.rq[q, Q_LAST_POP] = t
+    _progress(st.counters, t, t + 1)
+
+
 # ----------------------------------------------------------------------------
 # PEs: operands and vector operations
 @njit(cache=True, _nrt=False, inline='always')
@@ -719,6 +758,32 @@ def _fabric_step(S, st, p, s, now, ramp_used):
                 # credit arrives
                 _list_pe(st.active, st.counters, p, now + 1)
             return WAIT_OUTPUT
+    _fabric_move(S, st, p, s, now, True)
+    return MOVED_ON_RAMP if out_fabric else MOVED
+
+
+@njit(cache=True, _nrt=False, inline='always')
+def _fabric_move(S, st, p, s, now, turn):
+    """Move one element of the fabric operation in slot s (its operands are
+    ready and its output has room: the caller checked, or replays a period in
+    which they were). `turn`: pass the PE's ramp to the next slot after a send
+    (a lean replay sets the round-robin pointer afterwards)."""
+    f32, u16, lut = st.sram_f32, st.sram_u16, S.half_to_float
+    ins = st.slot[p, s, S_INSTR]
+    op = S.instr[ins, I_OP]
+    dst = S.instr[ins, I_DST]
+    a = S.instr[ins, I_A]
+    b = S.instr[ins, I_B]
+    idepth = S.settings[C_IQDEPTH]
+    depth = S.settings[C_QDEPTH]
+    i = st.slot[p, s, S_PROGRESS]
+    ka = S.desc[a, D_KIND] if a >= 0 else -1
+    kb = S.desc[b, D_KIND] if b >= 0 else -1
+    ba = st.slot[p, s, S_BASE_A]
+    bb = st.slot[p, s, S_BASE_B]
+    bd = st.slot[p, s, S_BASE_DST]
+    pq = st.pq
+    out_fabric = S.desc[dst, D_KIND] == FABOUT
     if ka == FABIN:
         va = _pop_input(st.pq_val, pq, ba, idepth, now)
     elif a >= 0:
@@ -746,9 +811,10 @@ def _fabric_step(S, st, p, s, now, ramp_used):
         st.counters[K_NEXT_WAVELET_ID] += 1
         st.rq[bd, Q_COUNT] += 1
         st.pe[p, P_R_NONEMPTY] |= np.int64(1) << (bd - p * colors)
-        _list_router(st.active, st.counters, p, now + 1)
         st.pe[p, P_RAMP_OUT] += 1
-        st.pe[p, P_SLOT_RR] = s + 1 if s < S.settings[C_SLOTS] else 0
+        if turn:
+            _list_router(st.active, st.counters, p, now + 1)
+            st.pe[p, P_SLOT_RR] = s + 1 if s < S.settings[C_SLOTS] else 0
         if i + 1 == st.slot[p, s, S_LEN] and S.desc[dst, D_ADVANCE]:
             # the stream's last wavelet is in: the router takes its next
             # switch position (what its queue holds already goes on as routed)
@@ -765,10 +831,9 @@ def _fabric_step(S, st, p, s, now, ramp_used):
         # done after its last element, and never before its issue cycles are over
         issued = st.slot[p, s, S_START] - S.settings[C_VECTOR_STARTUP]
         st.slot[p, s, S_BUSY_UNTIL] = max(now + 1, issued + S.settings[C_SCALAR_CYCLES])
-    if st.counters[K_RECORDING]:
+    if turn and st.counters[K_RECORDING]:
         _record(st.actions, st.counters, ACTION_FABRIC, p, s)
     _progress(st.counters, now, now + 1)
-    return MOVED_ON_RAMP if out_fabric else MOVED
 
 
 @njit(cache=True, _nrt=False)
@@ -1079,7 +1144,7 @@ def _wake_for_queued_input(S, st, p, now, data_tasks_only):
 # the period's recorded change.
 BULK_MIN_CYCLES = 4       # shorter repeats are stepped
 BULK_PERIOD_MAX = 12      # longest period looked for, in cycles
-BULK_BACKOFF_MIN, BULK_BACKOFF_MAX = 16, 1024   # cycles between attempts after misses
+BULK_BACKOFF_MIN, BULK_BACKOFF_MAX = 16, 64     # cycles between attempts after misses
 
 
 @njit(cache=True, _nrt=False)
@@ -1262,11 +1327,12 @@ def _bulk_periods(S, st, now, period):
 
 
 @njit(cache=True, _nrt=False)
-def _replay(S, st, now, periods):
+def _replay(S, st, now, periods, lean):
     """Repeat the recorded moves and timers, cycle by cycle in their recorded
     order (timers due first, as stepping pops them), for `periods` periods
     from `now`, counting the steps stepping would have taken. Returns the
-    cycle reached, or the cycle of a failure."""
+    cycle reached, or the cycle of a failure. `lean`: no links or deliveries
+    are recorded, so the moves skip what the caller sets after the replay."""
     cfg = S.settings
     colors, depth = cfg[C_NCOLORS], cfg[C_QDEPTH]
     actions = st.actions
@@ -1294,8 +1360,13 @@ def _replay(S, st, now, periods):
                 head = q * depth + st.rq[q, Q_HEAD]
                 if st.rq[q, Q_COUNT] == 0 or st.rq_entry[head, E_READY] > t:
                     counters[K_BULK_MISMATCH] += 1
-                tx = np.int64(S.route[q, POSITION_FIELDS * st.switch[q] + TX])
-                _router_move(S, st, who, which, q, head, tx, t)
+                if lean:
+                    _router_move_lean(S, st, who, which, q, t)
+                else:
+                    tx = np.int64(S.route[q, POSITION_FIELDS * st.switch[q] + TX])
+                    _router_move(S, st, who, which, q, head, tx, t)
+            elif lean:
+                _fabric_move(S, st, who, which, t, False)
             elif _fabric_step(S, st, who, which, t, False) < MOVED:
                 counters[K_BULK_MISMATCH] += 1
             if counters[ST_CODE] != STATUS_OK:
@@ -1319,15 +1390,19 @@ def _advance(S, st, now, period):
     counters = st.counters
     active, pe = st.active, st.pe
     words = active.shape[1]
-    # the PEs' own steps, not replayed, set sleep flags and count stalls: at the
-    # end of whole periods these are as now, stall counts grown by the period's
+    # the PEs' own steps, not replayed, set sleep flags and count stalls, and a
+    # lean replay leaves non-empty bits and round-robin pointers: at the end of
+    # whole periods these are as now, stall counts grown by the period's
     for w in range(words):
         bits = st.bulk_rows[2, w]
         b = 0
         while bits != 0:
             if bits & 1:
                 e = w * 64 + b
-                st.bulk_sleep[e] = pe[e, P_SLEEP]
+                st.bulk_sleep[e, 0] = pe[e, P_SLEEP]
+                st.bulk_sleep[e, 1] = pe[e, P_R_NONEMPTY]
+                st.bulk_sleep[e, 2] = pe[e, P_R_RR]
+                st.bulk_sleep[e, 3] = pe[e, P_SLOT_RR]
                 st.bulk_stall[e] = pe[e, P_STALL] - st.bulk_stall[e]
             bits = (bits >> 1) & LOW_63_BITS
             b += 1
@@ -1341,7 +1416,8 @@ def _advance(S, st, now, period):
                 tx >>= 1
     n_r = counters[K_ROUTER_LIST_LEN + (now & 1)]
     n_p = counters[K_PE_LIST_LEN + (now & 1)]
-    reached = _replay(S, st, now, periods)
+    lean = S.settings[C_RECORD] & (RECORD_LINKS | RECORD_DELIVERIES) == 0
+    reached = _replay(S, st, now, periods, lean)
     if counters[ST_CODE] != STATUS_OK:
         counters[K_BULK_CYCLES] += reached + 1 - now
         return reached
@@ -1357,7 +1433,10 @@ def _advance(S, st, now, period):
         while bits != 0:
             if bits & 1:
                 e = w * 64 + b
-                pe[e, P_SLEEP] = st.bulk_sleep[e]
+                pe[e, P_SLEEP] = st.bulk_sleep[e, 0]
+                pe[e, P_R_NONEMPTY] = st.bulk_sleep[e, 1]
+                pe[e, P_R_RR] = st.bulk_sleep[e, 2]
+                pe[e, P_SLOT_RR] = st.bulk_sleep[e, 3]
                 pe[e, P_STALL] += periods * st.bulk_stall[e]
                 if pe[e, P_STALL_SINCE] >= 0:
                     pe[e, P_STALL_SINCE] += reached - now

@@ -222,7 +222,7 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
         actions=np.zeros((min(10 * n_pe + 64, 1 << 20) if stream else 1, 3), i64),
         signature=np.zeros(min(192 * n_pe + 4096, 1 << 24) if stream else 1, i64),
         bulk_rows=np.zeros((4, (n_pe + 63) // 64 if stream else 1), i64),
-        bulk_sleep=np.zeros(n_pe if stream else 1, i64),
+        bulk_sleep=np.zeros((n_pe, 4) if stream else (1, 4), i64),
         bulk_stall=np.zeros(n_pe if stream else 1, i64),
         bulk_moves=np.zeros((n_pe, cfg.async_slots + 1) if stream else (1, 1), i64),
     )
