@@ -99,8 +99,8 @@ K_RUN_START = 24      # the cycle the run began: tasks picked then are already r
 # bulk advance did (cycles, wavelet-hops, attempts, and replayed moves that found
 # their operands not as recorded: always 0 unless the periodicity check is wrong)
 (K_ISSUES, K_HEAP_PUSHES, K_RECORDING, K_ACTIONS, K_BULK_CYCLES, K_BULK_HOPS,
- K_BULK_ATTEMPTS, K_BULK_MISMATCH, K_TIMERS_FIRED) = range(25, 34)
-COUNTERS = 34
+ K_BULK_ATTEMPTS, K_BULK_MISMATCH, K_TIMERS_FIRED, K_BULK_COLUMNS) = range(25, 35)
+COUNTERS = 35         # K_BULK_COLUMNS: bulk cycles advanced column-wise
 
 # pe: one row per PE (and its router); the fields every step touches come first
 (P_TASK, P_PC, P_PENDING, P_SLOTS_BUSY, P_SLEEP, P_R_NONEMPTY, P_R_RR, P_SLOT_RR,
@@ -159,6 +159,11 @@ State = namedtuple("State", [
                                        # round-robin pointers then
     "bulk_stall",                      # (pes,) their stall cycles when recording began
     "bulk_moves",                      # (pes, slots + 1) elements a slot moves per period
+    # column-wise advance: queue index -> local queue (router queues, then PE
+    # queues), the local queues, the moves, their order, consumers by queue,
+    # and the streams' values, wavelet ids and ready times
+    "col_queue_of", "col_queues", "col_actions", "col_order", "col_consumers",
+    "col_val", "col_id", "col_ready",
 ])
 
 SLEEP_INPUT, SLEEP_OUTPUT = 1, 2
@@ -1379,6 +1384,487 @@ def _replay(S, st, now, periods, lean):
     return t
 
 
+# Column-wise advance: each recorded move taken for all periods at once, in an
+# order where every queue's producers come before its consumers. Each queue the
+# period touches becomes a stream of values (its contents, then what is pushed
+# into it, in push order); a move reads its input streams at its pop ranks and
+# writes its output streams at its push ranks. Exact where the moves form no
+# cycle through queues, no move's memory is another's on the same PE, each
+# slot moves at most once per period, no timer is set, and neither NaN traps
+# nor links or deliveries are recorded (per-move state a column pass does not
+# keep); otherwise the period-by-period replay runs.
+(CA_KIND, CA_WHO, CA_WHICH, CA_OFFSET, CA_NSRC, CA_SRC, CA_NDST, CA_DST, CA_ID_RANK,
+ CA_WAITING) = (0, 1, 2, 3, 4, 5, 9, 10, 20, 21)
+COL_ACTION_FIELDS = 22      # sources: (queue, rank) x 2 from CA_SRC; outputs: x 5 from CA_DST
+(CQ_GLOBAL, CQ_COUNT, CQ_PUSHES, CQ_POPS, CQ_AT, CQ_LAST_POP, CQ_PRODUCERS, CQ_DONE,
+ CQ_FIRST_CONSUMER, CQ_CONSUMERS) = range(10)
+COL_QUEUE_FIELDS = 10
+
+
+@njit(cache=True, _nrt=False)
+def _column_queue(st, g, n_queues):
+    """Local index of queue g (router queue q, or PE queue n_rq + q), adding it."""
+    local = st.col_queue_of[g]
+    if local >= 0:
+        return local, n_queues
+    if n_queues >= st.col_queues.shape[0]:
+        return -1, n_queues
+    st.col_queue_of[g] = n_queues
+    row = st.col_queues[n_queues]
+    for f in range(COL_QUEUE_FIELDS):
+        row[f] = 0
+    row[CQ_GLOBAL] = g
+    return n_queues, n_queues + 1
+
+
+@njit(cache=True, _nrt=False)
+def _column_plan(S, st, period):
+    """Fill st.col_actions / col_queues for the recorded period; returns
+    (moves, queues), or moves = -1 where a column pass would not be exact."""
+    cfg = S.settings
+    colors, cols = cfg[C_NCOLORS], cfg[C_COLS]
+    n_rq = st.rq.shape[0]
+    actions = st.actions
+    plan = st.col_actions
+    n_moves = 0
+    n_queues = 0
+    offset = 0
+    pushes_of_ids = 0
+    ok = True
+    for a in range(st.counters[K_ACTIONS]):
+        kind = actions[a, 0]
+        if kind == ACTION_CYCLE_END:
+            offset += 1
+            continue
+        if kind == ACTION_TIMER or n_moves >= plan.shape[0]:
+            ok = False
+            break
+        who = actions[a, 1]
+        which = actions[a, 2]
+        row = plan[n_moves]
+        row[CA_KIND] = kind
+        row[CA_WHO] = who
+        row[CA_WHICH] = which
+        row[CA_OFFSET] = offset
+        row[CA_NSRC] = 0
+        row[CA_NDST] = 0
+        row[CA_ID_RANK] = -1
+        if kind == ACTION_ROUTER:
+            q = who * colors + which
+            local, n_queues = _column_queue(st, q, n_queues)
+            if local < 0:
+                ok = False
+                break
+            row[CA_SRC] = local
+            row[CA_SRC + 1] = st.col_queues[local, CQ_POPS]
+            st.col_queues[local, CQ_POPS] += 1
+            st.col_queues[local, CQ_LAST_POP] = offset
+            row[CA_NSRC] = 1
+            tx = np.int64(S.route[q, POSITION_FIELDS * st.switch[q] + TX])
+            for port in range(5):
+                if (tx >> port) & 1 == 0:
+                    continue
+                if port == RAMP:
+                    g = n_rq + q
+                else:
+                    n = who + (1 if port == 1 else (-1 if port == 3 else 0)) + \
+                        (cols if port == 2 else (-cols if port == 0 else 0))
+                    g = n * colors + which
+                local, n_queues = _column_queue(st, g, n_queues)
+                if local < 0:
+                    ok = False
+                    break
+                k = CA_DST + 2 * row[CA_NDST]
+                row[k] = local
+                row[k + 1] = st.col_queues[local, CQ_PUSHES] * 8 + port     # rank, port
+                st.col_queues[local, CQ_PUSHES] += 1
+                row[CA_NDST] += 1
+            if not ok:
+                break
+        else:
+            p, s = who, which
+            if st.bulk_moves[p, s] != 0:           # a slot that moves twice a period
+                ok = False
+                break
+            st.bulk_moves[p, s] = 1
+            ins = st.slot[p, s, S_INSTR]
+            for operand in range(2):
+                d = S.instr[ins, I_A + operand]
+                if d >= 0 and S.desc[d, D_KIND] == FABIN:
+                    base = st.slot[p, s, S_BASE_A if operand == 0 else S_BASE_B]
+                    local, n_queues = _column_queue(st, n_rq + base, n_queues)
+                    if local < 0:
+                        ok = False
+                        break
+                    k = CA_SRC + 2 * row[CA_NSRC]
+                    row[k] = local
+                    row[k + 1] = st.col_queues[local, CQ_POPS]
+                    st.col_queues[local, CQ_POPS] += 1
+                    st.col_queues[local, CQ_LAST_POP] = offset
+                    row[CA_NSRC] += 1
+            if not ok:
+                break
+            dst = S.instr[ins, I_DST]
+            if S.desc[dst, D_KIND] == FABOUT:
+                local, n_queues = _column_queue(st, st.slot[p, s, S_BASE_DST], n_queues)
+                if local < 0:
+                    ok = False
+                    break
+                row[CA_DST] = local
+                row[CA_DST + 1] = st.col_queues[local, CQ_PUSHES] * 8
+                st.col_queues[local, CQ_PUSHES] += 1
+                row[CA_NDST] = 1
+                row[CA_ID_RANK] = pushes_of_ids
+                pushes_of_ids += 1
+        n_moves += 1
+    for m in range(n_moves):                       # clear the slot marks
+        if plan[m, CA_KIND] == ACTION_FABRIC:
+            st.bulk_moves[plan[m, CA_WHO], plan[m, CA_WHICH]] = 0
+    if ok:
+        for local in range(n_queues):
+            if st.col_queues[local, CQ_PUSHES] != st.col_queues[local, CQ_POPS]:
+                ok = False
+    if ok:
+        ok = _memory_apart(S, st, n_moves)
+    if not ok:
+        for local in range(n_queues):
+            st.col_queue_of[st.col_queues[local, CQ_GLOBAL]] = -1
+        return -1, 0
+    return n_moves, n_queues
+
+
+@njit(cache=True, _nrt=False)
+def _operand_span(S, st, p, s, d, base):
+    """(first, last) SRAM element a memory operand of slot s touches from its
+    next element to its last (a wrapping view: all of its wrap)."""
+    i0 = st.slot[p, s, S_PROGRESS]
+    last = st.slot[p, s, S_LEN] - 1
+    if S.desc[d, D_WRAP] > 0:
+        lo, hi = base, base + (S.desc[d, D_WRAP] - 1) * S.desc[d, D_STRIDE]
+    else:
+        lo, hi = base + _element(S, d, i0), base + _element(S, d, last)
+    return min(lo, hi), max(lo, hi)
+
+
+@njit(cache=True, _nrt=False)
+def _memory_apart(S, st, n_moves):
+    """Whether no slot writes SRAM that another slot moving in the period
+    reads or writes (bytes compared, both dtypes). Memory views of one slot
+    are taken in element order either way."""
+    plan = st.col_actions
+    for x in range(n_moves):
+        if plan[x, CA_KIND] != ACTION_FABRIC:
+            continue
+        p = plan[x, CA_WHO]
+        sx = plan[x, CA_WHICH]
+        ins = st.slot[p, sx, S_INSTR]
+        dst = S.instr[ins, I_DST]
+        if S.desc[dst, D_KIND] != MEM:
+            continue
+        size = 4 if S.desc[dst, D_DTYPE] == F32 else 2
+        lo, hi = _operand_span(S, st, p, sx, dst, st.slot[p, sx, S_BASE_DST])
+        w_lo, w_hi = lo * size, hi * size + size - 1
+        for y in range(n_moves):
+            if y == x or plan[y, CA_KIND] != ACTION_FABRIC or plan[y, CA_WHO] != p:
+                continue
+            sy = plan[y, CA_WHICH]
+            other = st.slot[p, sy, S_INSTR]
+            for f in range(4):
+                d = S.instr[other, I_DST] if f == 0 else (
+                    S.instr[other, I_A] if f == 1 else (
+                        S.instr[other, I_B] if f == 2 else S.instr[other, I_S]))
+                if d < 0 or S.desc[d, D_KIND] != MEM:
+                    continue
+                base = st.slot[p, sy, S_BASE_DST if f == 0 else (
+                    S_BASE_A if f == 1 else (S_BASE_B if f == 2 else S_BASE_S))]
+                o_size = 4 if S.desc[d, D_DTYPE] == F32 else 2
+                if f == 3:
+                    o_lo, o_hi = base, base
+                else:
+                    o_lo, o_hi = _operand_span(S, st, p, sy, d, base)
+                if o_lo * o_size <= w_hi and w_lo <= o_hi * o_size + o_size - 1:
+                    return False
+    return True
+
+
+@njit(cache=True, _nrt=False)
+def _column_order(st, n_moves, n_queues):
+    """Topological order of the moves (producers of a queue before its
+    consumers) into st.col_order; False if they form a cycle."""
+    plan, queues, order, consumers = st.col_actions, st.col_queues, st.col_order, st.col_consumers
+    for m in range(n_moves):
+        for j in range(plan[m, CA_NDST]):
+            queues[plan[m, CA_DST + 2 * j], CQ_PRODUCERS] += 1
+        for j in range(plan[m, CA_NSRC]):
+            queues[plan[m, CA_SRC + 2 * j], CQ_CONSUMERS] += 1
+    total = 0
+    for local in range(n_queues):
+        queues[local, CQ_FIRST_CONSUMER] = total
+        total += queues[local, CQ_CONSUMERS]
+        queues[local, CQ_CONSUMERS] = 0
+    if total > consumers.shape[0]:
+        return False
+    for m in range(n_moves):
+        waiting = 0
+        for j in range(plan[m, CA_NSRC]):
+            local = plan[m, CA_SRC + 2 * j]
+            consumers[queues[local, CQ_FIRST_CONSUMER] + queues[local, CQ_CONSUMERS]] = m
+            queues[local, CQ_CONSUMERS] += 1
+            waiting += queues[local, CQ_PRODUCERS]
+        plan[m, CA_WAITING] = waiting
+    n = 0
+    for m in range(n_moves):
+        if plan[m, CA_WAITING] == 0:
+            order[n] = m
+            n += 1
+    head = 0
+    while head < n:
+        m = order[head]
+        head += 1
+        for j in range(plan[m, CA_NDST]):
+            local = plan[m, CA_DST + 2 * j]
+            first = queues[local, CQ_FIRST_CONSUMER]
+            for c in range(first, first + queues[local, CQ_CONSUMERS]):
+                consumer = consumers[c]
+                plan[consumer, CA_WAITING] -= 1
+                if plan[consumer, CA_WAITING] == 0:
+                    order[n] = consumer
+                    n += 1
+    return n == n_moves
+
+
+@njit(cache=True, _nrt=False)
+def _columns(S, st, now, period, periods):
+    """Advance `periods` periods column-wise (see above). Returns the cycle
+    reached, or -1 where a column pass would not be exact (nothing changed)."""
+    cfg = S.settings
+    if cfg[C_TRAP_NAN] or cfg[C_RECORD] & (RECORD_LINKS | RECORD_DELIVERIES):
+        return -1
+    n_moves, n_queues = _column_plan(S, st, period)
+    if n_moves < 0:
+        return -1
+    queues = st.col_queues
+    if not _column_order(st, n_moves, n_queues):
+        for local in range(n_queues):
+            st.col_queue_of[queues[local, CQ_GLOBAL]] = -1
+        return -1
+    per_period = 0
+    for local in range(n_queues):
+        per_period += queues[local, CQ_PUSHES]
+        queues[local, CQ_COUNT] = _queue_count(st, queues[local, CQ_GLOBAL])
+    capacity = st.col_val.shape[0]
+    fixed = 0
+    for local in range(n_queues):
+        fixed += queues[local, CQ_COUNT]
+    chunk = (capacity - fixed) // max(per_period, 1)
+    if chunk < 1:
+        for local in range(n_queues):
+            st.col_queue_of[queues[local, CQ_GLOBAL]] = -1
+        return -1
+    t = now
+    left = periods
+    while left > 0:
+        n = min(chunk, left)
+        _column_chunk(S, st, t, period, n, n_moves, n_queues)
+        t += n * period
+        left -= n
+    for local in range(n_queues):
+        st.col_queue_of[queues[local, CQ_GLOBAL]] = -1
+    return t
+
+
+@njit(cache=True, _nrt=False, inline='always')
+def _queue_count(st, g):
+    n_rq = st.rq.shape[0]
+    return st.rq[g, Q_COUNT] if g < n_rq else st.pq[g - n_rq, Q_COUNT]
+
+
+@njit(cache=True, _nrt=False)
+def _column_chunk(S, st, now, period, n, n_moves, n_queues):
+    """`n` periods from `now`, column-wise (the plan and order are made)."""
+    cfg = S.settings
+    depth, idepth = cfg[C_QDEPTH], cfg[C_IQDEPTH]
+    n_rq = st.rq.shape[0]
+    queues, plan, order = st.col_queues, st.col_actions, st.col_order
+    val, ident, ready = st.col_val, st.col_id, st.col_ready
+    f32, u16, lut = st.sram_f32, st.sram_u16, S.half_to_float
+    counters = st.counters
+    # each queue's stream starts with what it holds
+    at = 0
+    for local in range(n_queues):
+        g = queues[local, CQ_GLOBAL]
+        queues[local, CQ_AT] = at
+        c = queues[local, CQ_COUNT]
+        for i in range(c):
+            if g < n_rq:
+                e = g * depth + _ring(st.rq[g, Q_HEAD] + i, depth)
+                val[at + i] = st.rq_val[e]
+                ident[at + i] = st.rq_entry[e, E_ID]
+                ready[at + i] = st.rq_entry[e, E_READY]
+            else:
+                e = (g - n_rq) * idepth + _ring(st.pq[g - n_rq, Q_HEAD] + i, idepth)
+                val[at + i] = st.pq_val[e]
+                ident[at + i] = st.pq_entry[e, E_ID]
+                ready[at + i] = st.pq_entry[e, E_READY]
+        at += c + n * queues[local, CQ_PUSHES]
+    id_base = counters[K_NEXT_WAVELET_ID]
+    ids_per_period = 0
+    last_move = 0
+    for o in range(n_moves):
+        m = order[o]
+        kind = plan[m, CA_KIND]
+        who = plan[m, CA_WHO]
+        which = plan[m, CA_WHICH]
+        first_cycle = now + plan[m, CA_OFFSET]
+        last_move = max(last_move, plan[m, CA_OFFSET])
+        if kind == ACTION_ROUTER:
+            src = plan[m, CA_SRC]
+            src_at = queues[src, CQ_AT] + plan[m, CA_SRC + 1]
+            src_step = queues[src, CQ_PUSHES]
+            for j in range(plan[m, CA_NDST]):
+                local = plan[m, CA_DST + 2 * j]
+                g = queues[local, CQ_GLOBAL]
+                latency = cfg[C_RAMP] if g >= n_rq else cfg[C_HOP]
+                dst_at = queues[local, CQ_AT] + queues[local, CQ_COUNT] + \
+                    (plan[m, CA_DST + 2 * j + 1] >> 3)
+                dst_step = queues[local, CQ_PUSHES]
+                for k in range(n):
+                    val[dst_at + k * dst_step] = val[src_at + k * src_step]
+                    ready[dst_at + k * dst_step] = first_cycle + k * period + latency
+                if g >= n_rq:
+                    st.pe[who, P_RAMP_IN] += n
+                else:
+                    st.link_wavelets[who, plan[m, CA_DST + 2 * j + 1] & 7] += n
+            continue
+        p, s = who, which
+        ins = st.slot[p, s, S_INSTR]
+        op = S.instr[ins, I_OP]
+        dst = S.instr[ins, I_DST]
+        a = S.instr[ins, I_A]
+        b = S.instr[ins, I_B]
+        i0 = st.slot[p, s, S_PROGRESS]
+        ba = st.slot[p, s, S_BASE_A]
+        bb = st.slot[p, s, S_BASE_B]
+        bd = st.slot[p, s, S_BASE_DST]
+        ka = S.desc[a, D_KIND] if a >= 0 else -1
+        kb = S.desc[b, D_KIND] if b >= 0 else -1
+        a_at, a_step, b_at, b_step = 0, 0, 0, 0
+        source = 0
+        if ka == FABIN:
+            local = plan[m, CA_SRC]
+            a_at = queues[local, CQ_AT] + plan[m, CA_SRC + 1]
+            a_step = queues[local, CQ_PUSHES]
+            source = 1
+        if kb == FABIN:
+            local = plan[m, CA_SRC + 2 * source]
+            b_at = queues[local, CQ_AT] + plan[m, CA_SRC + 2 * source + 1]
+            b_step = queues[local, CQ_PUSHES]
+        out_fabric = S.desc[dst, D_KIND] == FABOUT
+        d_at, d_step = 0, 0
+        latency = cfg[C_DATAPATH] + cfg[C_RAMP]
+        if out_fabric:
+            local = plan[m, CA_DST]
+            d_at = queues[local, CQ_AT] + queues[local, CQ_COUNT] + (plan[m, CA_DST + 1] >> 3)
+            d_step = queues[local, CQ_PUSHES]
+            ids_per_period += 1
+        dd = S.desc[dst, D_DTYPE]
+        for k in range(n):
+            i = i0 + k
+            if ka == FABIN:
+                va = val[a_at + k * a_step]
+            elif a >= 0:
+                va = _read(f32, u16, lut, S.desc[a, D_DTYPE], ba + _element(S, a, i))
+            else:
+                va = np.float32(0.0)
+            if kb == FABIN:
+                vb = val[b_at + k * b_step]
+            elif b >= 0:
+                vb = _read(f32, u16, lut, S.desc[b, D_DTYPE], bb + _element(S, b, i))
+            else:
+                vb = np.float32(0.0)
+            v = _apply(op, va, vb, _scalar(S, st, p, s, ins))
+            if out_fabric:
+                val[d_at + k * d_step] = v
+                ident[d_at + k * d_step] = -1            # numbered below
+                ready[d_at + k * d_step] = first_cycle + k * period + latency
+            else:
+                _write(f32, u16, dd, bd + _element(S, dst, i), v)
+        st.slot[p, s, S_PROGRESS] = i0 + n
+        st.pe[p, P_FLOPS] += n * S.flops_of_op[op]
+        if op != OP_MOV:
+            st.pe[p, P_COMPUTE] += n
+        if out_fabric:
+            st.pe[p, P_RAMP_OUT] += n
+        else:
+            st.pe[p, P_SRAM_BYTES] += n * (4 if dd == F32 else 2)
+    # wavelets sent in the chunk are numbered in the order stepping sends them,
+    # and carry their numbers on through the routers that forward them
+    if True:
+        for o in range(n_moves):
+            m = order[o]
+            if plan[m, CA_KIND] != ACTION_FABRIC or plan[m, CA_ID_RANK] < 0:
+                continue
+            local = plan[m, CA_DST]
+            d_at = queues[local, CQ_AT] + queues[local, CQ_COUNT] + (plan[m, CA_DST + 1] >> 3)
+            d_step = queues[local, CQ_PUSHES]
+            for k in range(n):
+                ident[d_at + k * d_step] = id_base + k * ids_per_period + plan[m, CA_ID_RANK]
+        for o in range(n_moves):
+            m = order[o]
+            if plan[m, CA_KIND] != ACTION_ROUTER:
+                continue
+            src = plan[m, CA_SRC]
+            src_at = queues[src, CQ_AT] + plan[m, CA_SRC + 1]
+            src_step = queues[src, CQ_PUSHES]
+            for j in range(plan[m, CA_NDST]):
+                local = plan[m, CA_DST + 2 * j]
+                dst_at = queues[local, CQ_AT] + queues[local, CQ_COUNT] + \
+                    (plan[m, CA_DST + 2 * j + 1] >> 3)
+                dst_step = queues[local, CQ_PUSHES]
+                for k in range(n):
+                    ident[dst_at + k * dst_step] = ident[src_at + k * src_step]
+        counters[K_NEXT_WAVELET_ID] = id_base + n * ids_per_period
+    # the queues as stepping leaves them: the last pushes in their ring slots
+    # (those still queued, and those popped whose slots were not reused)
+    for local in range(n_queues):
+        g = queues[local, CQ_GLOBAL]
+        c = queues[local, CQ_COUNT]
+        pushes = n * queues[local, CQ_PUSHES]
+        base = queues[local, CQ_AT] + c
+        rq_side = g < n_rq
+        d = depth if rq_side else idepth
+        q = g if rq_side else g - n_rq
+        head = st.rq[q, Q_HEAD] if rq_side else st.pq[q, Q_HEAD]
+        for x in range(max(0, pushes - d), pushes):
+            e = q * d + (head + c + x) % d
+            if rq_side:
+                st.rq_val[e] = val[base + x]
+                st.rq_entry[e, E_ID] = ident[base + x]
+                st.rq_entry[e, E_READY] = ready[base + x]
+            else:
+                st.pq_val[e] = val[base + x]
+                st.pq_entry[e, E_ID] = ident[base + x]
+                st.pq_entry[e, E_READY] = ready[base + x]
+        last_pop = now + (n - 1) * period + queues[local, CQ_LAST_POP]
+        if rq_side:
+            st.rq[q, Q_HEAD] = (head + pushes) % d
+            st.rq[q, Q_LAST_POP] = last_pop
+        else:
+            st.pq[q, Q_HEAD] = (head + pushes) % d
+            st.pq[q, Q_LAST_POP] = last_pop
+    last = now + (n - 1) * period + last_move
+    counters[K_LAST_PROGRESS] = last
+    if last + 1 > counters[K_FINISH]:
+        counters[K_FINISH] = last + 1
+    steps_r, steps_p = 0, 0
+    for a in range(counters[K_ACTIONS]):
+        if st.actions[a, 0] == ACTION_CYCLE_END:
+            steps_r += st.actions[a, 1]
+            steps_p += st.actions[a, 2]
+    counters[K_STEPS_ROUTER] += n * steps_r
+    counters[K_STEPS_PE] += n * steps_p
+
+
 @njit(cache=True, _nrt=False)
 def _advance(S, st, now, period):
     """At the start of cycle `now`, whose state repeats that of `period` cycles
@@ -1417,7 +1903,11 @@ def _advance(S, st, now, period):
     n_r = counters[K_ROUTER_LIST_LEN + (now & 1)]
     n_p = counters[K_PE_LIST_LEN + (now & 1)]
     lean = S.settings[C_RECORD] & (RECORD_LINKS | RECORD_DELIVERIES) == 0
-    reached = _replay(S, st, now, periods, lean)
+    reached = _columns(S, st, now, period, periods) if lean else -1
+    if reached < 0:
+        reached = _replay(S, st, now, periods, lean)
+    else:
+        counters[K_BULK_COLUMNS] += reached - now
     if counters[ST_CODE] != STATUS_OK:
         counters[K_BULK_CYCLES] += reached + 1 - now
         return reached

@@ -208,6 +208,10 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
     slot = np.zeros((n_pe, cfg.async_slots + 1, engine.SLOT_FIELDS), i64)
     slot[:, :, engine.S_INSTR] = -1
     rq_val, rq_entry, rq = queues(depth)
+    # the stream engine's scratch: moves recorded in one period (a cycle moves
+    # at most about ten per PE), and values of streams advanced column-wise
+    moves = min(10 * n_pe + 64, 1 << 18)
+    values = min(64 * moves, 1 << 21)
     pq_val, pq_entry, pq = queues(idepth)
     return engine.State(
         sram_f32=arena.view(np.float32), sram_u16=arena.view(np.uint16),
@@ -219,10 +223,18 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
         link_events=np.zeros((events, 5), i64), delivery_events=np.zeros((events, 4), i64),
         task_events=np.zeros((events, 4), i64),
         counters=np.zeros(engine.COUNTERS, i64),
-        actions=np.zeros((min(10 * n_pe + 64, 1 << 20) if stream else 1, 3), i64),
+        actions=np.zeros((moves if stream else 1, 3), i64),
         signature=np.zeros(min(192 * n_pe + 4096, 1 << 24) if stream else 1, i64),
         bulk_rows=np.zeros((4, (n_pe + 63) // 64 if stream else 1), i64),
         bulk_sleep=np.zeros((n_pe, 4) if stream else (1, 4), i64),
         bulk_stall=np.zeros(n_pe if stream else 1, i64),
         bulk_moves=np.zeros((n_pe, cfg.async_slots + 1) if stream else (1, 1), i64),
+        col_queue_of=np.full(2 * nq if stream else 1, -1, i64),
+        col_queues=np.zeros((2 * moves if stream else 1, engine.COL_QUEUE_FIELDS), i64),
+        col_actions=np.zeros((moves if stream else 1, engine.COL_ACTION_FIELDS), i64),
+        col_order=np.zeros(moves if stream else 1, i64),
+        col_consumers=np.zeros(2 * moves if stream else 1, i64),
+        col_val=np.zeros(values if stream else 1, np.float32),
+        col_id=np.zeros(values if stream else 1, i64),
+        col_ready=np.zeros(values if stream else 1, i64),
     )

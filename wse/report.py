@@ -19,7 +19,8 @@ def bulk_summary(static, state, hops: int) -> dict:
     return _bulk_fractions({"engine": "stream", "bulk_hops": int(counters[engine.K_BULK_HOPS]),
                             "bulk_cycles": int(counters[engine.K_BULK_CYCLES]),
                             "bulk_attempts": int(counters[engine.K_BULK_ATTEMPTS]),
-                            "bulk_mismatches": int(counters[engine.K_BULK_MISMATCH])},
+                            "bulk_mismatches": int(counters[engine.K_BULK_MISMATCH]),
+                            "bulk_column_cycles": int(counters[engine.K_BULK_COLUMNS])},
                            hops, cycles)
 
 
@@ -260,7 +261,8 @@ def _bulk_in_sequence(reports) -> dict:
     if not reports or not all(r.extra.get("engine") == "stream" for r in reports):
         return {}
     bulk = {"engine": "stream"}
-    for key in ("bulk_hops", "bulk_cycles", "bulk_attempts", "bulk_mismatches"):
+    for key in ("bulk_hops", "bulk_cycles", "bulk_attempts", "bulk_mismatches",
+                "bulk_column_cycles"):
         bulk[key] = sum(r.extra[key] for r in reports)
     return _bulk_fractions(bulk, sum(r.wavelet_hops for r in reports),
                            sum(r.cycles for r in reports))

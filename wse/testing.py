@@ -806,7 +806,8 @@ def check_report(report, cfg: WaferConfig | None = None, program=None) -> tuple[
 ENGINES = ("wavelet", "stream")
 # stream-engine scratch and bookkeeping that the wavelet engine has no use for
 _ENGINE_SCRATCH = ("actions", "signature", "bulk_rows", "bulk_sleep", "bulk_stall",
-                   "bulk_moves")
+                   "bulk_moves", "col_queue_of", "col_queues", "col_actions", "col_order",
+                   "col_consumers", "col_val", "col_id", "col_ready")
 
 
 def run_on_each_engine(run) -> dict:
@@ -861,7 +862,7 @@ def _assert_same(a, b, where: str, bulk: dict) -> None:
                 keep = np.ones(len(x), bool)
                 keep[[engine.K_RECORDING, engine.K_ACTIONS, engine.K_BULK_CYCLES,
                       engine.K_BULK_HOPS, engine.K_BULK_ATTEMPTS,
-                      engine.K_BULK_MISMATCH]] = False
+                      engine.K_BULK_MISMATCH, engine.K_BULK_COLUMNS]] = False
                 x, y = x[keep], y[keep]
             assert _same_array(x, y), f"{where}: final engine state '{name}' differs"
         _assert_same(a.report, b.report, f"{where}.report", bulk)
