@@ -1,15 +1,22 @@
-"""Engine throughput: wavelet-hops and PE-cycles emulated per wall-clock second.
+"""Engine throughput: wavelet-hops and PE-cycles emulated per wall-clock second,
+on both engines ("wavelet": every wavelet stepped; "stream": repeating periods
+advanced in bulk, the same results to the bit), each beside a bare Numba loop
+on the same grid that moves one value per PE per cycle for as many cycles (the
+practical ceiling of a cycle-level emulator written in Numba on this machine).
 
-Two saturated workloads, each beside a bare Numba loop on the same grid that
-moves one value per PE per cycle (the practical ceiling of any cycle-level
-emulator written in Numba on this machine):
-
+Two saturated engine workloads:
   multicast  PE (0, 0) floods B wavelets: row 0 forwards East and South, every
              other PE forwards South; every PE takes each wavelet off its ramp.
   shift      every PE streams B wavelets to its East neighbour while receiving
              B from its West neighbour (two colors alternate by column).
+and whole library calls (`--library`): a flood broadcast, a chain reduce and a
+two-phase allreduce of B elements per PE along rows, and MeshGEMM.
 
-Ratios are measured in the same process, medians of `repeats` runs.
+Each figure is the median of `repeats` runs in one process; the stream
+engine's rows also give the fraction of wavelet-hops it advanced in bulk.
+Wall times depend on what else runs on the machine: say whether it was shared.
+
+    python -m benchmarks.engine_throughput --sizes 64,128 --library --shared
 """
 from __future__ import annotations
 
@@ -96,44 +103,157 @@ def shift_program(cfg: wse.WaferConfig, length: int) -> wse.Program:
     return prog
 
 
-def measure(workload: str, rows: int, cols: int, length: int, repeats: int = 3) -> dict:
-    cfg = wse.WSE2.with_grid(rows=rows, cols=cols)
-    build = multicast_program if workload == "multicast" else shift_program
-    walls, report = [], None
-    for _ in range(repeats):
-        prog = build(cfg, length)
-        result = prog.run()
-        walls.append(result.report.wall_seconds)
-        report = result.report
-    wall = statistics.median(walls)
+ENGINES = ("wavelet", "stream")
+
+
+def bare_seconds(rows: int, cols: int, cycles: int, repeats: int) -> float:
+    """Median wall time of the bare loop over `cycles` cycles of a rows x cols grid."""
     grid = np.zeros((rows, cols), np.float32)
     bare_shift_loop(grid, 1)                       # compile outside the timing
-    bare = []
+    walls = []
     for _ in range(repeats):
         started = time.perf_counter()
-        bare_shift_loop(grid, report.cycles)
-        bare.append(time.perf_counter() - started)
-    bare_wall = statistics.median(bare)
+        bare_shift_loop(grid, cycles)
+        walls.append(time.perf_counter() - started)
+    return statistics.median(walls)
+
+
+def _row(workload: str, engine: str, rows: int, cols: int, report: wse.RunReport,
+         engine_wall: float, call_wall: float, bare_wall: float, length: int) -> dict:
     pe_cycles = rows * cols * report.cycles
+    bare_rate = pe_cycles / bare_wall
     return {
-        "workload": workload, "grid": f"{rows}x{cols}", "wavelets_per_stream": length,
-        "cycles": report.cycles, "wavelet_hops": report.wavelet_hops,
-        "engine_wall_s": wall, "bare_wall_s": bare_wall,
-        "engine_hops_per_s": report.wavelet_hops / wall,
-        "engine_pe_cycles_per_s": pe_cycles / wall,
-        "engine_ns_per_step": 1e9 * wall / max(report.router_steps + report.pe_steps, 1),
-        "bare_hops_per_s": pe_cycles / bare_wall,
-        "ratio_hops": (report.wavelet_hops / wall) / (pe_cycles / bare_wall),
-        "ratio_pe_cycles": (pe_cycles / wall) / (pe_cycles / bare_wall),
+        "workload": f"{workload}/{engine}", "engine": engine, "grid": f"{rows}x{cols}",
+        "wavelets_per_stream": length, "cycles": report.cycles,
+        "wavelet_hops": report.wavelet_hops,
+        "engine_wall_s": engine_wall, "call_wall_s": call_wall, "bare_wall_s": bare_wall,
+        "engine_hops_per_s": report.wavelet_hops / engine_wall,
+        "engine_pe_cycles_per_s": pe_cycles / engine_wall,
+        "engine_ns_per_step": 1e9 * engine_wall / max(report.router_steps + report.pe_steps, 1),
+        "bare_hops_per_s": bare_rate,
+        "ratio_hops": (report.wavelet_hops / engine_wall) / bare_rate,
+        "ratio_pe_cycles": (pe_cycles / engine_wall) / bare_rate,
+        "bulk_hop_fraction": report.extra.get("bulk_hop_fraction", 0.0),
+        "bulk_column_fraction": (report.extra.get("bulk_column_cycles", 0)
+                                 / max(report.extra.get("bulk_cycles", 0), 1)),
     }
 
 
-def run(size: int = 256, length: int = 256, repeats: int = 3) -> list[dict]:
-    return [measure(w, size, size, length, repeats) for w in ("multicast", "shift")]
+def _timed(call, engine: str, repeats: int):
+    """(last report, median engine wall, median call wall) of `call()` run on
+    `engine` after one untimed run; call returns a RunReport (several phases'
+    engine walls add up in it)."""
+    engine_walls, call_walls, report = [], [], None
+    with wse.run_options(engine=engine):
+        call()                                     # warm: compiled, pages touched
+    for _ in range(repeats):
+        with wse.run_options(engine=engine):
+            started = time.perf_counter()
+            report = call()
+            call_walls.append(time.perf_counter() - started)
+        engine_walls.append(report.wall_seconds)
+    return report, statistics.median(engine_walls), statistics.median(call_walls)
+
+
+def _compare(workload: str, rows: int, cols: int, length: int, call, repeats: int,
+             engines=ENGINES) -> list[dict]:
+    """Rows for `call` on each engine; the engines must agree on cycles and hops."""
+    out, seen = [], None
+    for engine in engines:
+        report, engine_wall, call_wall = _timed(call, engine, repeats)
+        if seen is not None and seen != (report.cycles, report.wavelet_hops):
+            raise AssertionError(f"{workload}: engines disagree: {seen} vs "
+                                 f"{(report.cycles, report.wavelet_hops)}")
+        seen = (report.cycles, report.wavelet_hops)
+        bare = bare_seconds(rows, cols, report.cycles, repeats)
+        out.append(_row(workload, engine, rows, cols, report, engine_wall, call_wall, bare,
+                        length))
+    return out
+
+
+def measure(workload: str, rows: int, cols: int, length: int, repeats: int = 3,
+            engines=ENGINES) -> list[dict]:
+    """The multicast or shift engine workload on each engine."""
+    cfg = wse.WSE2.with_grid(rows=rows, cols=cols)
+    build = multicast_program if workload == "multicast" else shift_program
+    return _compare(workload, rows, cols, length, lambda: build(cfg, length).run().report,
+                    repeats, engines)
+
+
+def library_calls(size: int, length: int = 256) -> dict:
+    """Whole library calls on a size x size grid: name -> call returning a report."""
+    from kernels import collectives, matmul
+    cfg = wse.WSE2.with_grid(rows=size, cols=size)
+    x = np.random.default_rng(0).standard_normal((size, size, length)).astype(np.float32)
+    tile = 4
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((size * tile, size * tile))
+    B = rng.standard_normal((size * tile, size * tile))
+    return {
+        "broadcast_flood": lambda: collectives.broadcast(x, cfg, along="x", root=0,
+                                                         algorithm="flood")[1],
+        "reduce_chain": lambda: collectives.reduce(x, cfg, along="x", root=0,
+                                                   algorithm="chain")[1],
+        "allreduce_two_phase": lambda: collectives.allreduce(x, cfg, along="x",
+                                                             algorithm="two_phase")[1],
+        f"meshgemm_{size * tile}": lambda: matmul.gemm(A, B, cfg, algorithm="meshgemm")[1],
+    }
+
+
+def run(size: int = 256, length: int = 256, repeats: int = 3, library: bool = False,
+        engines=ENGINES) -> list[dict]:
+    rows = [r for w in ("multicast", "shift") for r in measure(w, size, size, length, repeats,
+                                                              engines)]
+    if library:
+        for name, call in library_calls(size, length).items():
+            rows += _compare(name, size, size, length, call, repeats, engines)
+    return rows
+
+
+def speedups(rows: list[dict]) -> list[dict]:
+    """Stream over wavelet engine, per workload and grid (engine wall time)."""
+    by = {(r["workload"].rsplit("/", 1)[0], r["grid"], r["engine"]): r for r in rows}
+    out = []
+    for (workload, grid, engine), r in by.items():
+        if engine != "stream" or (workload, grid, "wavelet") not in by:
+            continue
+        w = by[(workload, grid, "wavelet")]
+        out.append({"workload": workload, "grid": grid,
+                    "wavelet_hops_per_s": w["engine_hops_per_s"],
+                    "stream_hops_per_s": r["engine_hops_per_s"],
+                    "bare_values_per_s": r["bare_hops_per_s"],
+                    "speedup": w["engine_wall_s"] / r["engine_wall_s"],
+                    "call_speedup": w["call_wall_s"] / r["call_wall_s"],
+                    "bulk_hop_fraction": r["bulk_hop_fraction"],
+                    "stream_share_of_bare": r["ratio_hops"]})
+    return out
+
+
+def main(argv=None) -> None:
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("size", nargs="?", type=int, default=None,
+                        help="one grid size (default: --sizes)")
+    parser.add_argument("--sizes", default="64", help="comma-separated grid sizes")
+    parser.add_argument("--length", type=int, default=256, help="elements per PE stream")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--library", action="store_true", help="also whole library calls")
+    parser.add_argument("--shared", action="store_true",
+                        help="say the machine was shared with other work")
+    args = parser.parse_args(argv)
+    sizes = [args.size] if args.size else [int(s) for s in args.sizes.split(",")]
+    print(f"machine: {'shared with other work' if args.shared else 'quiet'}; "
+          f"medians of {args.repeats}")
+    print(f"{'workload':22} {'grid':>8} {'wavelet Mhop/s':>15} {'stream Mhop/s':>14} "
+          f"{'bare Mval/s':>12} {'speedup':>8} {'call x':>7} {'bulk':>6}")
+    for size in sizes:
+        rows = run(size, args.length, args.repeats, args.library)
+        for s in speedups(rows):
+            print(f"{s['workload']:22} {s['grid']:>8} {s['wavelet_hops_per_s'] / 1e6:15.1f} "
+                  f"{s['stream_hops_per_s'] / 1e6:14.1f} {s['bare_values_per_s'] / 1e6:12.0f} "
+                  f"{s['speedup']:8.2f} {s['call_speedup']:7.2f} "
+                  f"{s['bulk_hop_fraction']:6.1%}", flush=True)
 
 
 if __name__ == "__main__":
-    import sys
-    size = int(sys.argv[1]) if len(sys.argv) > 1 else 256
-    for row in run(size):
-        print({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in row.items()})
+    main()
