@@ -1550,9 +1550,20 @@ def _operand_span(S, st, p, s, d, base):
 def _memory_apart(S, st, n_moves):
     """Whether no slot writes SRAM that another slot moving in the period
     reads or writes (bytes compared, both dtypes). Memory views of one slot
-    are taken in element order either way."""
+    are taken in element order either way. The moves of each PE are chained
+    through st.col_order (from st.bulk_moves[p, 0]) for the comparison."""
     plan = st.col_actions
+    chain = st.col_order
+    first = st.bulk_moves
     for x in range(n_moves):
+        if plan[x, CA_KIND] == ACTION_FABRIC:
+            p = plan[x, CA_WHO]
+            chain[x] = first[p, 0] - 1
+            first[p, 0] = x + 1
+    apart = True
+    for x in range(n_moves):
+        if not apart:
+            break
         if plan[x, CA_KIND] != ACTION_FABRIC:
             continue
         p = plan[x, CA_WHO]
@@ -1564,27 +1575,31 @@ def _memory_apart(S, st, n_moves):
         size = 4 if S.desc[dst, D_DTYPE] == F32 else 2
         lo, hi = _operand_span(S, st, p, sx, dst, st.slot[p, sx, S_BASE_DST])
         w_lo, w_hi = lo * size, hi * size + size - 1
-        for y in range(n_moves):
-            if y == x or plan[y, CA_KIND] != ACTION_FABRIC or plan[y, CA_WHO] != p:
-                continue
-            sy = plan[y, CA_WHICH]
-            other = st.slot[p, sy, S_INSTR]
-            for f in range(4):
-                d = S.instr[other, I_DST] if f == 0 else (
-                    S.instr[other, I_A] if f == 1 else (
-                        S.instr[other, I_B] if f == 2 else S.instr[other, I_S]))
-                if d < 0 or S.desc[d, D_KIND] != MEM:
-                    continue
-                base = st.slot[p, sy, S_BASE_DST if f == 0 else (
-                    S_BASE_A if f == 1 else (S_BASE_B if f == 2 else S_BASE_S))]
-                o_size = 4 if S.desc[d, D_DTYPE] == F32 else 2
-                if f == 3:
-                    o_lo, o_hi = base, base
-                else:
-                    o_lo, o_hi = _operand_span(S, st, p, sy, d, base)
-                if o_lo * o_size <= w_hi and w_lo <= o_hi * o_size + o_size - 1:
-                    return False
-    return True
+        y = first[p, 0] - 1
+        while y >= 0 and apart:
+            if y != x:
+                sy = plan[y, CA_WHICH]
+                other = st.slot[p, sy, S_INSTR]
+                for f in range(4):
+                    d = S.instr[other, I_DST] if f == 0 else (
+                        S.instr[other, I_A] if f == 1 else (
+                            S.instr[other, I_B] if f == 2 else S.instr[other, I_S]))
+                    if d < 0 or S.desc[d, D_KIND] != MEM:
+                        continue
+                    base = st.slot[p, sy, S_BASE_DST if f == 0 else (
+                        S_BASE_A if f == 1 else (S_BASE_B if f == 2 else S_BASE_S))]
+                    o_size = 4 if S.desc[d, D_DTYPE] == F32 else 2
+                    if f == 3:
+                        o_lo, o_hi = base, base
+                    else:
+                        o_lo, o_hi = _operand_span(S, st, p, sy, d, base)
+                    if o_lo * o_size <= w_hi and w_lo <= o_hi * o_size + o_size - 1:
+                        apart = False
+            y = chain[y]
+    for x in range(n_moves):
+        if plan[x, CA_KIND] == ACTION_FABRIC:
+            first[plan[x, CA_WHO], 0] = 0
+    return apart
 
 
 @njit(cache=True, _nrt=False)
@@ -1710,6 +1725,10 @@ def _column_chunk(S, st, now, period, n, n_moves, n_queues):
     id_base = counters[K_NEXT_WAVELET_ID]
     ids_per_period = 0
     last_move = 0
+    # ready times matter only for what the queues' ring slots keep at the end:
+    # a ring's last pushes, which come from the last periods (ids are carried
+    # along whole, an element's id being its source's)
+    late = max(0, n - max(depth, idepth) - 2)
     for o in range(n_moves):
         m = order[o]
         kind = plan[m, CA_KIND]
@@ -1730,6 +1749,7 @@ def _column_chunk(S, st, now, period, n, n_moves, n_queues):
                 dst_step = queues[local, CQ_PUSHES]
                 for k in range(n):
                     val[dst_at + k * dst_step] = val[src_at + k * src_step]
+                for k in range(late, n):
                     ready[dst_at + k * dst_step] = first_cycle + k * period + latency
                 if g >= n_rq:
                     st.pe[who, P_RAMP_IN] += n
@@ -1768,27 +1788,48 @@ def _column_chunk(S, st, now, period, n, n_moves, n_queues):
             d_step = queues[local, CQ_PUSHES]
             ids_per_period += 1
         dd = S.desc[dst, D_DTYPE]
+        # operand kinds, dtypes and strides are fixed for the whole column
+        da = S.desc[a, D_DTYPE] if a >= 0 else F32
+        db = S.desc[b, D_DTYPE] if b >= 0 else F32
+        wrap_a = S.desc[a, D_WRAP] if a >= 0 else 0
+        wrap_b = S.desc[b, D_WRAP] if b >= 0 else 0
+        wrap_d = S.desc[dst, D_WRAP]
+        stride_a = S.desc[a, D_STRIDE] if a >= 0 else 0
+        stride_b = S.desc[b, D_STRIDE] if b >= 0 else 0
+        stride_d = S.desc[dst, D_STRIDE]
+        memory_scalar = S.instr[ins, I_S] >= 0          # may change as the slot writes
+        scalar = _scalar(S, st, p, s, ins)
+        zero = np.float32(0.0)
         for k in range(n):
             i = i0 + k
             if ka == FABIN:
                 va = val[a_at + k * a_step]
             elif a >= 0:
-                va = _read(f32, u16, lut, S.desc[a, D_DTYPE], ba + _element(S, a, i))
+                at_a = ba + (i % wrap_a if wrap_a > 0 else i) * stride_a
+                va = f32[at_a] if da == F32 else lut[u16[at_a]]
             else:
-                va = np.float32(0.0)
+                va = zero
             if kb == FABIN:
                 vb = val[b_at + k * b_step]
             elif b >= 0:
-                vb = _read(f32, u16, lut, S.desc[b, D_DTYPE], bb + _element(S, b, i))
+                at_b = bb + (i % wrap_b if wrap_b > 0 else i) * stride_b
+                vb = f32[at_b] if db == F32 else lut[u16[at_b]]
             else:
-                vb = np.float32(0.0)
-            v = _apply(op, va, vb, _scalar(S, st, p, s, ins))
+                vb = zero
+            if memory_scalar:
+                scalar = _scalar(S, st, p, s, ins)
+            v = va if op == OP_MOV else _apply(op, va, vb, scalar)
             if out_fabric:
                 val[d_at + k * d_step] = v
-                ident[d_at + k * d_step] = -1            # numbered below
-                ready[d_at + k * d_step] = first_cycle + k * period + latency
             else:
-                _write(f32, u16, dd, bd + _element(S, dst, i), v)
+                at_d = bd + (i % wrap_d if wrap_d > 0 else i) * stride_d
+                if dd == F32:
+                    f32[at_d] = v
+                else:
+                    u16[at_d] = float_to_half_bits(v)
+        if out_fabric:
+            for k in range(late, n):
+                ready[d_at + k * d_step] = first_cycle + k * period + latency
         st.slot[p, s, S_PROGRESS] = i0 + n
         st.pe[p, P_FLOPS] += n * S.flops_of_op[op]
         if op != OP_MOV:
