@@ -51,7 +51,7 @@ IN_PLACE_BYTES = 256 << 20
 
 RUN_DEFAULTS = dict(max_cycles=100_000_000, deadlock_window=100_000, trap_nan=False,
                     record_links=False, record_deliveries=False, trace=False,
-                    event_capacity=1_000_000, engine="wavelet")
+                    event_capacity=1_000_000, engine="stream")
 _RUN_OPTIONS: contextvars.ContextVar[dict] = contextvars.ContextVar("run_options", default={})
 
 
@@ -840,10 +840,11 @@ class Program:
         `wse.run_options(...)` block, else from RUN_DEFAULTS, so a caller can
         trace or trap NaNs inside a kernel it did not write.
 
-        `engine` is "wavelet" (every wavelet stepped: the reference) or "stream"
-        (cycles that repeat the previous one are advanced in bulk; the same
-        cycles, counters, values, errors and events to the bit). The report's
-        extra["bulk_hop_fraction"] says how much of the traffic went in bulk."""
+        `engine` is "stream" (the default: periods of cycles that repeat are
+        advanced in bulk, docs/engine.md) or "wavelet" (every wavelet stepped:
+        the reference); both give the same cycles, counters, values, errors
+        and events to the bit. The report's extra["bulk_hop_fraction"] says how
+        much of the traffic went in bulk."""
         from . import engine as engine_loop
         from .report import RunReport
         given = dict(max_cycles=max_cycles, deadlock_window=deadlock_window,
