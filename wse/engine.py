@@ -477,7 +477,7 @@ def _router_step(S, st, r, now):
                 break
         if not ok:
             continue
-        _router_move(S, st, r, c, q, head, tx, now)
+        _router_move(S, st, r, c, q, head, tx, now, True)
         used |= tx
         if st.counters[K_RECORDING]:
             _record(st.actions, st.counters, ACTION_ROUTER, r, c)
@@ -486,10 +486,13 @@ def _router_step(S, st, r, now):
 
 
 @njit(cache=True, _nrt=False, inline='always')
-def _router_move(S, st, r, c, q, head, tx, now):
+def _router_move(S, st, r, c, q, head, tx, now, full):
     """Move the head wavelet of router queue q (color c of router r) to every
     port of `tx`; the caller checked that the links are free, the destinations
-    have room and their routes admit it."""
+    have room and their routes admit it. Not `full` (a lean replay, with no
+    links or deliveries recorded): values, queue slots, ready times, ids and
+    counts only; listings, wake-ups, non-empty bits and the round-robin
+    pointer are the period's, set after the replay."""
     cfg = S.settings
     cols, colors = cfg[C_COLS], cfg[C_NCOLORS]
     depth, idepth, hop, ramp = cfg[C_QDEPTH], cfg[C_IQDEPTH], cfg[C_HOP], cfg[C_RAMP]
@@ -509,6 +512,8 @@ def _router_move(S, st, r, c, q, head, tx, now):
             st.pq_entry[tail, E_ID] = wid
             st.pq[q, Q_COUNT] += 1
             pe[r, P_RAMP_IN] += 1
+            if not full:
+                continue
             if pe[r, P_SLEEP] & SLEEP_INPUT:
                 pe[r, P_SLEEP] = 0
                 _list_pe(st.active, st.counters, r, now + 1)
@@ -530,9 +535,11 @@ def _router_move(S, st, r, c, q, head, tx, now):
         st.rq_entry[tail, E_READY] = now + hop
         st.rq_entry[tail, E_ID] = wid
         st.rq[dq, Q_COUNT] += 1
+        st.link_wavelets[r, port] += 1
+        if not full:
+            continue
         pe[n, P_R_NONEMPTY] |= np.int64(1) << c
         _list_router(st.active, st.counters, n, now + 1)
-        st.link_wavelets[r, port] += 1
         if record & RECORD_LINKS:
             n_ev = st.counters[K_LINK_EVENTS]
             if n_ev < st.link_events.shape[0]:
@@ -545,51 +552,15 @@ def _router_move(S, st, r, c, q, head, tx, now):
     st.rq[q, Q_HEAD] = _next_slot(st.rq[q, Q_HEAD], depth)
     st.rq[q, Q_COUNT] -= 1
     st.rq[q, Q_LAST_POP] = now
+    _progress(st.counters, now, now + 1)
+    if not full:
+        return
     if st.rq[q, Q_COUNT] == 0:
         pe[r, P_R_NONEMPTY] &= ~(np.int64(1) << c)
     pe[r, P_R_RR] = c + 1 if c + 1 < colors else 0
-    _progress(st.counters, now, now + 1)
     if pe[r, P_SLEEP] & SLEEP_OUTPUT:     # our own PE may be waiting for this slot
         pe[r, P_SLEEP] = 0
         _list_pe(st.active, st.counters, r, now + 1)
-
-
-@njit(cache=True, _nrt=False, inline='always')
-def _router_move_lean(S, st, r, c, q, t):
-    """_router_move in a replay without recorded links or deliveries: the same
-    values, queue slots, ready times, ids and counts; listings, non-empty bits
-    and the round-robin pointer are the period's and are set after the replay."""
-    cfg = S.settings
-    cols, colors = cfg[C_COLS], cfg[C_NCOLORS]
-    depth, idepth = cfg[C_QDEPTH], cfg[C_IQDEPTH]
-    head = q * depth + st.rq[q, Q_HEAD]
-    tx = np.int64(S.route[q, POSITION_FIELDS * st.switch[q] + TX])
-    value = st.rq_val[head]
-    wid = st.rq_entry[head, E_ID]
-    for port in range(5):
-        if (tx >> port) & 1 == 0:
-            continue
-        if port == RAMP:
-            tail = q * idepth + _ring(st.pq[q, Q_HEAD] + st.pq[q, Q_COUNT], idepth)
-            st.pq_val[tail] = value
-            st.pq_entry[tail, E_READY] = t + cfg[C_RAMP]
-            st.pq_entry[tail, E_ID] = wid
-            st.pq[q, Q_COUNT] += 1
-            st.pe[r, P_RAMP_IN] += 1
-            continue
-        n = r + (1 if port == 1 else (-1 if port == 3 else 0)) + \
-            (cols if port == 2 else (-cols if port == 0 else 0))
-        dq = n * colors + c
-        tail = dq * depth + _ring(st.rq[dq, Q_HEAD] + st.rq[dq, Q_COUNT], depth)
-        st.rq_val[tail] = value
-        st.rq_entry[tail, E_READY] = t + cfg[C_HOP]
-        st.rq_entry[tail, E_ID] = wid
-        st.rq[dq, Q_COUNT] += 1
-        st.link_wavelets[r, port] += 1
-    st.rq[q, Q_HEAD] = _next_slot(st.rq[q, Q_HEAD], depth)
-    st.rq[q, Q_COUNT] -= 1
-    st.rq[q, Q_LAST_POP] = t
-    _progress(st.counters, t, t + 1)
 
 
 # ----------------------------------------------------------------------------
@@ -1365,11 +1336,8 @@ def _replay(S, st, now, periods, lean):
                 head = q * depth + st.rq[q, Q_HEAD]
                 if st.rq[q, Q_COUNT] == 0 or st.rq_entry[head, E_READY] > t:
                     counters[K_BULK_MISMATCH] += 1
-                if lean:
-                    _router_move_lean(S, st, who, which, q, t)
-                else:
-                    tx = np.int64(S.route[q, POSITION_FIELDS * st.switch[q] + TX])
-                    _router_move(S, st, who, which, q, head, tx, t)
+                tx = np.int64(S.route[q, POSITION_FIELDS * st.switch[q] + TX])
+                _router_move(S, st, who, which, q, head, tx, t, not lean)
             elif lean:
                 _fabric_move(S, st, who, which, t, False)
             elif _fabric_step(S, st, who, which, t, False) < MOVED:

@@ -45,6 +45,7 @@ from hypothesis.extra import numpy as hnp
 from . import isa
 from .config import DTYPES, PRESETS, WSE2, WaferConfig
 from .errors import ConfigError
+from .lowering import ENGINES
 
 __all__ = [
     "DTYPES", "AWKWARD_VALUES", "UNIT_ROUNDOFF", "RTOL_SAFETY",
@@ -802,8 +803,7 @@ def check_report(report, cfg: WaferConfig | None = None, program=None) -> tuple[
 
 
 # ----------------------------------------------------------------------------
-# The two engines
-ENGINES = ("wavelet", "stream")
+# The two engines (ENGINES: their names, from wse.lowering)
 # stream-engine scratch and bookkeeping that the wavelet engine has no use for
 _ENGINE_SCRATCH = ("actions", "signature", "bulk_rows", "bulk_sleep", "bulk_stall",
                    "bulk_moves", "col_queue_of", "col_queues", "col_actions", "col_order",
