@@ -201,12 +201,22 @@ def library_calls(size: int, length: int = 256) -> dict:
 
 
 def run(size: int = 256, length: int = 256, repeats: int = 3, library: bool = False,
-        engines=ENGINES) -> list[dict]:
-    rows = [r for w in ("multicast", "shift") for r in measure(w, size, size, length, repeats,
-                                                              engines)]
+        engines=ENGINES, calls: tuple = (), report=None) -> list[dict]:
+    """Rows for the engine workloads and, with `library`, the library calls
+    (those named in `calls`, default all); `report(rows)` sees each workload's
+    rows as they come."""
+    rows = []
+    for w in ("multicast", "shift"):
+        rows += measure(w, size, size, length, repeats, engines)
+        if report:
+            report(rows[-len(engines):])
     if library:
         for name, call in library_calls(size, length).items():
+            if calls and not any(name.startswith(c) for c in calls):
+                continue
             rows += _compare(name, size, size, length, call, repeats, engines)
+            if report:
+                report(rows[-len(engines):])
     return rows
 
 
@@ -238,6 +248,8 @@ def main(argv=None) -> None:
     parser.add_argument("--length", type=int, default=256, help="elements per PE stream")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--library", action="store_true", help="also whole library calls")
+    parser.add_argument("--calls", default="",
+                        help="comma-separated library calls (name prefixes; default all)")
     parser.add_argument("--shared", action="store_true",
                         help="say the machine was shared with other work")
     args = parser.parse_args(argv)
@@ -246,13 +258,16 @@ def main(argv=None) -> None:
           f"medians of {args.repeats}")
     print(f"{'workload':22} {'grid':>8} {'wavelet Mhop/s':>15} {'stream Mhop/s':>14} "
           f"{'bare Mval/s':>12} {'speedup':>8} {'call x':>7} {'bulk':>6}")
-    for size in sizes:
-        rows = run(size, args.length, args.repeats, args.library)
+    def report(rows):
         for s in speedups(rows):
             print(f"{s['workload']:22} {s['grid']:>8} {s['wavelet_hops_per_s'] / 1e6:15.1f} "
                   f"{s['stream_hops_per_s'] / 1e6:14.1f} {s['bare_values_per_s'] / 1e6:12.0f} "
                   f"{s['speedup']:8.2f} {s['call_speedup']:7.2f} "
                   f"{s['bulk_hop_fraction']:6.1%}", flush=True)
+
+    calls = tuple(c for c in args.calls.split(",") if c)
+    for size in sizes:
+        run(size, args.length, args.repeats, args.library, calls=calls, report=report)
 
 
 if __name__ == "__main__":
