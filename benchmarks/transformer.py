@@ -3,25 +3,27 @@
 quick: the tiny model on an 8 x 8 grid (prefill of 32 tokens, one decode
        step), against 8 x H100 and 8 x A100.
 full:  LLaMA-3-8B, one layer
-  * decode with a 4096-token context on a 420 x 420 grid, emulated in full
-    (the cache is synthetic: a prefill of 4096 tokens on the wafer is not
-    emulated, see below); output checked against kernels.reference;
-  * prefill of 4096 tokens on a 660 x 660 grid: too slow to emulate here
-    (the SUMMA GEMMs alone move ~KN/C values per PE per GEMM, ~10^10 router
-    steps), so the layer is emulated on n x n proxies (n = 16, 32, 64) whose
-    every PE holds the same tiles as a PE of the 660 x 660 run (st = 7
-    positions, 8 d_model features, 8 features of one head spread over 16
-    columns, 22 d_ff features); each phase's cycles are fitted as a + b*n
-    (every phase is a loop of n steps, or a chain over n PEs) and evaluated
-    at n = 660. The fit's error at n = 64 from the n = 16, 32 fit is reported.
-  * the same layer on 8 x H100 and 8 x A100 (kernels.sharded, tp = 8).
+  * decode (--part decode) with a 4096-token context on a 420 x 420 grid,
+    emulated in full as one program (the cache is synthetic: a prefill of
+    4096 tokens on the wafer is not emulated at this size); output checked
+    against kernels.reference; each operation's window traced;
+  * prefill (--part prefill) of a 4096-token prompt on a 660 x 660 grid:
+    too large to emulate here, so the wafer row comes from
+    benchmarks.prefill (MeshGEMM projections, GEMM-T scores with the masked
+    causal blocks skipped, emulated on proxies whose every PE holds the
+    660 x 660 run's tiles and extrapolated per phase; see that module and
+    docs/prefill.md, which also has 480, 600 and 720);
+  * the same layers on 8 x H100 and 8 x A100 (kernels.sharded, tp = 8).
+relayout (--part relayout): the one-time prefill -> decode move of Wo and
+W_down (kernels.transformer.relayout_weights) on n x n grids with the
+660 x 660 tiles, extrapolated to 660.
 Extrapolation to 32 layers: kernels.transformer.extrapolate.
 decode sweep (--grids, --models): one decode layer (4096-token context,
 fp16) per model and region size, each emulated in full in its own child
 process (wall time and peak memory per point), traced for the operations'
 windows, with whole-model tokens/s by kernels.transformer.extrapolate.
 
-Run alone: python -m benchmarks.transformer [--full]
+Run alone: python -m benchmarks.transformer [--full] [--part decode|prefill|relayout]
            python -m benchmarks.transformer --grids 420,540,660 \
                --models llama3-8b,llama2-13b
 """
@@ -38,6 +40,8 @@ from wse import gpu
 from benchmarks.options import command_line
 
 LLAMA = "llama3-8b"
+PREFILL_SIDE = 660
+"""The prefill region of --part prefill (the full run's prefill row)."""
 
 
 def _rss_gib() -> float:
@@ -200,70 +204,6 @@ def decode_sweep(grids=(420, 540, 660), model_names=(LLAMA, "llama2-13b"), conte
     return rows
 
 
-def proxy_model(n: int):
-    """A model whose layer puts on every PE of an n x n grid the tiles a LLaMA-3-8B
-    layer with a 4096-token prefill puts on a 660 x 660 grid (module docstring)."""
-    from kernels import models
-    heads = max(n // 16, 1)
-    return models.ModelConfig(f"llama3-8b-proxy{n}", "llama", d_model=128 * heads,
-                              n_heads=heads, n_kv_heads=1 if heads < 4 else heads // 4,
-                              d_ff=22 * n, n_layers=1, max_seq_len=8192, rope_theta=500000.0)
-
-
-def prefill_proxy_case(sizes=(16, 32, 64), target: int = 660, dtype: str = "float16"):
-    from kernels import models, reference
-    from kernels import transformer as T
-    rows, per_phase = [], {}
-    for n in sizes:
-        model = proxy_model(n)
-        weights = models.random_weights(model, seed=0)
-        seq = 7 * n
-        x = np.random.default_rng(2).standard_normal((seq, model.d_model))
-        cfg = wse.WSE2.with_grid(rows=n, cols=n)
-        started = time.perf_counter()
-        res, report = T.prefill(model, weights, x, cfg, dtype=dtype)
-        wall = time.perf_counter() - started
-        err = None
-        if n <= 32:
-            ref = reference.prefill(model, weights, x)
-            err = float(np.abs(res.hidden - ref.hidden).max() / np.abs(ref.hidden).max())
-        for ph in report.phases:
-            per_phase.setdefault(ph["name"], {})[n] = ph["cycles"]
-        rows.append(_wafer_row(f"llama3-8b prefill proxy n={n}", "prefill", cfg, report, seq,
-                               wall, True, rel_err=err, d_model=model.d_model, d_ff=model.d_ff,
-                               heads=model.n_heads))
-    # fit a + b*n per phase on the two smallest sizes; check on the largest; evaluate
-    lo, mid = sizes[0], sizes[1]
-    fitted, check = {}, {}
-    for name, by_n in per_phase.items():
-        b = (by_n[mid] - by_n[lo]) / (mid - lo)
-        a = by_n[lo] - b * lo
-        fitted[name] = a + b * target
-        if len(sizes) > 2:
-            check[name] = (a + b * sizes[2], by_n[sizes[2]])
-    # refit on all sizes (least squares) for the estimate
-    ns = np.array(sizes, float)
-    estimate = {}
-    for name, by_n in per_phase.items():
-        ys = np.array([by_n[n] for n in sizes], float)
-        b, a = np.polyfit(ns, ys, 1)
-        estimate[name] = a + b * target
-    cycles = float(sum(estimate.values()))
-    cfg = wse.WSE2.with_grid(rows=target, cols=target)
-    pred = sum(c[0] for c in check.values()) if check else None
-    meas = sum(c[1] for c in check.values()) if check else None
-    rows.append({"case": "llama3-8b layer", "machine": f"wafer {target}x{target}",
-                 "mode": "prefill", "tokens": 7 * target, "cycles": cycles,
-                 "seconds": cycles / cfg.clock_hz, "emulated": False,
-                 "how": f"a + b*n fit per phase over proxies n = {list(sizes)}",
-                 "phase_cycles": estimate,
-                 "fit_check_n": sizes[2] if len(sizes) > 2 else None,
-                 "fit_check_predicted": pred, "fit_check_measured": meas,
-                 "note": f"{7 * target} positions (7 per row); 4096 tokens need 7 per row "
-                         f"as well (ceil(4096/660) = 7), so the cycles are those of 4096"})
-    return rows
-
-
 def decode_part() -> list[dict]:
     from kernels import models
     rows = [decode_case()]
@@ -272,13 +212,21 @@ def decode_part() -> list[dict]:
     return rows + _gpu_rows(model, weights, None, cache, "llama3-8b layer", ("decode",))
 
 
-def prefill_part() -> list[dict]:
+def prefill_part(side: int = PREFILL_SIDE) -> list[dict]:
+    """One LLaMA-3-8B layer's prefill of a 4,096-token prompt: the wafer row by
+    benchmarks.prefill (target_row: same-tile proxies emulated in full, a + b n
+    per phase, evaluated at side x side; not emulated at that size), beside
+    8 x H100 and 8 x A100."""
+    from benchmarks import prefill
     from kernels import models
-    rows = prefill_proxy_case()
+    started = time.perf_counter()
+    wafer = prefill.target_row(side)
+    wafer.update(case="llama3-8b layer", mode="prefill", seconds=wafer["ms"] / 1e3,
+                 wall_s=time.perf_counter() - started, rss_gib=_rss_gib())
     model = models.preset(LLAMA)
     weights = models.random_weights(model, seed=0, n_layers=1)
-    x = np.random.default_rng(3).standard_normal((4096, model.d_model)).astype(np.float32)
-    return rows + _gpu_rows(model, weights, x, None, "llama3-8b layer", ("prefill",))
+    x = np.random.default_rng(3).standard_normal((prefill.SEQ, model.d_model)).astype(np.float32)
+    return [wafer] + _gpu_rows(model, weights, x, None, "llama3-8b layer", ("prefill",))
 
 
 def relayout_part(sizes=(8, 16, 32, 64), target: int = 660, dtype: str = "float16") -> list[dict]:
@@ -357,14 +305,12 @@ def plot(rows, out_dir) -> list[pathlib.Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     made = []
     modes = [m for m in ("prefill", "decode")
-             if any(r["mode"] == m and r.get("seconds") and "proxy" not in r["case"]
-                    for r in rows)]
+             if any(r["mode"] == m and r.get("seconds") for r in rows)]
     if not modes:        # e.g. --part relayout: no layer to draw, keep an earlier plot
         return made
     fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4), squeeze=False)
     for ax, mode in zip(axes[0], modes):
-        sel = [r for r in rows if r["mode"] == mode and r.get("seconds")
-               and "proxy" not in r["case"]]
+        sel = [r for r in rows if r["mode"] == mode and r.get("seconds")]
         labels = [r["machine"] + ("" if r.get("emulated", True) else "\n(extrapolated)")
                   for r in sel]
         tps = [r["tokens"] / r["seconds"] for r in sel]
