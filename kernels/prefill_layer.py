@@ -79,13 +79,119 @@ def placed_weight(W, rows_layout: FeatureLayout, cols_layout: FeatureLayout) -> 
     return blocks.transpose(0, 2, 1, 3).reshape(Pi * wi, Po * wo)
 
 
-def prefill_weight_tiles(W, rows_layout: FeatureLayout, cols_layout: FeatureLayout) -> np.ndarray:
-    """The block placement of W on the prefill layout before MeshGEMM's
-    alignment: PE (x, y) holds W[part y of the input, part x of the output]
-    (block (y, x) of placed_weight). gemm_phase places the resident weight
-    from placed_weight in MeshGEMM's alignment instead (skew="weights")."""
+def block_weight_tiles(W, rows_layout: FeatureLayout, cols_layout: FeatureLayout) -> np.ndarray:
+    """The block placement of W on the prefill layout: PE (x, y) holds W[part y
+    of the input, part x of the output] (block (y, x) of placed_weight), as
+    (parts_in, parts_out, w_in*w_out)."""
     blocks = place_matrix(W, rows_layout, cols_layout)
     return blocks.reshape(blocks.shape[0], blocks.shape[1], -1)
+
+
+def prefill_weight_tiles(W, rows_layout: FeatureLayout, cols_layout: FeatureLayout) -> np.ndarray:
+    """Where prefill keeps the resident weight W: MeshGEMM's alignment of it on
+    the square grid (gemm_phase, skew="weights"), C = parts on either side.
+    gemm_phase labels input part j (the activations column j holds) K-block
+    pos[j] (pos: place on the interleaved ring, routes.interleaved_order(C)),
+    and MeshGEMM starts PE (x, y) at K-block pos[x] + pos[y] (mod C)
+    (kernels.matmul.fabric_skew), so PE (x, y) holds W[input part
+    order[(pos[x] + pos[y]) % C], output part x]: the block placement with
+    column x rotated pos[x] places backwards on its ring."""
+    blocks = place_matrix(W, rows_layout, cols_layout)
+    C = blocks.shape[1]
+    if blocks.shape[0] != C:
+        raise ConfigError(f"MeshGEMM's alignment needs a square grid: the weight has "
+                          f"{blocks.shape[0]} input and {C} output parts")
+    order = np.asarray(routes.interleaved_order(C))
+    pos = routes.ring_position(order)
+    part_in = order[(pos[:, None] + pos[None, :]) % C]                # (y, x)
+    return blocks[part_in, np.arange(C)[None, :]].reshape(C, C, -1)
+
+
+def unalign_shifts(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per column x of an n x n grid: (places its tiles move on the column's
+    interleaved ring to undo MeshGEMM's alignment, +1: forward, to the next
+    place, pos[x] times; -1: backward n - pos[x] times, where that is fewer)."""
+    pos = routes.ring_position(routes.interleaved_order(n))
+    back = (n - pos) % n
+    forward = pos <= back
+    return np.where(forward, pos, back).astype(np.int64), np.where(forward, 1, -1)
+
+
+def unalign_program(cfg: wse.WaferConfig, tiles, dtype: str = "float32"):
+    """Turn prefill_weight_tiles into block_weight_tiles over the fabric: column
+    x moves its tiles unalign_shifts(n)[0][x] places round its interleaved
+    ring (every stream at most two hops), one place a shift: each PE posts the
+    receive of the next tile into its spare slot, sends its current one and
+    waits. tiles: (n, n, b). Returns (prog, buffer of 2 slots of b, the slot
+    (n, n) the result ends in: the shift count's parity). Cost:
+    unalign_cycles (bounds), unalign_hops."""
+    tiles = np.asarray(tiles)
+    n = cfg.rows
+    if cfg.cols != n or tiles.shape[:2] != (n, n):
+        raise ConfigError(f"undoing MeshGEMM's alignment needs a square grid and one tile per "
+                          f"PE, got a {cfg.rows} x {cfg.cols} grid and tiles of shape "
+                          f"{tiles.shape}")
+    b = int(tiles.shape[2])
+    shifts, direction = unalign_shifts(n)
+    prog = wse.Program(cfg)
+    slots = prog.buffer("weight_slots", (2 * b,), dtype)
+    init = np.zeros((n, n, 2 * b))
+    init[:, :, :b] = tiles
+    prog.load(slots, init)
+    ending = np.broadcast_to(shifts[None, :] % 2, (n, n))
+    if not shifts.any():
+        return prog, slots, ending
+    order = routes.interleaved_order(n)
+    plans = {step: routes.ring(prog, "y", order, step=step, name=f"unalign{step:+d}")
+             for step in (1, -1)}
+    forward = np.broadcast_to(direction[None, :] == 1, (n, n))
+    send = prog.color_param_indices("send", np.where(forward, plans[1].send_color,
+                                                     plans[-1].send_color))
+    recv = prog.color_param_indices("recv", np.where(forward, plans[1].recv_color,
+                                                     plans[-1].recv_color))
+    count = prog.param("shifts", np.broadcast_to(shifts[None, :], (n, n)))
+    with prog.role("pe").task("main", entry=True) as t:
+        head, spare = t.reg(), t.reg()
+        t.set(head, 0)
+        t.set(spare, 1)
+        with t.loop(count):
+            t.mov(slots.view(offset=spare * b, length=b), prog.fabin(recv, b), async_=True)
+            t.mov(prog.fabout(send, b), slots.view(offset=head * b, length=b), async_=True)
+            t.wait()
+            t.affine(head, head, -1, 1)
+            t.affine(spare, spare, -1, 1)
+    return prog, slots, ending
+
+
+def unalign_cycles(cfg: wse.WaferConfig, n: int, b: int) -> tuple[int, int]:
+    """First-principles (lower, upper) bounds on unalign_program's cycles, s =
+    the largest shift count (about n/2).
+      lower: a PE sends its next tile only after its wait, so the s tiles a
+             PE receives pass its ramp one after the other, one wavelet a
+             cycle, the first after the sender's start-up and one hop:
+             s*b + sigma + D + 2*T_R + H.
+      upper: per shift the loop's instructions (two issues, wait, two
+             register updates, the loop's test and branch: 7c), the
+             start-up, the longest stream's latency (D + 2*T_R + 2*H) and its
+             b wavelets at no less than one every two cycles (a PE's
+             injection waits for credits at most as long as it sends);
+             before the loop the entry task's start and two sets.
+    n = 1: nothing moves and the program has no task (0)."""
+    if n < 2:
+        return 0, 0
+    s = int(unalign_shifts(n)[0].max())
+    c, su, D = cfg.scalar_op_cycles, cfg.vector_startup_cycles, cfg.datapath_latency
+    lower = s * b + su + D + 2 * cfg.ramp_latency + cfg.hop_latency
+    per_shift = 7 * c + su + D + 2 * cfg.ramp_latency + 2 * cfg.hop_latency + 2 * b
+    return lower, cfg.task_start_cycles + 4 * c + s * per_shift
+
+
+def unalign_hops(n: int, b: int) -> int:
+    """Wavelet-hops of unalign_program: every shift of column x moves each of
+    its n tiles over its ring stream, sum |order[j] - order[j-1]| links."""
+    order = routes.interleaved_order(n)
+    ring = sum(abs(order[j] - order[j - 1]) for j in range(n))
+    return int(b * ring * unalign_shifts(n)[0].sum())
 
 
 def gemm_phase(tiles, w_in: int, W_placed: np.ndarray, cfg, w_out: int, dtype: str,

@@ -38,9 +38,10 @@ turn and re-exports the public names of those modules.
 
 Re-layout between prefill and decode: the KV cache needs none. The weights
 of the X-reducing GEMVs (O and down projections) are stored transposed
-block-wise relative to their prefill placement; relayout_weights moves them
-over the fabric once (a block transpose, charged in its own report; see
-docs/transformer.md). decode_step places the same tiles itself, once per
+block-wise relative to their block placement, which prefill keeps in
+MeshGEMM's alignment; relayout_weights moves them over the fabric once
+(undoing the alignment, then a block transpose, charged in its own report;
+see docs/transformer.md). decode_step places the same tiles itself, once per
 session (the first step; again only when the cache outgrows its reserved
 slots). The decode input x comes from the host each step (the embedding of
 the sampled token; here state.last_hidden), with the position's RoPE row.
@@ -65,7 +66,8 @@ from .layers import (block_transpose_cycles, block_transpose_hops, block_transpo
                      gather_sequence, place_sequence, place_vector)
 from .models import KVCache, ModelConfig, ModelWeights
 from .prefill_layer import (GEMM_ALGORITHM, PrefillLayouts, check_prefill_fits,
-                            prefill_layouts, prefill_weight_tiles)
+                            prefill_layouts, prefill_weight_tiles, unalign_cycles, unalign_hops,
+                            unalign_program)
 
 __all__ = ["Comparison", "DecodeLayouts", "Extrapolation", "GEMM_ALGORITHM",
            "PrefillLayouts", "PrefillResult", "check_prefill_fits", "compare", "decode_layouts",
@@ -268,19 +270,27 @@ def decode_step(model: ModelConfig, weights: ModelWeights, state, target, x=None
 # The one-time re-layout of the weights between prefill and decode
 def relayout_weights(model: ModelConfig, weights: ModelWeights, cfg: wse.WaferConfig,
                      dtype: str = "float32"):
-    """Move Wo and W_down of every layer from their prefill PEs to their decode
-    PEs over the fabric, once, between prefill and decode.
+    """Move Wo and W_down of every layer from where prefill keeps them to their
+    decode PEs over the fabric, once, between prefill and decode.
 
     Both runs use the same square region (wafer prefill needs R == C; decode
     could run elsewhere, but the re-layout emulated is the one on the region
-    that prefilled). On it the prefill layouts of d_model (plain over C) and of
-    the attention and d_ff features equal decode's, so decode's tile of PE
-    (x, y) is exactly prefill's tile of PE (y, x): a block transpose
-    (kernels.layers.block_transpose_program) of each PE's concatenated
-    Wo | W_down tile (wa*wd + wf*wd values). Returns ([{"wo": (R, C, wa*wd),
-    "w_down": (R, C, wf*wd)} per layer] as read back from the decode PEs,
-    report with one phase per layer and report.extra["relayout"] holding the
-    cost bounds of block_transpose_cycles)."""
+    that prefilled). Prefill keeps each resident weight in MeshGEMM's
+    alignment (prefill_weight_tiles: column x's tiles rotated pos[x] places
+    on its interleaved ring). Per layer, on each PE's concatenated Wo | W_down
+    tile (wa*wd + wf*wd values), two engine runs:
+      unalign    every column rotates its tiles back (unalign_program, at
+                 most about n/2 two-hop shifts), leaving the block placement:
+                 PE (x, y) holds input part y, output part x;
+      transpose  on that placement the prefill layouts of d_model (plain
+                 over C) and of the attention and d_ff features equal
+                 decode's, so decode's tile of PE (x, y) is exactly the block
+                 tile of PE (y, x): a block transpose
+                 (kernels.layers.block_transpose_program).
+    Returns ([{"wo": (R, C, wa*wd), "w_down": (R, C, wf*wd)} per layer] as
+    read back from the decode PEs, report with the two phases per layer and
+    report.extra["relayout"] holding the per-layer cost bounds (sums of
+    unalign_cycles and block_transpose_cycles) and wavelet-hops)."""
     _check_model(model, weights)
     _check_dtype(dtype)
     if not isinstance(cfg, wse.WaferConfig):
@@ -295,18 +305,25 @@ def relayout_weights(model: ModelConfig, weights: ModelWeights, cfg: wse.WaferCo
     for i, lw in enumerate(weights.layers):
         tiles = np.concatenate([prefill_weight_tiles(lw.wo, lay.attn, lay.d),
                                 prefill_weight_tiles(lw.w_down, lay.ff, lay.d)], axis=2)
-        prog, dst = block_transpose_program(cfg, tiles, dtype)
+        b = tiles.shape[2]
+        prog, slots, ending = unalign_program(cfg, tiles, dtype)
+        result = prog.run(max_cycles=10 ** 12)
+        both = result.read(slots).reshape(R, R, 2, b)
+        block = np.take_along_axis(both, ending[:, :, None, None], axis=2)[:, :, 0]
+        reports.append(result.report)
+        prog, dst = block_transpose_program(cfg, block, dtype)
         result = prog.run(max_cycles=10 ** 12)
         moved = result.read(dst).astype(np.float64)
         out.append({"wo": moved[:, :, :n_wo], "w_down": moved[:, :, n_wo:]})
         reports.append(result.report)
-        names.append(f"L{i}.relayout")
+        names += [f"L{i}.unalign", f"L{i}.transpose"]
     report = wse.RunReport.sequence(reports, names)
-    b = tiles.shape[2]
-    lower, upper = block_transpose_cycles(cfg, R, b)
-    report.extra["relayout"] = {"wavelets_per_pe": b, "layers": len(reports),
-                                "model_cycles_per_layer": [lower, upper],
-                                "expected_wavelet_hops_per_layer": block_transpose_hops(R, b)}
+    bounds = [unalign_cycles(cfg, R, b), block_transpose_cycles(cfg, R, b)]
+    report.extra["relayout"] = {"wavelets_per_pe": b, "layers": len(weights.layers),
+                                "model_cycles_per_layer": [sum(lo for lo, _ in bounds),
+                                                           sum(up for _, up in bounds)],
+                                "expected_wavelet_hops_per_layer": unalign_hops(R, b)
+                                + block_transpose_hops(R, b)}
     return out, report
 
 

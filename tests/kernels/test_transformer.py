@@ -89,8 +89,61 @@ def test_relayout_puts_wo_and_w_down_in_decode_placement_over_the_fabric(name, n
     assert report.wavelet_hops == info["expected_wavelet_hops_per_layer"]
     lower, upper = info["model_cycles_per_layer"]
     assert lower <= report.cycles <= upper
+    assert [ph["name"] for ph in report.phases] == ["L0.unalign", "L0.transpose"]
     with pytest.raises(wse.ConfigError, match="square region"):
         T.relayout_weights(model, weights, wse.WSE2.with_grid(rows=n, cols=n + 1))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 8])
+def test_prefill_keeps_resident_weights_in_meshgemms_alignment(n):
+    """prefill_weight_tiles is the block placement after MeshGEMM's own
+    alignment of B (kernels.matmul.fabric_skew with skew="fabric": column x
+    shifts its tiles skew_b[x] times to its ring predecessor), the labels being
+    gemm_phase's (input part j is K-block pos[j])."""
+    from kernels import matmul, prefill_layer as P
+    from kernels.layers import FeatureLayout
+    from wse import routes
+    rows_layout, cols_layout = FeatureLayout.plain(3 * n, n), FeatureLayout.plain(2 * n, n)
+    W = np.random.default_rng(n).standard_normal((3 * n, 2 * n))
+    block = P.block_weight_tiles(W, rows_layout, cols_layout)
+    cfg = wse.WSE2.with_grid(rows=n, cols=n)
+    _, skew_b = matmul.fabric_skew(matmul.plan(4 * n, 3 * n, 2 * n, cfg, "meshgemm"))
+    order = np.asarray(routes.interleaved_order(n))
+    pos = routes.ring_position(order)
+    expected = np.empty_like(block)
+    for x in range(n):
+        for y in range(n):        # ring place pos[y] ends with the block of place pos[y] + s
+            expected[y, x] = block[order[(pos[y] + skew_b[x]) % n], x]
+    np.testing.assert_array_equal(P.prefill_weight_tiles(W, rows_layout, cols_layout), expected)
+
+
+@settings(max_examples=12, deadline=None)
+@given(n=st.integers(1, 9), b=st.integers(1, 40), free=st.booleans(),
+       dtype=st.sampled_from(["float32", "float16"]))
+def test_unalign_turns_the_alignment_back_into_the_block_placement(n, b, free, dtype):
+    """Values back where the block placement has them, wavelet-hops as
+    unalign_hops, cycles within unalign_cycles, with and without
+    instruction costs; bad input is refused."""
+    from kernels import prefill_layer as P
+    from kernels.layers import FeatureLayout
+    cfg = wse.WSE2.with_grid(rows=n, cols=n)
+    cfg = cfg.without_instruction_costs() if free else cfg
+    layout = FeatureLayout.plain(n * b, n)
+    W = np.random.default_rng(b).standard_normal((n * b, n))
+    prog, slots, ending = P.unalign_program(cfg, P.prefill_weight_tiles(W, layout,
+                                                                        FeatureLayout.plain(n, n)),
+                                            dtype)
+    result = prog.run(max_cycles=10 ** 9)
+    both = result.read(slots).reshape(n, n, 2, b)
+    got = np.take_along_axis(both, ending[:, :, None, None], axis=2)[:, :, 0]
+    expected = P.block_weight_tiles(W, layout, FeatureLayout.plain(n, n))
+    np.testing.assert_array_equal(got, expected.astype(np.float16 if dtype == "float16"
+                                                       else np.float32))
+    assert result.report.wavelet_hops == P.unalign_hops(n, b)
+    lower, upper = P.unalign_cycles(cfg, n, b)
+    assert lower <= result.report.cycles <= upper
+    with pytest.raises(wse.ConfigError, match="square grid"):
+        P.unalign_program(wse.WSE2.with_grid(rows=n, cols=n + 1), np.zeros((n, n + 1, b)))
 
 
 @settings(max_examples=4, deadline=None)
