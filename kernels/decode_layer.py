@@ -50,7 +50,7 @@ import wse
 
 from .kvcache import KVUpdate, LayerImage, WaferKVCache
 from .layers import (NEG_INF, FeatureLayout, SegmentChannel, SubBuffer, build_roles,
-                     emit_gelu, emit_gemv, emit_norm, emit_rope, emit_swiglu, expand_kv_heads,
+                     emit_gelu, emit_gemv, emit_norm, emit_rope, emit_swiglu, kv_head_layout,
                      norm_kind, place_matrix, place_vector, rope_tables)
 from .models import ModelConfig
 
@@ -83,10 +83,10 @@ def decode_layouts(model: ModelConfig, cfg: wse.WaferConfig) -> DecodeLayouts:
 
 
 def decode_x_reducing_tiles(W, rows_layout: FeatureLayout, d: FeatureLayout, R: int,
-                            C: int) -> np.ndarray:
+                            C: int, dtype=np.float64) -> np.ndarray:
     """Decode placement of an X-reducing GEMV's weight (Wo, W_down): PE (x, y)
-    holds W[part x of the input features, chunk y of d_model]."""
-    return place_matrix(W, rows_layout, d).transpose(1, 0, 2, 3).reshape(R, C, -1)
+    holds W[part x of the input features, chunk y of d_model] (in `dtype`)."""
+    return place_matrix(W, rows_layout, d, dtype).transpose(1, 0, 2, 3).reshape(R, C, -1)
 
 
 def decode_weight_bytes(model: ModelConfig, lay: DecodeLayouts, dtype: str) -> int:
@@ -279,17 +279,21 @@ def place_resident(lp: LayerProgram, model: ModelConfig, lw, lay: DecodeLayouts,
     def load(name, data):           # written at once, so one placed array lives at a time
         prog.load(b[name], data)
 
+    def blocks(W, rows_layout, cols_layout, name):     # in the buffer's dtype: one conversion
+        return place_matrix(W, rows_layout, cols_layout, b[name].dtype)
+
+    kv_attn = kv_head_layout(model, lay.attn)
     load("attn_norm_w", place_vector(lay.d, lw.attn_norm, R, C, "y"))
-    blocks = [place_matrix(W, lay.d, lay.attn) for W in
-              (lw.wq, expand_kv_heads(model, lw.wk), expand_kv_heads(model, lw.wv))]
-    load("w_qkv", np.concatenate(blocks, axis=3).reshape(R, C, -1))
-    del blocks
-    load("w_o", decode_x_reducing_tiles(lw.wo, lay.attn, lay.d, R, C))
+    qkv = [blocks(lw.wq, lay.d, lay.attn, "w_qkv"), blocks(lw.wk, lay.d, kv_attn, "w_qkv"),
+           blocks(lw.wv, lay.d, kv_attn, "w_qkv")]
+    load("w_qkv", np.concatenate(qkv, axis=3).reshape(R, C, -1))
+    del qkv
+    load("w_o", decode_x_reducing_tiles(lw.wo, lay.attn, lay.d, R, C, b["w_o"].dtype))
     load("mlp_norm_w", place_vector(lay.d, lw.mlp_norm, R, C, "y"))
     ups = [lw.w_gate, lw.w_up] if model.gated else [lw.w_up]
-    load("w_up", np.concatenate([place_matrix(W, lay.d, lay.ff) for W in ups],
+    load("w_up", np.concatenate([blocks(W, lay.d, lay.ff, "w_up") for W in ups],
                                 axis=3).reshape(R, C, -1))
-    load("w_down", decode_x_reducing_tiles(lw.w_down, lay.ff, lay.d, R, C))
+    load("w_down", decode_x_reducing_tiles(lw.w_down, lay.ff, lay.d, R, C, b["w_down"].dtype))
     if model.has_bias:
         load("attn_norm_b", place_vector(lay.d, lw.attn_norm_bias, R, C, "y"))
         load("mlp_norm_b", place_vector(lay.d, lw.mlp_norm_bias, R, C, "y"))
@@ -297,13 +301,13 @@ def place_resident(lp: LayerProgram, model: ModelConfig, lw, lay: DecodeLayouts,
         load("b_up", place_vector(lay.ff, lw.b_up, R, C, "x"))
         load("b_down", place_vector(lay.d, lw.b_down, R, C, "y"))
     if model.family != "llama":
-        bqkv = np.concatenate([lay.attn.scatter(lw.bq),
-                               lay.attn.scatter(expand_kv_heads(model, lw.bk)),
-                               lay.attn.scatter(expand_kv_heads(model, lw.bv))], axis=1)
+        bqkv = np.concatenate([lay.attn.scatter(np.asarray(lw.bq, np.float64)),
+                               kv_attn.scatter(np.asarray(lw.bk, np.float64)),
+                               kv_attn.scatter(np.asarray(lw.bv, np.float64))], axis=1)
         load("b_qkv", np.broadcast_to(bqkv[None], (R, C, 3 * wa)))
     n = min(K.shape[2], lp.slots)
     for name, M in (("k_cache", K), ("v_cache", V)):
-        full = np.zeros((R, C, lp.slots, wa))
+        full = np.zeros((R, C, lp.slots, wa), b[name].dtype)
         full[:, :, :n] = M[:, :, :n]
         load(name, full.reshape(R, C, -1))
     sb = np.full((R, lp.slots), NEG_INF)

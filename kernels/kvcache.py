@@ -42,7 +42,7 @@ from wse import routes
 from wse.errors import ConfigError
 from wse.program import SramImage
 
-from .layers import NEG_INF, FeatureLayout, place_sequence
+from .layers import NEG_INF, FeatureLayout, kv_head_layout, place_sequence
 from .models import KVCache, ModelConfig
 
 POLICIES = ("shift", "append")
@@ -158,11 +158,10 @@ class WaferKVCache:
         layout = FeatureLayout.heads(model.n_heads, model.head_dim, cols)
         seq = cache.length
         st = max(-(-seq // rows), 1)
-        group = model.n_heads // model.n_kv_heads
-        flat = lambda a: np.repeat(np.asarray(a, np.float64), group, axis=0).transpose(  # noqa
-            1, 0, 2).reshape(seq, -1)
-        k_tiles = [place_sequence(flat(k), layout, rows, st) for k in cache.keys]
-        v_tiles = [place_sequence(flat(v), layout, rows, st) for v in cache.values]
+        kv_layout = kv_head_layout(model, layout)
+        flat = lambda a: np.asarray(a, np.float64).transpose(1, 0, 2).reshape(seq, -1)  # noqa
+        k_tiles = [place_sequence(flat(k), kv_layout, rows, st) for k in cache.keys]
+        v_tiles = [place_sequence(flat(v), kv_layout, rows, st) for v in cache.values]
         return cls.from_tiles(model, rows, cols, layout, policy, dtype, k_tiles, v_tiles, seq,
                               cache.last_hidden)
 

@@ -104,9 +104,8 @@ class FeatureLayout:
     def scatter(self, M) -> np.ndarray:
         """(..., n) -> (..., parts, width), padding as 0."""
         M = np.asarray(M)
-        out = np.zeros(M.shape[:-1] + self.index.shape, M.dtype)
-        valid = self.index >= 0
-        out[..., valid] = M[..., self.index[valid]]
+        out = np.take(M, np.maximum(self.index, 0), axis=-1)
+        out[..., self.index < 0] = 0
         return out
 
     def gather(self, T) -> np.ndarray:
@@ -117,23 +116,34 @@ class FeatureLayout:
         out[..., self.index[valid]] = T[..., valid]
         return out
 
+    def through(self, source: np.ndarray, n: int) -> "FeatureLayout":
+        """This layout over n source features, slot feature f holding source
+        feature source[f]: placing M through it equals placing M[..., source]
+        through this layout, without building M[..., source]."""
+        index = np.where(self.index >= 0, np.asarray(source)[np.maximum(self.index, 0)], -1)
+        return FeatureLayout(n, self.parts, index, self.segments, self.head_dim)
+
     def pair_frequency_index(self) -> np.ndarray:
         """(parts, width // 2): RoPE frequency index i of each adjacent pair (-1: padding)."""
         first = self.index[:, 0::2]
         return np.where(first >= 0, first % max(self.head_dim, 1), -1)
 
 
-def place_matrix(W, rows_layout: FeatureLayout, cols_layout: FeatureLayout) -> np.ndarray:
+def place_matrix(W, rows_layout: FeatureLayout, cols_layout: FeatureLayout,
+                 dtype=np.float64) -> np.ndarray:
     """W (n_in, n_out) -> (rows_layout.parts, cols_layout.parts, w_in, w_out) blocks:
-    block [a, b] = W[features of part a, features of part b] (0 for padding)."""
-    W = np.asarray(W, np.float64)
+    block [a, b] = W[features of part a, features of part b] (0 for padding).
+    dtype: of the blocks; W is converted to it once, before it is copied
+    about (a float16 buffer's blocks take a quarter of float64's traffic)."""
+    W = np.asarray(W, dtype)
     if W.shape != (rows_layout.n, cols_layout.n):
         raise ConfigError(f"a {W.shape} weight does not match layouts of {rows_layout.n} x "
                           f"{cols_layout.n} features")
     ri, ci = rows_layout.index, cols_layout.index
-    Wp = np.zeros((W.shape[0] + 1, W.shape[1] + 1))
-    Wp[:-1, :-1] = W
-    return Wp[ri[:, None, :, None], ci[None, :, None, :]]
+    blocks = np.take(np.take(W, np.maximum(ri, 0), axis=0), np.maximum(ci, 0), axis=-1)
+    blocks[ri < 0] = 0                                  # (parts_in, w_in, parts_out, w_out)
+    blocks[:, :, ci < 0] = 0
+    return blocks.transpose(0, 2, 1, 3)
 
 
 def rope_tables(layout: FeatureLayout, positions, theta: float):
@@ -367,8 +377,19 @@ def build_roles(prog: wse.Program, channels: dict, body, where=None) -> int:
     names = list(channels)
     where = np.ones((prog.rows, prog.cols), bool) if where is None else where
     if names:
-        key = np.stack([channels[n].label for n in names], axis=-1)
-        combos, inverse = np.unique(key.reshape(-1, len(names)), axis=0, return_inverse=True)
+        labels = np.stack([channels[n].label.reshape(-1) for n in names]).astype(np.int64)
+        # one integer per PE, its labels as digits (labels >= -1): the same
+        # lexicographic order as unique rows, at the cost of a 1-D unique
+        radix = int(labels.max()) + 2
+        if radix ** len(names) >= 2 ** 62:
+            raise ConfigError(f"build_roles: channel labels up to {radix - 2} over {names} do "
+                              f"not fit one 64-bit key per PE")
+        key = np.zeros(labels.shape[1], np.int64)
+        for digits in labels:
+            key = key * radix + digits + 1
+        codes, inverse = np.unique(key, return_inverse=True)
+        combos = np.stack([codes // radix ** k % radix - 1
+                           for k in range(len(names) - 1, -1, -1)], axis=-1)
         inverse = inverse.reshape(prog.rows, prog.cols)
     else:
         combos, inverse = np.zeros((1, 0), np.int64), np.zeros((prog.rows, prog.cols), np.int64)
@@ -679,11 +700,22 @@ def expand_kv_heads(model, W):
     head_dim (a kernels.models.ModelConfig)."""
     if W is None:
         return None
-    W = np.asarray(W, np.float64)
+    return np.asarray(W, np.float64)[..., kv_head_columns(model)]
+
+
+def kv_head_columns(model) -> np.ndarray:
+    """(n_heads * head_dim,) the K/V feature each query-head feature reads:
+    feature i of query head h reads feature i of KV head h // group."""
     group = model.n_heads // model.n_kv_heads
-    hd = model.head_dim
-    cols = np.array([(h // group) * hd + i for h in range(model.n_heads) for i in range(hd)])
-    return W[..., cols]
+    kv_head = np.arange(model.n_heads) // group
+    return (kv_head[:, None] * model.head_dim + np.arange(model.head_dim)).reshape(-1)
+
+
+def kv_head_layout(model, layout: FeatureLayout) -> FeatureLayout:
+    """`layout` (of the query heads' features) over the K/V features: placing
+    a K/V weight, bias or cache through it equals placing expand_kv_heads of it
+    through `layout`, without the expanded copy."""
+    return layout.through(kv_head_columns(model), model.n_kv_heads * model.head_dim)
 
 
 def norm_kind(model) -> str:

@@ -760,20 +760,25 @@ class Program:
         self._write(buffer, data, mask)
 
     def _write(self, buffer: Buffer, data: np.ndarray, mask: np.ndarray):
-        """Write the checked (rows, cols, *shape) `data` into the SRAM image."""
+        """Write the checked (rows, cols, *shape) `data` into the SRAM image,
+        converting each value once, straight into its SRAM words."""
         arena = self._ensure_arena()
-        flat = data.reshape(self.rows * self.cols, buffer.size)
         addr = self._buffer_addresses(buffer)
         pes = np.nonzero(mask.reshape(-1))[0]
         self.host_bytes_loaded += len(pes) * buffer.size * buffer.itemsize
-        if buffer.dtype == "float32":
-            view, unit, convert = arena.view(np.float32), 4, np.float32
-        else:
-            view, unit, convert = arena.view(np.uint16), 2, np.float16
+        words = _pe_words(arena, addr, buffer.size, buffer.dtype)
+        if words is not None:
+            target = words.reshape(self.rows, self.cols, buffer.size)
+            source = data.reshape(self.rows, self.cols, buffer.size)
+            if mask.all():
+                target[...] = source
+            else:
+                target[mask] = source[mask]
+            return
+        flat = data.reshape(self.rows * self.cols, buffer.size)
+        view = arena.view(_WORD_DTYPES[buffer.dtype])
         for chunk in _pe_chunks(pes, buffer.size):
-            idx = addr[chunk, None] // unit + np.arange(buffer.size)
-            values = flat[chunk].astype(convert)
-            view[idx] = values if unit == 4 else values.view(np.uint16)
+            view[addr[chunk, None] // view.itemsize + np.arange(buffer.size)] = flat[chunk]
 
     def _ensure_arena(self) -> np.ndarray:
         if self._arena is None:
@@ -963,15 +968,40 @@ def _describe(entry) -> str:
     return f"{dtype} {shape}"
 
 
+_WORD_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+def _pe_words(arena: np.ndarray, addr: np.ndarray, size: int, dtype: str):
+    """A (PEs, size) view of a buffer's words in the arena when its byte
+    addresses step evenly from PE to PE (one offset on every PE that holds it,
+    every PE the same SRAM size: the usual layout), else None. Rows of PEs
+    without the buffer point at other bytes and must not be used."""
+    pes = np.flatnonzero(addr >= 0)
+    if len(pes) < 2:
+        return None
+    word = np.dtype(_WORD_DTYPES[dtype])
+    stride, rem = divmod(int(addr[pes[-1]] - addr[pes[0]]), int(pes[-1] - pes[0]))
+    first = int(addr[pes[0]]) - int(pes[0]) * stride
+    end = first + (len(addr) - 1) * stride + size * word.itemsize
+    if rem or stride < size * word.itemsize or first < 0 or end > arena.nbytes \
+            or not np.array_equal(addr[pes], first + pes * stride):
+        return None
+    return np.ndarray((len(addr), size), word, buffer=arena, offset=first,
+                      strides=(stride, word.itemsize))
+
+
 def _gather(arena: np.ndarray, addr: np.ndarray, size: int, dtype: str) -> np.ndarray:
     """(PEs, size) values of a buffer at byte addresses `addr` (-1: absent -> NaN)."""
     present = addr >= 0
-    out_dtype = np.float32 if dtype == "float32" else np.float16
-    out = np.full((addr.shape[0], size), np.nan, out_dtype)
-    pes = np.nonzero(present)[0]
-    unit = 4 if dtype == "float32" else 2
-    words = arena.view(np.float32) if unit == 4 else arena.view(np.uint16)
-    for chunk in _pe_chunks(pes, size):
-        idx = addr[chunk, None] // unit + np.arange(size)
-        out[chunk] = words[idx] if unit == 4 else words[idx].view(np.float16)
+    out = np.full((addr.shape[0], size), np.nan, _WORD_DTYPES[dtype])
+    words = _pe_words(arena, addr, size, dtype)
+    if words is not None:
+        if present.all():
+            out[...] = words
+        else:
+            out[present] = words[present]
+        return out
+    view = arena.view(_WORD_DTYPES[dtype])
+    for chunk in _pe_chunks(np.nonzero(present)[0], size):
+        out[chunk] = view[addr[chunk, None] // view.itemsize + np.arange(size)]
     return out
