@@ -381,9 +381,9 @@ def build_roles(prog: wse.Program, channels: dict, body, where=None) -> int:
         # one integer per PE, its labels as digits (labels >= -1): the same
         # lexicographic order as unique rows, at the cost of a 1-D unique
         radix = int(labels.max()) + 2
-        if radix ** len(names) >= 2 ** 62:
-            raise ConfigError(f"build_roles: channel labels up to {radix - 2} over {names} do "
-                              f"not fit one 64-bit key per PE")
+        if labels.min() < -1 or radix ** len(names) >= 2 ** 62:
+            raise ConfigError(f"build_roles: channel labels from {labels.min()} to {radix - 2} "
+                              f"over {names} do not fit one 64-bit key per PE (labels >= -1)")
         key = np.zeros(labels.shape[1], np.int64)
         for digits in labels:
             key = key * radix + digits + 1

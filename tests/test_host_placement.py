@@ -7,15 +7,16 @@ buffer's per-PE address, whether the buffer sits at one offset on every PE (a
 strided view of the SRAM image) or at different ones (indexed writes); reads
 return NaN where a buffer is absent. Placing a K/V weight through
 kv_head_layout equals placing its expanded copy (expand_kv_heads), and
-place_matrix in a given dtype equals the float64 blocks converted once."""
+place_matrix in a given dtype equals the float64 blocks converted once;
+build_roles keys PEs by their label tuples as np.unique over rows would."""
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import wse
-from kernels.layers import (FeatureLayout, expand_kv_heads, kv_head_layout, place_matrix,
-                            place_sequence)
+from kernels.layers import (FeatureLayout, build_roles, expand_kv_heads, kv_head_layout,
+                            place_matrix, place_sequence)
 from wse.program import _pe_words
 
 
@@ -84,3 +85,25 @@ def test_placement_in_a_dtype_and_through_kv_heads_equals_the_expanded_copy():
     seq = rng.standard_normal((7, small.n_kv_heads * small.head_dim))
     np.testing.assert_array_equal(place_sequence(seq, kv, 3, 3),
                                   place_sequence(expand_kv_heads(small, seq), heads, 3, 3))
+
+
+def test_build_roles_gives_one_role_per_label_combination_in_row_order():
+    """PEs with the same labels in every channel share a role; roles are made
+    in the lexicographic order of the label tuples; a label below -1 is refused."""
+    cfg = wse.WSE2.with_grid(rows=3, cols=4)
+    rng = np.random.default_rng(2)
+    channels = {"a": SimpleNamespace(label=rng.integers(-1, 3, (3, 4))),
+                "b": SimpleNamespace(label=rng.integers(-1, 12, (3, 4)))}
+    prog = wse.Program(cfg)
+    seen = []
+    made = build_roles(prog, channels, lambda t, parts: seen.append((parts["a"], parts["b"])))
+    combos = np.unique(np.stack([channels["a"].label, channels["b"].label], -1).reshape(-1, 2),
+                       axis=0)
+    assert made == len(combos) and seen == [tuple(c) for c in combos.tolist()]
+    for role in prog.roles[1:]:
+        a, b = seen[int(role.name[1:])]
+        np.testing.assert_array_equal(prog.pe_role == role.index,
+                                      (channels["a"].label == a) & (channels["b"].label == b))
+    channels["a"].label[0, 0] = -2
+    with pytest.raises(wse.ConfigError, match="labels >= -1"):
+        build_roles(wse.Program(cfg), channels, lambda t, parts: None)
