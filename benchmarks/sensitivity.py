@@ -7,7 +7,8 @@ halved rounding down, never below the field's minimum) of
   * a chain reduce of B = 4 on a row of P = 300 PEs (emulated),
   * MeshGEMM 2048^3 fp16 on 128 x 128, by its model (kernels.matmul.model_cycles),
   * with --full, the LLaMA-3-8B decode layer (4,096-token context, fp16) on
-    420 x 420 (emulated, about a minute a run).
+    420 x 420 (emulated, one program; about a minute and 3-6 GiB a run,
+    15 distinct configurations, so about 15-20 minutes in all).
 
     python -m benchmarks.sensitivity [--full] [--markdown]
 """
