@@ -13,7 +13,8 @@ The layer's operations (PHASES), one task each per PE (TASKS), run in this
 order on every PE; each reads its inputs in exactly the layout the previous
 one left them in, in SRAM:
   qkv        norm (allreduce along Y), Q/K/V GEMV (allreduce along Y),
-             bias, RoPE; Q converted to the cache dtype
+             bias, RoPE, then the RoPE table advanced to the next position;
+             Q converted to the cache dtype
   kv_update  the cache's neighbour moves along Y and the insert of the new
              K, V on the last row (`kvcache.KVUpdate`; PEs with no part in
              it have no such task)
@@ -33,11 +34,19 @@ operation while others still finish the previous one.
 
 Everything is resident in SRAM at once: the weights, the KV cache (K, V and
 the score bias of `slots` slots, RESERVE_SLOTS beyond those in use) and the
-activations. Per step the host writes the input x (the embedding, or the
-previous layer's output) and the position's RoPE row, and reads x back; the
-decode state (`kvcache.WaferKVCache.images`) keeps each layer's final SRAM
-image, and the next step's program resumes from it (`wse.Program.resume`),
-so no weight or cache byte is written from the host again.
+activations, and for llama the RoPE state: per attention feature pair the
+cos | sin of the current position's angle and the cos | sin of the pair's
+frequency theta_i, placed with the weights; each step, after using the
+table, a PE advances it to the next position by angle addition
+(`layers.emit_rope_advance`: a few vector instructions, and an fp32 drift
+of at most `layers.rope_drift_bound(k)` after k steps, ~k 2^-22). Per step
+the host writes only the input x (the embedding, or the previous layer's
+output) and reads x back; the decode state
+(`kvcache.WaferKVCache.images`) keeps each layer's final SRAM image, and the
+next step's program resumes from it (`wse.Program.resume`), so no weight,
+cache or RoPE byte is written from the host again. When the image is laid
+out anew, the host places the RoPE tables for the current position with
+the weights (exact again: the drift restarts).
 """
 from __future__ import annotations
 
@@ -50,8 +59,8 @@ import wse
 
 from .kvcache import KVUpdate, LayerImage, WaferKVCache
 from .layers import (NEG_INF, FeatureLayout, SegmentChannel, SubBuffer, build_roles,
-                     emit_gelu, emit_gemv, emit_norm, emit_rope, emit_swiglu, kv_head_layout,
-                     norm_kind, place_matrix, place_vector, rope_tables)
+                     emit_gelu, emit_gemv, emit_norm, emit_rope, emit_rope_advance, emit_swiglu,
+                     kv_head_layout, norm_kind, place_matrix, place_vector, rope_tables)
 from .models import ModelConfig
 
 PHASES = ("qkv", "kv_update", "attention", "o_mlp_up", "down")
@@ -153,9 +162,10 @@ def layer_program(cfg: wse.WaferConfig, model: ModelConfig, lay: DecodeLayouts, 
     buf("b_up", wf, when=bias)
     buf("w_down", wf * wd, dtype)
     buf("b_down", wd, when=bias)
+    buf("rope_step", wa, when=llama)               # cos | sin of theta_i
+    buf("rope", wa, when=llama)                    # cos | sin of position * theta_i
     # written by the host every step
     buf("x", wd)
-    buf("rope", wa, when=llama)                    # cos | sin of the position
     # activations
     buf("h", wd, dtype)
     buf("stats", 3 + wd)
@@ -203,6 +213,7 @@ def layer_program(cfg: wse.WaferConfig, model: ModelConfig, lay: DecodeLayouts, 
             for off in (0, wa):
                 emit_rope(t, SubBuffer(b["qkv"], off), SubBuffer(b["rope"], 0),
                           SubBuffer(b["rope"], half), b["tmp"], wa)
+            emit_rope_advance(t, b["rope"], b["rope_step"], b["tmp"], wa)
         else:
             t.add(b["qkv"].view(), b["qkv"].view(), b["b_qkv"].view())
         t.mov(b["q"].view(), b["qkv"].view(0, wa))
@@ -315,15 +326,33 @@ def place_resident(lp: LayerProgram, model: ModelConfig, lw, lay: DecodeLayouts,
     load("bias", np.broadcast_to(sb[:, None, :], (R, C, lp.slots)))
 
 
+def place_rope(lp: LayerProgram, lay: DecodeLayouts, pos: int, theta: float,
+               step_too: bool = True) -> None:
+    """Load the RoPE table of position `pos` (cos | sin of pos * theta_i per
+    attention feature pair, the same on every row) and, with step_too, the
+    per-pair cos | sin of theta_i that advances it (`emit_rope_advance`)."""
+    R, C = lp.prog.rows, lp.prog.cols
+
+    def row(p):
+        cos, sin = rope_tables(lay.attn, [p], theta)                    # (1, C, wa/2)
+        return np.broadcast_to(np.concatenate([cos[0], sin[0]], axis=1)[None],
+                               (R, C, lay.attn.width))
+
+    lp.prog.load(lp.buffers["rope"], row(pos))
+    if step_too:
+        lp.prog.load(lp.buffers["rope_step"], row(1))
+
+
 def run_layer(cfg, model: ModelConfig, lw, x_vec, cache: WaferKVCache, layer: int,
               lay: DecodeLayouts, pos: int, dtype: str, moves, insert):
     """One decode layer as one engine run. x_vec: (R, C, wd) the d_model vector
     along Y; moves, insert: this step's cache.plan_append. Resumes from the
     layer's SRAM image in `cache.images` when its cache slots still hold the
     slot table, otherwise places the weights (and the cache, from the image
-    or the host copy) first. Returns (x_vec, report); keeps the run's final
-    image in cache.images[layer]."""
-    R, C = cfg.rows, cfg.cols
+    or the host copy) first, with the RoPE tables of position `pos` (also
+    placed when the image's table holds another position). Returns (x_vec,
+    report); keeps the run's final image, its RoPE table advanced to pos + 1,
+    in cache.images[layer]."""
     image = cache.images[layer]
     reuse = image is not None and image.slots >= cache.capacity and image.dtype == dtype
     lp = layer_program(cfg, model, lay, dtype, cache.capacity, moves, insert,
@@ -334,16 +363,16 @@ def run_layer(cfg, model: ModelConfig, lw, x_vec, cache: WaferKVCache, layer: in
         K, V = cache.layer_kv(layer)
         place_resident(lp, model, lw, lay, K, V, cache.bias())
         del K, V
+    llama = model.family == "llama"
+    if llama and not (reuse and image.rope_position == pos):
+        place_rope(lp, lay, pos, model.rope_theta, step_too=not reuse)
     cache.images[layer] = None
     cache.keys[layer] = cache.values[layer] = None
     lp.prog.load(lp.buffers["x"], x_vec)
-    if model.family == "llama":
-        cos, sin = rope_tables(lay.attn, [pos], model.rope_theta)       # (1, C, wa/2)
-        row = np.concatenate([cos[0], sin[0]], axis=1)
-        lp.prog.load(lp.buffers["rope"], np.broadcast_to(row[None], (R, C, lay.attn.width)))
     result = lp.prog.run(max_cycles=10 ** 12)
     x_out = result.read(lp.buffers["x"]).astype(np.float64)
-    cache.images[layer] = LayerImage(result.image(), lp.slots, dtype)
+    cache.images[layer] = LayerImage(result.image(), lp.slots, dtype,
+                                     pos + 1 if llama else None)
     return x_out, result.report
 
 

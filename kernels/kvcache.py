@@ -51,11 +51,13 @@ POLICIES = ("shift", "append")
 @dataclass
 class LayerImage:
     """A layer's SRAM as its last decode run left it (weights, cache,
-    activations), the cache slots it lays out and the dtype it was built for."""
+    activations, RoPE state), the cache slots it lays out, the dtype it was
+    built for and the position whose RoPE table it holds (None: no RoPE)."""
 
     sram: SramImage
     slots: int
     dtype: str
+    rope_position: int | None = None
 
 
 @dataclass

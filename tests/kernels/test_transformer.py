@@ -276,16 +276,26 @@ def test_decode_layer_is_one_run_and_pes_overlap_operations():
             assert getattr(T, name) is getattr(module, name)
 
 
+def _rope_rows(attn, pos: int, theta: float):
+    """(parts, wa): cos | sin of pos * theta_i per feature pair of the layout, float64."""
+    from kernels.layers import rope_tables
+    cos, sin = rope_tables(attn, [pos], theta)
+    return np.concatenate([cos[0], sin[0]], axis=1)
+
+
 @pytest.mark.parametrize("name, dtype", [("tiny", "float32"), ("tiny-gpt2", "float16")])
-def test_second_decode_step_writes_only_the_input_and_rope_row(name, dtype):
+def test_second_decode_step_writes_only_the_input(name, dtype):
     """The first step places every layer's weights and cache (host bytes more
-    than the GEMV weights of every PE); the next ones resume from each
-    layer's SRAM image and the host writes only x (wd fp32 per PE) and, for
-    llama, the position's RoPE row (wa fp32 per PE), per layer, until the
-    slot table outgrows the reserved slots and the image is laid out anew.
-    Values stay those of the float64 reference over the steps (cache
-    growth, moves, re-layouts)."""
+    than the GEMV weights of every PE) and, for llama, the RoPE tables; the
+    next ones resume from each layer's SRAM image and the host writes only x
+    (wd fp32 per PE) per layer, until the slot table outgrows the reserved
+    slots and the image is laid out anew. The PEs advance their RoPE table
+    themselves: after each step the image holds the next position's cos |
+    sin within layers.rope_drift_bound(k) of float64's, k the advances since
+    the tables were placed. Values stay those of the float64 reference over
+    the steps (cache growth, moves, re-layouts)."""
     from kernels import decode_layer
+    from kernels.layers import rope_drift_bound
     model, weights, x = _setup(name, seq=8, n_layers=2)
     ref = reference.prefill(model, weights, x)
     cfg = wse.WSE2.with_grid(rows=4, cols=4)
@@ -293,23 +303,78 @@ def test_second_decode_step_writes_only_the_input_and_rope_row(name, dtype):
     state = kvcache.WaferKVCache.from_kvcache(model, ref.cache, 4, 4, "shift", dtype)
     ref_state = ref.cache
     tol = 1e-4 if dtype == "float32" else 2e-2
-    per_step = 16 * 4 * (lay.d.width + (lay.attn.width if model.family == "llama" else 0)) * 2
+    per_step = 16 * 4 * lay.d.width * 2
     weight_bytes = 16 * T.decode_weight_bytes(model, lay, dtype) * 2
-    relayouts = 0
+    llama = model.family == "llama"
+    relayouts = placed_at = 0
     for step in range(4 * decode_layer.RESERVE_SLOTS + 2):
         slots = [im.slots if im is not None else 0 for im in state.images]
+        pos = state.length
         out, state, rep = T.decode_step(model, weights, state, cfg, dtype=dtype)
         ref_out, ref_state = reference.decode_step(model, weights, ref_state)
         assert _rel(out, ref_out) < tol
         if step == 0 or slots[0] < state.capacity:
             assert rep.host_bytes_loaded > weight_bytes
             relayouts += step > 0
+            placed_at = pos
         else:
             assert rep.host_bytes_loaded == per_step
+        for image in state.images:
+            if not llama:
+                assert image.rope_position is None
+                continue
+            assert image.rope_position == pos + 1
+            table = image.sram.read("rope").astype(np.float64)
+            err = np.abs(table - _rope_rows(lay.attn, pos + 1, model.rope_theta)[None]).max()
+            assert err <= rope_drift_bound(pos + 1 - placed_at), (step, err)
     assert relayouts >= 1
+    if llama:       # an image whose table holds another position gets the row from the host
+        for image in state.images:
+            image.rope_position = -1
+        slots = state.images[0].slots
+        out, state, rep = T.decode_step(model, weights, state, cfg, dtype=dtype)
+        ref_out, ref_state = reference.decode_step(model, weights, ref_state)
+        assert _rel(out, ref_out) < tol
+        assert slots >= state.capacity           # a resumed step
+        assert rep.host_bytes_loaded == per_step + 16 * 4 * lay.attn.width * 2
     got = state.to_kvcache()
     for a, b in zip(got.keys + got.values, ref_state.keys + ref_state.values):
         assert _rel(a, b) < tol
+
+
+def test_rope_advance_drifts_within_its_bound():
+    """emit_rope_advance repeated on a row of 3 PEs holding one head of
+    LLaMA-3-8B's frequencies (head_dim 128, theta 5e5; the last PE has padding
+    pairs) from position 0, in runs of `block` advances, each resuming the
+    last one's SRAM: after k advances the fp32 table is within
+    rope_drift_bound(k) of float64's cos | sin of k theta_i, and padding pairs
+    stay exactly (1, 0). The drift is real (nonzero) and grows with k."""
+    from kernels.layers import FeatureLayout, emit_rope_advance, rope_drift_bound
+    attn = FeatureLayout.heads(1, 128, 3)
+    wa, theta, block = attn.width, 5e5, 256
+    pad = np.concatenate([attn.pair_frequency_index() < 0] * 2, axis=1)      # (3, wa)
+    assert pad.any()
+    cfg = wse.WSE2.with_grid(rows=1, cols=3)
+    image, errs = None, []
+    for k in range(block, 8 * block + 1, block):
+        prog = wse.Program(cfg)
+        table, step, tmp = (prog.buffer(n, (wa,), "float32") for n in ("rope", "step", "tmp"))
+        if image is None:
+            prog.load(table, _rope_rows(attn, 0, theta)[None])
+            prog.load(step, _rope_rows(attn, 1, theta)[None])
+        else:
+            prog.resume(image)
+        with prog.role("pe").task("main", entry=True) as t:
+            for _ in range(block):
+                emit_rope_advance(t, table, step, tmp, wa)
+        result = prog.run()
+        got = result.read(table)[0].astype(np.float64)
+        exact = _rope_rows(attn, k, theta)
+        errs.append(np.abs(got - exact).max())
+        assert errs[-1] <= rope_drift_bound(k), (k, errs[-1])
+        np.testing.assert_array_equal(got[pad], exact[pad])
+        image = result.image()
+    assert errs[0] > 0 and errs[-1] > errs[0], errs
 
 
 def test_bad_inputs_get_one_clear_error():
