@@ -158,14 +158,17 @@ def test_assert_close_requires_the_same_nans_and_infinities():
 @given(st.data(), st.sampled_from(["float32", "float16"]), st.integers(1, 64))
 def test_assert_close_accepts_a_float32_dot_product_rounded_to_dtype(data, dtype, K):
     """What a kernel does (products summed in float32, result rounded to dtype)
-    is within the tolerance for terms=K."""
+    is within the tolerance for terms=K, judged against |a| . |b| (the
+    rigorous scale: a sum that cancels carries the rounding of its large
+    partial sums, which |reference| alone does not bound)."""
     a = data.draw(testing.matrices((K,), dtype, max_magnitude=2.0))
     b = data.draw(testing.matrices((K,), dtype, max_magnitude=2.0))
     acc = np.float32(0)
     for x, y in zip(a.astype(np.float32), b.astype(np.float32)):
         acc = np.float32(acc + x * y)
     testing.assert_close(np.array([acc]).astype(NP[dtype]),
-                         np.array([a.astype(np.float64) @ b.astype(np.float64)]), dtype, terms=K)
+                         np.array([a.astype(np.float64) @ b.astype(np.float64)]), dtype, terms=K,
+                         scale=np.array([np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64))]))
 
 
 # ----------------------------------------------------------------------------
