@@ -69,8 +69,9 @@ def test_fuzz_random_programs():
     total = sum(outcomes.values())
     assert total >= FUZZ_EXAMPLES
     # the fuzz is only worth its time if most programs get past the builder and
-    # a good share runs to completion (and so through check_report)
-    assert outcomes["ok"] >= 0.25 * total, outcomes
+    # a good share runs to completion (and so through check_report); measured
+    # 34-47% complete over runs of 500, and once 24%: the floor sits below that
+    assert outcomes["ok"] >= 0.2 * total, outcomes
     assert sum(n for k, n in outcomes.items() if k.startswith("run:")) >= 0.1 * total, outcomes
 
 
