@@ -368,6 +368,30 @@ def test_engine_workloads_leave_the_same_state_column_wise(workload, cfg):
     assert bulk["bulk_column_cycles"] > 0.5 * bulk["bulk_cycles"] > 0, bulk
 
 
+def test_a_shift_on_a_grid_past_a_fixed_scratch_cap_still_advances_in_bulk():
+    """352 x 352 PEs (123,904): a period's signature (about 75 entries per
+    PE) and moves (about 3.5 per PE a cycle) outgrow any scratch of a few
+    million entries; sized by the grid, the recording fits and the shift is
+    advanced in bulk. Every wavelet crosses one link (rows x (cols - 1) x 64
+    hops), data arrive intact, and the cycle count is that of the same shift
+    on 5 x 6, where both engines are compared (a shift's time does not depend
+    on the grid's size)."""
+    from benchmarks.engine_throughput import shift_program
+    length = 64
+    big = shift_program(wse.WSE2.with_grid(rows=352, cols=352), length)
+    result = big.run()
+    extra = result.report.extra
+    assert extra["bulk_attempts"] > 0 and extra["bulk_hop_fraction"] > 0.5, extra
+    assert extra["bulk_mismatches"] == 0, extra
+    assert result.report.wavelet_hops == 352 * 351 * length
+    received = result.read(big.buffers[1])[:, 1:]
+    assert np.array_equal(received, np.broadcast_to(np.arange(length, dtype=np.float32),
+                                                    received.shape))
+    small = wse.WSE2.with_grid(rows=5, cols=6)
+    testing.assert_engines_agree(lambda: shift_program(small, length).run())
+    assert result.report.cycles == shift_program(small, length).run().report.cycles
+
+
 @pytest.mark.parametrize("limit", [37, 150, 401])
 def test_a_cycle_limit_inside_a_bulk_stretch_fails_at_the_same_cycle(limit):
     prog = _stream()

@@ -1138,26 +1138,40 @@ def _fire_timers(st, now):
             counters[K_TIMERS_FIRED] += 1
 
 
+@njit(cache=True, _nrt=False, inline='always')
+def _note(sig, k, value, compare):
+    """Write `value` at sig[k]; when comparing (`compare` = the recorded
+    length), whether sig[k] lies within it and holds `value`."""
+    if compare >= 0:
+        return k < compare and sig[k] == value
+    sig[k] = value
+    return True
+
+
 @njit(cache=True, _nrt=False)
-def _signature(S, st, now, at):
-    """Write the state that decides cycle `now` into st.signature[at:]: the
-    cycles since the last progress, then per router or PE of the watched set
-    (st.bulk_rows[2]) its index and whether it is listed for `now`, control
-    fields, registers, busy slots (times relative to `now`) and non-empty
-    queues (each entry's ready time relative to `now`, clamped at 0). Returns
-    its length, or -1 if it does not fit."""
+def _signature(S, st, now, compare):
+    """The state that decides cycle `now`: the cycles since the last progress,
+    then per router or PE of the watched set (st.bulk_rows[2]) its index and
+    whether it is listed for `now`, control fields, registers, busy slots
+    (times relative to `now`) and non-empty queues (each entry's ready time
+    relative to `now`, clamped at 0). With `compare` = -1 it is written into
+    st.signature and its length returned, or -1 if it does not fit; with
+    `compare` = a recorded length, it is compared in place with
+    st.signature[:compare] (no second copy: a full wafer's signature runs to
+    tens of millions of entries), returning `compare` if equal, else -1."""
     cfg = S.settings
     colors, depth, idepth, slots = cfg[C_NCOLORS], cfg[C_QDEPTH], cfg[C_IQDEPTH], cfg[C_SLOTS]
     sig = st.signature
     cap = sig.shape[0]
+    writing = compare < 0
     active, pe, slot = st.active, st.pe, st.slot
     parity = now & 1
     per_entity = 16 + st.regs.shape[1] + 9 * (slots + 1) + colors * (3 + depth + idepth)
-    k = at
-    if k + 1 > cap:
+    if writing and cap < 1:
         return -1
-    sig[k] = min(now - st.counters[K_LAST_PROGRESS], cfg[C_DEADLOCK_WINDOW] + 2)
-    k += 1
+    same = _note(sig, 0, min(now - st.counters[K_LAST_PROGRESS], cfg[C_DEADLOCK_WINDOW] + 2),
+                 compare)
+    k = 1
     for w in range(active.shape[1]):
         routers = active[parity, w]
         pes = active[2 + parity, w]
@@ -1166,42 +1180,44 @@ def _signature(S, st, now, at):
         while bits != 0:
             if bits & 1:
                 e = w * 64 + b
-                if k + per_entity > cap:
+                if writing and k + per_entity > cap:
                     return -1
                 since = pe[e, P_STALL_SINCE]
-                sig[k] = e
-                sig[k + 1] = ((routers >> b) & 1) * 2 + ((pes >> b) & 1)
-                sig[k + 2] = pe[e, P_TASK]
-                sig[k + 3] = pe[e, P_PC]
-                sig[k + 4] = pe[e, P_PENDING]
-                sig[k + 5] = pe[e, P_SLOTS_BUSY]
-                sig[k + 6] = pe[e, P_SLEEP]
-                sig[k + 7] = pe[e, P_R_NONEMPTY]
-                sig[k + 8] = pe[e, P_R_RR]
-                sig[k + 9] = pe[e, P_SLOT_RR]
-                sig[k + 10] = pe[e, P_WAKE] - now if pe[e, P_WAKE] != INF else -1
-                sig[k + 11] = now - since if since >= 0 else -1
-                sig[k + 12] = pe[e, P_BUSY_SINCE]
+                same = same and _note(sig, k, e, compare) \
+                    and _note(sig, k + 1, ((routers >> b) & 1) * 2 + ((pes >> b) & 1), compare) \
+                    and _note(sig, k + 2, pe[e, P_TASK], compare) \
+                    and _note(sig, k + 3, pe[e, P_PC], compare) \
+                    and _note(sig, k + 4, pe[e, P_PENDING], compare) \
+                    and _note(sig, k + 5, pe[e, P_SLOTS_BUSY], compare) \
+                    and _note(sig, k + 6, pe[e, P_SLEEP], compare) \
+                    and _note(sig, k + 7, pe[e, P_R_NONEMPTY], compare) \
+                    and _note(sig, k + 8, pe[e, P_R_RR], compare) \
+                    and _note(sig, k + 9, pe[e, P_SLOT_RR], compare) \
+                    and _note(sig, k + 10, pe[e, P_WAKE] - now if pe[e, P_WAKE] != INF else -1,
+                              compare) \
+                    and _note(sig, k + 11, now - since if since >= 0 else -1, compare) \
+                    and _note(sig, k + 12, pe[e, P_BUSY_SINCE], compare)
                 k += 13
                 for r in range(st.regs.shape[1]):
-                    sig[k] = st.regs[e, r]
+                    same = same and _note(sig, k, st.regs[e, r], compare)
                     k += 1
                 busy = pe[e, P_SLOTS_BUSY]
                 for s in range(slots + 1):
                     if (busy >> s) & 1 == 0:
                         continue
                     until = slot[e, s, S_BUSY_UNTIL]
-                    sig[k] = s
-                    sig[k + 1] = slot[e, s, S_INSTR]
-                    sig[k + 2] = slot[e, s, S_LEN]
                     # a due time two or more cycles ahead decides nothing yet
                     # (_bulk_periods keeps the replay short of it)
-                    sig[k + 3] = -1 if until == INF else min(max(until - now, 0), 2)
-                    sig[k + 4] = max(slot[e, s, S_START] - now, 0)
-                    sig[k + 5] = slot[e, s, S_BASE_DST]
-                    sig[k + 6] = slot[e, s, S_BASE_A]
-                    sig[k + 7] = slot[e, s, S_BASE_B]
-                    sig[k + 8] = slot[e, s, S_BASE_S]
+                    same = same and _note(sig, k, s, compare) \
+                        and _note(sig, k + 1, slot[e, s, S_INSTR], compare) \
+                        and _note(sig, k + 2, slot[e, s, S_LEN], compare) \
+                        and _note(sig, k + 3, -1 if until == INF else min(max(until - now, 0), 2),
+                                  compare) \
+                        and _note(sig, k + 4, max(slot[e, s, S_START] - now, 0), compare) \
+                        and _note(sig, k + 5, slot[e, s, S_BASE_DST], compare) \
+                        and _note(sig, k + 6, slot[e, s, S_BASE_A], compare) \
+                        and _note(sig, k + 7, slot[e, s, S_BASE_B], compare) \
+                        and _note(sig, k + 8, slot[e, s, S_BASE_S], compare)
                     k += 9
                 for c in range(colors):
                     q = e * colors + c
@@ -1209,35 +1225,30 @@ def _signature(S, st, now, at):
                     n_p = st.pq[q, Q_COUNT]
                     if n_r == 0 and n_p == 0:
                         continue
-                    sig[k] = c
-                    sig[k + 1] = n_r
-                    sig[k + 2] = n_p
+                    same = same and _note(sig, k, c, compare) \
+                        and _note(sig, k + 1, n_r, compare) and _note(sig, k + 2, n_p, compare)
                     k += 3
                     for i in range(n_r):
                         at_i = q * depth + _ring(st.rq[q, Q_HEAD] + i, depth)
-                        sig[k] = max(st.rq_entry[at_i, E_READY] - now, 0)
+                        same = same and _note(sig, k, max(st.rq_entry[at_i, E_READY] - now, 0),
+                                              compare)
                         k += 1
                     for i in range(n_p):
                         at_i = q * idepth + _ring(st.pq[q, Q_HEAD] + i, idepth)
-                        sig[k] = max(st.pq_entry[at_i, E_READY] - now, 0)
+                        same = same and _note(sig, k, max(st.pq_entry[at_i, E_READY] - now, 0),
+                                              compare)
                         k += 1
+                if not same:
+                    return -1
             bits = (bits >> 1) & LOW_63_BITS
             b += 1
-    return k - at
+    return k if same and (writing or k == compare) else -1
 
 
 @njit(cache=True, _nrt=False)
 def _repeats(S, st, now, length):
     """Whether the state at `now` has the signature recorded (st.signature[:length])."""
-    if 2 * length > st.signature.shape[0]:
-        return False
-    if _signature(S, st, now, length) != length:
-        return False
-    sig = st.signature
-    for i in range(length):
-        if sig[i] != sig[length + i]:
-            return False
-    return True
+    return _signature(S, st, now, length) == length
 
 
 @njit(cache=True, _nrt=False)
@@ -1960,8 +1971,8 @@ def _start_recording(S, st, now, widen):
         st.bulk_rows[2, w] = st.active[parity, w] | st.active[2 + parity, w] | (
             st.bulk_rows[2, w] | st.bulk_rows[3, w] if widen else 0)
         st.bulk_rows[3, w] = 0
-    length = _signature(S, st, now, 0)
-    if length < 0 or 2 * length > st.signature.shape[0]:
+    length = _signature(S, st, now, -1)
+    if length < 0:
         return -1
     for w in range(st.active.shape[1]):
         bits = st.bulk_rows[2, w]

@@ -210,8 +210,12 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
     rq_val, rq_entry, rq = queues(depth)
     # the stream engine's scratch: moves recorded in one period (a cycle moves
     # at most about ten per PE), and values of streams advanced column-wise
-    moves = min(10 * n_pe + 64, 1 << 18)
-    values = min(64 * moves, 1 << 21)
+    # (room for a few periods' pushes per chunk). Sized by the grid, with no
+    # absolute cap: a full-wafer period moves millions of wavelets, and a
+    # recording that does not fit is never attempted. np.zeros maps pages
+    # lazily, so only what a run records becomes resident.
+    moves = 10 * n_pe + 64
+    values = min(64 * moves, max(1 << 21, 2 * moves))
     pq_val, pq_entry, pq = queues(idepth)
     return engine.State(
         sram_f32=arena.view(np.float32), sram_u16=arena.view(np.uint16),
@@ -224,7 +228,8 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
         task_events=np.zeros((events, 4), i64),
         counters=np.zeros(engine.COUNTERS, i64),
         actions=np.zeros((moves if stream else 1, 3), i64),
-        signature=np.zeros(min(192 * n_pe + 4096, 1 << 24) if stream else 1, i64),
+        # one signature, compared in place (a neighbour shift needs ~75 a PE)
+        signature=np.zeros(192 * n_pe + 4096 if stream else 1, i64),
         bulk_rows=np.zeros((4, (n_pe + 63) // 64 if stream else 1), i64),
         bulk_sleep=np.zeros((n_pe, 4) if stream else (1, 4), i64),
         bulk_stall=np.zeros(n_pe if stream else 1, i64),
