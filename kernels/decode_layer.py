@@ -237,13 +237,18 @@ def layer_program(cfg: wse.WaferConfig, model: ModelConfig, lay: DecodeLayouts, 
         t.recip(sc.view(1, 1), sc.view(1, 1))
         t.scale(b["o"].view(), o.view(), sc.scalar(1))
 
-    def o_mlp_up_op(t, parts):
+    def project_into_residual(t, parts, vector, weight, k, bias_name):
+        """x += vector (along X) @ weight, reduced along X (+ the bias)."""
         x, part = b["x"], b["partial"]
-        emit_gemv(t, part, b["o"].view(), b["w_o"], wa, wd)
+        emit_gemv(t, part, b[vector].view(), b[weight], k, wd)
         row.allreduce(t, parts["row"], part.view(), wd)
         t.add(x.view(), x.view(), part.view())
         if bias:
-            t.add(x.view(), x.view(), b["b_o"].view())
+            t.add(x.view(), x.view(), b[bias_name].view())
+
+    def o_mlp_up_op(t, parts):
+        x = b["x"]
+        project_into_residual(t, parts, "o", "w_o", wa, "b_o")
         emit_norm(t, parts, col, parts["col"], x, b["h"], b["stats"], 1, wd, model.d_model,
                   kind, model.norm_eps, b["mlp_norm_w"], b.get("mlp_norm_b"))
         up = b["up"]
@@ -257,12 +262,7 @@ def layer_program(cfg: wse.WaferConfig, model: ModelConfig, lay: DecodeLayouts, 
             t.mov(b["act"].view(), up.view())
 
     def down_op(t, parts):
-        x, part = b["x"], b["partial"]
-        emit_gemv(t, part, b["act"].view(), b["w_down"], wf, wd)
-        row.allreduce(t, parts["row"], part.view(), wd)
-        t.add(x.view(), x.view(), part.view())
-        if bias:
-            t.add(x.view(), x.view(), b["b_down"].view())
+        project_into_residual(t, parts, "act", "w_down", wf, "b_down")
 
     ops = {"qkv": qkv_op, "kv_update": lambda t, parts: kv.emit(t, parts["kv"]),
            "attention": attention_op, "o_mlp_up": o_mlp_up_op, "down": down_op}

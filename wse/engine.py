@@ -689,33 +689,34 @@ def _memory_op(S, st, p, s, ins, n, now):
 
 
 @njit(cache=True, _nrt=False, inline='always')
+def _input_ready(st, queue, idepth, now):
+    """Whether input queue `queue` holds an element that has arrived by `now`."""
+    return st.pq[queue, Q_COUNT] > 0 and \
+        st.pq_entry[queue * idepth + st.pq[queue, Q_HEAD], E_READY] <= now
+
+
+@njit(cache=True, _nrt=False, inline='always')
 def _fabric_step(S, st, p, s, now, ramp_used):
     """Move one element of the fabric operation in slot s, if its operands allow.
 
     Returns WAIT_INPUT, WAIT_OUTPUT, MOVED, or MOVED_ON_RAMP (it injected a
     wavelet: the PE's ramp is taken for this cycle and the next turn at it
     goes to the following slot)."""
-    f32, u16, lut = st.sram_f32, st.sram_u16, S.half_to_float
     ins = st.slot[p, s, S_INSTR]
-    op = S.instr[ins, I_OP]
     dst = S.instr[ins, I_DST]
     a = S.instr[ins, I_A]
     b = S.instr[ins, I_B]
     idepth = S.settings[C_IQDEPTH]
     depth = S.settings[C_QDEPTH]
-    i = st.slot[p, s, S_PROGRESS]
     ka = S.desc[a, D_KIND] if a >= 0 else -1
     kb = S.desc[b, D_KIND] if b >= 0 else -1
     ba = st.slot[p, s, S_BASE_A]
     bb = st.slot[p, s, S_BASE_B]
     bd = st.slot[p, s, S_BASE_DST]
-    pq, pq_entry = st.pq, st.pq_entry
-    if ka == FABIN:
-        if pq[ba, Q_COUNT] == 0 or pq_entry[ba * idepth + pq[ba, Q_HEAD], E_READY] > now:
-            return WAIT_INPUT
-    if kb == FABIN:
-        if pq[bb, Q_COUNT] == 0 or pq_entry[bb * idepth + pq[bb, Q_HEAD], E_READY] > now:
-            return WAIT_INPUT
+    if ka == FABIN and not _input_ready(st, ba, idepth, now):
+        return WAIT_INPUT
+    if kb == FABIN and not _input_ready(st, bb, idepth, now):
+        return WAIT_INPUT
     out_fabric = S.desc[dst, D_KIND] == FABOUT
     if out_fabric:
         if ramp_used:
