@@ -59,9 +59,12 @@ def test_fuzzed_programs_agree_on_both_engines():
         tally["run"] += 1
         if bulk.get("bulk_cycles", 0) > 0:
             tally["bulk"] += 1
+        if bulk.get("ahead_pe_steps", 0) > 0:
+            tally["ahead"] += 1
 
     one_program()
     assert tally["run"] >= 0.5 * FUZZ_EXAMPLES, tally
+    print(dict(tally))
 
 
 def _arrivals(spec, senders, cfg) -> list[int]:
@@ -216,6 +219,7 @@ def test_fuzzed_streams_agree_on_both_engines(case):
     STREAM_FUZZ_TALLY["run"] += 1
     STREAM_FUZZ_TALLY["bulk"] += bulk.get("bulk_cycles", 0) > 0
     STREAM_FUZZ_TALLY["columns"] += bulk.get("bulk_column_cycles", 0) > 0
+    STREAM_FUZZ_TALLY["ahead"] += bulk.get("ahead_pe_steps", 0) > 0
 
 
 STREAM_FUZZ_TALLY: collections.Counter = collections.Counter()
@@ -430,3 +434,110 @@ def test_the_engine_is_chosen_per_run_or_by_run_options():
     with pytest.raises(wse.ConfigError, match="engine = 'fast'"):
         with wse.run_options(engine="fast"):
             prog.run()
+
+
+# ----------------------------------------------------------------------------
+# Running ahead: a PE whose task needs nothing from the fabric takes its steps
+# at once (wse/engine.py, _run_ahead); everything must still come out as
+# stepping has it, including errors and deadlocks met inside such a stretch.
+
+def _local_work_beside_a_stream(cols=4, n=64, rounds=12, work=24, fail_at=None,
+                                async_work=False, dtype="float32", receive_more=0):
+    """PE 0 streams n values east to the last PE; every PE first runs `rounds`
+    rounds of memory-only work (add, scale, exp, a reduction, register
+    arithmetic) on its own buffers, the receiver again after receiving. With
+    `fail_at` = k the work's window walks off its buffer in round k (a
+    program error met inside a stretch run ahead). `async_work`: some
+    operations go to async slots, one finishing an on_done task, then a wait.
+    `receive_more`: the receiver waits for more than is sent (a deadlock)."""
+    cfg = wse.WSE2.with_grid(rows=1, cols=cols)
+    prog = wse.Program(cfg)
+    color = prog.color("east")
+    rx = np.zeros((1, cols), np.int64)
+    tx = np.zeros((1, cols), np.int64)
+    rx[0, 0], tx[0, 0] = 1 << wse.isa.RAMP, 1 << wse.isa.EAST
+    rx[0, 1:], tx[0, 1:-1], tx[0, -1] = 1 << wse.isa.WEST, 1 << wse.isa.EAST, 1 << wse.isa.RAMP
+    prog.route_masks(color, rx, tx)
+    x = prog.buffer("x", (n,))
+    size = work + rounds if fail_at is None else work + fail_at - 1
+    acc = prog.buffer("acc", (size,), dtype)
+    out = prog.buffer("out", (2,))
+    rng = np.random.default_rng(7)
+    prog.load(x, rng.standard_normal((1, cols, n)).astype(np.float32))
+    prog.load(acc, (0.01 * rng.standard_normal((1, cols, size))).astype(dtype))
+
+    def local_work(t, done=None):
+        step = t.reg()
+        t.set(step, 0)
+        with t.loop(rounds):
+            # the window moves by one each round; past `limit` it leaves the buffer
+            window = acc.view(offset=step, length=work)
+            t.add(window, window, acc.view(0, work), async_=async_work, on_done=done)
+            t.scale(window, window, 0.5)
+            t.exp(window, window, async_=async_work)
+            if async_work:
+                t.wait()
+            t.sum(out.view(0, 1), window)
+            t.addi(step, 1)
+            if fail_at is None:
+                t.mod(step, rounds)
+        t.mov(out.view(1, 1), acc.view(0, 1))
+
+    for name, where, receive in (("sender", 0, False), ("middle", slice(1, cols - 1), False),
+                                 ("receiver", cols - 1, True)):
+        mask = np.zeros((1, cols), bool)
+        mask[0, where] = True
+        if not mask.any():
+            continue
+        role = prog.role(name, where=mask)
+        done = role.task("noted") if async_work else None
+        if done is not None:
+            with done as t:
+                t.mov(out.view(0, 1), out.view(1, 1))
+        with role.task("main", entry=True) as t:
+            local_work(t, done)
+            if name == "sender":
+                t.mov(prog.fabout(color, n), x.view())
+            if receive:
+                t.mov(x.view(), prog.fabin(color, n))
+                if receive_more:
+                    t.mov(x.view(0, receive_more), prog.fabin(color, receive_more))
+                local_work(t, done)
+    return prog
+
+
+@pytest.mark.parametrize("async_work", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_local_work_runs_ahead_with_the_same_outcome(async_work, dtype):
+    prog = _local_work_beside_a_stream(async_work=async_work, dtype=dtype)
+    bulk = testing.assert_engines_agree(lambda: prog.run(trace=True, record_links=True))
+    assert bulk["ahead_pe_steps"] > 0, bulk
+
+
+@pytest.mark.parametrize("window", [2, 5, 40])
+def test_a_deadlock_window_shorter_than_local_work_is_kept(window):
+    """Exp costs many cycles at once: with a deadlock window shorter than an
+    operation, stepping may find the run quiet between two PE steps; running
+    ahead must neither hide nor invent that."""
+    prog = _local_work_beside_a_stream(rounds=6)
+    testing.assert_engines_agree(lambda: prog.run(deadlock_window=window))
+    stuck = _local_work_beside_a_stream(rounds=6, receive_more=3)
+    outcomes = testing.run_on_each_engine(lambda: stuck.run(deadlock_window=window))
+    assert outcomes["wavelet"][1] == "FabricDeadlockError", outcomes
+    testing.assert_engines_agree(lambda: stuck.run(deadlock_window=window))
+
+
+@pytest.mark.parametrize("limit", [50, 333, 1200])
+def test_a_cycle_limit_inside_local_work_fails_at_the_same_cycle(limit):
+    prog = _local_work_beside_a_stream()
+    outcomes = testing.run_on_each_engine(lambda: prog.run(max_cycles=limit))
+    assert outcomes["wavelet"][1] == "CycleLimitError", outcomes
+    testing.assert_engines_agree(lambda: prog.run(max_cycles=limit))
+
+
+@pytest.mark.parametrize("fail_at", [1, 3])
+def test_a_program_error_inside_local_work_is_reported_alike(fail_at):
+    prog = _local_work_beside_a_stream(fail_at=fail_at)
+    outcomes = testing.run_on_each_engine(lambda: prog.run())
+    assert outcomes["wavelet"][0] == "error", outcomes
+    testing.assert_engines_agree(lambda: prog.run())

@@ -53,6 +53,7 @@ from collections import namedtuple
 
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from .isa import (
     D_ADVANCE, D_BUF_OR_COLOR, D_DTYPE, D_KIND, D_LENGTH, D_LENGTH_REG, D_OFFSET,
@@ -68,7 +69,6 @@ from .isa import (
 )
 
 INF = np.int64(1) << 62
-LOW_63_BITS = np.int64(0x7FFFFFFFFFFFFFFF)
 
 # The state lives in a few flat arrays (few arguments keep Numba's compile time
 # low); these name their columns.
@@ -100,7 +100,10 @@ K_RUN_START = 24      # the cycle the run began: tasks picked then are already r
 # their operands not as recorded: always 0 unless the periodicity check is wrong)
 (K_ISSUES, K_HEAP_PUSHES, K_RECORDING, K_ACTIONS, K_BULK_CYCLES, K_BULK_HOPS,
  K_BULK_ATTEMPTS, K_BULK_MISMATCH, K_TIMERS_FIRED, K_BULK_COLUMNS) = range(25, 35)
-COUNTERS = 35         # K_BULK_COLUMNS: bulk cycles advanced column-wise
+# Running ahead (the stream engine): the latest progress a PE made ahead of the
+# clock, and how many of its steps were taken ahead
+K_PROGRESS_AHEAD, K_AHEAD_STEPS = 35, 36
+COUNTERS = 37         # K_BULK_COLUMNS: bulk cycles advanced column-wise
 
 # pe: one row per PE (and its router); the fields every step touches come first
 (P_TASK, P_PC, P_PENDING, P_SLOTS_BUSY, P_SLEEP, P_R_NONEMPTY, P_R_RR, P_SLOT_RR,
@@ -244,6 +247,14 @@ def _list_pe(active, counters, p, cycle):
     _enlist(active, counters, 2, K_PE_LIST_LEN, p, cycle)
 
 
+@njit(cache=True, _nrt=False, inline='always')
+def _timer_pe(entry):
+    """The PE of a timer entry: p, or -(p + 1) for a quiet timer (one that
+    stands for a listing a PE running ahead made for itself: it lists the PE
+    but is not progress)."""
+    return entry if entry >= 0 else -entry - 1
+
+
 @njit(cache=True, _nrt=False)
 def _heap_sift_up(heap, i, t, p):
     while i > 0:
@@ -265,7 +276,7 @@ def _heap_push(heap, counters, pe, t, p):
         m = 0
         for i in range(n):
             q = heap[1, i]
-            if pe[q, P_WAKE] == heap[0, i]:
+            if pe[_timer_pe(q), P_WAKE] == heap[0, i]:
                 _heap_sift_up(heap, m, heap[0, i], q)
                 m += 1
         n = m
@@ -322,6 +333,13 @@ def _progress(counters, now, done_at):
     counters[K_LAST_PROGRESS] = now
     if done_at > counters[K_FINISH]:
         counters[K_FINISH] = done_at
+
+
+@njit(cache=True, _nrt=False, inline='always')
+def _last_progress(counters, now):
+    """The last cycle up to `now` in which something progressed, counting the
+    progress of PEs that ran ahead (see _run_ahead) at the cycles it was made."""
+    return max(counters[K_LAST_PROGRESS], min(counters[K_PROGRESS_AHEAD], now))
 
 
 @njit(cache=True, _nrt=False)
@@ -586,24 +604,24 @@ def _element(S, d, i):
     return (i % wrap if wrap > 0 else i) * S.desc[d, D_STRIDE]
 
 
-@njit(cache=True, _nrt=False)
-def _resolve(S, st, p, d, count, now, ins):
-    """Element index (memory) or queue index (fabric) of descriptor d over `count`
-    elements; -1 after recording a program error."""
-    colors = S.settings[C_NCOLORS]
+OPERAND_BAD_COLOR, OPERAND_UNALLOCATED, OPERAND_OUT_OF_BOUNDS = -1, -2, -3
+
+
+@njit(cache=True, _nrt=False, inline='always')
+def _operand(S, st, p, d, count):
+    """Element index (memory) or queue index (fabric) of descriptor d over
+    `count` elements on PE p, or an OPERAND_* code (< 0) saying why it has none."""
     if S.desc[d, D_KIND] != MEM:
         # a fabric operand's color is fixed, or a per-PE parameter (D_OFFSET_REG)
         param = S.desc[d, D_OFFSET_REG]
         c = S.pe_params[p, param] if param >= 0 else S.desc[d, D_BUF_OR_COLOR]
-        if c < 0 or c >= colors:
-            _fail(st.counters, STATUS_PROGRAM, PROG_BAD_COLOR, p, c, -1, now, ins)
-            return -1
-        return p * colors + c
+        if c < 0 or c >= S.settings[C_NCOLORS]:
+            return OPERAND_BAD_COLOR
+        return p * S.settings[C_NCOLORS] + c
     buf = S.desc[d, D_BUF_OR_COLOR]
     addr = S.buf_addr[p, buf]
     if addr < 0:
-        _fail(st.counters, STATUS_PROGRAM, PROG_UNALLOCATED, p, -1, -1, now, ins, buf)
-        return -1
+        return OPERAND_UNALLOCATED
     offset = S.desc[d, D_OFFSET]
     reg = S.desc[d, D_OFFSET_REG]
     if reg >= 0:
@@ -613,9 +631,31 @@ def _resolve(S, st, p, d, count, now, ins):
         count = wrap
     last = offset + (count - 1) * S.desc[d, D_STRIDE] if count > 0 else offset
     if offset < 0 or last < 0 or offset >= S.buf_len[buf] or last >= S.buf_len[buf]:
-        _fail(st.counters, STATUS_PROGRAM, PROG_BOUNDS, p, -1, -1, now, ins, buf, offset)
-        return -1
+        return OPERAND_OUT_OF_BOUNDS
     return addr // (4 if S.desc[d, D_DTYPE] == F32 else 2) + offset
+
+
+@njit(cache=True, _nrt=False)
+def _resolve(S, st, p, d, count, now, ins):
+    """_operand, recording the program error if it has none (then -1)."""
+    index = _operand(S, st, p, d, count)
+    if index >= 0:
+        return index
+    if index == OPERAND_BAD_COLOR:
+        param = S.desc[d, D_OFFSET_REG]
+        c = S.pe_params[p, param] if param >= 0 else S.desc[d, D_BUF_OR_COLOR]
+        _fail(st.counters, STATUS_PROGRAM, PROG_BAD_COLOR, p, c, -1, now, ins)
+    elif index == OPERAND_UNALLOCATED:
+        _fail(st.counters, STATUS_PROGRAM, PROG_UNALLOCATED, p, -1, -1, now, ins,
+              S.desc[d, D_BUF_OR_COLOR])
+    else:
+        offset = S.desc[d, D_OFFSET]
+        reg = S.desc[d, D_OFFSET_REG]
+        if reg >= 0:
+            offset += st.regs[p, reg] * S.desc[d, D_OFFSET_SCALE]
+        _fail(st.counters, STATUS_PROGRAM, PROG_BOUNDS, p, -1, -1, now, ins,
+              S.desc[d, D_BUF_OR_COLOR], offset)
+    return -1
 
 
 @njit(cache=True, _nrt=False, inline='always')
@@ -942,7 +982,12 @@ def _control(S, st, p, ins, op):
 
 
 @njit(cache=True, _nrt=False, inline='always')
-def _pe_step(S, st, p, now):
+def _pe_step(S, st, p, now, defer):
+    """Step PE p in cycle `now`. It schedules its own next visit (listed for
+    now + 1, or a timer), except with `defer` when it ends on its own (a task
+    running, no fabric operation, not waiting, no timer pending): then it
+    returns the cycle it wants to be visited (now + 1: listed; later: a
+    timer; INF: none) and the caller schedules it. Returns -1 otherwise."""
     slots = S.settings[C_SLOTS]
     pe, slot = st.pe, st.slot
     progressed = False
@@ -1026,7 +1071,7 @@ def _pe_step(S, st, p, now):
             break                        # that slot's own progress wakes us
         st.counters[K_ISSUES] += 1
         if not _start_op(S, st, p, s, ins, now):
-            return
+            return -1
         pe[p, P_PC] = ins + 1
         progressed = True
         if s > 0 and S.settings[C_SCALAR_CYCLES] > 0:
@@ -1051,14 +1096,23 @@ def _pe_step(S, st, p, now):
     wake = INF
     busy_slots = pe[p, P_SLOTS_BUSY]
     busy = pe[p, P_TASK] >= 0 or pe[p, P_PENDING] != 0 or busy_slots != 0
+    on_its_own = pe[p, P_TASK] >= 0 and not waiting_in and not waiting_out \
+        and pe[p, P_WAKE] == INF and pe[p, P_STALL_SINCE] < 0
     for s in range(slots + 1):
         if (busy_slots >> s) & 1 == 0:
             continue
         due = slot[p, s, S_BUSY_UNTIL]
-        if due == INF and slot[p, s, S_START] > now:
-            due = slot[p, s, S_START]       # a fabric operation still starting up
+        if due == INF:
+            on_its_own = False
+            if slot[p, s, S_START] > now:
+                due = slot[p, s, S_START]       # a fabric operation still starting up
         if due < wake:
             wake = due
+    if defer and on_its_own:
+        pe[p, P_SLEEP] = 0
+        if progressed or budget == 0:
+            return now + 1
+        return max(wake, now + 1) if wake < INF else INF
     if progressed or budget == 0:
         _list_pe(st.active, st.counters, p, now + 1)
     elif wake < INF:
@@ -1079,6 +1133,100 @@ def _pe_step(S, st, p, now):
     if not busy and pe[p, P_BUSY_SINCE] >= 0:
         pe[p, P_BUSY] += now - pe[p, P_BUSY_SINCE]
         pe[p, P_BUSY_SINCE] = -1
+    return -1
+
+
+# ----------------------------------------------------------------------------
+# Running ahead (the stream engine). A PE whose task runs on its own (no fabric
+# operation in any slot, not waiting, no timer pending) decides its next steps
+# from its own state alone: memory-only operations read and write its own SRAM,
+# control instructions its registers, and no other router or PE lists it (it
+# sleeps on nothing). So its following steps are taken at once, at the cycles
+# stepping would take them, until one would issue what is not its own (an
+# operation with a fabric operand, the end of its task, an operation that would
+# fail), or would come later than the deadlock window after its last progress,
+# or at the cycle limit. The clock does not move: the PE's progress is kept as
+# progress ahead (_last_progress counts it at the cycles it was made), and its
+# next visit is scheduled as stepping would have it: a timer it set stays a
+# timer; a listing for the cycle after a step taken ahead becomes a quiet
+# timer, which lists it without being progress.
+@njit(cache=True, _nrt=False)
+def _issues_only_its_own(S, st, p, t):
+    """Whether what PE p (running on its own) would issue at cycle t reads and
+    writes only its own state and cannot fail: a control instruction, or a
+    memory-only vector operation whose operands lie within their buffers (or
+    nothing, if the main thread is still busy)."""
+    slot = st.slot
+    if st.pe[p, P_SLOTS_BUSY] & 1 and slot[p, 0, S_BUSY_UNTIL] > t:
+        return True
+    ins = st.pe[p, P_PC]
+    op = S.instr[ins, I_OP]
+    if op == OP_END:
+        return False
+    if op < FIRST_VECTOR_OP:
+        return True
+    s = S.instr[ins, I_SLOT]
+    if s > 0 and (st.pe[p, P_SLOTS_BUSY] >> s) & 1 and slot[p, s, S_BUSY_UNTIL] > t:
+        return True                  # it waits for that slot (one due at t retires first)
+    lead = S.instr[ins, I_A] if op >= OP_SUM else S.instr[ins, I_DST]
+    reg = S.desc[lead, D_LENGTH_REG]
+    count = st.regs[p, reg] if reg >= 0 else S.desc[lead, D_LENGTH]
+    widest = max(S.settings[C_SIMD32], S.settings[C_SIMD16])
+    if count > (S.settings[C_MAX_CYCLES] - t) * widest:
+        return False
+    dst, a, b, sd = S.instr[ins, I_DST], S.instr[ins, I_A], S.instr[ins, I_B], S.instr[ins, I_S]
+    for d, n in ((dst, 1 if op >= OP_SUM else count), (a, count), (b, count), (sd, 1)):
+        if d >= 0 and (S.desc[d, D_KIND] != MEM or _operand(S, st, p, d, n) < 0):
+            return False             # a fabric operand, or one that fails (stepping reports it)
+    return True
+
+
+@njit(cache=True, _nrt=False)
+def _run_ahead(S, st, p, now, visit):
+    """Take PE p's following steps now (see above), from its next visit
+    `visit` (its step in cycle `now` just ended on its own), and schedule it."""
+    cfg = S.settings
+    counters = st.counters
+    window = cfg[C_DEADLOCK_WINDOW]
+    limit = cfg[C_MAX_CYCLES]
+    real_progress = counters[K_LAST_PROGRESS]
+    last_event = _last_progress(counters, now)
+    listed = (st.active[2 + ((now + 1) & 1), p >> 6] >> (p & 63)) & 1
+    stepped_at = now
+    steps = 0
+    # a PE someone else listed for the next cycle is not on its own
+    while listed == 0 and counters[ST_CODE] == STATUS_OK and visit < limit \
+            and visit - last_event <= window and _issues_only_its_own(S, st, p, visit):
+        counters[K_LAST_PROGRESS] = -1
+        after = _pe_step(S, st, p, visit, True)
+        steps += 1
+        # a step reached by a timer is progress (the timer fires); so is one that moved
+        if visit > stepped_at + 1 or counters[K_LAST_PROGRESS] == visit:
+            last_event = visit
+        stepped_at = visit
+        visit = after
+        if visit < 0:
+            # it met what is not its own after all (and scheduled itself for
+            # then): a flaw of _issues_only_its_own, which the engines'
+            # differential tests fail on
+            counters[K_BULK_MISMATCH] += 1
+            break
+        if visit == INF:
+            break
+    counters[K_LAST_PROGRESS] = real_progress
+    counters[K_STEPS_PE] += steps
+    counters[K_AHEAD_STEPS] += steps
+    if last_event > counters[K_PROGRESS_AHEAD]:
+        counters[K_PROGRESS_AHEAD] = last_event
+    if visit < 0 or visit == INF:
+        return
+    if visit == now + 1:
+        _list_pe(st.active, counters, p, visit)
+    elif visit == stepped_at + 1:
+        st.pe[p, P_WAKE] = visit       # a quiet timer
+        _heap_push(st.heap, counters, st.pe, visit, -p - 1)
+    else:
+        _wake_at(st.active, st.heap, counters, st.pe, p, visit, now)
 
 
 @njit(cache=True, _nrt=False, inline='always')
@@ -1130,13 +1278,15 @@ def _fire_timers(st, now):
     counters, pe = st.counters, st.pe
     while counters[K_HEAP_SIZE] > 0 and st.heap[0, 0] <= now:
         t = st.heap[0, 0]
-        p = st.heap[1, 0]
+        entry = st.heap[1, 0]
+        p = _timer_pe(entry)
         _heap_pop(st.heap, counters)
         if pe[p, P_WAKE] == t:
             pe[p, P_WAKE] = INF
             _list_pe(st.active, counters, p, now)
-            counters[K_LAST_PROGRESS] = now      # a computation completes
-            counters[K_TIMERS_FIRED] += 1
+            if entry >= 0:
+                counters[K_LAST_PROGRESS] = now      # a computation completes
+                counters[K_TIMERS_FIRED] += 1
 
 
 @njit(cache=True, _nrt=False, inline='always')
@@ -1170,79 +1320,77 @@ def _signature(S, st, now, compare):
     per_entity = 16 + st.regs.shape[1] + 9 * (slots + 1) + colors * (3 + depth + idepth)
     if writing and cap < 1:
         return -1
-    same = _note(sig, 0, min(now - st.counters[K_LAST_PROGRESS], cfg[C_DEADLOCK_WINDOW] + 2),
+    same = _note(sig, 0, min(now - _last_progress(st.counters, now), cfg[C_DEADLOCK_WINDOW] + 2),
                  compare)
     k = 1
     for w in range(active.shape[1]):
         routers = active[parity, w]
         pes = active[2 + parity, w]
         bits = st.bulk_rows[2, w]
-        b = 0
         while bits != 0:
-            if bits & 1:
-                e = w * 64 + b
-                if writing and k + per_entity > cap:
-                    return -1
-                since = pe[e, P_STALL_SINCE]
-                same = same and _note(sig, k, e, compare) \
-                    and _note(sig, k + 1, ((routers >> b) & 1) * 2 + ((pes >> b) & 1), compare) \
-                    and _note(sig, k + 2, pe[e, P_TASK], compare) \
-                    and _note(sig, k + 3, pe[e, P_PC], compare) \
-                    and _note(sig, k + 4, pe[e, P_PENDING], compare) \
-                    and _note(sig, k + 5, pe[e, P_SLOTS_BUSY], compare) \
-                    and _note(sig, k + 6, pe[e, P_SLEEP], compare) \
-                    and _note(sig, k + 7, pe[e, P_R_NONEMPTY], compare) \
-                    and _note(sig, k + 8, pe[e, P_R_RR], compare) \
-                    and _note(sig, k + 9, pe[e, P_SLOT_RR], compare) \
-                    and _note(sig, k + 10, pe[e, P_WAKE] - now if pe[e, P_WAKE] != INF else -1,
+            b = trailing_zeros(bits)
+            e = w * 64 + b
+            if writing and k + per_entity > cap:
+                return -1
+            since = pe[e, P_STALL_SINCE]
+            same = same and _note(sig, k, e, compare) \
+                and _note(sig, k + 1, ((routers >> b) & 1) * 2 + ((pes >> b) & 1), compare) \
+                and _note(sig, k + 2, pe[e, P_TASK], compare) \
+                and _note(sig, k + 3, pe[e, P_PC], compare) \
+                and _note(sig, k + 4, pe[e, P_PENDING], compare) \
+                and _note(sig, k + 5, pe[e, P_SLOTS_BUSY], compare) \
+                and _note(sig, k + 6, pe[e, P_SLEEP], compare) \
+                and _note(sig, k + 7, pe[e, P_R_NONEMPTY], compare) \
+                and _note(sig, k + 8, pe[e, P_R_RR], compare) \
+                and _note(sig, k + 9, pe[e, P_SLOT_RR], compare) \
+                and _note(sig, k + 10, pe[e, P_WAKE] - now if pe[e, P_WAKE] != INF else -1,
+                          compare) \
+                and _note(sig, k + 11, now - since if since >= 0 else -1, compare) \
+                and _note(sig, k + 12, pe[e, P_BUSY_SINCE], compare)
+            k += 13
+            for r in range(st.regs.shape[1]):
+                same = same and _note(sig, k, st.regs[e, r], compare)
+                k += 1
+            busy = pe[e, P_SLOTS_BUSY]
+            for s in range(slots + 1):
+                if (busy >> s) & 1 == 0:
+                    continue
+                until = slot[e, s, S_BUSY_UNTIL]
+                # a due time two or more cycles ahead decides nothing yet
+                # (_bulk_periods keeps the replay short of it)
+                same = same and _note(sig, k, s, compare) \
+                    and _note(sig, k + 1, slot[e, s, S_INSTR], compare) \
+                    and _note(sig, k + 2, slot[e, s, S_LEN], compare) \
+                    and _note(sig, k + 3, -1 if until == INF else min(max(until - now, 0), 2),
                               compare) \
-                    and _note(sig, k + 11, now - since if since >= 0 else -1, compare) \
-                    and _note(sig, k + 12, pe[e, P_BUSY_SINCE], compare)
-                k += 13
-                for r in range(st.regs.shape[1]):
-                    same = same and _note(sig, k, st.regs[e, r], compare)
+                    and _note(sig, k + 4, max(slot[e, s, S_START] - now, 0), compare) \
+                    and _note(sig, k + 5, slot[e, s, S_BASE_DST], compare) \
+                    and _note(sig, k + 6, slot[e, s, S_BASE_A], compare) \
+                    and _note(sig, k + 7, slot[e, s, S_BASE_B], compare) \
+                    and _note(sig, k + 8, slot[e, s, S_BASE_S], compare)
+                k += 9
+            for c in range(colors):
+                q = e * colors + c
+                n_r = st.rq[q, Q_COUNT]
+                n_p = st.pq[q, Q_COUNT]
+                if n_r == 0 and n_p == 0:
+                    continue
+                same = same and _note(sig, k, c, compare) \
+                    and _note(sig, k + 1, n_r, compare) and _note(sig, k + 2, n_p, compare)
+                k += 3
+                for i in range(n_r):
+                    at_i = q * depth + _ring(st.rq[q, Q_HEAD] + i, depth)
+                    same = same and _note(sig, k, max(st.rq_entry[at_i, E_READY] - now, 0),
+                                          compare)
                     k += 1
-                busy = pe[e, P_SLOTS_BUSY]
-                for s in range(slots + 1):
-                    if (busy >> s) & 1 == 0:
-                        continue
-                    until = slot[e, s, S_BUSY_UNTIL]
-                    # a due time two or more cycles ahead decides nothing yet
-                    # (_bulk_periods keeps the replay short of it)
-                    same = same and _note(sig, k, s, compare) \
-                        and _note(sig, k + 1, slot[e, s, S_INSTR], compare) \
-                        and _note(sig, k + 2, slot[e, s, S_LEN], compare) \
-                        and _note(sig, k + 3, -1 if until == INF else min(max(until - now, 0), 2),
-                                  compare) \
-                        and _note(sig, k + 4, max(slot[e, s, S_START] - now, 0), compare) \
-                        and _note(sig, k + 5, slot[e, s, S_BASE_DST], compare) \
-                        and _note(sig, k + 6, slot[e, s, S_BASE_A], compare) \
-                        and _note(sig, k + 7, slot[e, s, S_BASE_B], compare) \
-                        and _note(sig, k + 8, slot[e, s, S_BASE_S], compare)
-                    k += 9
-                for c in range(colors):
-                    q = e * colors + c
-                    n_r = st.rq[q, Q_COUNT]
-                    n_p = st.pq[q, Q_COUNT]
-                    if n_r == 0 and n_p == 0:
-                        continue
-                    same = same and _note(sig, k, c, compare) \
-                        and _note(sig, k + 1, n_r, compare) and _note(sig, k + 2, n_p, compare)
-                    k += 3
-                    for i in range(n_r):
-                        at_i = q * depth + _ring(st.rq[q, Q_HEAD] + i, depth)
-                        same = same and _note(sig, k, max(st.rq_entry[at_i, E_READY] - now, 0),
-                                              compare)
-                        k += 1
-                    for i in range(n_p):
-                        at_i = q * idepth + _ring(st.pq[q, Q_HEAD] + i, idepth)
-                        same = same and _note(sig, k, max(st.pq_entry[at_i, E_READY] - now, 0),
-                                              compare)
-                        k += 1
-                if not same:
-                    return -1
-            bits = (bits >> 1) & LOW_63_BITS
-            b += 1
+                for i in range(n_p):
+                    at_i = q * idepth + _ring(st.pq[q, Q_HEAD] + i, idepth)
+                    same = same and _note(sig, k, max(st.pq_entry[at_i, E_READY] - now, 0),
+                                          compare)
+                    k += 1
+            if not same:
+                return -1
+            bits &= bits - 1
     return k if same and (writing or k == compare) else -1
 
 
@@ -1279,7 +1427,7 @@ def _bulk_periods(S, st, now, period):
     # a live timer of a PE outside the watched set would list it
     for i in range(st.counters[K_HEAP_SIZE]):
         t = st.heap[0, i]
-        p = st.heap[1, i]
+        p = _timer_pe(st.heap[1, i])
         if st.pe[p, P_WAKE] == t and (st.bulk_rows[2, p >> 6] >> (p & 63)) & 1 == 0:
             cycles = min(cycles, t - now)
     n = cycles // period
@@ -1299,18 +1447,16 @@ def _bulk_periods(S, st, now, period):
                 moves[p, s] = 0
     for w in range(st.active.shape[1]):
         bits = st.bulk_rows[2, w]
-        b = 0
         while bits != 0:
-            if bits & 1:
-                e = w * 64 + b
-                busy = st.pe[e, P_SLOTS_BUSY]
-                for s in range(slots + 1):
-                    if (busy >> s) & 1:
-                        until = st.slot[e, s, S_BUSY_UNTIL]
-                        if until != INF and until > now:
-                            n = min(n, (until - now - 2) // period)
-            bits = (bits >> 1) & LOW_63_BITS
-            b += 1
+            b = trailing_zeros(bits)
+            e = w * 64 + b
+            busy = st.pe[e, P_SLOTS_BUSY]
+            for s in range(slots + 1):
+                if (busy >> s) & 1:
+                    until = st.slot[e, s, S_BUSY_UNTIL]
+                    if until != INF and until > now:
+                        n = min(n, (until - now - 2) // period)
+            bits &= bits - 1
     return max(n, 0)
 
 
@@ -1902,17 +2048,15 @@ def _advance(S, st, now, period):
     # whole periods these are as now, stall counts grown by the period's
     for w in range(words):
         bits = st.bulk_rows[2, w]
-        b = 0
         while bits != 0:
-            if bits & 1:
-                e = w * 64 + b
-                st.bulk_sleep[e, 0] = pe[e, P_SLEEP]
-                st.bulk_sleep[e, 1] = pe[e, P_R_NONEMPTY]
-                st.bulk_sleep[e, 2] = pe[e, P_R_RR]
-                st.bulk_sleep[e, 3] = pe[e, P_SLOT_RR]
-                st.bulk_stall[e] = pe[e, P_STALL] - st.bulk_stall[e]
-            bits = (bits >> 1) & LOW_63_BITS
-            b += 1
+            b = trailing_zeros(bits)
+            e = w * 64 + b
+            st.bulk_sleep[e, 0] = pe[e, P_SLEEP]
+            st.bulk_sleep[e, 1] = pe[e, P_R_NONEMPTY]
+            st.bulk_sleep[e, 2] = pe[e, P_R_RR]
+            st.bulk_sleep[e, 3] = pe[e, P_SLOT_RR]
+            st.bulk_stall[e] = pe[e, P_STALL] - st.bulk_stall[e]
+            bits &= bits - 1
     hops_per_period = 0
     for a in range(counters[K_ACTIONS]):
         if st.actions[a, 0] == ACTION_ROUTER:
@@ -1940,19 +2084,17 @@ def _advance(S, st, now, period):
         active[reached & 1, w] = st.bulk_rows[0, w]
         active[2 + (reached & 1), w] = st.bulk_rows[1, w]
         bits = st.bulk_rows[2, w]
-        b = 0
         while bits != 0:
-            if bits & 1:
-                e = w * 64 + b
-                pe[e, P_SLEEP] = st.bulk_sleep[e, 0]
-                pe[e, P_R_NONEMPTY] = st.bulk_sleep[e, 1]
-                pe[e, P_R_RR] = st.bulk_sleep[e, 2]
-                pe[e, P_SLOT_RR] = st.bulk_sleep[e, 3]
-                pe[e, P_STALL] += periods * st.bulk_stall[e]
-                if pe[e, P_STALL_SINCE] >= 0:
-                    pe[e, P_STALL_SINCE] += reached - now
-            bits = (bits >> 1) & LOW_63_BITS
-            b += 1
+            b = trailing_zeros(bits)
+            e = w * 64 + b
+            pe[e, P_SLEEP] = st.bulk_sleep[e, 0]
+            pe[e, P_R_NONEMPTY] = st.bulk_sleep[e, 1]
+            pe[e, P_R_RR] = st.bulk_sleep[e, 2]
+            pe[e, P_SLOT_RR] = st.bulk_sleep[e, 3]
+            pe[e, P_STALL] += periods * st.bulk_stall[e]
+            if pe[e, P_STALL_SINCE] >= 0:
+                pe[e, P_STALL_SINCE] += reached - now
+            bits &= bits - 1
     counters[K_ROUTER_LIST_LEN + (reached & 1)] = n_r
     counters[K_ROUTER_LIST_LEN + 1 - (reached & 1)] = 0
     counters[K_PE_LIST_LEN + (reached & 1)] = n_p
@@ -1977,12 +2119,10 @@ def _start_recording(S, st, now, widen):
         return -1
     for w in range(st.active.shape[1]):
         bits = st.bulk_rows[2, w]
-        b = 0
         while bits != 0:
-            if bits & 1:
-                st.bulk_stall[w * 64 + b] = st.pe[w * 64 + b, P_STALL]
-            bits = (bits >> 1) & LOW_63_BITS
-            b += 1
+            b = trailing_zeros(bits)
+            st.bulk_stall[w * 64 + b] = st.pe[w * 64 + b, P_STALL]
+            bits &= bits - 1
     st.counters[K_BULK_ATTEMPTS] += 1
     st.counters[K_ACTIONS] = 0
     st.counters[K_RECORDING] = 1
@@ -2011,6 +2151,8 @@ def run(S, st):
             _list_pe(active, counters, p, now)
     counters[K_LAST_PROGRESS] = now
     stream = cfg[C_ENGINE] == ENGINE_STREAM
+    # PEs may run ahead through their own instruction sequences (_run_ahead)
+    may_run_ahead = stream and cfg[C_SCALAR_CYCLES] > 0 and not cfg[C_TRAP_NAN]
     recorded_at = -1          # the cycle recording began, -1: not recording
     recorded_length = 0       # of its signature
     recorded_n_r = 0
@@ -2081,6 +2223,7 @@ def run(S, st):
                     quiet_too_long = 0
                 else:
                     retry_at = now + BULK_BACKOFF_MAX
+        ahead = may_run_ahead and counters[K_RECORDING] == 0
         for kind in range(2):             # routers, then PEs; each in index order
             row = 2 * kind + parity
             for w in range(active.shape[1]):
@@ -2088,15 +2231,16 @@ def run(S, st):
                 if bits == 0:
                     continue
                 active[row, w] = 0        # what this cycle enlists goes to the other row
-                b = 0
                 while bits != 0 and counters[ST_CODE] == STATUS_OK:
-                    if bits & 1:
-                        if kind == 0:
-                            _router_step(S, st, w * 64 + b, now)
-                        else:
-                            _pe_step(S, st, w * 64 + b, now)
-                    bits = (bits >> 1) & LOW_63_BITS
-                    b += 1
+                    b = trailing_zeros(bits)
+                    if kind == 0:
+                        _router_step(S, st, w * 64 + b, now)
+                    else:
+                        p = w * 64 + b
+                        visit = _pe_step(S, st, p, now, ahead)
+                        if visit >= 0:
+                            _run_ahead(S, st, p, now, visit)
+                    bits &= bits - 1
                 if counters[ST_CODE] != STATUS_OK:
                     break
             if counters[ST_CODE] != STATUS_OK:
@@ -2109,7 +2253,7 @@ def run(S, st):
         counters[K_PE_LIST_LEN + parity] = 0
         if counters[ST_CODE] != STATUS_OK:
             break
-        if now - counters[K_LAST_PROGRESS] > window:
+        if now - _last_progress(counters, now) > window:
             if counters[K_HEAP_SIZE] == 0:
                 _fail(counters, STATUS_DEADLOCK, DEADLOCK_STALLED, -1, -1, -1, now)
                 break
@@ -2117,6 +2261,7 @@ def run(S, st):
         now += 1
     counters[K_RECORDING] = 0
     counters[K_NOW] = now
+    counters[K_LAST_PROGRESS] = _last_progress(counters, now)
     if counters[ST_CODE] == STATUS_OK:
         _check_quiescent(S, st, now)
 

@@ -20,7 +20,8 @@ def bulk_summary(static, state, hops: int) -> dict:
                             "bulk_cycles": int(counters[engine.K_BULK_CYCLES]),
                             "bulk_attempts": int(counters[engine.K_BULK_ATTEMPTS]),
                             "bulk_mismatches": int(counters[engine.K_BULK_MISMATCH]),
-                            "bulk_column_cycles": int(counters[engine.K_BULK_COLUMNS])},
+                            "bulk_column_cycles": int(counters[engine.K_BULK_COLUMNS]),
+                            "ahead_pe_steps": int(counters[engine.K_AHEAD_STEPS])},
                            hops, cycles)
 
 
@@ -262,7 +263,7 @@ def _bulk_in_sequence(reports) -> dict:
         return {}
     bulk = {"engine": "stream"}
     for key in ("bulk_hops", "bulk_cycles", "bulk_attempts", "bulk_mismatches",
-                "bulk_column_cycles"):
+                "bulk_column_cycles", "ahead_pe_steps"):
         bulk[key] = sum(r.extra[key] for r in reports)
     return _bulk_fractions(bulk, sum(r.wavelet_hops for r in reports),
                            sum(r.cycles for r in reports))
