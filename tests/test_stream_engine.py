@@ -541,3 +541,35 @@ def test_a_program_error_inside_local_work_is_reported_alike(fail_at):
     outcomes = testing.run_on_each_engine(lambda: prog.run())
     assert outcomes["wavelet"][0] == "error", outcomes
     testing.assert_engines_agree(lambda: prog.run())
+
+
+@settings(max_examples=60, deadline=None, database=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
+@given(st.integers(2, 5), st.integers(2, 40), st.integers(1, 8), st.integers(1, 30),
+       st.sampled_from([None, None, None, 1, 4]), st.booleans(),
+       st.sampled_from(["float32", "float16"]), st.sampled_from([0, 0, 0, 2]),
+       st.sampled_from([10 ** 6, 10 ** 6]) | st.integers(20, 3000),
+       st.integers(2, 200) | st.just(10 ** 5), st.booleans())
+def test_fuzzed_local_work_agrees_on_both_engines(cols, n, rounds, work, fail_at, async_work,
+                                                 dtype, receive_more, max_cycles, window,
+                                                 record):
+    """Local work of random length beside a stream, with random cycle limits,
+    deadlock windows (some shorter than one operation), program errors and
+    deadlocks: both engines agree, and PEs ran ahead in most completed runs."""
+    prog = _local_work_beside_a_stream(cols, n, rounds, work, fail_at, async_work, dtype,
+                                       receive_more)
+    bulk = testing.assert_engines_agree(lambda: prog.run(
+        max_cycles=max_cycles, deadlock_window=window, trace=record, record_links=record))
+    LOCAL_FUZZ_TALLY["run"] += 1
+    LOCAL_FUZZ_TALLY["completed"] += bool(bulk)       # {} after an error
+    LOCAL_FUZZ_TALLY["ahead"] += bulk.get("ahead_pe_steps", 0) > 0
+
+
+LOCAL_FUZZ_TALLY: collections.Counter = collections.Counter()
+
+
+def test_fuzzed_local_work_ran_ahead_often():
+    if LOCAL_FUZZ_TALLY["run"] == 0:
+        pytest.skip("run together with test_fuzzed_local_work_agrees_on_both_engines")
+    assert LOCAL_FUZZ_TALLY["completed"] >= 10, LOCAL_FUZZ_TALLY
+    assert LOCAL_FUZZ_TALLY["ahead"] >= 0.8 * LOCAL_FUZZ_TALLY["completed"], LOCAL_FUZZ_TALLY
