@@ -374,14 +374,14 @@ def _pop_input(pq_val, pq, q, depth, now):
     return value
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline='always')
 def _read(f32, u16, half_to_float, dtype, index):
     if dtype == F32:
         return f32[index]
     return half_to_float[u16[index]]
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline='always')
 def _write(f32, u16, dtype, index, value):
     if dtype == F32:
         f32[index] = value
@@ -389,7 +389,7 @@ def _write(f32, u16, dtype, index, value):
         u16[index] = float_to_half_bits(value)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline='always')
 def _apply(op, a, b, s):
     if op == OP_MOV:
         return a
@@ -449,13 +449,17 @@ def _router_step(S, st, r, now):
     x = pe[r, P_X]
     y = pe[r, P_Y]
     used = 0
+    # the non-empty colors in round-robin order: from the pointer up, then the
+    # ones below it (a move here only empties the color it moves)
     start = pe[r, P_R_RR]
-    for k in range(colors):
-        c = start + k
-        if c >= colors:
-            c -= colors
-        if (pe[r, P_R_NONEMPTY] >> c) & 1 == 0:
-            continue
+    nonempty = pe[r, P_R_NONEMPTY]
+    below = nonempty & ((np.int64(1) << start) - 1)
+    bits = nonempty ^ below
+    while bits != 0 or below != 0:
+        if bits == 0:
+            bits, below = below, np.int64(0)
+        c = trailing_zeros(bits)
+        bits &= bits - 1
         q = r * colors + c
         head = q * depth + st.rq[q, Q_HEAD]
         if st.rq_entry[head, E_READY] > now:
@@ -996,13 +1000,17 @@ def _pe_step(S, st, p, now, defer):
     ramp_used = False
     # 1. Retire what is due; move each fabric operation by one element. The
     #    slots take turns (round robin) at the PE's single outgoing ramp.
+    # (busy slots in round-robin order from the pointer; a slot's step only
+    # frees that slot)
     first = pe[p, P_SLOT_RR]
-    for k in range(slots + 1):
-        s = first + k
-        if s > slots:
-            s -= slots + 1
-        if (pe[p, P_SLOTS_BUSY] >> s) & 1 == 0:
-            continue
+    busy_now = pe[p, P_SLOTS_BUSY]
+    below = busy_now & ((np.int64(1) << first) - 1)
+    bits = busy_now ^ below
+    while bits != 0 or below != 0:
+        if bits == 0:
+            bits, below = below, np.int64(0)
+        s = trailing_zeros(bits)
+        bits &= bits - 1
         if slot[p, s, S_BUSY_UNTIL] == INF:
             if now < slot[p, s, S_START]:
                 continue                 # still starting up; step 3 sets the timer
