@@ -69,13 +69,17 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="print the N costliest functions per step (cProfile)")
+    parser.add_argument("--engine", choices=("stream", "wavelet"), default="stream",
+                        help="the engine that runs the steps (default: stream)")
     parser.add_argument("--shared", action="store_true",
                         help="say the machine was shared with other work")
     args = parser.parse_args(argv)
     print(f"LLaMA-3-8B decode layer, {args.context} cached positions, float16, "
-          f"{args.grid} x {args.grid}; machine: "
+          f"{args.grid} x {args.grid}, {args.engine} engine; machine: "
           f"{'shared with other work' if args.shared else 'quiet'}", flush=True)
-    for row in decode_steps(args.grid, args.context, args.steps, args.profile):
+    with wse.run_options(engine=args.engine):
+        rows = list(decode_steps(args.grid, args.context, args.steps, args.profile))
+    for row in rows:
         print(f"step {row['step']}: wall {row['wall_s']:.2f} s, engine {row['engine_s']:.2f} s, "
               f"host {row['host_s']:.2f} s ({100 * row['host_share']:.1f}%); "
               f"{row['cycles']:,} cycles, {row['wavelet_hops']:,} wavelet-hops, "

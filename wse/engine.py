@@ -701,17 +701,29 @@ def _memory_op(S, st, p, s, ins, n, now):
         if sd >= 0 and S.desc[sd, D_DTYPE] == F32:
             rate_dtype = F32
     width = S.settings[C_SIMD32] if rate_dtype == F32 else S.settings[C_SIMD16]
+    # element i of an operand lies (i mod wrap, or i) * stride from its base:
+    # kept as a running index (ia, ib, id) rather than a division per element
+    stride_a, wrap_a = (S.desc[a, D_STRIDE], S.desc[a, D_WRAP]) if a >= 0 else (0, 0)
+    stride_b, wrap_b = (S.desc[b, D_STRIDE], S.desc[b, D_WRAP]) if b >= 0 else (0, 0)
+    stride_d, wrap_d = S.desc[dst, D_STRIDE], S.desc[dst, D_WRAP]
+    ia, ib, id_ = 0, 0, 0
     if op >= OP_SUM:        # reductions into dst[0]
         acc = np.float32(-np.inf) if op == OP_RMAX else np.float32(0.0)
         for i in range(n):
-            va = _read(f32, u16, lut, da, ba + _element(S, a, i))
+            va = _read(f32, u16, lut, da, ba + ia * stride_a)
             if op == OP_SUM:
                 acc += va
             elif op == OP_RMAX:
                 if va > acc or va != va:
                     acc = va
             else:
-                acc += va * _read(f32, u16, lut, db, bb + _element(S, b, i))
+                acc += va * _read(f32, u16, lut, db, bb + ib * stride_b)
+            ia += 1
+            ib += 1
+            if ia == wrap_a:
+                ia = 0
+            if ib == wrap_b:
+                ib = 0
         if trap and acc != acc:
             _fail(st.counters, STATUS_NAN, 0, p, -1, -1, now, ins, -1, 0)
         _write(f32, u16, dd, bd, acc)
@@ -720,12 +732,21 @@ def _memory_op(S, st, p, s, ins, n, now):
         return (n + width - 1) // width
     s_val = _scalar(S, st, p, s, ins)
     for i in range(n):
-        va = _read(f32, u16, lut, da, ba + _element(S, a, i)) if a >= 0 else np.float32(0.0)
-        vb = _read(f32, u16, lut, db, bb + _element(S, b, i)) if b >= 0 else np.float32(0.0)
+        va = _read(f32, u16, lut, da, ba + ia * stride_a) if a >= 0 else np.float32(0.0)
+        vb = _read(f32, u16, lut, db, bb + ib * stride_b) if b >= 0 else np.float32(0.0)
         v = _apply(op, va, vb, s_val)
         if trap and v != v:
             _fail(st.counters, STATUS_NAN, 0, p, -1, -1, now, ins, -1, i)
-        _write(f32, u16, dd, bd + _element(S, dst, i), v)
+        _write(f32, u16, dd, bd + id_ * stride_d, v)
+        ia += 1
+        ib += 1
+        id_ += 1
+        if ia == wrap_a:
+            ia = 0
+        if ib == wrap_b:
+            ib = 0
+        if id_ == wrap_d:
+            id_ = 0
     st.pe[p, P_FLOPS] += n * S.flops_of_op[op]
     operands = 1 + (a >= 0) + (b >= 0)
     st.pe[p, P_SRAM_BYTES] += n * operands * size_d
