@@ -10,7 +10,8 @@ import numpy as np
 
 def bulk_summary(static, state, hops: int) -> dict:
     """What the stream engine advanced in bulk (empty for the wavelet engine):
-    the fraction of wavelet-hops and of cycles, and how often it checked."""
+    the fraction of wavelet-hops and of cycles, how often it checked, and how
+    many PE steps it took ahead of the clock (ahead_pe_steps)."""
     from . import engine
     if static.settings[engine.C_ENGINE] != engine.ENGINE_STREAM:
         return {}
