@@ -53,7 +53,14 @@ from collections import namedtuple
 
 import numpy as np
 from numba import njit
-from numba.cpython.unsafe.numbers import trailing_zeros
+from numba import config as numba_config
+if numba_config.DISABLE_JIT:
+    def trailing_zeros(bits):
+        """The index of the lowest set bit (the JIT's intrinsic has no Python form)."""
+        bits = int(bits)
+        return (bits & -bits).bit_length() - 1
+else:
+    from numba.cpython.unsafe.numbers import trailing_zeros
 
 from .isa import (
     D_ADVANCE, D_BUF_OR_COLOR, D_DTYPE, D_KIND, D_LENGTH, D_LENGTH_REG, D_OFFSET,
@@ -98,12 +105,13 @@ K_RUN_START = 24      # the cycle the run began: tasks picked then are already r
 # set, whether the cycle's moves are being recorded and how many were, and what
 # bulk advance did (cycles, wavelet-hops, attempts, and replayed moves that found
 # their operands not as recorded: always 0 unless the periodicity check is wrong)
+# (K_BULK_COLUMNS: bulk cycles advanced column-wise)
 (K_ISSUES, K_HEAP_PUSHES, K_RECORDING, K_ACTIONS, K_BULK_CYCLES, K_BULK_HOPS,
  K_BULK_ATTEMPTS, K_BULK_MISMATCH, K_TIMERS_FIRED, K_BULK_COLUMNS) = range(25, 35)
 # Running ahead (the stream engine): the latest progress a PE made ahead of the
 # clock, and how many of its steps were taken ahead
 K_PROGRESS_AHEAD, K_AHEAD_STEPS = 35, 36
-COUNTERS = 37         # K_BULK_COLUMNS: bulk cycles advanced column-wise
+COUNTERS = 37
 
 # pe: one row per PE (and its router); the fields every step touches come first
 (P_TASK, P_PC, P_PENDING, P_SLOTS_BUSY, P_SLEEP, P_R_NONEMPTY, P_R_RR, P_SLOT_RR,
@@ -459,7 +467,7 @@ def _router_step(S, st, r, now):
         if bits == 0:
             bits, below = below, np.int64(0)
         c = trailing_zeros(bits)
-        bits &= bits - 1
+        bits &= ~(np.int64(1) << c)
         q = r * colors + c
         head = q * depth + st.rq[q, Q_HEAD]
         if st.rq_entry[head, E_READY] > now:
@@ -1031,7 +1039,7 @@ def _pe_step(S, st, p, now, defer):
         if bits == 0:
             bits, below = below, np.int64(0)
         s = trailing_zeros(bits)
-        bits &= bits - 1
+        bits &= ~(np.int64(1) << s)
         if slot[p, s, S_BUSY_UNTIL] == INF:
             if now < slot[p, s, S_START]:
                 continue                 # still starting up; step 3 sets the timer
@@ -1419,7 +1427,7 @@ def _signature(S, st, now, compare):
                     k += 1
             if not same:
                 return -1
-            bits &= bits - 1
+            bits &= ~(np.int64(1) << b)
     return k if same and (writing or k == compare) else -1
 
 
@@ -1485,7 +1493,7 @@ def _bulk_periods(S, st, now, period):
                     until = st.slot[e, s, S_BUSY_UNTIL]
                     if until != INF and until > now:
                         n = min(n, (until - now - 2) // period)
-            bits &= bits - 1
+            bits &= ~(np.int64(1) << b)
     return max(n, 0)
 
 
@@ -2085,7 +2093,7 @@ def _advance(S, st, now, period):
             st.bulk_sleep[e, 2] = pe[e, P_R_RR]
             st.bulk_sleep[e, 3] = pe[e, P_SLOT_RR]
             st.bulk_stall[e] = pe[e, P_STALL] - st.bulk_stall[e]
-            bits &= bits - 1
+            bits &= ~(np.int64(1) << b)
     hops_per_period = 0
     for a in range(counters[K_ACTIONS]):
         if st.actions[a, 0] == ACTION_ROUTER:
@@ -2123,7 +2131,7 @@ def _advance(S, st, now, period):
             pe[e, P_STALL] += periods * st.bulk_stall[e]
             if pe[e, P_STALL_SINCE] >= 0:
                 pe[e, P_STALL_SINCE] += reached - now
-            bits &= bits - 1
+            bits &= ~(np.int64(1) << b)
     counters[K_ROUTER_LIST_LEN + (reached & 1)] = n_r
     counters[K_ROUTER_LIST_LEN + 1 - (reached & 1)] = 0
     counters[K_PE_LIST_LEN + (reached & 1)] = n_p
@@ -2151,7 +2159,7 @@ def _start_recording(S, st, now, widen):
         while bits != 0:
             b = trailing_zeros(bits)
             st.bulk_stall[w * 64 + b] = st.pe[w * 64 + b, P_STALL]
-            bits &= bits - 1
+            bits &= ~(np.int64(1) << b)
     st.counters[K_BULK_ATTEMPTS] += 1
     st.counters[K_ACTIONS] = 0
     st.counters[K_RECORDING] = 1
@@ -2269,7 +2277,7 @@ def run(S, st):
                         visit = _pe_step(S, st, p, now, ahead)
                         if visit >= 0:
                             _run_ahead(S, st, p, now, visit)
-                    bits &= bits - 1
+                    bits &= ~(np.int64(1) << b)
                 if counters[ST_CODE] != STATUS_OK:
                     break
             if counters[ST_CODE] != STATUS_OK:
