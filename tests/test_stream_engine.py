@@ -319,17 +319,23 @@ def test_tiny_prefill_and_decode_agree():
 # ----------------------------------------------------------------------------
 # Errors in the middle of a stream that goes in bulk
 
-def _stream(n=400, cols=6, consume=True, poison_at=None):
-    """PE 0 streams n values east along a row to the last PE, which stores them
-    (or, with consume=False, never reads them)."""
-    cfg = wse.WSE2.with_grid(rows=1, cols=cols)
-    prog = wse.Program(cfg)
+def _row_going_east(cols):
+    """A 1 x cols program and a color routed from PE 0's ramp east to the last
+    PE's ramp."""
+    prog = wse.Program(wse.WSE2.with_grid(rows=1, cols=cols))
     color = prog.color("east")
     rx = np.zeros((1, cols), np.int64)
     tx = np.zeros((1, cols), np.int64)
     rx[0, 0], tx[0, 0] = 1 << wse.isa.RAMP, 1 << wse.isa.EAST
     rx[0, 1:], tx[0, 1:-1], tx[0, -1] = 1 << wse.isa.WEST, 1 << wse.isa.EAST, 1 << wse.isa.RAMP
     prog.route_masks(color, rx, tx)
+    return prog, color
+
+
+def _stream(n=400, cols=6, consume=True, poison_at=None):
+    """PE 0 streams n values east along a row to the last PE, which stores them
+    (or, with consume=False, never reads them)."""
+    prog, color = _row_going_east(cols)
     x = prog.buffer("x", (n,))
     values = np.arange(n, dtype=np.float32)
     if poison_at is not None:
@@ -450,14 +456,7 @@ def _local_work_beside_a_stream(cols=4, n=64, rounds=12, work=24, fail_at=None,
     program error met inside a stretch run ahead). `async_work`: some
     operations go to async slots, one finishing an on_done task, then a wait.
     `receive_more`: the receiver waits for more than is sent (a deadlock)."""
-    cfg = wse.WSE2.with_grid(rows=1, cols=cols)
-    prog = wse.Program(cfg)
-    color = prog.color("east")
-    rx = np.zeros((1, cols), np.int64)
-    tx = np.zeros((1, cols), np.int64)
-    rx[0, 0], tx[0, 0] = 1 << wse.isa.RAMP, 1 << wse.isa.EAST
-    rx[0, 1:], tx[0, 1:-1], tx[0, -1] = 1 << wse.isa.WEST, 1 << wse.isa.EAST, 1 << wse.isa.RAMP
-    prog.route_masks(color, rx, tx)
+    prog, color = _row_going_east(cols)
     x = prog.buffer("x", (n,))
     size = work + rounds if fail_at is None else work + fail_at - 1
     acc = prog.buffer("acc", (size,), dtype)
