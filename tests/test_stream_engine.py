@@ -319,6 +319,15 @@ def test_tiny_prefill_and_decode_agree():
 # ----------------------------------------------------------------------------
 # Errors in the middle of a stream that goes in bulk
 
+def _fails_alike(prog, error, **options):
+    """The reference engine fails the run with `error` (a class name; None:
+    any error), and the stream engine fails it the same way."""
+    outcomes = testing.run_on_each_engine(lambda: prog.run(**options))
+    assert outcomes["wavelet"][0] == "error", outcomes
+    assert error is None or outcomes["wavelet"][1] == error, outcomes
+    testing.assert_engines_agree(lambda: prog.run(**options))
+
+
 def _row_going_east(cols):
     """A 1 x cols program and a color routed from PE 0's ramp east to the last
     PE's ramp."""
@@ -404,25 +413,18 @@ def test_a_shift_on_a_grid_past_a_fixed_scratch_cap_still_advances_in_bulk():
 
 @pytest.mark.parametrize("limit", [37, 150, 401])
 def test_a_cycle_limit_inside_a_bulk_stretch_fails_at_the_same_cycle(limit):
-    prog = _stream()
-    outcomes = testing.run_on_each_engine(lambda: prog.run(max_cycles=limit))
-    assert outcomes["wavelet"][1] == "CycleLimitError"
-    testing.assert_engines_agree(lambda: prog.run(max_cycles=limit))
+    _fails_alike(_stream(), "CycleLimitError", max_cycles=limit)
 
 
 def test_a_nan_met_inside_a_bulk_stretch_traps_at_the_same_cycle_and_element():
     prog = _stream(poison_at=300)
-    outcomes = testing.run_on_each_engine(lambda: prog.run(trap_nan=True))
-    assert outcomes["wavelet"][1] == "FloatingPointTrap", outcomes
-    testing.assert_engines_agree(lambda: prog.run(trap_nan=True))
+    _fails_alike(prog, "FloatingPointTrap", trap_nan=True)
 
 
 @pytest.mark.parametrize("window", [3, 50])
 def test_a_stream_nobody_consumes_deadlocks_alike(window):
     prog = _stream(consume=False)
-    outcomes = testing.run_on_each_engine(lambda: prog.run(deadlock_window=window))
-    assert outcomes["wavelet"][1] == "FabricDeadlockError", outcomes
-    testing.assert_engines_agree(lambda: prog.run(deadlock_window=window))
+    _fails_alike(prog, "FabricDeadlockError", deadlock_window=window)
 
 
 # ----------------------------------------------------------------------------
@@ -521,25 +523,19 @@ def test_a_deadlock_window_shorter_than_local_work_is_kept(window):
     prog = _local_work_beside_a_stream(rounds=6)
     testing.assert_engines_agree(lambda: prog.run(deadlock_window=window))
     stuck = _local_work_beside_a_stream(rounds=6, receive_more=3)
-    outcomes = testing.run_on_each_engine(lambda: stuck.run(deadlock_window=window))
-    assert outcomes["wavelet"][1] == "FabricDeadlockError", outcomes
-    testing.assert_engines_agree(lambda: stuck.run(deadlock_window=window))
+    _fails_alike(stuck, "FabricDeadlockError", deadlock_window=window)
 
 
 @pytest.mark.parametrize("limit", [50, 333, 1200])
 def test_a_cycle_limit_inside_local_work_fails_at_the_same_cycle(limit):
     prog = _local_work_beside_a_stream()
-    outcomes = testing.run_on_each_engine(lambda: prog.run(max_cycles=limit))
-    assert outcomes["wavelet"][1] == "CycleLimitError", outcomes
-    testing.assert_engines_agree(lambda: prog.run(max_cycles=limit))
+    _fails_alike(prog, "CycleLimitError", max_cycles=limit)
 
 
 @pytest.mark.parametrize("fail_at", [1, 3])
 def test_a_program_error_inside_local_work_is_reported_alike(fail_at):
     prog = _local_work_beside_a_stream(fail_at=fail_at)
-    outcomes = testing.run_on_each_engine(lambda: prog.run())
-    assert outcomes["wavelet"][0] == "error", outcomes
-    testing.assert_engines_agree(lambda: prog.run())
+    _fails_alike(prog, None)
 
 
 @settings(max_examples=60, deadline=None, database=None, derandomize=True,
