@@ -459,10 +459,7 @@ def _router_step(S, st, r, now):
     used = 0
     # the non-empty colors in round-robin order: from the pointer up, then the
     # ones below it (a move here only empties the color it moves)
-    start = pe[r, P_R_RR]
-    nonempty = pe[r, P_R_NONEMPTY]
-    below = nonempty & ((np.int64(1) << start) - 1)
-    bits = nonempty ^ below
+    bits, below = _from_pointer(pe[r, P_R_NONEMPTY], pe[r, P_R_RR])
     while bits != 0 or below != 0:
         if bits == 0:
             bits, below = below, np.int64(0)
@@ -886,6 +883,32 @@ def _fabric_move(S, st, p, s, now, turn):
     _progress(st.counters, now, now + 1)
 
 
+@njit(cache=True, _nrt=False, inline='always')
+def _vector_length(S, st, p, ins):
+    """Elements vector instruction `ins` covers on PE p: its reduced operand's
+    (a reduction), else its destination's; fixed or from a register."""
+    lead = S.instr[ins, I_A] if S.instr[ins, I_OP] >= OP_SUM else S.instr[ins, I_DST]
+    reg = S.desc[lead, D_LENGTH_REG]
+    return st.regs[p, reg] if reg >= 0 else S.desc[lead, D_LENGTH]
+
+
+@njit(cache=True, _nrt=False, inline='always')
+def _cannot_end(S, count, now):
+    """Whether a memory operation of `count` elements issued at `now` could not
+    end by max_cycles even at the widest SIMD (then the run stops rather than
+    compute it: a stride-0 view with a huge register length would loop for hours)."""
+    return count > (S.settings[C_MAX_CYCLES] - now) * max(S.settings[C_SIMD32],
+                                                          S.settings[C_SIMD16])
+
+
+@njit(cache=True, _nrt=False, inline='always')
+def _from_pointer(mask, start):
+    """`mask` split for a round-robin walk from bit `start`: (its bits at or
+    above start, those below), walked in that order, each by trailing zeros."""
+    below = mask & ((np.int64(1) << start) - 1)
+    return mask ^ below, below
+
+
 @njit(cache=True, _nrt=False)
 def _start_op(S, st, p, s, ins, now):
     """Begin vector instruction `ins` in slot s. Returns False on a program error."""
@@ -898,9 +921,7 @@ def _start_op(S, st, p, s, ins, now):
     for d in (dst, a, b):
         if d >= 0 and S.desc[d, D_KIND] != MEM:
             fabric = True
-    lead = a if op >= OP_SUM else dst
-    reg = S.desc[lead, D_LENGTH_REG]
-    count = st.regs[p, reg] if reg >= 0 else S.desc[lead, D_LENGTH]
+    count = _vector_length(S, st, p, ins)
     slot[p, s, S_BASE_DST] = _resolve(S, st, p, dst, 1 if op >= OP_SUM else count, now, ins)
     if a >= 0:
         slot[p, s, S_BASE_A] = _resolve(S, st, p, a, count, now, ins)
@@ -923,11 +944,7 @@ def _start_op(S, st, p, s, ins, now):
     elif fabric:
         slot[p, s, S_BUSY_UNTIL] = INF
     else:
-        # even at the widest SIMD an operation of `count` elements cannot end by
-        # max_cycles: stop now rather than compute it (a stride-0 view with a
-        # huge register length would otherwise loop for hours)
-        widest = max(S.settings[C_SIMD32], S.settings[C_SIMD16])
-        if count > (S.settings[C_MAX_CYCLES] - now) * widest:
+        if _cannot_end(S, count, now):
             _fail(st.counters, STATUS_CYCLE_LIMIT, 0, p, -1, -1, now)
             return False
         cost = _memory_op(S, st, p, s, ins, count, now)
@@ -1031,10 +1048,7 @@ def _pe_step(S, st, p, now, defer):
     #    slots take turns (round robin) at the PE's single outgoing ramp.
     # (busy slots in round-robin order from the pointer; a slot's step only
     # frees that slot)
-    first = pe[p, P_SLOT_RR]
-    busy_now = pe[p, P_SLOTS_BUSY]
-    below = busy_now & ((np.int64(1) << first) - 1)
-    bits = busy_now ^ below
+    bits, below = _from_pointer(pe[p, P_SLOTS_BUSY], pe[p, P_SLOT_RR])
     while bits != 0 or below != 0:
         if bits == 0:
             bits, below = below, np.int64(0)
@@ -1205,11 +1219,8 @@ def _issues_only_its_own(S, st, p, t):
     s = S.instr[ins, I_SLOT]
     if s > 0 and (st.pe[p, P_SLOTS_BUSY] >> s) & 1 and slot[p, s, S_BUSY_UNTIL] > t:
         return True                  # it waits for that slot (one due at t retires first)
-    lead = S.instr[ins, I_A] if op >= OP_SUM else S.instr[ins, I_DST]
-    reg = S.desc[lead, D_LENGTH_REG]
-    count = st.regs[p, reg] if reg >= 0 else S.desc[lead, D_LENGTH]
-    widest = max(S.settings[C_SIMD32], S.settings[C_SIMD16])
-    if count > (S.settings[C_MAX_CYCLES] - t) * widest:
+    count = _vector_length(S, st, p, ins)
+    if _cannot_end(S, count, t):
         return False
     dst, a, b, sd = S.instr[ins, I_DST], S.instr[ins, I_A], S.instr[ins, I_B], S.instr[ins, I_S]
     for d, n in ((dst, 1 if op >= OP_SUM else count), (a, count), (b, count), (sd, 1)):
