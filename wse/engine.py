@@ -59,8 +59,23 @@ if numba_config.DISABLE_JIT:
         """The index of the lowest set bit (the JIT's intrinsic has no Python form)."""
         bits = int(bits)
         return (bits & -bits).bit_length() - 1
+
+    def float32_bits(value):
+        """The bit pattern of a float32 value, as an unsigned 32-bit integer."""
+        return np.uint32(np.float32(value).view(np.uint32))
 else:
+    from llvmlite import ir as llvm_ir
+    from numba.core import types as numba_types
     from numba.cpython.unsafe.numbers import trailing_zeros
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def float32_bits(typingctx, value):
+        """The bit pattern of a float32 value, as an unsigned 32-bit integer
+        (a register bitcast: no array, no allocation)."""
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], llvm_ir.IntType(32))
+        return numba_types.uint32(numba_types.float32), codegen
 
 from .isa import (
     D_ADVANCE, D_BUF_OR_COLOR, D_DTYPE, D_KIND, D_LENGTH, D_LENGTH_REG, D_OFFSET,
@@ -177,6 +192,17 @@ State = namedtuple("State", [
     "col_val", "col_id", "col_ready",
 ])
 
+# What starting a vector operation reads and writes (_start_op). A call that is
+# not inlined receives every array of its tuples field by field (data pointer,
+# shape, strides: about 400 words for Static and State), which cost more
+# than the work of a short vector instruction; the start is the hottest such
+# call, so it gets only these.
+OpStatic = namedtuple("OpStatic", [
+    "settings", "instr", "instr_imm", "desc", "pe_params", "buf_len", "buf_addr",
+    "half_to_float", "flops_of_op", "passes_of_op"])
+OpState = namedtuple("OpState", [
+    "sram_f32", "sram_u16", "pe", "regs", "wavelet", "slot", "counters"])
+
 SLEEP_INPUT, SLEEP_OUTPUT = 1, 2
 # what a recorded cycle did: a router's queue or a PE's fabric slot moved an
 # element, a PE set a timer (so many cycles ahead), the cycle ended
@@ -188,32 +214,35 @@ WAIT_INPUT, WAIT_OUTPUT, MOVED, MOVED_ON_RAMP = 0, 1, 2, 3
 
 # ----------------------------------------------------------------------------
 # fp16 storage: values are held as IEEE binary16 bit patterns (uint16).
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline='always')
 def float_to_half_bits(value):
-    """Round a float32 value to binary16, nearest-even; returns the bit pattern."""
-    v = np.float64(value)
-    if v != v:
-        return np.uint16(0x7E00)
-    sign = 0
-    if v < 0.0 or (v == 0.0 and math.copysign(1.0, v) < 0.0):
-        sign = 0x8000
-    a = abs(v)
-    if a == np.inf:
-        return np.uint16(sign | 0x7C00)
-    if a == 0.0:
+    """Round a float32 value to binary16, nearest-even; returns the bit pattern
+    (any NaN as 0x7E00). Integer work on the float32's bits: the engine
+    converts every fp16 element it writes, so no libm calls."""
+    bits = np.int64(float32_bits(np.float32(value)))
+    sign = (bits >> 16) & 0x8000
+    field = (bits >> 23) & 0xFF
+    if field == 0xFF:
+        return np.uint16(0x7E00) if bits & 0x7FFFFF else np.uint16(sign | 0x7C00)
+    e = field - 127                          # value = 1.m * 2**e (zero and float32
+    if e < -25:                              # subnormals lie far below 2**-25)
         return np.uint16(sign)
-    mant, exp = math.frexp(a)        # a = mant * 2**exp, mant in [0.5, 1)
-    if exp >= -13:                   # normal binary16 (exponent exp-1 >= -14)
-        r = int(np.rint(a * 2.0 ** (11 - exp)))   # 11 significant bits
-        if r == 2048:
-            r = 1024
-            exp += 1
-        field = exp - 1 + 15
-        if field >= 31:
-            return np.uint16(sign | 0x7C00)
-        return np.uint16(sign | (field << 10) | (r - 1024))
-    r = int(np.rint(a * 2.0 ** 24))  # subnormal: units of 2**-24; 1024 is the smallest normal
-    return np.uint16(sign | r)
+    if e > 15:
+        return np.uint16(sign | 0x7C00)
+    significand = (bits & 0x7FFFFF) | 0x800000          # 24 bits
+    # keep 11 significant bits of a normal binary16; a subnormal keeps those
+    # above 2**-24
+    shift = 13 if e >= -14 else -1 - e
+    kept = significand >> shift
+    rest = significand & ((np.int64(1) << shift) - 1)
+    half = np.int64(1) << (shift - 1)
+    if rest > half or (rest == half and kept & 1):
+        kept += 1
+    if e < -14:
+        return np.uint16(sign | kept)       # 1024 (carried) is the smallest normal
+    # a carry out of the significand (kept = 2048) steps the exponent field
+    magnitude = ((e + 15) << 10) + kept - 1024
+    return np.uint16(sign | min(magnitude, 0x7C00))
 
 
 # ----------------------------------------------------------------------------
@@ -678,7 +707,7 @@ def _scalar(S, st, p, s, ins):
                  st.slot[p, s, S_BASE_S])
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline='always')
 def _memory_op(S, st, p, s, ins, n, now):
     """Compute a memory-only operation at once; returns its cost in cycles."""
     f32, u16, lut = st.sram_f32, st.sram_u16, S.half_to_float
@@ -1121,7 +1150,11 @@ def _pe_step(S, st, p, now, defer):
         if (pe[p, P_SLOTS_BUSY] >> s) & 1:
             break                        # that slot's own progress wakes us
         st.counters[K_ISSUES] += 1
-        if not _start_op(S, st, p, s, ins, now):
+        if not _start_op(OpStatic(S.settings, S.instr, S.instr_imm, S.desc, S.pe_params,
+                                  S.buf_len, S.buf_addr, S.half_to_float, S.flops_of_op,
+                                  S.passes_of_op),
+                         OpState(st.sram_f32, st.sram_u16, st.pe, st.regs, st.wavelet,
+                                 st.slot, st.counters), p, s, ins, now):
             return -1
         pe[p, P_PC] = ins + 1
         progressed = True
@@ -1201,7 +1234,7 @@ def _pe_step(S, st, p, now, defer):
 # next visit is scheduled as stepping would have it: a timer it set stays a
 # timer; a listing for the cycle after a step taken ahead becomes a quiet
 # timer, which lists it without being progress.
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline='always')
 def _issues_only_its_own(S, st, p, t):
     """Whether what PE p (running on its own) would issue at cycle t reads and
     writes only its own state and cannot fail: a control instruction, or a
