@@ -141,8 +141,11 @@ PE_FIELDS = 24     # padded to three cache lines
 SLOT_FIELDS = 9
 # S_START: the first cycle a fabric operation may move an element (issue + start-up)
 
-# queues (router queues and PE input queues), index q = pe * colors + color
-Q_HEAD, Q_COUNT, Q_LAST_POP = range(3)
+# queues (router queues and PE input queues), index q = pe * colors + color.
+# Q_HEAD_READY repeats the head entry's ready time (INF when empty) so that
+# the question every step asks, "is a wavelet ready?", reads one row.
+Q_HEAD, Q_COUNT, Q_LAST_POP, Q_HEAD_READY = range(4)
+Q_FIELDS = 4
 E_READY, E_ID = range(2)
 
 Static = namedtuple("Static", [
@@ -401,13 +404,21 @@ def _next_slot(i, depth):
     return 0 if i + 1 == depth else i + 1
 
 
+@njit(cache=True, _nrt=False, inline='always')
+def _refresh_head_ready(queues, entries, q, depth):
+    """Set queue q's Q_HEAD_READY from its head entry (INF when empty)."""
+    queues[q, Q_HEAD_READY] = entries[q * depth + queues[q, Q_HEAD], E_READY] \
+        if queues[q, Q_COUNT] > 0 else INF
+
+
 @njit(cache=True, _nrt=False)
-def _pop_input(pq_val, pq, q, depth, now):
+def _pop_input(pq_val, pq_entry, pq, q, depth, now):
     """Take the head wavelet of PE input queue q (the caller checked it is ready)."""
     value = pq_val[q * depth + pq[q, Q_HEAD]]
     pq[q, Q_HEAD] = _next_slot(pq[q, Q_HEAD], depth)
     pq[q, Q_COUNT] -= 1
     pq[q, Q_LAST_POP] = now
+    _refresh_head_ready(pq, pq_entry, q, depth)
     return value
 
 
@@ -495,9 +506,9 @@ def _router_step(S, st, r, now):
         c = trailing_zeros(bits)
         bits &= ~(np.int64(1) << c)
         q = r * colors + c
-        head = q * depth + st.rq[q, Q_HEAD]
-        if st.rq_entry[head, E_READY] > now:
+        if st.rq[q, Q_HEAD_READY] > now:
             continue
+        head = q * depth + st.rq[q, Q_HEAD]
         tx = np.int64(S.route[q, POSITION_FIELDS * st.switch[q] + TX])
         if tx == 0:
             _fail(st.counters, STATUS_ROUTE, ROUTE_NO_TX, r, c, -1, now)
@@ -566,6 +577,8 @@ def _router_move(S, st, r, c, q, head, tx, now, full):
             st.pq_val[tail] = value
             st.pq_entry[tail, E_READY] = now + ramp
             st.pq_entry[tail, E_ID] = wid
+            if st.pq[q, Q_COUNT] == 0:
+                st.pq[q, Q_HEAD_READY] = now + ramp
             st.pq[q, Q_COUNT] += 1
             pe[r, P_RAMP_IN] += 1
             if not full:
@@ -590,6 +603,8 @@ def _router_move(S, st, r, c, q, head, tx, now, full):
         st.rq_val[tail] = value
         st.rq_entry[tail, E_READY] = now + hop
         st.rq_entry[tail, E_ID] = wid
+        if st.rq[dq, Q_COUNT] == 0:
+            st.rq[dq, Q_HEAD_READY] = now + hop
         st.rq[dq, Q_COUNT] += 1
         st.link_wavelets[r, port] += 1
         if not full:
@@ -608,6 +623,7 @@ def _router_move(S, st, r, c, q, head, tx, now, full):
     st.rq[q, Q_HEAD] = _next_slot(st.rq[q, Q_HEAD], depth)
     st.rq[q, Q_COUNT] -= 1
     st.rq[q, Q_LAST_POP] = now
+    _refresh_head_ready(st.rq, st.rq_entry, q, depth)
     _progress(st.counters, now, now + 1)
     if not full:
         return
@@ -790,8 +806,7 @@ def _memory_op(S, st, p, s, ins, n, now):
 @njit(cache=True, _nrt=False, inline='always')
 def _input_ready(st, queue, idepth, now):
     """Whether input queue `queue` holds an element that has arrived by `now`."""
-    return st.pq[queue, Q_COUNT] > 0 and \
-        st.pq_entry[queue * idepth + st.pq[queue, Q_HEAD], E_READY] <= now
+    return st.pq[queue, Q_HEAD_READY] <= now
 
 
 @njit(cache=True, _nrt=False, inline='always')
@@ -861,13 +876,13 @@ def _fabric_move(S, st, p, s, now, turn):
     pq = st.pq
     out_fabric = S.desc[dst, D_KIND] == FABOUT
     if ka == FABIN:
-        va = _pop_input(st.pq_val, pq, ba, idepth, now)
+        va = _pop_input(st.pq_val, st.pq_entry, pq, ba, idepth, now)
     elif a >= 0:
         va = _read(f32, u16, lut, S.desc[a, D_DTYPE], ba + _element(S, a, i))
     else:
         va = np.float32(0.0)
     if kb == FABIN:
-        vb = _pop_input(st.pq_val, pq, bb, idepth, now)
+        vb = _pop_input(st.pq_val, st.pq_entry, pq, bb, idepth, now)
     elif b >= 0:
         vb = _read(f32, u16, lut, S.desc[b, D_DTYPE], bb + _element(S, b, i))
     else:
@@ -885,6 +900,8 @@ def _fabric_move(S, st, p, s, now, turn):
         st.rq_entry[tail, E_READY] = ready
         st.rq_entry[tail, E_ID] = st.counters[K_NEXT_WAVELET_ID]
         st.counters[K_NEXT_WAVELET_ID] += 1
+        if st.rq[bd, Q_COUNT] == 0:
+            st.rq[bd, Q_HEAD_READY] = ready
         st.rq[bd, Q_COUNT] += 1
         st.pe[p, P_R_NONEMPTY] |= np.int64(1) << (bd - p * colors)
         st.pe[p, P_RAMP_OUT] += 1
@@ -1007,9 +1024,8 @@ def _pick_task(S, st, p, now):
         t = S.role_tasks[first + j]
         if S.task[t, T_KIND] == TASK_DATA:
             q = p * colors + S.task[t, T_COLOR]
-            head = q * idepth + st.pq[q, Q_HEAD]
-            if st.pq[q, Q_COUNT] > 0 and st.pq_entry[head, E_READY] <= now:
-                st.wavelet[p] = _pop_input(st.pq_val, st.pq, q, idepth, now)
+            if st.pq[q, Q_HEAD_READY] <= now:
+                st.wavelet[p] = _pop_input(st.pq_val, st.pq_entry, st.pq, q, idepth, now)
                 # taking the wavelet off the fabric is work done in this cycle,
                 # even when the task itself costs nothing
                 _progress(st.counters, now, now + 1)
@@ -1315,17 +1331,12 @@ def _wake_for_queued_input(S, st, p, now, data_tasks_only):
     """Set a timer for the earliest queued input wavelet (of the role's data-task
     colors only, for an idle PE): a wavelet already delivered wakes nobody."""
     colors = S.settings[C_NCOLORS]
-    idepth = S.settings[C_IQDEPTH]
     listened = S.role[S.pe_role[p], R_DATA_COLORS]
     soonest = INF
     for c in range(colors):
         if data_tasks_only and (listened >> c) & 1 == 0:
             continue
-        q = p * colors + c
-        if st.pq[q, Q_COUNT] > 0:
-            t = st.pq_entry[q * idepth + st.pq[q, Q_HEAD], E_READY]
-            if t < soonest:
-                soonest = t
+        soonest = min(soonest, st.pq[p * colors + c, Q_HEAD_READY])
     if soonest < INF:
         _wake(st, p, max(soonest, now + 1), now)
 
@@ -2097,9 +2108,11 @@ def _column_chunk(S, st, now, period, n, n_moves, n_queues):
         if rq_side:
             st.rq[q, Q_HEAD] = (head + pushes) % d
             st.rq[q, Q_LAST_POP] = last_pop
+            _refresh_head_ready(st.rq, st.rq_entry, q, d)
         else:
             st.pq[q, Q_HEAD] = (head + pushes) % d
             st.pq[q, Q_LAST_POP] = last_pop
+            _refresh_head_ready(st.pq, st.pq_entry, q, d)
     last = now + (n - 1) * period + last_move
     counters[K_LAST_PROGRESS] = last
     if last + 1 > counters[K_FINISH]:

@@ -194,8 +194,9 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
     i64 = np.int64
 
     def queues(d):
-        q = np.zeros((nq, 3), i64)
+        q = np.zeros((nq, engine.Q_FIELDS), i64)
         q[:, engine.Q_LAST_POP] = -1
+        q[:, engine.Q_HEAD_READY] = engine.INF
         return np.zeros(nq * d, np.float32), np.zeros((nq * d, 2), i64), q
 
     pe = np.zeros((n_pe, engine.PE_FIELDS), i64)
