@@ -804,7 +804,7 @@ def _memory_op(S, st, p, s, ins, n, now):
 
 
 @njit(cache=True, _nrt=False, inline='always')
-def _input_ready(st, queue, idepth, now):
+def _input_ready(st, queue, now):
     """Whether input queue `queue` holds an element that has arrived by `now`."""
     return st.pq[queue, Q_HEAD_READY] <= now
 
@@ -820,16 +820,15 @@ def _fabric_step(S, st, p, s, now, ramp_used):
     dst = S.instr[ins, I_DST]
     a = S.instr[ins, I_A]
     b = S.instr[ins, I_B]
-    idepth = S.settings[C_IQDEPTH]
     depth = S.settings[C_QDEPTH]
     ka = S.desc[a, D_KIND] if a >= 0 else -1
     kb = S.desc[b, D_KIND] if b >= 0 else -1
     ba = st.slot[p, s, S_BASE_A]
     bb = st.slot[p, s, S_BASE_B]
     bd = st.slot[p, s, S_BASE_DST]
-    if ka == FABIN and not _input_ready(st, ba, idepth, now):
+    if ka == FABIN and not _input_ready(st, ba, now):
         return WAIT_INPUT
-    if kb == FABIN and not _input_ready(st, bb, idepth, now):
+    if kb == FABIN and not _input_ready(st, bb, now):
         return WAIT_INPUT
     out_fabric = S.desc[dst, D_KIND] == FABOUT
     if out_fabric:
