@@ -401,6 +401,8 @@ def _ring(i, depth):
 
 @njit(cache=True, _nrt=False, inline='always')
 def _next_slot(i, depth):
+    """The index after i on a ring of `depth` (a queue's slots, a wrapping
+    operand's elements); with depth 0 it never wraps."""
     return 0 if i + 1 == depth else i + 1
 
 
@@ -768,12 +770,8 @@ def _memory_op(S, st, p, s, ins, n, now):
                     acc = va
             else:
                 acc += va * _read(f32, u16, lut, db, bb + ib * stride_b)
-            ia += 1
-            ib += 1
-            if ia == wrap_a:
-                ia = 0
-            if ib == wrap_b:
-                ib = 0
+            ia = _next_slot(ia, wrap_a)
+            ib = _next_slot(ib, wrap_b)
         if trap and acc != acc:
             _fail(st.counters, STATUS_NAN, 0, p, -1, -1, now, ins, -1, 0)
         _write(f32, u16, dd, bd, acc)
@@ -788,15 +786,9 @@ def _memory_op(S, st, p, s, ins, n, now):
         if trap and v != v:
             _fail(st.counters, STATUS_NAN, 0, p, -1, -1, now, ins, -1, i)
         _write(f32, u16, dd, bd + id_ * stride_d, v)
-        ia += 1
-        ib += 1
-        id_ += 1
-        if ia == wrap_a:
-            ia = 0
-        if ib == wrap_b:
-            ib = 0
-        if id_ == wrap_d:
-            id_ = 0
+        ia = _next_slot(ia, wrap_a)
+        ib = _next_slot(ib, wrap_b)
+        id_ = _next_slot(id_, wrap_d)
     st.pe[p, P_FLOPS] += n * S.flops_of_op[op]
     operands = 1 + (a >= 0) + (b >= 0)
     st.pe[p, P_SRAM_BYTES] += n * operands * size_d
