@@ -291,3 +291,44 @@ def test_trap_nan_with_a_float16_destination():
         t.sub(x.view(), x.view(), x.view())         # inf - inf = NaN
     with pytest.raises(wse.FloatingPointTrap, match="element 1"):
         prog.run(trap_nan=True)
+
+
+# ----------------------------------------------------------------------------
+# the FMAC's own loops
+@pytest.mark.parametrize("stride", [1, 3])
+@pytest.mark.parametrize("acc, mult", [("float32", "float32"), ("float32", "float16"),
+                                       ("float16", "float16")])
+def test_fmac_loops_agree_with_the_general_loop_and_numpy_bit_for_bit(acc, mult, stride):
+    """The tile product's FMAC (acc = acc + b * s) has loops of its own for
+    these dtypes; with NaN traps on the engine takes its general element loop.
+    Both give NumPy's float32 a + b * s rounded once to the accumulator's dtype,
+    to the bit: subnormals, signed zeros, overflow to inf included."""
+    n = 41
+    rng = np.random.default_rng(7)
+    specials = np.array([0.0, -0.0, 1e-45, -3e-39, 6e-8, 65504.0, 3e38, -3e38], np.float32)
+    a = as_dtype(np.concatenate([rng.standard_normal(n - 8) * 100, specials]), acc)
+    b = as_dtype(np.concatenate([rng.standard_normal(n - 8), specials[::-1]]), mult)
+    s = as_dtype([1.75], mult)
+    results = []
+    for trap in (False, True):
+        prog = wse.Program(wse.WSE2.with_grid(rows=1, cols=1))
+        c_buf = prog.buffer("c", (n * stride,), acc)
+        b_buf = prog.buffer("b", (n * stride,), mult)
+        s_buf = prog.buffer("s", (1,), mult)
+        spread = np.zeros(n * stride, np.float32)
+        spread[::stride] = a
+        prog.load(c_buf, spread.astype(NP[acc]))
+        spread[::stride] = b
+        prog.load(b_buf, spread.astype(NP[mult]))
+        prog.load(s_buf, s)
+        with prog.role("r").task("main", entry=True) as t:
+            c = c_buf.view(length=n, stride=stride)
+            t.fmac(c, c, b_buf.view(length=n, stride=stride), s_buf.view(length=1))
+        results.append(prog.run(trap_nan=trap).read(c_buf)[0, 0][::stride])
+    with np.errstate(all="ignore"):
+        expected = (a.astype(np.float32) + b.astype(np.float32) * s.astype(np.float32)[0]
+                    ).astype(NP[acc])
+    assert not np.isnan(expected).any()
+    for got in results:
+        np.testing.assert_array_equal(got.view(np.uint32 if acc == "float32" else np.uint16),
+                                      expected.view(np.uint32 if acc == "float32" else np.uint16))
