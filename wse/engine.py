@@ -63,10 +63,6 @@ if numba_config.DISABLE_JIT:
     def float32_bits(value):
         """The bit pattern of a float32 value, as an unsigned 32-bit integer."""
         return np.uint32(np.float32(value).view(np.uint32))
-
-    def float32_from_bits(bits):
-        """The float32 value of a bit pattern held in an int64's low 32 bits."""
-        return np.uint32(int(bits) & 0xFFFFFFFF).view(np.float32)
 else:
     from llvmlite import ir as llvm_ir
     from numba.core import types as numba_types
@@ -80,15 +76,6 @@ else:
         def codegen(context, builder, signature, args):
             return builder.bitcast(args[0], llvm_ir.IntType(32))
         return numba_types.uint32(numba_types.float32), codegen
-
-    @intrinsic
-    def float32_from_bits(typingctx, bits):
-        """The float32 value of a bit pattern held in an int64's low 32 bits
-        (the inverse of float32_bits: a queue entry keeps its value so)."""
-        def codegen(context, builder, signature, args):
-            low = builder.trunc(args[0], llvm_ir.IntType(32))
-            return builder.bitcast(low, llvm_ir.FloatType())
-        return numba_types.float32(numba_types.int64), codegen
 
 from .isa import (
     D_ADVANCE, D_BUF_OR_COLOR, D_DTYPE, D_KIND, D_LENGTH, D_LENGTH_REG, D_OFFSET,
@@ -159,12 +146,7 @@ SLOT_FIELDS = 9
 # the question every step asks, "is a wavelet ready?", reads one row.
 Q_HEAD, Q_COUNT, Q_LAST_POP, Q_HEAD_READY = range(4)
 Q_FIELDS = 4
-# A queue entry keeps its wavelet's ready time, id and value (the float32's
-# bits) side by side: a move reads one entry and writes one, each a cache line
-# rather than two (an array of values beside one of (ready, id) cost a miss
-# each on every hop).
-E_READY, E_ID, E_VALUE = range(3)
-E_FIELDS = 3
+E_READY, E_ID = range(2)
 
 Static = namedtuple("Static", [
     "settings",
@@ -188,9 +170,8 @@ POSITION_FIELDS, SWITCH_POSITIONS = 2, 2   # `route` holds 2 x 2 columns per (PE
 
 State = namedtuple("State", [
     "sram_f32", "sram_u16",            # two views of one byte arena
-    "rq_entry", "rq",                  # router queues: entries (ready, id, value), rows
-                                       # (head, count, last pop, head's ready time)
-    "pq_entry", "pq",                  # PE input queues, same layout
+    "rq_val", "rq_entry", "rq",        # router queues: values, (ready, id), (head, count, last pop)
+    "pq_val", "pq_entry", "pq",        # PE input queues, same layout
     "pe", "regs", "wavelet", "slot",
     "switch",                          # (pes * colors,) the switch position of each route
     "active",                          # (4, pes / 64) bitmaps: routers (even, odd cycle), PEs (even, odd)
@@ -436,9 +417,9 @@ def _refresh_head_ready(queues, entries, q, depth):
 
 
 @njit(cache=True, _nrt=False)
-def _pop_input(pq_entry, pq, q, depth, now):
+def _pop_input(pq_val, pq_entry, pq, q, depth, now):
     """Take the head wavelet of PE input queue q (the caller checked it is ready)."""
-    value = float32_from_bits(pq_entry[q * depth + pq[q, Q_HEAD], E_VALUE])
+    value = pq_val[q * depth + pq[q, Q_HEAD]]
     pq[q, Q_HEAD] = _next_slot(pq[q, Q_HEAD], depth)
     pq[q, Q_COUNT] -= 1
     pq[q, Q_LAST_POP] = now
@@ -591,14 +572,14 @@ def _router_move(S, st, r, c, q, head, tx, now, full):
     pe = st.pe
     x = pe[r, P_X]
     y = pe[r, P_Y]
-    value = st.rq_entry[head, E_VALUE]      # the bits, carried as they are
+    value = st.rq_val[head]
     wid = st.rq_entry[head, E_ID]
     for port in range(5):
         if (tx >> port) & 1 == 0:
             continue
         if port == RAMP:
             tail = q * idepth + _ring(st.pq[q, Q_HEAD] + st.pq[q, Q_COUNT], idepth)
-            st.pq_entry[tail, E_VALUE] = value
+            st.pq_val[tail] = value
             st.pq_entry[tail, E_READY] = now + ramp
             st.pq_entry[tail, E_ID] = wid
             if st.pq[q, Q_COUNT] == 0:
@@ -624,7 +605,7 @@ def _router_move(S, st, r, c, q, head, tx, now, full):
         n = ny * cols + nx
         dq = n * colors + c
         tail = dq * depth + _ring(st.rq[dq, Q_HEAD] + st.rq[dq, Q_COUNT], depth)
-        st.rq_entry[tail, E_VALUE] = value
+        st.rq_val[tail] = value
         st.rq_entry[tail, E_READY] = now + hop
         st.rq_entry[tail, E_ID] = wid
         if st.rq[dq, Q_COUNT] == 0:
@@ -911,13 +892,13 @@ def _fabric_move(S, st, p, s, now, turn):
     pq = st.pq
     out_fabric = S.desc[dst, D_KIND] == FABOUT
     if ka == FABIN:
-        va = _pop_input(st.pq_entry, pq, ba, idepth, now)
+        va = _pop_input(st.pq_val, st.pq_entry, pq, ba, idepth, now)
     elif a >= 0:
         va = _read(f32, u16, lut, S.desc[a, D_DTYPE], ba + _element(S, a, i))
     else:
         va = np.float32(0.0)
     if kb == FABIN:
-        vb = _pop_input(st.pq_entry, pq, bb, idepth, now)
+        vb = _pop_input(st.pq_val, st.pq_entry, pq, bb, idepth, now)
     elif b >= 0:
         vb = _read(f32, u16, lut, S.desc[b, D_DTYPE], bb + _element(S, b, i))
     else:
@@ -931,7 +912,7 @@ def _fabric_move(S, st, p, s, now, turn):
         # entered it, then crosses the ramp
         ready = now + S.settings[C_DATAPATH] + S.settings[C_RAMP]
         tail = bd * depth + _ring(st.rq[bd, Q_HEAD] + st.rq[bd, Q_COUNT], depth)
-        st.rq_entry[tail, E_VALUE] = float32_bits(v)
+        st.rq_val[tail] = v
         st.rq_entry[tail, E_READY] = ready
         st.rq_entry[tail, E_ID] = st.counters[K_NEXT_WAVELET_ID]
         st.counters[K_NEXT_WAVELET_ID] += 1
@@ -1070,7 +1051,7 @@ def _pick_task(S, st, p, now):
         if S.task[t, T_KIND] == TASK_DATA:
             q = p * colors + S.task[t, T_COLOR]
             if st.pq[q, Q_HEAD_READY] <= now:
-                st.wavelet[p] = _pop_input(st.pq_entry, st.pq, q, idepth, now)
+                st.wavelet[p] = _pop_input(st.pq_val, st.pq_entry, st.pq, q, idepth, now)
                 # taking the wavelet off the fabric is work done in this cycle,
                 # even when the task itself costs nothing
                 _progress(st.counters, now, now + 1)
@@ -2017,12 +1998,12 @@ def _column_chunk(S, st, now, period, n, n_moves, n_queues):
         for i in range(c):
             if g < n_rq:
                 e = g * depth + _ring(st.rq[g, Q_HEAD] + i, depth)
-                val[at + i] = float32_from_bits(st.rq_entry[e, E_VALUE])
+                val[at + i] = st.rq_val[e]
                 ident[at + i] = st.rq_entry[e, E_ID]
                 ready[at + i] = st.rq_entry[e, E_READY]
             else:
                 e = (g - n_rq) * idepth + _ring(st.pq[g - n_rq, Q_HEAD] + i, idepth)
-                val[at + i] = float32_from_bits(st.pq_entry[e, E_VALUE])
+                val[at + i] = st.pq_val[e]
                 ident[at + i] = st.pq_entry[e, E_ID]
                 ready[at + i] = st.pq_entry[e, E_READY]
         at += c + n * queues[local, CQ_PUSHES]
@@ -2183,11 +2164,11 @@ def _column_chunk(S, st, now, period, n, n_moves, n_queues):
         for x in range(max(0, pushes - d), pushes):
             e = q * d + (head + c + x) % d
             if rq_side:
-                st.rq_entry[e, E_VALUE] = float32_bits(val[base + x])
+                st.rq_val[e] = val[base + x]
                 st.rq_entry[e, E_ID] = ident[base + x]
                 st.rq_entry[e, E_READY] = ready[base + x]
             else:
-                st.pq_entry[e, E_VALUE] = float32_bits(val[base + x])
+                st.pq_val[e] = val[base + x]
                 st.pq_entry[e, E_ID] = ident[base + x]
                 st.pq_entry[e, E_READY] = ready[base + x]
         last_pop = now + (n - 1) * period + queues[local, CQ_LAST_POP]

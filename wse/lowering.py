@@ -197,7 +197,7 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
         q = np.zeros((nq, engine.Q_FIELDS), i64)
         q[:, engine.Q_LAST_POP] = -1
         q[:, engine.Q_HEAD_READY] = engine.INF
-        return np.zeros((nq * d, engine.E_FIELDS), i64), q
+        return np.zeros(nq * d, np.float32), np.zeros((nq * d, 2), i64), q
 
     pe = np.zeros((n_pe, engine.PE_FIELDS), i64)
     for column in (engine.P_TASK, engine.P_STALL_SINCE, engine.P_BUSY_SINCE):
@@ -208,7 +208,7 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
     pe[:, engine.P_SLEEP] = engine.SLEEP_INPUT      # an idle PE wakes when a wavelet arrives
     slot = np.zeros((n_pe, cfg.async_slots + 1, engine.SLOT_FIELDS), i64)
     slot[:, :, engine.S_INSTR] = -1
-    rq_entry, rq = queues(depth)
+    rq_val, rq_entry, rq = queues(depth)
     # the stream engine's scratch: moves recorded in one period (a cycle moves
     # at most about ten per PE), and values of streams advanced column-wise
     # (room for a few periods' pushes per chunk). Sized by the grid, with no
@@ -217,10 +217,10 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
     # lazily, so only what a run records becomes resident.
     moves = 10 * n_pe + 64
     values = min(64 * moves, max(1 << 21, 2 * moves))
-    pq_entry, pq = queues(idepth)
+    pq_val, pq_entry, pq = queues(idepth)
     return engine.State(
         sram_f32=arena.view(np.float32), sram_u16=arena.view(np.uint16),
-        rq_entry=rq_entry, rq=rq, pq_entry=pq_entry, pq=pq,
+        rq_val=rq_val, rq_entry=rq_entry, rq=rq, pq_val=pq_val, pq_entry=pq_entry, pq=pq,
         pe=pe, regs=np.zeros((n_pe, isa.NUM_REGISTERS), i64),
         wavelet=np.zeros(n_pe, np.float32), slot=slot, switch=np.zeros(nq, i64),
         active=np.zeros((4, (n_pe + 63) // 64), i64), heap=np.zeros((2, 2 * n_pe + 16), i64),
