@@ -4,11 +4,15 @@ advanced in bulk, the same results to the bit), each beside a bare Numba loop
 on the same grid that moves one value per PE per cycle for as many cycles (the
 practical ceiling of a cycle-level emulator written in Numba on this machine).
 
-Two saturated engine workloads:
+Two saturated engine workloads and an instruction-bound one:
   multicast  PE (0, 0) floods B wavelets: row 0 forwards East and South, every
              other PE forwards South; every PE takes each wavelet off its ramp.
   shift      every PE streams B wavelets to its East neighbour while receiving
              B from its West neighbour (two colors alternate by column).
+  tile_products  every PE runs one 16 x 16 x 16 tile product on its main
+             thread (fp16 operands into an fp32 accumulator, the GEMM's
+             default): a loop nest of FMAC and control instructions, no fabric
+             (B does not apply; its rate is PE-cycles per second).
 and whole library calls (`--library`): a flood broadcast, a chain reduce and a
 two-phase allreduce of B elements per PE along rows, and MeshGEMM.
 
@@ -103,6 +107,27 @@ def shift_program(cfg: wse.WaferConfig, length: int) -> wse.Program:
     return prog
 
 
+def tile_products_program(cfg: wse.WaferConfig, products: int = 1, size: int = 16) -> wse.Program:
+    """Every PE runs `products` tile products C += A B of size^3 on its main
+    thread (`TaskBuilder.matmul`): fp16 A and B, an fp32 C."""
+    prog = wse.Program(cfg)
+    a = prog.buffer("a", (size * size,), "float16")
+    b = prog.buffer("b", (size * size,), "float16")
+    c = prog.buffer("c", (size * size,), "float32")
+    rng = np.random.default_rng(0)
+    prog.load(a, rng.standard_normal(size * size).astype(np.float16))
+    prog.load(b, rng.standard_normal(size * size).astype(np.float16))
+    with prog.role("pe").task("main", entry=True) as t:
+        for _ in range(products):
+            t.matmul(c.view(), a.view(), b.view(), size, size, size)
+    return prog
+
+
+WORKLOADS = {
+    "multicast": multicast_program,
+    "shift": shift_program,
+    "tile_products": lambda cfg, length: tile_products_program(cfg),
+}
 ENGINES = ("wavelet", "stream")
 
 
@@ -173,9 +198,9 @@ def _compare(workload: str, rows: int, cols: int, length: int, call, repeats: in
 
 def measure(workload: str, rows: int, cols: int, length: int, repeats: int = 3,
             engines=ENGINES) -> list[dict]:
-    """The multicast or shift engine workload on each engine."""
+    """An engine workload (a name in WORKLOADS) on each engine."""
     cfg = wse.WSE2.with_grid(rows=rows, cols=cols)
-    build = multicast_program if workload == "multicast" else shift_program
+    build = WORKLOADS[workload]
     return _compare(workload, rows, cols, length, lambda: build(cfg, length).run().report,
                     repeats, engines)
 
@@ -206,7 +231,7 @@ def run(size: int = 256, length: int = 256, repeats: int = 3, library: bool = Fa
     (those named in `calls`, default all); `report(rows)` sees each workload's
     rows as they come."""
     rows = []
-    for w in ("multicast", "shift"):
+    for w in WORKLOADS:
         rows += measure(w, size, size, length, repeats, engines)
         if report:
             report(rows[-len(engines):])

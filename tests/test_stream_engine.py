@@ -387,6 +387,23 @@ def test_engine_workloads_leave_the_same_state_column_wise(workload, cfg):
     assert bulk["bulk_column_cycles"] > 0.5 * bulk["bulk_cycles"] > 0, bulk
 
 
+def test_the_tile_products_workload_runs_ahead_and_leaves_the_same_state():
+    """The throughput benchmark's instruction-bound workload on 3 x 4 PEs,
+    two tile products each: the final state is the wavelet engine's, and
+    nearly every step is taken ahead (nothing in it needs the fabric); both
+    engines take exactly
+    `timing.matmul_cycles` per product (the products run back to back, so
+    the two end at twice that)."""
+    from benchmarks.engine_throughput import tile_products_program
+    from wse import timing
+    cfg = wse.WSE2.with_grid(rows=3, cols=4)
+    prog = tile_products_program(cfg, products=2)
+    bulk = testing.assert_engines_agree(lambda: prog.run())
+    report = prog.run().report
+    assert report.cycles == 2 * timing.matmul_cycles(16, 16, 16, "float16", cfg), report.cycles
+    assert bulk["ahead_pe_steps"] > 0.9 * report.pe_steps, (bulk, report.pe_steps)
+
+
 def test_a_shift_on_a_grid_past_a_fixed_scratch_cap_still_advances_in_bulk():
     """352 x 352 PEs (123,904): a period's signature (about 75 entries per
     PE) and moves (about 3.5 per PE a cycle) outgrow any scratch of a few
