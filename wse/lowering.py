@@ -214,9 +214,14 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
     # (room for a few periods' pushes per chunk). Sized by the grid, with no
     # absolute cap: a full-wafer period moves millions of wavelets, and a
     # recording that does not fit is never attempted. np.zeros maps pages
-    # lazily, so only what a run records becomes resident.
+    # lazily, so only what a run records becomes resident. Every chunk of the
+    # column-wise pass sweeps all queues and moves of the period, so the room
+    # for values sets how many periods a sweep covers: on the full wafer
+    # (benchmarks/memory.py) 2, 4, 5 and 6 values a move ran the shift in
+    # 129, 61, 47 and 50 s at 7.26, 7.56, 7.69 and 7.85 GiB peak (20 bytes a
+    # value); 5 keeps it under the 8 GiB target.
     moves = 10 * n_pe + 64
-    values = min(64 * moves, max(1 << 21, 2 * moves))
+    values = min(64 * moves, max(1 << 21, 5 * moves))
     pq_val, pq_entry, pq = queues(idepth)
     return engine.State(
         sram_f32=arena.view(np.float32), sram_u16=arena.view(np.uint16),
