@@ -786,8 +786,8 @@ def _memory_op(S, st, p, s, ins, n, now):
             and (dd == F32 or db == F16) and wrap_a == 0 and wrap_b == 0 and wrap_d == 0:
         # the tile product's step (rule 22: all fp32, all fp16, or fp16
         # multiplicands into an fp32 accumulator), in loops of their own: in
-        # the general loop below the dtype tests and the op's dispatch per
-        # element cost 2-8x the element's work (measured in a bare loop: 5.8
+        # the general loop below the reads that test their dtype per element
+        # cost several times the element's work (measured in a bare loop: 5.8
         # against 44 ns an fp16 element). Same arithmetic, same order.
         if dd == F32 and db == F32:
             for i in range(n):
