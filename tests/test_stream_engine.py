@@ -404,6 +404,79 @@ def test_the_tile_products_workload_runs_ahead_and_leaves_the_same_state():
     assert bulk["ahead_pe_steps"] > 0.9 * report.pe_steps, (bulk, report.pe_steps)
 
 
+def _two_way_shift(rows, cols, n):
+    """Every PE sends a stream of n fp32 values east and one south at once
+    (two asynchronous sends taking turns at its ramp) and receives one from
+    the west and one from the north (two streams into its ramp): the shifts
+    of a MeshGEMM step without its product. Returns the program and its
+    send and receive buffers (east, south)."""
+    prog = wse.Program(wse.WSE2.with_grid(rows=rows, cols=cols))
+    xs = np.broadcast_to(np.arange(cols), (rows, cols))
+    ys = np.broadcast_to(np.arange(rows)[:, None], (rows, cols))
+    send_colors, recv_colors = [], []
+    for axis, position, size, out_port, in_port in (("east", xs, cols, wse.isa.EAST, wse.isa.WEST),
+                                                    ("south", ys, rows, wse.isa.SOUTH,
+                                                     wse.isa.NORTH)):
+        colors = [prog.color(f"{axis}{parity}") for parity in (0, 1)]
+        for color, parity in zip(colors, (0, 1)):
+            rx = np.zeros((rows, cols), np.uint8)
+            tx = np.zeros((rows, cols), np.uint8)
+            senders = (position % 2 == parity) & (position < size - 1)
+            rx[senders], tx[senders] = 1 << wse.isa.RAMP, 1 << out_port
+            receivers = (position % 2 != parity) & (position > 0)
+            rx[receivers], tx[receivers] = 1 << in_port, 1 << wse.isa.RAMP
+            prog.route_masks(color, rx, tx)
+        even = position % 2 == 0
+        send_colors.append(prog.color_param_indices(
+            f"send_{axis}", np.where(even, colors[0].index, colors[1].index)))
+        recv_colors.append(prog.color_param_indices(
+            f"recv_{axis}", np.where(even, colors[1].index, colors[0].index)))
+    outs = [prog.buffer(f"out_{axis}", (n,), "float32") for axis in ("east", "south")]
+    ins = [prog.buffer(f"in_{axis}", (n,), "float32") for axis in ("east", "south")]
+    rng = np.random.default_rng(5)
+    for buf in outs:
+        prog.load(buf, rng.standard_normal((rows, cols, n)).astype(np.float32))
+    for east in (False, True):
+        for west in (False, True):
+            for south in (False, True):
+                for north in (False, True):
+                    where = ((xs < cols - 1) == east) & ((xs > 0) == west) \
+                        & ((ys < rows - 1) == south) & ((ys > 0) == north)
+                    if not where.any():
+                        continue
+                    name = f"e{east:d}w{west:d}s{south:d}n{north:d}"
+                    with prog.role(name, where=where).task("main", entry=True) as t:
+                        for k, (sends, receives) in enumerate(((east, west), (south, north))):
+                            if receives:
+                                t.mov(ins[k].view(), prog.fabin(recv_colors[k], n), async_=True)
+                            if sends:
+                                t.mov(prog.fabout(send_colors[k], n), outs[k].view(),
+                                      async_=True)
+                        t.wait()
+    return prog, outs, ins
+
+
+def test_four_streams_a_pe_repeat_over_twelve_cycles_and_go_in_bulk():
+    """Two sends sharing each PE's ramp and two receives into it (the shifts
+    of a MeshGEMM step) move about 4.6 wavelets a PE a cycle and repeat only
+    every 12 cycles: the recording must hold that many moves, or no period is
+    ever found (with room for ten moves a PE none was). Same final state on
+    both engines; every value arrives at its neighbour; each wavelet crosses
+    one link; each PE's ramp carries its 2 n outgoing wavelets one a cycle;
+    most hops go in bulk."""
+    rows, cols, n = 6, 6, 240
+    prog, outs, ins = _two_way_shift(rows, cols, n)
+    bulk = testing.assert_engines_agree(lambda: prog.run())
+    result = prog.run()
+    assert bulk["bulk_hop_fraction"] > 0.6, bulk
+    assert result.report.wavelet_hops == (rows * (cols - 1) + (rows - 1) * cols) * n
+    assert result.report.cycles >= 2 * n
+    sent_east, sent_south = (result.read(b) for b in outs)
+    got_east, got_south = (result.read(b) for b in ins)
+    assert np.array_equal(got_east[:, 1:], sent_east[:, :-1])
+    assert np.array_equal(got_south[1:, :], sent_south[:-1, :])
+
+
 def test_a_shift_on_a_grid_past_a_fixed_scratch_cap_still_advances_in_bulk():
     """352 x 352 PEs (123,904): a period's signature (about 75 entries per
     PE) and moves (about 3.5 per PE a cycle) outgrow any scratch of a few

@@ -209,17 +209,23 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
     slot = np.zeros((n_pe, cfg.async_slots + 1, engine.SLOT_FIELDS), i64)
     slot[:, :, engine.S_INSTR] = -1
     rq_val, rq_entry, rq = queues(depth)
-    # the stream engine's scratch: moves recorded in one period (a cycle moves
-    # at most about ten per PE), and values of streams advanced column-wise
-    # (room for a few periods' pushes per chunk). Sized by the grid, with no
-    # absolute cap: a full-wafer period moves millions of wavelets, and a
-    # recording that does not fit is never attempted. np.zeros maps pages
-    # lazily, so only what a run records becomes resident. Every chunk of the
+    # the stream engine's scratch. A recording holds every move of up to
+    # BULK_PERIOD_MAX cycles, and one that runs out of room is abandoned: with
+    # room for ten moves a PE, the shifts of a MeshGEMM step (four streams a
+    # PE, about 4.6 moves a PE a cycle, a period of 12 cycles) were never
+    # found to repeat. So a recording has room for 12 cycles of about five
+    # moves a PE, held to 2^24 moves (24 bytes each) beyond about 280,000 PEs: the
+    # full wafer keeps about 22 a PE (a neighbour shift moves 3.5 a PE a
+    # cycle). The column-wise pass keeps room for ten moves a PE, and values
+    # of its streams for a few periods' pushes per chunk (it replays period
+    # by period where its plan does not fit). np.zeros maps pages lazily, so
+    # only what a run records becomes resident. Every chunk of the
     # column-wise pass sweeps all queues and moves of the period, so the room
     # for values sets how many periods a sweep covers: on the full wafer
     # (benchmarks/memory.py) 2, 4, 5 and 6 values a move ran the shift in
     # 129, 61, 47 and 50 s at 7.26, 7.56, 7.69 and 7.85 GiB peak (20 bytes a
     # value); 5 keeps it under the 8 GiB target.
+    recorded_moves = min(engine.BULK_PERIOD_MAX * 5 * n_pe, max(10 * n_pe, 1 << 24)) + 64
     moves = 10 * n_pe + 64
     values = min(64 * moves, max(1 << 21, 5 * moves))
     pq_val, pq_entry, pq = queues(idepth)
@@ -233,7 +239,7 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
         link_events=np.zeros((events, 5), i64), delivery_events=np.zeros((events, 4), i64),
         task_events=np.zeros((events, 4), i64),
         counters=np.zeros(engine.COUNTERS, i64),
-        actions=np.zeros((moves if stream else 1, 3), i64),
+        actions=np.zeros((recorded_moves if stream else 1, 3), i64),
         # one signature, compared in place (a neighbour shift needs ~75 a PE)
         signature=np.zeros(192 * n_pe + 4096 if stream else 1, i64),
         bulk_rows=np.zeros((4, (n_pe + 63) // 64 if stream else 1), i64),
