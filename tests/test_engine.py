@@ -241,6 +241,7 @@ def test_a_two_pe_wait_cycle_is_a_deadlock():
 def test_a_wavelet_from_a_port_outside_rx_is_a_route_error():
     cfg = wse.WSE2.with_grid(rows=1, cols=3)
     prog = wse.Program(cfg)
+    prog.color("first")          # so that the route looked up is color 1's
     c = prog.color("c")
     prog.route(c, rx="RAMP", tx="E", where=prog.pes(cols=0))
     prog.route(c, rx="N", tx="RAMP", where=prog.pes(cols=1))     # expects the wrong side
@@ -256,6 +257,28 @@ def test_a_wavelet_from_a_port_outside_rx_is_a_route_error():
         + cfg.hop_latency
     assert "PE (1, 0)" in text and "port W" in text and f"cycle {arrives}" in text \
         and "rx={N}" in text
+
+
+@pytest.mark.nojit
+def test_a_send_into_a_route_that_does_not_take_the_ramp_names_the_pe_and_color():
+    """Color index 1 on PE 1 of 3: the error names that queue's PE, color and
+    route, not a neighbour's or another color's (queues are indexed by color,
+    then PE)."""
+    cfg = wse.WSE2.with_grid(rows=1, cols=3)
+    prog = wse.Program(cfg)
+    prog.color("first")
+    c = prog.color("second")
+    prog.route(c, rx="W", tx="RAMP", where=prog.pes(cols=1))
+    buf = prog.buffer("buf", (2,))
+    with prog.role("src", where=prog.pes(cols=1)).task("main", entry=True) as t:
+        t.mov(prog.fabout(c, 2), buf.view())
+    with pytest.raises(wse.RouteError) as err:
+        prog.run()
+    text = str(err.value)
+    # the element leaves the datapath D after its start S and reaches the router T_R later
+    arrives = cfg.vector_startup_cycles + cfg.datapath_latency + cfg.ramp_latency
+    assert "PE (1, 0)" in text and "color 1 (second)" in text and "port RAMP" in text \
+        and f"cycle {arrives}" in text and "rx={W}" in text, text
 
 
 @pytest.mark.nojit

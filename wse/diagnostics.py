@@ -53,7 +53,7 @@ def raise_on_status(program, static, state) -> None:
     if code == isa.STATUS_ROUTE:
         where = pe_name(program, pe)
         if kind == isa.ROUTE_RX_MISMATCH:
-            route = static.route[pe * len(program.colors) + color] if program.colors \
+            route = static.route[color * program.rows * program.cols + pe] if program.colors \
                 else [0] * (engine.SWITCH_POSITIONS * engine.POSITION_FIELDS)
             accepts = f"rx={{{port_names(int(route[engine.RX]))}}}"
             other = engine.POSITION_FIELDS            # the second switch position's pair

@@ -141,7 +141,10 @@ PE_FIELDS = 24     # padded to three cache lines
 SLOT_FIELDS = 9
 # S_START: the first cycle a fabric operation may move an element (issue + start-up)
 
-# queues (router queues and PE input queues), index q = pe * colors + color.
+# queues (router queues and PE input queues), index q = color * pes + pe
+# (_queue): the routers a cycle steps are listed in index order and a stream
+# runs along a line of them on one color, so consecutive steps read adjacent
+# queue rows, entries and values.
 # Q_HEAD_READY repeats the head entry's ready time (INF when empty) so that
 # the question every step asks, "is a wavelet ready?", reads one row.
 Q_HEAD, Q_COUNT, Q_LAST_POP, Q_HEAD_READY = range(4)
@@ -150,7 +153,7 @@ E_READY, E_ID = range(2)
 
 Static = namedtuple("Static", [
     "settings",
-    "route",                 # (pes * colors, 4) uint8: rx, tx port masks of switch
+    "route",                 # (colors * pes, 4) uint8: rx, tx port masks of switch
                              # position 0, then of position 1 (0, 0: no second position)
     "instr", "instr_imm",    # (n_instr, INSTR_FIELDS) int64; (n_instr,) float32
     "desc",                  # (n_desc, DESC_FIELDS) int64
@@ -173,7 +176,7 @@ State = namedtuple("State", [
     "rq_val", "rq_entry", "rq",        # router queues: values, (ready, id), (head, count, last pop)
     "pq_val", "pq_entry", "pq",        # PE input queues, same layout
     "pe", "regs", "wavelet", "slot",
-    "switch",                          # (pes * colors,) the switch position of each route
+    "switch",                          # (colors * pes,) the switch position of each route
     "active",                          # (4, pes / 64) bitmaps: routers (even, odd cycle), PEs (even, odd)
     "heap",                            # (2, capacity): wake time, PE
     "link_wavelets",                   # (pes, 4): wavelets sent out N, E, S, W
@@ -410,6 +413,12 @@ def _next_slot(i, depth):
 
 
 @njit(cache=True, _nrt=False, inline='always')
+def _queue(cfg, pe, color):
+    """The index of PE `pe`'s queue of `color` (router, PE input, route, switch)."""
+    return color * (cfg[C_ROWS] * cfg[C_COLS]) + pe
+
+
+@njit(cache=True, _nrt=False, inline='always')
 def _refresh_head_ready(queues, entries, q, depth):
     """Set queue q's Q_HEAD_READY from its head entry (INF when empty)."""
     queues[q, Q_HEAD_READY] = entries[q * depth + queues[q, Q_HEAD], E_READY] \
@@ -510,7 +519,7 @@ def _router_step(S, st, r, now):
             bits, below = below, np.int64(0)
         c = trailing_zeros(bits)
         bits &= ~(np.int64(1) << c)
-        q = r * colors + c
+        q = _queue(cfg, r, c)
         if st.rq[q, Q_HEAD_READY] > now:
             continue
         head = q * depth + st.rq[q, Q_HEAD]
@@ -534,7 +543,7 @@ def _router_step(S, st, r, now):
             if nx < 0 or ny < 0 or nx >= cols or ny >= rows:
                 _fail(st.counters, STATUS_ROUTE, ROUTE_OFF_GRID, r, c, port, now)
                 return
-            dq = (ny * cols + nx) * colors + c
+            dq = _queue(cfg, ny * cols + nx, c)
             into = (port + 2) & 3           # the port it arrives on at the neighbour
             admits = _admits(S, st, dq, into)
             if admits < 0:
@@ -603,7 +612,7 @@ def _router_move(S, st, r, c, q, head, tx, now, full):
         nx = x + (1 if port == 1 else (-1 if port == 3 else 0))
         ny = y + (1 if port == 2 else (-1 if port == 0 else 0))
         n = ny * cols + nx
-        dq = n * colors + c
+        dq = _queue(cfg, n, c)
         tail = dq * depth + _ring(st.rq[dq, Q_HEAD] + st.rq[dq, Q_COUNT], depth)
         st.rq_val[tail] = value
         st.rq_entry[tail, E_READY] = now + hop
@@ -676,7 +685,7 @@ def _operand(S, st, p, d, count):
         c = S.pe_params[p, param] if param >= 0 else S.desc[d, D_BUF_OR_COLOR]
         if c < 0 or c >= S.settings[C_NCOLORS]:
             return OPERAND_BAD_COLOR
-        return p * S.settings[C_NCOLORS] + c
+        return _queue(S.settings, p, c)
     buf = S.desc[d, D_BUF_OR_COLOR]
     addr = S.buf_addr[p, buf]
     if addr < 0:
@@ -853,7 +862,8 @@ def _fabric_step(S, st, p, s, now, ramp_used):
             return WAIT_OUTPUT
         admits = _admits(S, st, bd, RAMP)
         if admits < 0:
-            _fail(st.counters, STATUS_ROUTE, ROUTE_RX_MISMATCH, p, bd - p * S.settings[C_NCOLORS],
+            _fail(st.counters, STATUS_ROUTE, ROUTE_RX_MISMATCH, p,
+                  (bd - p) // (S.settings[C_ROWS] * S.settings[C_COLS]),
                   RAMP, now + S.settings[C_DATAPATH] + S.settings[C_RAMP])
             return WAIT_OUTPUT
         if admits == 0:
@@ -919,7 +929,7 @@ def _fabric_move(S, st, p, s, now, turn):
         if st.rq[bd, Q_COUNT] == 0:
             st.rq[bd, Q_HEAD_READY] = ready
         st.rq[bd, Q_COUNT] += 1
-        st.pe[p, P_R_NONEMPTY] |= np.int64(1) << (bd - p * colors)
+        st.pe[p, P_R_NONEMPTY] |= np.int64(1) << ((bd - p) // (S.settings[C_ROWS] * S.settings[C_COLS]))
         st.pe[p, P_RAMP_OUT] += 1
         if turn:
             _list_router(st.active, st.counters, p, now + 1)
@@ -1049,7 +1059,7 @@ def _pick_task(S, st, p, now):
     for j in range(count):
         t = S.role_tasks[first + j]
         if S.task[t, T_KIND] == TASK_DATA:
-            q = p * colors + S.task[t, T_COLOR]
+            q = _queue(S.settings, p, S.task[t, T_COLOR])
             if st.pq[q, Q_HEAD_READY] <= now:
                 st.wavelet[p] = _pop_input(st.pq_val, st.pq_entry, st.pq, q, idepth, now)
                 # taking the wavelet off the fabric is work done in this cycle,
@@ -1403,7 +1413,7 @@ def _wake_for_queued_input(S, st, p, now, data_tasks_only):
     for c in range(colors):
         if data_tasks_only and (listened >> c) & 1 == 0:
             continue
-        soonest = min(soonest, st.pq[p * colors + c, Q_HEAD_READY])
+        soonest = min(soonest, st.pq[_queue(S.settings, p, c), Q_HEAD_READY])
     if soonest < INF:
         _wake(st, p, max(soonest, now + 1), now)
 
@@ -1529,7 +1539,7 @@ def _signature(S, st, now, compare):
                     and _note(sig, k + 8, slot[e, s, S_BASE_S], compare)
                 k += 9
             for c in range(colors):
-                q = e * colors + c
+                q = _queue(cfg, e, c)
                 n_r = st.rq[q, Q_COUNT]
                 n_p = st.pq[q, Q_COUNT]
                 if n_r == 0 and n_p == 0:
@@ -1649,7 +1659,7 @@ def _replay(S, st, now, periods, lean):
                 _wake_at(st.active, st.heap, counters, st.pe, who, t + which, t)
                 continue
             if kind == ACTION_ROUTER:
-                q = who * colors + which
+                q = _queue(cfg, who, which)
                 head = q * depth + st.rq[q, Q_HEAD]
                 if st.rq[q, Q_COUNT] == 0 or st.rq_entry[head, E_READY] > t:
                     counters[K_BULK_MISMATCH] += 1
@@ -1735,7 +1745,7 @@ def _column_plan(S, st, period):
         row[CA_NDST] = 0
         row[CA_ID_RANK] = -1
         if kind == ACTION_ROUTER:
-            q = who * colors + which
+            q = _queue(cfg, who, which)
             local, n_queues = _column_queue(st, q, n_queues)
             if local < 0:
                 ok = False
@@ -1754,7 +1764,7 @@ def _column_plan(S, st, period):
                 else:
                     n = who + (1 if port == 1 else (-1 if port == 3 else 0)) + \
                         (cols if port == 2 else (-cols if port == 0 else 0))
-                    g = n * colors + which
+                    g = _queue(cfg, n, which)
                 local, n_queues = _column_queue(st, g, n_queues)
                 if local < 0:
                     ok = False
@@ -2221,7 +2231,7 @@ def _advance(S, st, now, period):
     hops_per_period = 0
     for a in range(counters[K_ACTIONS]):
         if st.actions[a, 0] == ACTION_ROUTER:
-            q = st.actions[a, 1] * S.settings[C_NCOLORS] + st.actions[a, 2]
+            q = _queue(S.settings, st.actions[a, 1], st.actions[a, 2])
             tx = np.int64(S.route[q, POSITION_FIELDS * st.switch[q] + TX]) & 15
             while tx:
                 hops_per_period += tx & 1
@@ -2442,7 +2452,7 @@ def _check_quiescent(S, st, now):
             _fail(st.counters, STATUS_DEADLOCK, DEADLOCK_UNFINISHED, p, -1, -1, now)
             return
         for c in range(colors):
-            q = p * colors + c
+            q = _queue(S.settings, p, c)
             left = st.rq[q, Q_COUNT] + st.pq[q, Q_COUNT]
             if left > 0:
                 _fail(st.counters, STATUS_DEADLOCK, DEADLOCK_LEFTOVER, p, c, -1, now, -1, -1, -1, left)

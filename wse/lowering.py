@@ -66,13 +66,14 @@ def lower(program):
     cfg = program.cfg
     n_pe = program.rows * program.cols
     ncolors = max(len(program.colors), 1)
-    # per (PE, color): rx, tx of switch position 0, then of position 1
+    # per (color, PE), the engine's queue order: rx, tx of switch position 0,
+    # then of position 1
     columns = SWITCH_POSITIONS * POSITION_FIELDS
-    route = np.zeros((n_pe, ncolors, columns), np.uint8)
+    route = np.zeros((ncolors, n_pe, columns), np.uint8)
     for color in program.colors:
         masks = program.routes_of(color) + program.routes_of(color, position=1)
         for k, mask in enumerate(masks):
-            route[:, color.index, k] = mask.reshape(-1)
+            route[color.index, :, k] = mask.reshape(-1)
     code, imm, descs = [], [], []
     desc_index: dict = {}
 
