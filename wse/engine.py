@@ -63,8 +63,12 @@ if numba_config.DISABLE_JIT:
     def float32_bits(value):
         """The bit pattern of a float32 value, as an unsigned 32-bit integer."""
         return np.uint32(np.float32(value).view(np.uint32))
+
+    def prefetch(array, index):
+        """A cache hint: nothing to do without the JIT."""
 else:
     from llvmlite import ir as llvm_ir
+    from numba.core import cgutils
     from numba.core import types as numba_types
     from numba.cpython.unsafe.numbers import trailing_zeros
     from numba.extending import intrinsic
@@ -76,6 +80,25 @@ else:
         def codegen(context, builder, signature, args):
             return builder.bitcast(args[0], llvm_ir.IntType(32))
         return numba_types.uint32(numba_types.float32), codegen
+
+    @intrinsic
+    def prefetch(typingctx, array, index):
+        """Hint that the cache line holding flat element `index` of the
+        C-contiguous `array` will be read soon (llvm.prefetch; no effect on
+        any value, and no fault whatever the index)."""
+        def codegen(context, builder, signature, args):
+            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            address = builder.bitcast(builder.gep(data, [args[1]]), cgutils.voidptr_t)
+            i32 = llvm_ir.IntType(32)
+            hint = cgutils.get_or_insert_function(
+                builder.module, llvm_ir.FunctionType(llvm_ir.VoidType(),
+                                                     [cgutils.voidptr_t] + [i32] * 3),
+                "llvm.prefetch.p0")
+            # read, keep in every cache level, data
+            builder.call(hint, [address, llvm_ir.Constant(i32, 0), llvm_ir.Constant(i32, 3),
+                                llvm_ir.Constant(i32, 1)])
+            return context.get_dummy_value()
+        return numba_types.void(array, numba_types.int64), codegen
 
 from .isa import (
     D_ADVANCE, D_BUF_OR_COLOR, D_DTYPE, D_KIND, D_LENGTH, D_LENGTH_REG, D_OFFSET,
@@ -2301,6 +2324,33 @@ def _start_recording(S, st, now, widen):
 
 
 # ----------------------------------------------------------------------------
+# The loop steps the listed routers, then PEs, one after another, and each
+# step begins with loads that depend on one another (a PE's row, its slots,
+# their instructions; a router's non-empty colors, that queue's row, its head
+# entry). On grids whose state outgrows the cache each is a miss, so while
+# one is stepped the next one's first rows are requested.
+@njit(cache=True, _nrt=False, inline='always')
+def _prefetch_router(S, st, r):
+    """Request router r's queue row, head entries and values of its lowest
+    non-empty color."""
+    mask = st.pe[r, P_R_NONEMPTY]
+    if mask != 0:
+        depth = S.settings[C_QDEPTH]
+        q = _queue(S.settings, r, trailing_zeros(mask))
+        prefetch(st.rq, q * Q_FIELDS)
+        prefetch(st.rq_entry, q * depth * 2)
+        prefetch(st.rq_val, q * depth)
+
+
+@njit(cache=True, _nrt=False, inline='always')
+def _prefetch_pe(st, p):
+    """Request PE p's row and its slots' rows."""
+    prefetch(st.pe, p * PE_FIELDS)
+    per_pe = st.slot.shape[1] * SLOT_FIELDS
+    for k in range(0, per_pe, 8):           # eight fields a cache line
+        prefetch(st.slot, p * per_pe + k)
+
+
 @njit(cache=True, _nrt=False)
 def run(S, st):
     """Run until every PE is idle and the fabric is empty, or an error.
@@ -2404,6 +2454,12 @@ def run(S, st):
                 active[row, w] = 0        # what this cycle enlists goes to the other row
                 while bits != 0 and counters[ST_CODE] == STATUS_OK:
                     b = trailing_zeros(bits)
+                    following = bits & (bits - 1)
+                    if following != 0:
+                        if kind == 0:
+                            _prefetch_router(S, st, w * 64 + trailing_zeros(following))
+                        else:
+                            _prefetch_pe(st, w * 64 + trailing_zeros(following))
                     if kind == 0:
                         _router_step(S, st, w * 64 + b, now)
                     else:
