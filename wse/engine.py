@@ -527,9 +527,8 @@ def _apply(op, a, b, s):
 @njit(cache=True, _nrt=False, inline='always')
 def _router_step(S, st, r, now):
     cfg = S.settings
-    rows, cols, colors = cfg[C_ROWS], cfg[C_COLS], cfg[C_NCOLORS]
-    depth, idepth, hop, ramp = cfg[C_QDEPTH], cfg[C_IQDEPTH], cfg[C_HOP], cfg[C_RAMP]
-    record = cfg[C_RECORD]
+    rows, cols = cfg[C_ROWS], cfg[C_COLS]
+    depth, idepth, hop = cfg[C_QDEPTH], cfg[C_IQDEPTH], cfg[C_HOP]
     pe = st.pe
     x = pe[r, P_X]
     y = pe[r, P_Y]
@@ -699,13 +698,19 @@ OPERAND_BAD_COLOR, OPERAND_UNALLOCATED, OPERAND_OUT_OF_BOUNDS = -1, -2, -3
 
 
 @njit(cache=True, _nrt=False, inline='always')
+def _fabric_color(S, p, d):
+    """The color of fabric operand d on PE p: fixed, or a per-PE parameter
+    (D_OFFSET_REG)."""
+    param = S.desc[d, D_OFFSET_REG]
+    return S.pe_params[p, param] if param >= 0 else S.desc[d, D_BUF_OR_COLOR]
+
+
+@njit(cache=True, _nrt=False, inline='always')
 def _operand(S, st, p, d, count):
     """Element index (memory) or queue index (fabric) of descriptor d over
     `count` elements on PE p, or an OPERAND_* code (< 0) saying why it has none."""
     if S.desc[d, D_KIND] != MEM:
-        # a fabric operand's color is fixed, or a per-PE parameter (D_OFFSET_REG)
-        param = S.desc[d, D_OFFSET_REG]
-        c = S.pe_params[p, param] if param >= 0 else S.desc[d, D_BUF_OR_COLOR]
+        c = _fabric_color(S, p, d)
         if c < 0 or c >= S.settings[C_NCOLORS]:
             return OPERAND_BAD_COLOR
         return _queue(S.settings, p, c)
@@ -733,8 +738,7 @@ def _resolve(S, st, p, d, count, now, ins):
     if index >= 0:
         return index
     if index == OPERAND_BAD_COLOR:
-        param = S.desc[d, D_OFFSET_REG]
-        c = S.pe_params[p, param] if param >= 0 else S.desc[d, D_BUF_OR_COLOR]
+        c = _fabric_color(S, p, d)
         _fail(st.counters, STATUS_PROGRAM, PROG_BAD_COLOR, p, c, -1, now, ins)
     elif index == OPERAND_UNALLOCATED:
         _fail(st.counters, STATUS_PROGRAM, PROG_UNALLOCATED, p, -1, -1, now, ins,
@@ -886,7 +890,7 @@ def _fabric_step(S, st, p, s, now, ramp_used):
         admits = _admits(S, st, bd, RAMP)
         if admits < 0:
             _fail(st.counters, STATUS_ROUTE, ROUTE_RX_MISMATCH, p,
-                  (bd - p) // (S.settings[C_ROWS] * S.settings[C_COLS]),
+                  _fabric_color(S, p, dst),
                   RAMP, now + S.settings[C_DATAPATH] + S.settings[C_RAMP])
             return WAIT_OUTPUT
         if admits == 0:
@@ -940,7 +944,6 @@ def _fabric_move(S, st, p, s, now, turn):
     if S.settings[C_TRAP_NAN] and v != v:
         _fail(st.counters, STATUS_NAN, 0, p, -1, -1, now, ins, -1, i)
     if out_fabric:
-        colors = S.settings[C_NCOLORS]
         # the result leaves the datapath C_DATAPATH cycles after its operands
         # entered it, then crosses the ramp
         ready = now + S.settings[C_DATAPATH] + S.settings[C_RAMP]
@@ -952,7 +955,7 @@ def _fabric_move(S, st, p, s, now, turn):
         if st.rq[bd, Q_COUNT] == 0:
             st.rq[bd, Q_HEAD_READY] = ready
         st.rq[bd, Q_COUNT] += 1
-        st.pe[p, P_R_NONEMPTY] |= np.int64(1) << ((bd - p) // (S.settings[C_ROWS] * S.settings[C_COLS]))
+        st.pe[p, P_R_NONEMPTY] |= np.int64(1) << _fabric_color(S, p, dst)
         st.pe[p, P_RAMP_OUT] += 1
         if turn:
             _list_router(st.active, st.counters, p, now + 1)
@@ -1077,7 +1080,6 @@ def _pick_task(S, st, p, now):
             if (pend >> j) & 1:
                 st.pe[p, P_PENDING] = pend & ~(np.int64(1) << j)
                 return S.role_tasks[first + j]
-    colors = S.settings[C_NCOLORS]
     idepth = S.settings[C_IQDEPTH]
     for j in range(count):
         t = S.role_tasks[first + j]
@@ -1660,7 +1662,7 @@ def _replay(S, st, now, periods, lean):
     cycle reached, or the cycle of a failure. `lean`: no links or deliveries
     are recorded, so the moves skip what the caller sets after the replay."""
     cfg = S.settings
-    colors, depth = cfg[C_NCOLORS], cfg[C_QDEPTH]
+    depth = cfg[C_QDEPTH]
     actions = st.actions
     counters = st.counters
     n_act = counters[K_ACTIONS]
@@ -1740,7 +1742,7 @@ def _column_plan(S, st, period):
     """Fill st.col_actions / col_queues for the recorded period; returns
     (moves, queues), or moves = -1 where a column pass would not be exact."""
     cfg = S.settings
-    colors, cols = cfg[C_NCOLORS], cfg[C_COLS]
+    cols = cfg[C_COLS]
     n_rq = st.rq.shape[0]
     actions = st.actions
     plan = st.col_actions
