@@ -23,7 +23,7 @@ import wse
 from kernels import collectives as C
 from kernels import matmul, matvec, mesh_attention, models
 from kernels import transformer as T
-from wse import testing
+from wse import routes, testing
 
 FUZZ_EXAMPLES = 250
 STREAM_FUZZ_EXAMPLES = 500
@@ -414,23 +414,10 @@ def _two_way_shift(rows, cols, n):
     xs = np.broadcast_to(np.arange(cols), (rows, cols))
     ys = np.broadcast_to(np.arange(rows)[:, None], (rows, cols))
     send_colors, recv_colors = [], []
-    for axis, position, size, out_port, in_port in (("east", xs, cols, wse.isa.EAST, wse.isa.WEST),
-                                                    ("south", ys, rows, wse.isa.SOUTH,
-                                                     wse.isa.NORTH)):
-        colors = [prog.color(f"{axis}{parity}") for parity in (0, 1)]
-        for color, parity in zip(colors, (0, 1)):
-            rx = np.zeros((rows, cols), np.uint8)
-            tx = np.zeros((rows, cols), np.uint8)
-            senders = (position % 2 == parity) & (position < size - 1)
-            rx[senders], tx[senders] = 1 << wse.isa.RAMP, 1 << out_port
-            receivers = (position % 2 != parity) & (position > 0)
-            rx[receivers], tx[receivers] = 1 << in_port, 1 << wse.isa.RAMP
-            prog.route_masks(color, rx, tx)
-        even = position % 2 == 0
-        send_colors.append(prog.color_param_indices(
-            f"send_{axis}", np.where(even, colors[0].index, colors[1].index)))
-        recv_colors.append(prog.color_param_indices(
-            f"recv_{axis}", np.where(even, colors[1].index, colors[0].index)))
+    for axis, along, size in (("east", "x", cols), ("south", "y", rows)):
+        plan = routes.transfers(prog, along, [(i, i + 1) for i in range(size - 1)], name=axis)
+        send_colors.append(prog.color_param_indices(f"send_{axis}", plan.send_color))
+        recv_colors.append(prog.color_param_indices(f"recv_{axis}", plan.recv_color))
     outs = [prog.buffer(f"out_{axis}", (n,), "float32") for axis in ("east", "south")]
     ins = [prog.buffer(f"in_{axis}", (n,), "float32") for axis in ("east", "south")]
     rng = np.random.default_rng(5)
