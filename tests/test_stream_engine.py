@@ -404,12 +404,14 @@ def test_the_tile_products_workload_runs_ahead_and_leaves_the_same_state():
     assert bulk["ahead_pe_steps"] > 0.9 * report.pe_steps, (bulk, report.pe_steps)
 
 
-def _two_way_shift(rows, cols, n):
+def _two_way_shift(rows, cols, n, running_sum=False):
     """Every PE sends a stream of n fp32 values east and one south at once
     (two asynchronous sends taking turns at its ramp) and receives one from
     the west and one from the north (two streams into its ramp): the shifts
-    of a MeshGEMM step without its product. Returns the program and its
-    send and receive buffers (east, south)."""
+    of a MeshGEMM step without its product. With `running_sum` a receive
+    adds each value to the element before it (in[i + 1] = fabric + in[i]:
+    it reads what it wrote one element earlier). Returns the program and
+    its send and receive buffers (east, south)."""
     prog = wse.Program(wse.WSE2.with_grid(rows=rows, cols=cols))
     xs = np.broadcast_to(np.arange(cols), (rows, cols))
     ys = np.broadcast_to(np.arange(rows)[:, None], (rows, cols))
@@ -419,7 +421,7 @@ def _two_way_shift(rows, cols, n):
         send_colors.append(prog.color_param_indices(f"send_{axis}", plan.send_color))
         recv_colors.append(prog.color_param_indices(f"recv_{axis}", plan.recv_color))
     outs = [prog.buffer(f"out_{axis}", (n,), "float32") for axis in ("east", "south")]
-    ins = [prog.buffer(f"in_{axis}", (n,), "float32") for axis in ("east", "south")]
+    ins = [prog.buffer(f"in_{axis}", (n + running_sum,), "float32") for axis in ("east", "south")]
     rng = np.random.default_rng(5)
     for buf in outs:
         prog.load(buf, rng.standard_normal((rows, cols, n)).astype(np.float32))
@@ -434,7 +436,10 @@ def _two_way_shift(rows, cols, n):
                     name = f"e{east:d}w{west:d}s{south:d}n{north:d}"
                     with prog.role(name, where=where).task("main", entry=True) as t:
                         for k, (sends, receives) in enumerate(((east, west), (south, north))):
-                            if receives:
+                            if receives and running_sum:
+                                t.add(ins[k].view(1, n), prog.fabin(recv_colors[k], n),
+                                      ins[k].view(0, n), async_=True)
+                            elif receives:
                                 t.mov(ins[k].view(), prog.fabin(recv_colors[k], n), async_=True)
                             if sends:
                                 t.mov(prog.fabout(send_colors[k], n), outs[k].view(),
@@ -447,21 +452,44 @@ def test_four_streams_a_pe_repeat_over_twelve_cycles_and_go_in_bulk():
     """Two sends sharing each PE's ramp and two receives into it (the shifts
     of a MeshGEMM step) move about 4.6 wavelets a PE a cycle and repeat only
     every 12 cycles: the recording must hold that many moves, or no period is
-    ever found (with room for ten moves a PE none was). Same final state on
-    both engines; every value arrives at its neighbour; each wavelet crosses
-    one link; each PE's ramp carries its 2 n outgoing wavelets one a cycle;
-    most hops go in bulk."""
+    ever found (with room for ten moves a PE none was). Each send slot moves
+    six times a period, so the column-wise pass must take a slot's elements
+    j, j + 6, ... in its j-th move's column (it used to replay such periods
+    one by one). Same final state on both engines; every value arrives at
+    its neighbour; each wavelet crosses one link; each PE's ramp carries its
+    2 n outgoing wavelets one a cycle; most hops go in bulk, column-wise."""
     rows, cols, n = 6, 6, 240
     prog, outs, ins = _two_way_shift(rows, cols, n)
     bulk = testing.assert_engines_agree(lambda: prog.run())
     result = prog.run()
     assert bulk["bulk_hop_fraction"] > 0.6, bulk
+    assert bulk["bulk_column_cycles"] == bulk["bulk_cycles"], bulk
     assert result.report.wavelet_hops == (rows * (cols - 1) + (rows - 1) * cols) * n
     assert result.report.cycles >= 2 * n
     sent_east, sent_south = (result.read(b) for b in outs)
     got_east, got_south = (result.read(b) for b in ins)
     assert np.array_equal(got_east[:, 1:], sent_east[:, :-1])
     assert np.array_equal(got_south[1:, :], sent_south[:-1, :])
+
+
+def test_a_slot_that_moves_several_times_a_period_and_reads_what_it_wrote_is_replayed_in_order():
+    """The four streams of the test above, each receive now a running sum
+    that reads the element it wrote one element before. Column-wise, a slot
+    moving six times a period would take element i + 1 before element i was
+    written, so such a period is replayed period by period: both engines end
+    in the same state, the sums are those of the values sent (each PE's
+    in[1:] is the cumulative sum of its neighbour's stream, in fp32 order),
+    and hops still go in bulk, but none column-wise."""
+    rows, cols, n = 5, 5, 240
+    prog, outs, ins = _two_way_shift(rows, cols, n, running_sum=True)
+    bulk = testing.assert_engines_agree(lambda: prog.run())
+    result = prog.run()
+    assert bulk["bulk_hop_fraction"] > 0.6, bulk
+    assert bulk["bulk_column_cycles"] == 0, bulk
+    sent_east, sent_south = (result.read(b) for b in outs)
+    got_east, got_south = (result.read(b) for b in ins)
+    assert np.array_equal(got_east[:, 1:, 1:], np.cumsum(sent_east[:, :-1], axis=-1, dtype=np.float32))
+    assert np.array_equal(got_south[1:, :, 1:], np.cumsum(sent_south[:-1, :], axis=-1, dtype=np.float32))
 
 
 def test_a_shift_on_a_grid_past_a_fixed_scratch_cap_still_advances_in_bulk():

@@ -1708,14 +1708,18 @@ def _replay(S, st, now, periods, lean):
 # order where every queue's producers come before its consumers. Each queue the
 # period touches becomes a stream of values (its contents, then what is pushed
 # into it, in push order); a move reads its input streams at its pop ranks and
-# writes its output streams at its push ranks. Exact where the moves form no
-# cycle through queues, no move's memory is another's on the same PE, each
-# slot moves at most once per period, no timer is set, and neither NaN traps
+# writes its output streams at its push ranks. A slot that moves m times a
+# period takes elements j, j + m, j + 2m, ... in its j-th move's column, so its
+# elements are not taken in order: its memory written must then be none it
+# reads. Exact where the moves form no cycle through queues, no slot's memory
+# written is another's on the same PE, no timer is set, and neither NaN traps
 # nor links or deliveries are recorded (per-move state a column pass does not
 # keep); otherwise the period-by-period replay runs.
 (CA_KIND, CA_WHO, CA_WHICH, CA_OFFSET, CA_NSRC, CA_SRC, CA_NDST, CA_DST, CA_ID_RANK,
- CA_WAITING) = (0, 1, 2, 3, 4, 5, 9, 10, 20, 21)
-COL_ACTION_FIELDS = 22      # sources: (queue, rank) x 2 from CA_SRC; outputs: x 5 from CA_DST
+ CA_WAITING, CA_SUB, CA_EVERY) = (0, 1, 2, 3, 4, 5, 9, 10, 20, 21, 22, 23)
+# sources: (queue, rank) x 2 from CA_SRC; outputs: x 5 from CA_DST; a slot's
+# move j (CA_SUB) of its CA_EVERY a period
+COL_ACTION_FIELDS = 24
 (CQ_GLOBAL, CQ_COUNT, CQ_PUSHES, CQ_POPS, CQ_AT, CQ_LAST_POP, CQ_PRODUCERS, CQ_DONE,
  CQ_FIRST_CONSUMER, CQ_CONSUMERS) = range(10)
 COL_QUEUE_FIELDS = 10
@@ -1803,10 +1807,8 @@ def _column_plan(S, st, period):
                 break
         else:
             p, s = who, which
-            if st.bulk_moves[p, s] != 0:           # a slot that moves twice a period
-                ok = False
-                break
-            st.bulk_moves[p, s] = 1
+            row[CA_SUB] = st.bulk_moves[p, s]
+            st.bulk_moves[p, s] += 1
             ins = st.slot[p, s, S_INSTR]
             for operand in range(2):
                 d = S.instr[ins, I_A + operand]
@@ -1837,7 +1839,10 @@ def _column_plan(S, st, period):
                 row[CA_ID_RANK] = pushes_of_ids
                 pushes_of_ids += 1
         n_moves += 1
-    for m in range(n_moves):                       # clear the slot marks
+    for m in range(n_moves):
+        if plan[m, CA_KIND] == ACTION_FABRIC:
+            plan[m, CA_EVERY] = st.bulk_moves[plan[m, CA_WHO], plan[m, CA_WHICH]]
+    for m in range(n_moves):                       # clear the slot counts
         if plan[m, CA_KIND] == ACTION_FABRIC:
             st.bulk_moves[plan[m, CA_WHO], plan[m, CA_WHICH]] = 0
     if ok:
@@ -1869,14 +1874,15 @@ def _operand_span(S, st, p, s, d, base):
 @njit(cache=True, _nrt=False)
 def _memory_apart(S, st, n_moves):
     """Whether no slot writes SRAM that another slot moving in the period
-    reads or writes (bytes compared, both dtypes). Memory views of one slot
-    are taken in element order either way. The moves of each PE are chained
-    through st.col_order (from st.bulk_moves[p, 0]) for the comparison."""
+    reads or writes, nor (if it moves several times a period) SRAM it reads
+    itself (bytes compared, both dtypes). Each slot is looked at once, at its
+    first move; the first moves of each PE are chained through st.col_order
+    (from st.bulk_moves[p, 0]) for the comparison."""
     plan = st.col_actions
     chain = st.col_order
     first = st.bulk_moves
     for x in range(n_moves):
-        if plan[x, CA_KIND] == ACTION_FABRIC:
+        if plan[x, CA_KIND] == ACTION_FABRIC and plan[x, CA_SUB] == 0:
             p = plan[x, CA_WHO]
             chain[x] = first[p, 0] - 1
             first[p, 0] = x + 1
@@ -1884,7 +1890,7 @@ def _memory_apart(S, st, n_moves):
     for x in range(n_moves):
         if not apart:
             break
-        if plan[x, CA_KIND] != ACTION_FABRIC:
+        if plan[x, CA_KIND] != ACTION_FABRIC or plan[x, CA_SUB] != 0:
             continue
         p = plan[x, CA_WHO]
         sx = plan[x, CA_WHICH]
@@ -1897,10 +1903,12 @@ def _memory_apart(S, st, n_moves):
         w_lo, w_hi = lo * size, hi * size + size - 1
         y = first[p, 0] - 1
         while y >= 0 and apart:
-            if y != x:
+            # a slot taking its elements in order may read what it writes
+            itself = y == x
+            if not itself or plan[x, CA_EVERY] > 1:
                 sy = plan[y, CA_WHICH]
                 other = st.slot[p, sy, S_INSTR]
-                for f in range(4):
+                for f in range(1 if itself else 0, 4):
                     d = S.instr[other, I_DST] if f == 0 else (
                         S.instr[other, I_A] if f == 1 else (
                             S.instr[other, I_B] if f == 2 else S.instr[other, I_S]))
@@ -2120,8 +2128,10 @@ def _column_chunk(S, st, now, period, n, n_moves, n_queues):
         memory_scalar = S.instr[ins, I_S] >= 0          # may change as the slot writes
         scalar = _scalar(S, st, p, s, ins)
         zero = np.float32(0.0)
+        every = plan[m, CA_EVERY]
+        i0 += plan[m, CA_SUB]
         for k in range(n):
-            i = i0 + k
+            i = i0 + k * every
             if ka == FABIN:
                 va = val[a_at + k * a_step]
             elif a >= 0:
@@ -2150,7 +2160,6 @@ def _column_chunk(S, st, now, period, n, n_moves, n_queues):
         if out_fabric:
             for k in range(late, n):
                 ready[d_at + k * d_step] = first_cycle + k * period + latency
-        st.slot[p, s, S_PROGRESS] = i0 + n
         st.pe[p, P_FLOPS] += n * S.flops_of_op[op]
         if op != OP_MOV:
             st.pe[p, P_COMPUTE] += n
@@ -2158,33 +2167,35 @@ def _column_chunk(S, st, now, period, n, n_moves, n_queues):
             st.pe[p, P_RAMP_OUT] += n
         else:
             st.pe[p, P_SRAM_BYTES] += n * (4 if dd == F32 else 2)
+    for m in range(n_moves):
+        if plan[m, CA_KIND] == ACTION_FABRIC and plan[m, CA_SUB] == 0:
+            st.slot[plan[m, CA_WHO], plan[m, CA_WHICH], S_PROGRESS] += n * plan[m, CA_EVERY]
     # wavelets sent in the chunk are numbered in the order stepping sends them,
     # and carry their numbers on through the routers that forward them
-    if True:
-        for o in range(n_moves):
-            m = order[o]
-            if plan[m, CA_KIND] != ACTION_FABRIC or plan[m, CA_ID_RANK] < 0:
-                continue
-            local = plan[m, CA_DST]
-            d_at = queues[local, CQ_AT] + queues[local, CQ_COUNT] + (plan[m, CA_DST + 1] >> 3)
-            d_step = queues[local, CQ_PUSHES]
+    for o in range(n_moves):
+        m = order[o]
+        if plan[m, CA_KIND] != ACTION_FABRIC or plan[m, CA_ID_RANK] < 0:
+            continue
+        local = plan[m, CA_DST]
+        d_at = queues[local, CQ_AT] + queues[local, CQ_COUNT] + (plan[m, CA_DST + 1] >> 3)
+        d_step = queues[local, CQ_PUSHES]
+        for k in range(n):
+            ident[d_at + k * d_step] = id_base + k * ids_per_period + plan[m, CA_ID_RANK]
+    for o in range(n_moves):
+        m = order[o]
+        if plan[m, CA_KIND] != ACTION_ROUTER:
+            continue
+        src = plan[m, CA_SRC]
+        src_at = queues[src, CQ_AT] + plan[m, CA_SRC + 1]
+        src_step = queues[src, CQ_PUSHES]
+        for j in range(plan[m, CA_NDST]):
+            local = plan[m, CA_DST + 2 * j]
+            dst_at = queues[local, CQ_AT] + queues[local, CQ_COUNT] + \
+                (plan[m, CA_DST + 2 * j + 1] >> 3)
+            dst_step = queues[local, CQ_PUSHES]
             for k in range(n):
-                ident[d_at + k * d_step] = id_base + k * ids_per_period + plan[m, CA_ID_RANK]
-        for o in range(n_moves):
-            m = order[o]
-            if plan[m, CA_KIND] != ACTION_ROUTER:
-                continue
-            src = plan[m, CA_SRC]
-            src_at = queues[src, CQ_AT] + plan[m, CA_SRC + 1]
-            src_step = queues[src, CQ_PUSHES]
-            for j in range(plan[m, CA_NDST]):
-                local = plan[m, CA_DST + 2 * j]
-                dst_at = queues[local, CQ_AT] + queues[local, CQ_COUNT] + \
-                    (plan[m, CA_DST + 2 * j + 1] >> 3)
-                dst_step = queues[local, CQ_PUSHES]
-                for k in range(n):
-                    ident[dst_at + k * dst_step] = ident[src_at + k * src_step]
-        counters[K_NEXT_WAVELET_ID] = id_base + n * ids_per_period
+                ident[dst_at + k * dst_step] = ident[src_at + k * src_step]
+    counters[K_NEXT_WAVELET_ID] = id_base + n * ids_per_period
     # the queues as stepping leaves them: the last pushes in their ring slots
     # (those still queued, and those popped whose slots were not reused)
     for local in range(n_queues):

@@ -217,9 +217,8 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
     # found to repeat. So a recording has room for 12 cycles of about five
     # moves a PE, held to 2^24 moves (24 bytes each) beyond about 280,000 PEs: the
     # full wafer keeps about 22 a PE (a neighbour shift moves 3.5 a PE a
-    # cycle). The column-wise pass keeps room for ten moves a PE, and values
-    # of its streams for a few periods' pushes per chunk (it replays period
-    # by period where its plan does not fit). np.zeros maps pages lazily, so
+    # cycle). The column-wise pass plans every recorded move, and keeps values
+    # of its streams for a few periods' pushes per chunk. np.zeros maps pages lazily, so
     # only what a run records becomes resident. Every chunk of the
     # column-wise pass sweeps all queues and moves of the period, so the room
     # for values sets how many periods a sweep covers: on the full wafer
@@ -227,8 +226,8 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
     # 129, 61, 47 and 50 s at 7.26, 7.56, 7.69 and 7.85 GiB peak (20 bytes a
     # value); 5 keeps it under the 8 GiB target.
     recorded_moves = min(engine.BULK_PERIOD_MAX * 5 * n_pe, max(10 * n_pe, 1 << 24)) + 64
-    moves = 10 * n_pe + 64
-    values = min(64 * moves, max(1 << 21, 5 * moves))
+    moves = recorded_moves
+    values = min(64 * moves, max(1 << 21, 5 * (10 * n_pe + 64)))
     pq_val, pq_entry, pq = queues(idepth)
     return engine.State(
         sram_f32=arena.view(np.float32), sram_u16=arena.view(np.uint16),
