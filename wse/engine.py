@@ -155,6 +155,10 @@ COUNTERS = 37
 (P_TASK, P_PC, P_PENDING, P_SLOTS_BUSY, P_SLEEP, P_R_NONEMPTY, P_R_RR, P_SLOT_RR,
  P_WAKE, P_STALL_SINCE, P_BUSY_SINCE, P_DATAPATH_FREE, P_TASK_START, P_COMPUTE, P_FLOPS,
  P_SRAM_BYTES, P_RAMP_IN, P_RAMP_OUT, P_STALL, P_BUSY, P_X, P_Y) = range(22)
+# P_MAIN_AT (the stream engine): 0, or the cycle of the main thread's next
+# step while it has run ahead beside the PE's fabric operations (its state is
+# then that cycle's; the PE's steps before it move the slots only)
+P_MAIN_AT = 22
 PE_FIELDS = 24     # padded to three cache lines
 # P_SLOTS_BUSY: bitmask of slots holding an operation; P_SLOT_RR: whose turn at the ramp
 
@@ -316,14 +320,6 @@ def _list_pe(active, counters, p, cycle):
     _enlist(active, counters, 2, K_PE_LIST_LEN, p, cycle)
 
 
-@njit(cache=True, _nrt=False, inline='always')
-def _timer_pe(entry):
-    """The PE of a timer entry: p, or -(p + 1) for a quiet timer (one that
-    stands for a listing a PE running ahead made for itself: it lists the PE
-    but is not progress)."""
-    return entry if entry >= 0 else -entry - 1
-
-
 @njit(cache=True, _nrt=False)
 def _heap_sift_up(heap, i, t, p):
     while i > 0:
@@ -345,7 +341,7 @@ def _heap_push(heap, counters, pe, t, p):
         m = 0
         for i in range(n):
             q = heap[1, i]
-            if pe[_timer_pe(q), P_WAKE] == heap[0, i]:
+            if pe[q, P_WAKE] == heap[0, i]:
                 _heap_sift_up(heap, m, heap[0, i], q)
                 m += 1
         n = m
@@ -1147,14 +1143,21 @@ def _pe_step(S, st, p, now, defer):
     slots = S.settings[C_SLOTS]
     pe, slot = st.pe, st.slot
     progressed = False
+    fabric_moved = False
     waiting_in = False
     waiting_out = False
     ramp_used = False
+    # the main thread ran ahead (stream engine): until then this step is the slots'
+    main_at = pe[p, P_MAIN_AT]
+    main_ahead = main_at > now
+    if main_at != 0 and not main_ahead:
+        pe[p, P_MAIN_AT] = 0
+    not_main = ~np.int64(1) if main_ahead else ~np.int64(0)
     # 1. Retire what is due; move each fabric operation by one element. The
     #    slots take turns (round robin) at the PE's single outgoing ramp.
     # (busy slots in round-robin order from the pointer; a slot's step only
     # frees that slot)
-    bits, below = _from_pointer(pe[p, P_SLOTS_BUSY], pe[p, P_SLOT_RR])
+    bits, below = _from_pointer(pe[p, P_SLOTS_BUSY] & not_main, pe[p, P_SLOT_RR])
     while bits != 0 or below != 0:
         if bits == 0:
             bits, below = below, np.int64(0)
@@ -1166,12 +1169,17 @@ def _pe_step(S, st, p, now, defer):
             result = _fabric_step(S, st, p, s, now, ramp_used)
             if result >= MOVED:
                 progressed = True
+                fabric_moved = True
                 ramp_used = ramp_used or result == MOVED_ON_RAMP
             elif result == WAIT_INPUT:
                 waiting_in = True
             else:
                 waiting_out = True
         elif slot[p, s, S_BUSY_UNTIL] <= now:
+            # an operation completes: progress at its due cycle
+            done = slot[p, s, S_BUSY_UNTIL]
+            if done > st.counters[K_LAST_PROGRESS]:
+                st.counters[K_LAST_PROGRESS] = done
             on_done = S.instr[slot[p, s, S_INSTR], I_ON_DONE]
             slot[p, s, S_INSTR] = -1
             pe[p, P_SLOTS_BUSY] &= ~(np.int64(1) << s)
@@ -1179,7 +1187,8 @@ def _pe_step(S, st, p, now, defer):
                 pe[p, P_PENDING] |= np.int64(1) << on_done
     # 2. Run the main thread while it is free.
     budget = S.settings[C_IPC]
-    while budget > 0 and pe[p, P_SLOTS_BUSY] & 1 == 0 and st.counters[ST_CODE] == STATUS_OK:
+    while budget > 0 and not main_ahead and pe[p, P_SLOTS_BUSY] & 1 == 0 \
+            and st.counters[ST_CODE] == STATUS_OK:
         if pe[p, P_TASK] < 0:
             t = _pick_task(S, st, p, now)
             if t < 0:
@@ -1239,6 +1248,7 @@ def _pe_step(S, st, p, now, defer):
                 continue
             result = _fabric_step(S, st, p, s, now, ramp_used)
             if result >= MOVED:
+                fabric_moved = True
                 ramp_used = ramp_used or result == MOVED_ON_RAMP
             elif result == WAIT_INPUT:
                 waiting_in = True
@@ -1250,11 +1260,11 @@ def _pe_step(S, st, p, now, defer):
     if progressed:
         st.counters[K_LAST_PROGRESS] = now
     # 3. Decide when to look at this PE again.
-    wake = INF
-    busy_slots = pe[p, P_SLOTS_BUSY]
+    wake = main_at if main_ahead else INF
+    busy_slots = pe[p, P_SLOTS_BUSY] & not_main
     busy = pe[p, P_TASK] >= 0 or pe[p, P_PENDING] != 0 or busy_slots != 0
     on_its_own = pe[p, P_TASK] >= 0 and not waiting_in and not waiting_out \
-        and pe[p, P_WAKE] == INF and pe[p, P_STALL_SINCE] < 0
+        and pe[p, P_WAKE] == INF and pe[p, P_STALL_SINCE] < 0 and not main_ahead
     for s in range(slots + 1):
         if (busy_slots >> s) & 1 == 0:
             continue
@@ -1274,7 +1284,9 @@ def _pe_step(S, st, p, now, defer):
         _list_pe(st.active, st.counters, p, now + 1)
     elif wake < INF:
         _wake(st, p, max(wake, now + 1), now)
-    if not progressed and (waiting_in or waiting_out):
+    # a stall: a fabric operation waits and none moves (whatever the main
+    # thread does meanwhile)
+    if not fabric_moved and (waiting_in or waiting_out):
         if pe[p, P_STALL_SINCE] < 0:
             pe[p, P_STALL_SINCE] = now
     elif pe[p, P_STALL_SINCE] >= 0:
@@ -1304,9 +1316,17 @@ def _pe_step(S, st, p, now, defer):
 # fail), or would come later than the deadlock window after its last progress,
 # or at the cycle limit. The clock does not move: the PE's progress is kept as
 # progress ahead (_last_progress counts it at the cycles it was made), and its
-# next visit is scheduled as stepping would have it: a timer it set stays a
-# timer; a listing for the cycle after a step taken ahead becomes a quiet
-# timer, which lists it without being progress.
+# next visit is scheduled as stepping would have it.
+#
+# A main thread runs ahead beside the PE's fabric operations the same way
+# (_run_main_beside) while what it issues touches no SRAM those operations
+# have still to write, writes none they have still to read, and neither
+# waits for them nor issues into a slot: the main thread and the slots then
+# decide nothing for each other. (A stall is a fabric operation waiting while
+# none moves, and progress is a move, an issue or an operation completing,
+# whoever steps: neither depends on which steps the PE is visited in.) Its
+# state is that of its next step (P_MAIN_AT), the cycles before it step the
+# slots only, and a timer brings the PE back then.
 @njit(cache=True, _nrt=False, inline='always')
 def _issues_only_its_own(S, st, p, t):
     """Whether what PE p (running on its own) would issue at cycle t reads and
@@ -1336,31 +1356,86 @@ def _issues_only_its_own(S, st, p, t):
 
 
 @njit(cache=True, _nrt=False, inline='always')
-def _own_step(S, st, p, now):
+def _span(S, d, base, first, last):
+    """(first, last) SRAM element memory operand d (at `base`) touches over
+    its elements first..last (a wrapping view: all of its wrap)."""
+    if S.desc[d, D_WRAP] > 0:
+        lo, hi = base, base + (S.desc[d, D_WRAP] - 1) * S.desc[d, D_STRIDE]
+    else:
+        lo, hi = base + _element(S, d, first), base + _element(S, d, last)
+    return min(lo, hi), max(lo, hi)
+
+
+@njit(cache=True, _nrt=False)
+def _apart_from_fabric(S, st, p, ins):
+    """Whether memory-only operation `ins`, issued now on PE p's main thread,
+    writes no SRAM that a fabric operation in flight on p has still to read
+    or write, and reads none it has still to write (bytes compared)."""
+    count = _vector_length(S, st, p, ins)
+    op = S.instr[ins, I_OP]
+    busy = st.pe[p, P_SLOTS_BUSY] & ~np.int64(1)
+    while busy != 0:
+        s = trailing_zeros(busy)
+        busy &= busy - 1
+        if st.slot[p, s, S_BUSY_UNTIL] != INF:
+            continue                  # a memory-only operation: done at its issue
+        theirs = st.slot[p, s, S_INSTR]
+        first, last = st.slot[p, s, S_PROGRESS], st.slot[p, s, S_LEN] - 1
+        if first > last:
+            continue
+        for f in range(4):           # the main thread's operands: dst, a, b, scalar
+            # (I_DST, I_A, I_B, I_S and S_BASE_DST ... S_BASE_S are consecutive)
+            d = S.instr[ins, I_DST + f]
+            if d < 0:
+                continue
+            n = 1 if f == 3 or (f == 0 and op >= OP_SUM) else count
+            size = 4 if S.desc[d, D_DTYPE] == F32 else 2
+            lo, hi = _span(S, d, _operand(S, st, p, d, n), 0, n - 1)
+            lo, hi = lo * size, hi * size + size - 1
+            for g in range(4):       # the fabric operation's memory operands
+                e = S.instr[theirs, I_DST + g]
+                if e < 0 or S.desc[e, D_KIND] != MEM or (f > 0 and g > 0):
+                    continue          # reading what it reads is no conflict
+                base = st.slot[p, s, S_BASE_DST + g]
+                e_size = 4 if S.desc[e, D_DTYPE] == F32 else 2
+                o_lo, o_hi = (base, base) if g == 3 else _span(S, e, base, first, last)
+                if o_lo * e_size <= hi and lo <= o_hi * e_size + e_size - 1:
+                    return False
+    return True
+
+
+@njit(cache=True, _nrt=False, inline='always')
+def _own_step(S, st, p, now, beside):
     """PE p's step in cycle `now` while it runs ahead, in the usual case: no
-    asynchronous operation in flight, so the step is its main thread's alone.
+    asynchronous operation in flight (or, `beside`, only fabric operations,
+    which the step leaves alone), so the step is its main thread's alone.
     It waits for the instruction in hand, or retires it and issues the next
     one, a control instruction or a memory-only operation on the main thread;
     this is what _pe_step (deferring) does then, without its walks over the
     slots (its sleep flags stay clear, as the step that began running ahead
     left them). Returns what _pe_step returns; NOT_SIMPLE where the case does not
     apply (the caller takes _pe_step), NOT_ITS_OWN where what comes next is
-    not its own (see _issues_only_its_own; nothing changed)."""
+    not its own (see _issues_only_its_own and _apart_from_fabric; nothing
+    changed)."""
     pe, slot = st.pe, st.slot
     busy = pe[p, P_SLOTS_BUSY]
-    if busy > 1:
+    if busy > 1 and not beside:
         return NOT_SIMPLE
-    if busy == 1 and slot[p, 0, S_BUSY_UNTIL] > now:
+    if busy & 1 and slot[p, 0, S_BUSY_UNTIL] > now:
         return slot[p, 0, S_BUSY_UNTIL]
     ins = pe[p, P_PC]
     op = S.instr[ins, I_OP]
     if op >= FIRST_VECTOR_OP and S.instr[ins, I_SLOT] != 0:
-        return NOT_SIMPLE
+        return NOT_ITS_OWN if beside else NOT_SIMPLE
+    if beside and op == OP_WAIT:
+        return NOT_ITS_OWN
     if not _issues_only_its_own(S, st, p, now):
         return NOT_ITS_OWN
-    if busy:
+    if beside and op >= FIRST_VECTOR_OP and not _apart_from_fabric(S, st, p, ins):
+        return NOT_ITS_OWN
+    if busy & 1:
         slot[p, 0, S_INSTR] = -1
-        pe[p, P_SLOTS_BUSY] = 0
+        pe[p, P_SLOTS_BUSY] = busy & ~np.int64(1)
     st.counters[K_ISSUES] += 1
     if op < FIRST_VECTOR_OP:
         # with no asynchronous operation a wait passes: control never blocks here
@@ -1385,13 +1460,12 @@ def _run_ahead(S, st, p, now, visit):
     real_progress = counters[K_LAST_PROGRESS]
     last_event = _last_progress(counters, now)
     listed = (st.active[2 + ((now + 1) & 1), p >> 6] >> (p & 63)) & 1
-    stepped_at = now
     steps = 0
     # a PE someone else listed for the next cycle is not on its own
     while listed == 0 and counters[ST_CODE] == STATUS_OK and visit < limit \
             and visit - last_event <= window:
         counters[K_LAST_PROGRESS] = -1
-        after = _own_step(S, st, p, visit)
+        after = _own_step(S, st, p, visit, False)
         if after == NOT_ITS_OWN:
             break
         if after == NOT_SIMPLE:
@@ -1399,10 +1473,8 @@ def _run_ahead(S, st, p, now, visit):
                 break
             after = _pe_step(S, st, p, visit, True)
         steps += 1
-        # a step reached by a timer is progress (the timer fires); so is one that moved
-        if visit > stepped_at + 1 or counters[K_LAST_PROGRESS] == visit:
-            last_event = visit
-        stepped_at = visit
+        if counters[K_LAST_PROGRESS] > last_event:
+            last_event = counters[K_LAST_PROGRESS]
         visit = after
         if visit < 0:
             # it met what is not its own after all (and scheduled itself for
@@ -1419,13 +1491,55 @@ def _run_ahead(S, st, p, now, visit):
         counters[K_PROGRESS_AHEAD] = last_event
     if visit < 0 or visit == INF:
         return
-    if visit == now + 1:
-        _list_pe(st.active, counters, p, visit)
-    elif visit == stepped_at + 1:
-        st.pe[p, P_WAKE] = visit       # a quiet timer
-        _heap_push(st.heap, counters, st.pe, visit, -p - 1)
-    else:
-        _wake_at(st.active, st.heap, counters, st.pe, p, visit, now)
+    _wake_at(st.active, st.heap, counters, st.pe, p, visit, now)
+
+
+@njit(cache=True, _nrt=False)
+def _run_main_beside(S, st, p, now):
+    """After PE p's step in cycle `now`, with fabric operations in flight:
+    take its main thread's following steps now, as far as they are its own
+    beside them (see above), and bring the PE back for the first step not
+    taken (P_MAIN_AT)."""
+    pe, slot, counters = st.pe, st.slot, st.counters
+    busy = pe[p, P_SLOTS_BUSY]
+    if pe[p, P_TASK] < 0 or pe[p, P_MAIN_AT] != 0 or busy <= 1 \
+            or counters[ST_CODE] != STATUS_OK:
+        return
+    if busy & 1 and slot[p, 0, S_BUSY_UNTIL] == INF:
+        return                          # the main thread's own fabric operation
+    fabric = False
+    for s in range(1, S.settings[C_SLOTS] + 1):
+        if (busy >> s) & 1 and slot[p, s, S_BUSY_UNTIL] == INF:
+            fabric = True
+    if not fabric:
+        return
+    window = S.settings[C_DEADLOCK_WINDOW]
+    limit = S.settings[C_MAX_CYCLES]
+    visit = slot[p, 0, S_BUSY_UNTIL] if busy & 1 and slot[p, 0, S_BUSY_UNTIL] > now else now + 1
+    real_progress = counters[K_LAST_PROGRESS]
+    last_event = _last_progress(counters, now)
+    steps = 0
+    while counters[ST_CODE] == STATUS_OK and visit < limit and visit - last_event <= window:
+        counters[K_LAST_PROGRESS] = -1
+        after = _own_step(S, st, p, visit, True)
+        if after == NOT_ITS_OWN:
+            break
+        steps += 1
+        if counters[K_LAST_PROGRESS] > last_event:
+            last_event = counters[K_LAST_PROGRESS]
+        if after < 0:
+            counters[K_BULK_MISMATCH] += 1     # a flaw of the checks above
+            break
+        visit = after
+    counters[K_LAST_PROGRESS] = real_progress
+    if steps == 0:
+        return
+    counters[K_STEPS_PE] += steps
+    counters[K_AHEAD_STEPS] += steps
+    if last_event > counters[K_PROGRESS_AHEAD]:
+        counters[K_PROGRESS_AHEAD] = last_event
+    pe[p, P_MAIN_AT] = visit
+    _wake_at(st.active, st.heap, counters, pe, p, visit, now)
 
 
 @njit(cache=True, _nrt=False, inline='always')
@@ -1472,15 +1586,12 @@ def _fire_timers(st, now):
     counters, pe = st.counters, st.pe
     while counters[K_HEAP_SIZE] > 0 and st.heap[0, 0] <= now:
         t = st.heap[0, 0]
-        entry = st.heap[1, 0]
-        p = _timer_pe(entry)
+        p = st.heap[1, 0]
         _heap_pop(st.heap, counters)
         if pe[p, P_WAKE] == t:
             pe[p, P_WAKE] = INF
             _list_pe(st.active, counters, p, now)
-            if entry >= 0:
-                counters[K_LAST_PROGRESS] = now      # a computation completes
-                counters[K_TIMERS_FIRED] += 1
+            counters[K_TIMERS_FIRED] += 1
 
 
 @njit(cache=True, _nrt=False, inline='always')
@@ -1527,8 +1638,13 @@ def _signature(S, st, now, compare):
             if writing and k + per_entity > cap:
                 return -1
             since = pe[e, P_STALL_SINCE]
+            # a main thread that ran ahead decides nothing before its next
+            # step (_bulk_periods keeps the replay short of it)
+            ahead = pe[e, P_MAIN_AT] > now + 1
+            wake = pe[e, P_WAKE]
             same = same and _note(sig, k, e, compare) \
-                and _note(sig, k + 1, ((routers >> b) & 1) * 2 + ((pes >> b) & 1), compare) \
+                and _note(sig, k + 1, ((routers >> b) & 1) * 2 + ((pes >> b) & 1) + (4 if ahead else 0),
+                          compare) \
                 and _note(sig, k + 2, pe[e, P_TASK], compare) \
                 and _note(sig, k + 3, pe[e, P_PC], compare) \
                 and _note(sig, k + 4, pe[e, P_PENDING], compare) \
@@ -1537,8 +1653,8 @@ def _signature(S, st, now, compare):
                 and _note(sig, k + 7, pe[e, P_R_NONEMPTY], compare) \
                 and _note(sig, k + 8, pe[e, P_R_RR], compare) \
                 and _note(sig, k + 9, pe[e, P_SLOT_RR], compare) \
-                and _note(sig, k + 10, pe[e, P_WAKE] - now if pe[e, P_WAKE] != INF else -1,
-                          compare) \
+                and _note(sig, k + 10, -1 if wake == INF else (
+                    -2 if ahead and wake == pe[e, P_MAIN_AT] else wake - now), compare) \
                 and _note(sig, k + 11, now - since if since >= 0 else -1, compare) \
                 and _note(sig, k + 12, pe[e, P_BUSY_SINCE], compare)
             k += 13
@@ -1546,7 +1662,7 @@ def _signature(S, st, now, compare):
                 same = same and _note(sig, k, st.regs[e, r], compare)
                 k += 1
             busy = pe[e, P_SLOTS_BUSY]
-            for s in range(slots + 1):
+            for s in range(1 if ahead else 0, slots + 1):
                 if (busy >> s) & 1 == 0:
                     continue
                 until = slot[e, s, S_BUSY_UNTIL]
@@ -1612,8 +1728,9 @@ def _within_recorded(st, parity):
 def _bulk_periods(S, st, now, period):
     """How many whole periods from `now` on repeat the recorded one: every
     replayed cycle stays below the cycle limit and the next timer, no stream
-    reaches its last element, and no busy slot comes within two cycles of its
-    due time (its signature class would change). Timers of the watched PEs
+    reaches its last element, and no busy slot nor main thread that ran
+    ahead comes within two cycles of its due time (its signature class would
+    change). Timers of the watched PEs
     are part of the period (replayed); any other live timer bounds it."""
     cfg = S.settings
     slots = cfg[C_SLOTS]
@@ -1621,7 +1738,7 @@ def _bulk_periods(S, st, now, period):
     # a live timer of a PE outside the watched set would list it
     for i in range(st.counters[K_HEAP_SIZE]):
         t = st.heap[0, i]
-        p = _timer_pe(st.heap[1, i])
+        p = st.heap[1, i]
         if st.pe[p, P_WAKE] == t and (st.bulk_rows[2, p >> 6] >> (p & 63)) & 1 == 0:
             cycles = min(cycles, t - now)
     n = cycles // period
@@ -1650,6 +1767,8 @@ def _bulk_periods(S, st, now, period):
                     until = st.slot[e, s, S_BUSY_UNTIL]
                     if until != INF and until > now:
                         n = min(n, (until - now - 2) // period)
+            if st.pe[e, P_MAIN_AT] > now:
+                n = min(n, (st.pe[e, P_MAIN_AT] - now - 2) // period)
             bits &= ~(np.int64(1) << b)
     return max(n, 0)
 
@@ -2480,6 +2599,8 @@ def run(S, st):
                         visit = _pe_step(S, st, p, now, ahead)
                         if visit >= 0:
                             _run_ahead(S, st, p, now, visit)
+                        elif ahead:
+                            _run_main_beside(S, st, p, now)
                     bits &= ~(np.int64(1) << b)
                 if counters[ST_CODE] != STATUS_OK:
                     break
