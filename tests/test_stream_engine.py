@@ -404,14 +404,17 @@ def test_the_tile_products_workload_runs_ahead_and_leaves_the_same_state():
     assert bulk["ahead_pe_steps"] > 0.9 * report.pe_steps, (bulk, report.pe_steps)
 
 
-def _two_way_shift(rows, cols, n, running_sum=False):
+def _two_way_shift(rows, cols, n, running_sum=False, product=None, product_into=None):
     """Every PE sends a stream of n fp32 values east and one south at once
     (two asynchronous sends taking turns at its ramp) and receives one from
     the west and one from the north (two streams into its ramp): the shifts
     of a MeshGEMM step without its product. With `running_sum` a receive
     adds each value to the element before it (in[i + 1] = fabric + in[i]:
-    it reads what it wrote one element earlier). Returns the program and
-    its send and receive buffers (east, south)."""
+    it reads what it wrote one element earlier). With `product` = (m, k,
+    n2) each PE's main thread computes C += A @ B on m x k and k x n2 fp32
+    tiles while its streams move, then waits for them (a MeshGEMM step);
+    C is buffer "c", or the buffer named `product_into`. Returns the program
+    and its send and receive buffers (east, south)."""
     prog = wse.Program(wse.WSE2.with_grid(rows=rows, cols=cols))
     xs = np.broadcast_to(np.arange(cols), (rows, cols))
     ys = np.broadcast_to(np.arange(rows)[:, None], (rows, cols))
@@ -422,9 +425,18 @@ def _two_way_shift(rows, cols, n, running_sum=False):
         recv_colors.append(prog.color_param_indices(f"recv_{axis}", plan.recv_color))
     outs = [prog.buffer(f"out_{axis}", (n,), "float32") for axis in ("east", "south")]
     ins = [prog.buffer(f"in_{axis}", (n + running_sum,), "float32") for axis in ("east", "south")]
+    if product is not None:
+        m, k, n2 = product
+        tiles = {name: prog.buffer(name, shape, "float32")
+                 for name, shape in (("a", (m, k)), ("b", (k, n2)), ("c", (m, n2)))}
     rng = np.random.default_rng(5)
     for buf in outs:
         prog.load(buf, rng.standard_normal((rows, cols, n)).astype(np.float32))
+    if product is not None:
+        for name in ("a", "b"):
+            prog.load(tiles[name], rng.standard_normal((rows, cols) + tiles[name].shape)
+                      .astype(np.float32))
+        into = {"out_east": outs[0], "in_east": ins[0]}.get(product_into, tiles["c"])
     for east in (False, True):
         for west in (False, True):
             for south in (False, True):
@@ -444,6 +456,8 @@ def _two_way_shift(rows, cols, n, running_sum=False):
                             if sends:
                                 t.mov(prog.fabout(send_colors[k], n), outs[k].view(),
                                       async_=True)
+                        if product is not None:
+                            t.matmul(into.view(), tiles["a"].view(), tiles["b"].view(), *product)
                         t.wait()
     return prog, outs, ins
 
@@ -490,6 +504,45 @@ def test_a_slot_that_moves_several_times_a_period_and_reads_what_it_wrote_is_rep
     got_east, got_south = (result.read(b) for b in ins)
     assert np.array_equal(got_east[:, 1:, 1:], np.cumsum(sent_east[:, :-1], axis=-1, dtype=np.float32))
     assert np.array_equal(got_south[1:, :, 1:], np.cumsum(sent_south[:-1, :], axis=-1, dtype=np.float32))
+
+
+def test_a_tile_product_beside_the_four_streams_lets_them_go_in_bulk():
+    """A MeshGEMM step: each PE's main thread multiplies 8 x 8 fp32 tiles
+    (a loop of FMACs on buffers no stream touches) while its four streams
+    move, then waits. The main thread runs ahead beside the streams, so their
+    periods repeat and go in bulk (with any instruction issued beside them,
+    none did). Same final state and counters on both engines; the product is
+    A @ B (fp32, to rounding); the data arrive at the neighbours; and each
+    PE's stall cycles are those of the same streams without the product (a
+    stall is a fabric operation waiting while none moves, whatever the main
+    thread does), while the product lengthens the run."""
+    rows, cols, n = 5, 5, 240
+    prog, outs, ins = _two_way_shift(rows, cols, n, product=(8, 8, 8))
+    bulk = testing.assert_engines_agree(lambda: prog.run())
+    result = prog.run()
+    assert bulk["bulk_hop_fraction"] > 0.6 and bulk["ahead_pe_steps"] > 0, bulk
+    tiles = {buf.name: buf for buf in prog.buffers}
+    a, b, c = (result.read(tiles[name]) for name in ("a", "b", "c"))
+    testing.assert_close(c, np.einsum("yxik,yxkj->yxij", a.astype(np.float64),
+                                      b.astype(np.float64)), "float32", terms=8)
+    sent_east, sent_south = (result.read(b) for b in outs)
+    got_east, got_south = (result.read(b) for b in ins)
+    assert np.array_equal(got_east[:, 1:], sent_east[:, :-1])
+    assert np.array_equal(got_south[1:, :], sent_south[:-1, :])
+    alone = _two_way_shift(rows, cols, n)[0].run().report
+    np.testing.assert_array_equal(result.report.stall_cycles, alone.stall_cycles)
+    assert result.report.cycles > alone.cycles
+    program_cycles = wse.timing.matmul_cycles(8, 8, 8, "float32", prog.cfg)
+    assert result.report.cycles >= program_cycles
+
+
+def test_a_product_into_what_a_stream_still_sends_waits_for_its_turn():
+    """The same product written into the buffer the east stream is sending:
+    each FMAC writes SRAM a send has still to read, so what is sent depends
+    on the order of the two, and the main thread must not run ahead beside
+    that stream. Both engines agree on every value sent and every counter."""
+    prog, _, _ = _two_way_shift(4, 4, 240, product=(8, 8, 8), product_into="out_east")
+    testing.assert_engines_agree(lambda: prog.run())
 
 
 def test_a_shift_on_a_grid_past_a_fixed_scratch_cap_still_advances_in_bulk():

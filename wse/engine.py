@@ -223,6 +223,9 @@ State = namedtuple("State", [
     # and the streams' values, wavelet ids and ready times
     "col_queue_of", "col_queues", "col_actions", "col_order", "col_consumers",
     "col_val", "col_id", "col_ready",
+    "beside",                          # (4 * slots, 3): SRAM bytes (first, last, written)
+                                       # the fabric operations of a PE whose main thread
+                                       # runs ahead beside them have still to touch
 ])
 
 # What starting a vector operation reads and writes (_start_op). A call that is
@@ -1367,48 +1370,60 @@ def _span(S, d, base, first, last):
 
 
 @njit(cache=True, _nrt=False)
-def _apart_from_fabric(S, st, p, ins):
-    """Whether memory-only operation `ins`, issued now on PE p's main thread,
-    writes no SRAM that a fabric operation in flight on p has still to read
-    or write, and reads none it has still to write (bytes compared)."""
-    count = _vector_length(S, st, p, ins)
-    op = S.instr[ins, I_OP]
+def _fabric_spans(S, st, p):
+    """Note in st.beside the SRAM bytes PE p's fabric operations in flight
+    have still to read or write (I_DST ... I_S and S_BASE_DST ... S_BASE_S
+    are consecutive); returns how many spans."""
+    n = 0
     busy = st.pe[p, P_SLOTS_BUSY] & ~np.int64(1)
     while busy != 0:
         s = trailing_zeros(busy)
         busy &= busy - 1
-        if st.slot[p, s, S_BUSY_UNTIL] != INF:
-            continue                  # a memory-only operation: done at its issue
-        theirs = st.slot[p, s, S_INSTR]
         first, last = st.slot[p, s, S_PROGRESS], st.slot[p, s, S_LEN] - 1
-        if first > last:
-            continue
-        for f in range(4):           # the main thread's operands: dst, a, b, scalar
-            # (I_DST, I_A, I_B, I_S and S_BASE_DST ... S_BASE_S are consecutive)
-            d = S.instr[ins, I_DST + f]
-            if d < 0:
+        if st.slot[p, s, S_BUSY_UNTIL] != INF or first > last:
+            continue                  # a memory-only operation is done at its issue
+        theirs = st.slot[p, s, S_INSTR]
+        for g in range(4):
+            e = S.instr[theirs, I_DST + g]
+            if e < 0 or S.desc[e, D_KIND] != MEM:
                 continue
-            n = 1 if f == 3 or (f == 0 and op >= OP_SUM) else count
-            size = 4 if S.desc[d, D_DTYPE] == F32 else 2
-            lo, hi = _span(S, d, _operand(S, st, p, d, n), 0, n - 1)
-            lo, hi = lo * size, hi * size + size - 1
-            for g in range(4):       # the fabric operation's memory operands
-                e = S.instr[theirs, I_DST + g]
-                if e < 0 or S.desc[e, D_KIND] != MEM or (f > 0 and g > 0):
-                    continue          # reading what it reads is no conflict
-                base = st.slot[p, s, S_BASE_DST + g]
-                e_size = 4 if S.desc[e, D_DTYPE] == F32 else 2
-                o_lo, o_hi = (base, base) if g == 3 else _span(S, e, base, first, last)
-                if o_lo * e_size <= hi and lo <= o_hi * e_size + e_size - 1:
-                    return False
+            base = st.slot[p, s, S_BASE_DST + g]
+            size = 4 if S.desc[e, D_DTYPE] == F32 else 2
+            lo, hi = (base, base) if g == 3 else _span(S, e, base, first, last)
+            st.beside[n, 0] = lo * size
+            st.beside[n, 1] = hi * size + size - 1
+            st.beside[n, 2] = 1 if g == 0 else 0
+            n += 1
+    return n
+
+
+@njit(cache=True, _nrt=False, inline='always')
+def _apart_from_fabric(S, st, p, ins, spans):
+    """Whether memory-only operation `ins`, issued on PE p's main thread,
+    writes none of the `spans` bytes in st.beside (_fabric_spans) and reads
+    none of those written."""
+    count = _vector_length(S, st, p, ins)
+    op = S.instr[ins, I_OP]
+    for f in range(4):               # dst, a, b, scalar
+        d = S.instr[ins, I_DST + f]
+        if d < 0:
+            continue
+        n = 1 if f == 3 or (f == 0 and op >= OP_SUM) else count
+        size = 4 if S.desc[d, D_DTYPE] == F32 else 2
+        lo, hi = _span(S, d, _operand(S, st, p, d, n), 0, n - 1)
+        lo, hi = lo * size, hi * size + size - 1
+        for k in range(spans):
+            if (f == 0 or st.beside[k, 2]) and st.beside[k, 0] <= hi and lo <= st.beside[k, 1]:
+                return False
     return True
 
 
 @njit(cache=True, _nrt=False, inline='always')
-def _own_step(S, st, p, now, beside):
+def _own_step(S, st, p, now, beside, spans):
     """PE p's step in cycle `now` while it runs ahead, in the usual case: no
     asynchronous operation in flight (or, `beside`, only fabric operations,
-    which the step leaves alone), so the step is its main thread's alone.
+    which the step leaves alone: their SRAM is `spans` of st.beside), so the
+    step is its main thread's alone.
     It waits for the instruction in hand, or retires it and issues the next
     one, a control instruction or a memory-only operation on the main thread;
     this is what _pe_step (deferring) does then, without its walks over the
@@ -1431,7 +1446,7 @@ def _own_step(S, st, p, now, beside):
         return NOT_ITS_OWN
     if not _issues_only_its_own(S, st, p, now):
         return NOT_ITS_OWN
-    if beside and op >= FIRST_VECTOR_OP and not _apart_from_fabric(S, st, p, ins):
+    if beside and op >= FIRST_VECTOR_OP and not _apart_from_fabric(S, st, p, ins, spans):
         return NOT_ITS_OWN
     if busy & 1:
         slot[p, 0, S_INSTR] = -1
@@ -1465,7 +1480,7 @@ def _run_ahead(S, st, p, now, visit):
     while listed == 0 and counters[ST_CODE] == STATUS_OK and visit < limit \
             and visit - last_event <= window:
         counters[K_LAST_PROGRESS] = -1
-        after = _own_step(S, st, p, visit, False)
+        after = _own_step(S, st, p, visit, False, 0)
         if after == NOT_ITS_OWN:
             break
         if after == NOT_SIMPLE:
@@ -1515,13 +1530,14 @@ def _run_main_beside(S, st, p, now):
         return
     window = S.settings[C_DEADLOCK_WINDOW]
     limit = S.settings[C_MAX_CYCLES]
+    spans = _fabric_spans(S, st, p)      # the slots stay as they are meanwhile
     visit = slot[p, 0, S_BUSY_UNTIL] if busy & 1 and slot[p, 0, S_BUSY_UNTIL] > now else now + 1
     real_progress = counters[K_LAST_PROGRESS]
     last_event = _last_progress(counters, now)
     steps = 0
     while counters[ST_CODE] == STATUS_OK and visit < limit and visit - last_event <= window:
         counters[K_LAST_PROGRESS] = -1
-        after = _own_step(S, st, p, visit, True)
+        after = _own_step(S, st, p, visit, True, spans)
         if after == NOT_ITS_OWN:
             break
         steps += 1

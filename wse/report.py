@@ -43,7 +43,9 @@ class RunReport:
                       matmuls, plus one per element of an arithmetic operation
                       on a stream (plain sends and receives are not compute);
                       concurrent operations add up
-      stall_cycles    cycles in which a fabric operation could not move
+      stall_cycles    cycles in which a fabric operation waited (input not
+                      ready, output full) and none of the PE's fabric
+                      operations moved, whatever its main thread did
       ramp_in/out     wavelets delivered to / injected by the PE
     host_bytes_loaded: SRAM bytes the host wrote before the run (Program.load);
     a program resumed from a previous run's image (Program.resume) pays only
