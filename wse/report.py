@@ -49,7 +49,9 @@ class RunReport:
       ramp_in/out     wavelets delivered to / injected by the PE
     host_bytes_loaded: SRAM bytes the host wrote before the run (Program.load);
     a program resumed from a previous run's image (Program.resume) pays only
-    for what it loads on top."""
+    for what it loads on top. router_steps / pe_steps: the emulator's work
+    (routers and PEs stepped, bulk periods counted as stepped); the stream
+    engine may take fewer PE steps than the wavelet engine."""
 
     config_name: str
     rows: int
