@@ -1509,25 +1509,41 @@ def _run_ahead(S, st, p, now, visit):
     _wake_at(st.active, st.heap, counters, st.pe, p, visit, now)
 
 
-@njit(cache=True, _nrt=False)
-def _run_main_beside(S, st, p, now):
-    """After PE p's step in cycle `now`, with fabric operations in flight:
-    take its main thread's following steps now, as far as they are its own
-    beside them (see above), and bring the PE back for the first step not
-    taken (P_MAIN_AT)."""
-    pe, slot, counters = st.pe, st.slot, st.counters
+@njit(cache=True, _nrt=False, inline='always')
+def _may_run_beside(S, st, p, now):
+    """Whether PE p's main thread, after its step in cycle `now`, might run
+    ahead beside fabric operations in flight: a cheap first look, so that
+    the loop calls _run_main_beside (a call that passes every array) only
+    then. Its task runs, it is not ahead already, it holds no fabric
+    operation itself, another slot does, and what it issues next (if it is
+    free) is neither a wait, nor its task's end, nor an operation for
+    another slot."""
+    pe, slot = st.pe, st.slot
     busy = pe[p, P_SLOTS_BUSY]
-    if pe[p, P_TASK] < 0 or pe[p, P_MAIN_AT] != 0 or busy <= 1 \
-            or counters[ST_CODE] != STATUS_OK:
-        return
-    if busy & 1 and slot[p, 0, S_BUSY_UNTIL] == INF:
-        return                          # the main thread's own fabric operation
-    fabric = False
+    if pe[p, P_TASK] < 0 or pe[p, P_MAIN_AT] != 0 or busy <= 1:
+        return False
+    if busy & 1:
+        if slot[p, 0, S_BUSY_UNTIL] == INF:
+            return False                # the main thread's own fabric operation
+    else:
+        op = S.instr[pe[p, P_PC], I_OP]
+        if op == OP_WAIT or op == OP_END or (
+                op >= FIRST_VECTOR_OP and S.instr[pe[p, P_PC], I_SLOT] != 0):
+            return False
     for s in range(1, S.settings[C_SLOTS] + 1):
         if (busy >> s) & 1 and slot[p, s, S_BUSY_UNTIL] == INF:
-            fabric = True
-    if not fabric:
-        return
+            return True
+    return False
+
+
+@njit(cache=True, _nrt=False)
+def _run_main_beside(S, st, p, now):
+    """After PE p's step in cycle `now`, with fabric operations in flight
+    (_may_run_beside): take its main thread's following steps now, as far as
+    they are its own beside them (see above), and bring the PE back for the
+    first step not taken (P_MAIN_AT)."""
+    pe, slot, counters = st.pe, st.slot, st.counters
+    busy = pe[p, P_SLOTS_BUSY]
     window = S.settings[C_DEADLOCK_WINDOW]
     limit = S.settings[C_MAX_CYCLES]
     spans = _fabric_spans(S, st, p)      # the slots stay as they are meanwhile
@@ -2615,7 +2631,8 @@ def run(S, st):
                         visit = _pe_step(S, st, p, now, ahead)
                         if visit >= 0:
                             _run_ahead(S, st, p, now, visit)
-                        elif ahead:
+                        elif ahead and counters[ST_CODE] == STATUS_OK \
+                                and _may_run_beside(S, st, p, now):
                             _run_main_beside(S, st, p, now)
                     bits &= ~(np.int64(1) << b)
                 if counters[ST_CODE] != STATUS_OK:
