@@ -608,14 +608,18 @@ def test_the_engine_is_chosen_per_run_or_by_run_options():
 # stepping has it, including errors and deadlocks met inside such a stretch.
 
 def _local_work_beside_a_stream(cols=4, n=64, rounds=12, work=24, fail_at=None,
-                                async_work=False, dtype="float32", receive_more=0):
+                                async_work=False, dtype="float32", receive_more=0,
+                                stream_async=False):
     """PE 0 streams n values east to the last PE; every PE first runs `rounds`
     rounds of memory-only work (add, scale, exp, a reduction, register
     arithmetic) on its own buffers, the receiver again after receiving. With
     `fail_at` = k the work's window walks off its buffer in round k (a
     program error met inside a stretch run ahead). `async_work`: some
     operations go to async slots, one finishing an on_done task, then a wait.
-    `receive_more`: the receiver waits for more than is sent (a deadlock)."""
+    `receive_more`: the receiver waits for more than is sent (a deadlock).
+    `stream_async`: the sender and the receiver start the stream as an
+    asynchronous operation and do their work beside it, then wait (the main
+    thread runs ahead beside a fabric operation)."""
     prog, color = _row_going_east(cols)
     x = prog.buffer("x", (n,))
     size = work + rounds if fail_at is None else work + fail_at - 1
@@ -654,21 +658,30 @@ def _local_work_beside_a_stream(cols=4, n=64, rounds=12, work=24, fail_at=None,
             with done as t:
                 t.mov(out.view(0, 1), out.view(1, 1))
         with role.task("main", entry=True) as t:
+            if stream_async and name == "sender":
+                t.mov(prog.fabout(color, n), x.view(), async_=True)
+            if stream_async and receive:
+                t.mov(x.view(), prog.fabin(color, n), async_=True)
             local_work(t, done)
-            if name == "sender":
+            if stream_async and (receive or name == "sender"):
+                t.wait()
+            if name == "sender" and not stream_async:
                 t.mov(prog.fabout(color, n), x.view())
             if receive:
-                t.mov(x.view(), prog.fabin(color, n))
+                if not stream_async:
+                    t.mov(x.view(), prog.fabin(color, n))
                 if receive_more:
                     t.mov(x.view(0, receive_more), prog.fabin(color, receive_more))
                 local_work(t, done)
     return prog
 
 
+@pytest.mark.parametrize("stream_async", [False, True])
 @pytest.mark.parametrize("async_work", [False, True])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_local_work_runs_ahead_with_the_same_outcome(async_work, dtype):
-    prog = _local_work_beside_a_stream(async_work=async_work, dtype=dtype)
+def test_local_work_runs_ahead_with_the_same_outcome(async_work, dtype, stream_async):
+    prog = _local_work_beside_a_stream(async_work=async_work, dtype=dtype,
+                                       stream_async=stream_async)
     bulk = testing.assert_engines_agree(lambda: prog.run(trace=True, record_links=True))
     assert bulk["ahead_pe_steps"] > 0, bulk
 
@@ -702,15 +715,17 @@ def test_a_program_error_inside_local_work_is_reported_alike(fail_at):
        st.sampled_from([None, None, None, 1, 4]), st.booleans(),
        st.sampled_from(["float32", "float16"]), st.sampled_from([0, 0, 0, 2]),
        st.sampled_from([10 ** 6, 10 ** 6]) | st.integers(20, 3000),
-       st.integers(2, 200) | st.just(10 ** 5), st.booleans())
+       st.integers(2, 200) | st.just(10 ** 5), st.booleans(), st.booleans())
 def test_fuzzed_local_work_agrees_on_both_engines(cols, n, rounds, work, fail_at, async_work,
                                                  dtype, receive_more, max_cycles, window,
-                                                 record):
-    """Local work of random length beside a stream, with random cycle limits,
-    deadlock windows (some shorter than one operation), program errors and
-    deadlocks: both engines agree, and PEs ran ahead in most completed runs."""
+                                                 record, stream_async):
+    """Local work of random length beside a stream (the stream on the main
+    thread before or after it, or asynchronous, the work beside it), with
+    random cycle limits, deadlock windows (some shorter than one operation),
+    program errors and deadlocks: both engines agree, and PEs ran ahead in
+    most completed runs."""
     prog = _local_work_beside_a_stream(cols, n, rounds, work, fail_at, async_work, dtype,
-                                       receive_more)
+                                       receive_more, stream_async)
     bulk = testing.assert_engines_agree(lambda: prog.run(
         max_cycles=max_cycles, deadlock_window=window, trace=record, record_links=record))
     LOCAL_FUZZ_TALLY["run"] += 1
