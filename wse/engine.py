@@ -1370,6 +1370,13 @@ def _span(S, d, base, first, last):
 
 
 @njit(cache=True, _nrt=False)
+def _operand_span(S, st, p, s, d, base):
+    """(first, last) SRAM element a memory operand of slot s touches from its
+    next element to its last (_span)."""
+    return _span(S, d, base, st.slot[p, s, S_PROGRESS], st.slot[p, s, S_LEN] - 1)
+
+
+@njit(cache=True, _nrt=False)
 def _fabric_spans(S, st, p):
     """Note in st.beside the SRAM bytes PE p's fabric operations in flight
     have still to read or write (I_DST ... I_S and S_BASE_DST ... S_BASE_S
@@ -1389,7 +1396,7 @@ def _fabric_spans(S, st, p):
                 continue
             base = st.slot[p, s, S_BASE_DST + g]
             size = 4 if S.desc[e, D_DTYPE] == F32 else 2
-            lo, hi = (base, base) if g == 3 else _span(S, e, base, first, last)
+            lo, hi = (base, base) if g == 3 else _operand_span(S, st, p, s, e, base)
             st.beside[n, 0] = lo * size
             st.beside[n, 1] = hi * size + size - 1
             st.beside[n, 2] = 1 if g == 0 else 0
@@ -1453,7 +1460,8 @@ def _own_step(S, st, p, now, beside, spans):
         pe[p, P_SLOTS_BUSY] = busy & ~np.int64(1)
     st.counters[K_ISSUES] += 1
     if op < FIRST_VECTOR_OP:
-        # with no asynchronous operation a wait passes: control never blocks here
+        # a wait passes with no asynchronous operation in flight (beside
+        # fabric operations it was turned away above): control never blocks here
         pe[p, P_PC] = _control(S, st, p, ins, op)
         _hold_main(st, p, ins, now + S.settings[C_SCALAR_CYCLES], now)
     else:
@@ -1510,8 +1518,8 @@ def _run_ahead(S, st, p, now, visit):
 
 
 @njit(cache=True, _nrt=False, inline='always')
-def _may_run_beside(S, st, p, now):
-    """Whether PE p's main thread, after its step in cycle `now`, might run
+def _may_run_beside(S, st, p):
+    """Whether PE p's main thread, after its step, might run
     ahead beside fabric operations in flight: a cheap first look, so that
     the loop calls _run_main_beside (a call that passes every array) only
     then. Its task runs, it is not ahead already, it holds no fabric
@@ -1675,8 +1683,8 @@ def _signature(S, st, now, compare):
             ahead = pe[e, P_MAIN_AT] > now + 1
             wake = pe[e, P_WAKE]
             same = same and _note(sig, k, e, compare) \
-                and _note(sig, k + 1, ((routers >> b) & 1) * 2 + ((pes >> b) & 1) + (4 if ahead else 0),
-                          compare) \
+                and _note(sig, k + 1, ((routers >> b) & 1) * 2 + ((pes >> b) & 1)
+                          + (4 if ahead else 0), compare) \
                 and _note(sig, k + 2, pe[e, P_TASK], compare) \
                 and _note(sig, k + 3, pe[e, P_PC], compare) \
                 and _note(sig, k + 4, pe[e, P_PENDING], compare) \
@@ -2007,19 +2015,6 @@ def _column_plan(S, st, period):
             st.col_queue_of[st.col_queues[local, CQ_GLOBAL]] = -1
         return -1, 0
     return n_moves, n_queues
-
-
-@njit(cache=True, _nrt=False)
-def _operand_span(S, st, p, s, d, base):
-    """(first, last) SRAM element a memory operand of slot s touches from its
-    next element to its last (a wrapping view: all of its wrap)."""
-    i0 = st.slot[p, s, S_PROGRESS]
-    last = st.slot[p, s, S_LEN] - 1
-    if S.desc[d, D_WRAP] > 0:
-        lo, hi = base, base + (S.desc[d, D_WRAP] - 1) * S.desc[d, D_STRIDE]
-    else:
-        lo, hi = base + _element(S, d, i0), base + _element(S, d, last)
-    return min(lo, hi), max(lo, hi)
 
 
 @njit(cache=True, _nrt=False)
@@ -2632,7 +2627,7 @@ def run(S, st):
                         if visit >= 0:
                             _run_ahead(S, st, p, now, visit)
                         elif ahead and counters[ST_CODE] == STATUS_OK \
-                                and _may_run_beside(S, st, p, now):
+                                and _may_run_beside(S, st, p):
                             _run_main_beside(S, st, p, now)
                     bits &= ~(np.int64(1) << b)
                 if counters[ST_CODE] != STATUS_OK:
