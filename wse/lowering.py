@@ -218,15 +218,14 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
     # moves a PE, held to 2^24 moves (24 bytes each) beyond about 280,000 PEs: the
     # full wafer keeps about 22 a PE (a neighbour shift moves 3.5 a PE a
     # cycle). The column-wise pass plans every recorded move, and keeps values
-    # of its streams for a few periods' pushes per chunk. np.zeros maps pages lazily, so
-    # only what a run records becomes resident. Every chunk of the
+    # of its streams for a few periods' pushes per chunk. np.zeros maps pages
+    # lazily, so only what a run records becomes resident. Every chunk of the
     # column-wise pass sweeps all queues and moves of the period, so the room
     # for values sets how many periods a sweep covers: on the full wafer
-    # (benchmarks/memory.py) 2, 4, 5 and 6 values a move ran the shift in
-    # 129, 61, 47 and 50 s at 7.26, 7.56, 7.69 and 7.85 GiB peak (20 bytes a
-    # value); 5 keeps it under the 8 GiB target.
-    recorded_moves = min(engine.BULK_PERIOD_MAX * 5 * n_pe, max(10 * n_pe, 1 << 24)) + 64
-    moves = recorded_moves
+    # (benchmarks/memory.py) room for 2, 4, 5 and 6 values for each of ten
+    # moves a PE ran the shift in 129, 61, 47 and 50 s at 7.26, 7.56, 7.69
+    # and 7.85 GiB peak (20 bytes a value); 5 keeps it under the 8 GiB target.
+    moves = min(engine.BULK_PERIOD_MAX * 5 * n_pe, max(10 * n_pe, 1 << 24)) + 64
     values = min(64 * moves, max(1 << 21, 5 * (10 * n_pe + 64)))
     pq_val, pq_entry, pq = queues(idepth)
     return engine.State(
@@ -239,7 +238,7 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
         link_events=np.zeros((events, 5), i64), delivery_events=np.zeros((events, 4), i64),
         task_events=np.zeros((events, 4), i64),
         counters=np.zeros(engine.COUNTERS, i64),
-        actions=np.zeros((recorded_moves if stream else 1, 3), i64),
+        actions=np.zeros((moves if stream else 1, 3), i64),
         # one signature, compared in place (a neighbour shift needs ~75 a PE)
         signature=np.zeros(192 * n_pe + 4096 if stream else 1, i64),
         bulk_rows=np.zeros((4, (n_pe + 63) // 64 if stream else 1), i64),
