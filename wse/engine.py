@@ -166,6 +166,10 @@ PE_FIELDS = 24     # padded to three cache lines
 (S_INSTR, S_PROGRESS, S_LEN, S_BUSY_UNTIL, S_BASE_DST, S_BASE_A, S_BASE_B,
  S_BASE_S, S_START) = range(9)
 SLOT_FIELDS = 9
+# an instruction's operands (dst, a, b, scalar) and a slot's bases for them
+# are walked as I_DST + f and S_BASE_DST + f
+assert (I_A, I_B, I_S) == (I_DST + 1, I_DST + 2, I_DST + 3)
+assert (S_BASE_A, S_BASE_B, S_BASE_S) == (S_BASE_DST + 1, S_BASE_DST + 2, S_BASE_DST + 3)
 # S_START: the first cycle a fabric operation may move an element (issue + start-up)
 
 # queues (router queues and PE input queues), index q = color * pes + pe
@@ -1379,8 +1383,7 @@ def _operand_span(S, st, p, s, d, base):
 @njit(cache=True, _nrt=False)
 def _fabric_spans(S, st, p):
     """Note in st.beside the SRAM bytes PE p's fabric operations in flight
-    have still to read or write (I_DST ... I_S and S_BASE_DST ... S_BASE_S
-    are consecutive); returns how many spans."""
+    have still to read or write; returns how many spans."""
     n = 0
     busy = st.pe[p, P_SLOTS_BUSY] & ~np.int64(1)
     while busy != 0:
@@ -1472,6 +1475,17 @@ def _own_step(S, st, p, now, beside, spans):
     return now + 1
 
 
+@njit(cache=True, _nrt=False, inline='always')
+def _count_ahead(counters, real_progress, steps, last_event):
+    """After steps taken ahead: the clock's own last progress back, the
+    steps counted, and their last progress kept as progress ahead."""
+    counters[K_LAST_PROGRESS] = real_progress
+    counters[K_STEPS_PE] += steps
+    counters[K_AHEAD_STEPS] += steps
+    if last_event > counters[K_PROGRESS_AHEAD]:
+        counters[K_PROGRESS_AHEAD] = last_event
+
+
 @njit(cache=True, _nrt=False)
 def _run_ahead(S, st, p, now, visit):
     """Take PE p's following steps now (see above), from its next visit
@@ -1507,11 +1521,7 @@ def _run_ahead(S, st, p, now, visit):
             break
         if visit == INF:
             break
-    counters[K_LAST_PROGRESS] = real_progress
-    counters[K_STEPS_PE] += steps
-    counters[K_AHEAD_STEPS] += steps
-    if last_event > counters[K_PROGRESS_AHEAD]:
-        counters[K_PROGRESS_AHEAD] = last_event
+    _count_ahead(counters, real_progress, steps, last_event)
     if visit < 0 or visit == INF:
         return
     _wake_at(st.active, st.heap, counters, st.pe, p, visit, now)
@@ -1571,13 +1581,9 @@ def _run_main_beside(S, st, p, now):
             counters[K_BULK_MISMATCH] += 1     # a flaw of the checks above
             break
         visit = after
-    counters[K_LAST_PROGRESS] = real_progress
+    _count_ahead(counters, real_progress, steps, last_event)
     if steps == 0:
         return
-    counters[K_STEPS_PE] += steps
-    counters[K_AHEAD_STEPS] += steps
-    if last_event > counters[K_PROGRESS_AHEAD]:
-        counters[K_PROGRESS_AHEAD] = last_event
     pe[p, P_MAIN_AT] = visit
     _wake_at(st.active, st.heap, counters, pe, p, visit, now)
 
@@ -2055,13 +2061,10 @@ def _memory_apart(S, st, n_moves):
                 sy = plan[y, CA_WHICH]
                 other = st.slot[p, sy, S_INSTR]
                 for f in range(1 if itself else 0, 4):
-                    d = S.instr[other, I_DST] if f == 0 else (
-                        S.instr[other, I_A] if f == 1 else (
-                            S.instr[other, I_B] if f == 2 else S.instr[other, I_S]))
+                    d = S.instr[other, I_DST + f]
                     if d < 0 or S.desc[d, D_KIND] != MEM:
                         continue
-                    base = st.slot[p, sy, S_BASE_DST if f == 0 else (
-                        S_BASE_A if f == 1 else (S_BASE_B if f == 2 else S_BASE_S))]
+                    base = st.slot[p, sy, S_BASE_DST + f]
                     o_size = 4 if S.desc[d, D_DTYPE] == F32 else 2
                     if f == 3:
                         o_lo, o_hi = base, base

@@ -253,5 +253,5 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
         col_val=np.zeros(values if stream else 1, np.float32),
         col_id=np.zeros(values if stream else 1, i64),
         col_ready=np.zeros(values if stream else 1, i64),
-        beside=np.zeros((4 * cfg.async_slots + 4, 3), i64),
+        beside=np.zeros((4 * cfg.async_slots + 4 if stream else 1, 3), i64),
     )
