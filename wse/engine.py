@@ -54,6 +54,9 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 from numba import config as numba_config
+
+from . import _numba_inline
+_numba_inline.install()
 if numba_config.DISABLE_JIT:
     def trailing_zeros(bits):
         """The index of the lowest set bit (the JIT's intrinsic has no Python form)."""
@@ -251,7 +254,7 @@ ACTION_ROUTER, ACTION_FABRIC, ACTION_TIMER, ACTION_CYCLE_END = 0, 1, 2, 3
 # what one step of a fabric operation did (MOVED and above: it moved an element)
 WAIT_INPUT, WAIT_OUTPUT, MOVED, MOVED_ON_RAMP = 0, 1, 2, 3
 # what _own_step returns where it does not take the step
-NOT_SIMPLE, NOT_ITS_OWN = -2, -3
+NOT_ITS_OWN = -3
 
 
 # ----------------------------------------------------------------------------
@@ -290,7 +293,13 @@ def float_to_half_bits(value):
 
 # ----------------------------------------------------------------------------
 # Bookkeeping helpers: they take only the arrays they touch.
-@njit(cache=True, _nrt=False)
+#
+# Compile time: Numba compiles a function that is not inlined once for each
+# tuple of argument types it is called with, and a constant argument (a
+# literal, or a module constant) is a type of its own. So calls to such
+# functions pass int64 values (np.int64(0), not 0), and the small helpers
+# called with constants are inlined.
+@njit(cache=True, _nrt=False, inline='always')
 def _fail(counters, code, kind, pe, color, port, now, instr=-1, buf=-1, element=-1, count=0):
     """Record the run's first failure in the status fields (ST_*); later ones are ignored."""
     if counters[ST_CODE] == STATUS_OK:
@@ -306,7 +315,7 @@ def _fail(counters, code, kind, pe, color, port, now, instr=-1, buf=-1, element=
         counters[ST_COUNT] = count
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline='always')
 def _enlist(active, counters, first_row, length_at, who, cycle):
     """Visit `who` (a router or a PE, by the rows given) in `cycle`."""
     row = first_row + (cycle & 1)
@@ -327,7 +336,7 @@ def _list_pe(active, counters, p, cycle):
     _enlist(active, counters, 2, K_PE_LIST_LEN, p, cycle)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline='always')
 def _heap_sift_up(heap, i, t, p):
     while i > 0:
         parent = (i - 1) >> 1
@@ -414,7 +423,7 @@ def _last_progress(counters, now):
     return max(counters[K_LAST_PROGRESS], min(counters[K_PROGRESS_AHEAD], now))
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline='always')
 def _record(actions, counters, kind, who, which):
     """Note a move of the cycle being recorded (a router's color, a PE's slot)."""
     n = counters[K_ACTIONS]
@@ -866,12 +875,12 @@ def _input_ready(st, queue, now):
 
 
 @njit(cache=True, _nrt=False, inline='always')
-def _fabric_step(S, st, p, s, now, ramp_used):
+def _fabric_step(S, st, p, s, now, ramp_used, turn):
     """Move one element of the fabric operation in slot s, if its operands allow.
 
     Returns WAIT_INPUT, WAIT_OUTPUT, MOVED, or MOVED_ON_RAMP (it injected a
-    wavelet: the PE's ramp is taken for this cycle and the next turn at it
-    goes to the following slot)."""
+    wavelet: the PE's ramp is taken for this cycle and, with `turn`, the next
+    turn at it goes to the following slot; see _fabric_move)."""
     ins = st.slot[p, s, S_INSTR]
     dst = S.instr[ins, I_DST]
     a = S.instr[ins, I_A]
@@ -905,7 +914,7 @@ def _fabric_step(S, st, p, s, now, ramp_used):
                 # credit arrives
                 _list_pe(st.active, st.counters, p, now + 1)
             return WAIT_OUTPUT
-    _fabric_move(S, st, p, s, now, True)
+    _fabric_move(S, st, p, s, now, turn)
     return MOVED_ON_RAMP if out_fabric else MOVED
 
 
@@ -1030,7 +1039,7 @@ def _start_op(S, st, p, s, ins, now):
         slot[p, s, S_BASE_B] = _resolve(S, st, p, b, count, now, ins)
     sd = S.instr[ins, I_S]
     if sd >= 0:
-        slot[p, s, S_BASE_S] = _resolve(S, st, p, sd, 1, now, ins)
+        slot[p, s, S_BASE_S] = _resolve(S, st, p, sd, np.int64(1), now, ins)
     if st.counters[ST_CODE] != STATUS_OK:
         return False
     slot[p, s, S_INSTR] = ins
@@ -1173,7 +1182,7 @@ def _pe_step(S, st, p, now, defer):
         if slot[p, s, S_BUSY_UNTIL] == INF:
             if now < slot[p, s, S_START]:
                 continue                 # still starting up; step 3 sets the timer
-            result = _fabric_step(S, st, p, s, now, ramp_used)
+            result = _fabric_step(S, st, p, s, now, ramp_used, True)
             if result >= MOVED:
                 progressed = True
                 fabric_moved = True
@@ -1253,7 +1262,7 @@ def _pe_step(S, st, p, now, defer):
         if slot[p, s, S_BUSY_UNTIL] == INF:
             if now < slot[p, s, S_START]:
                 continue
-            result = _fabric_step(S, st, p, s, now, ramp_used)
+            result = _fabric_step(S, st, p, s, now, ramp_used, True)
             if result >= MOVED:
                 fabric_moved = True
                 ramp_used = ramp_used or result == MOVED_ON_RAMP
@@ -1326,7 +1335,7 @@ def _pe_step(S, st, p, now, defer):
 # next visit is scheduled as stepping would have it.
 #
 # A main thread runs ahead beside the PE's fabric operations the same way
-# (_run_main_beside) while what it issues touches no SRAM those operations
+# (_run_ahead, beside) while what it issues touches no SRAM those operations
 # have still to write, writes none they have still to read, and neither
 # waits for them nor issues into a slot: the main thread and the slots then
 # decide nothing for each other. (A stall is a fabric operation waiting while
@@ -1430,28 +1439,27 @@ def _apart_from_fabric(S, st, p, ins, spans):
 
 @njit(cache=True, _nrt=False, inline='always')
 def _own_step(S, st, p, now, beside, spans):
-    """PE p's step in cycle `now` while it runs ahead, in the usual case: no
-    asynchronous operation in flight (or, `beside`, only fabric operations,
-    which the step leaves alone: their SRAM is `spans` of st.beside), so the
-    step is its main thread's alone.
+    """PE p's step in cycle `now` while it runs ahead: its main thread's alone,
+    with no asynchronous operation in flight (or, `beside`, only fabric
+    operations, which the step leaves alone: their SRAM is `spans` of
+    st.beside).
     It waits for the instruction in hand, or retires it and issues the next
     one, a control instruction or a memory-only operation on the main thread;
     this is what _pe_step (deferring) does then, without its walks over the
     slots (its sleep flags stay clear, as the step that began running ahead
-    left them). Returns what _pe_step returns; NOT_SIMPLE where the case does not
-    apply (the caller takes _pe_step), NOT_ITS_OWN where what comes next is
-    not its own (see _issues_only_its_own and _apart_from_fabric; nothing
-    changed)."""
+    left them). Returns what _pe_step returns, or NOT_ITS_OWN where what
+    comes next is not its own or another asynchronous operation is in flight
+    (see _issues_only_its_own and _apart_from_fabric; nothing changed)."""
     pe, slot = st.pe, st.slot
     busy = pe[p, P_SLOTS_BUSY]
     if busy > 1 and not beside:
-        return NOT_SIMPLE
+        return NOT_ITS_OWN
     if busy & 1 and slot[p, 0, S_BUSY_UNTIL] > now:
         return slot[p, 0, S_BUSY_UNTIL]
     ins = pe[p, P_PC]
     op = S.instr[ins, I_OP]
     if op >= FIRST_VECTOR_OP and S.instr[ins, I_SLOT] != 0:
-        return NOT_ITS_OWN if beside else NOT_SIMPLE
+        return NOT_ITS_OWN
     if beside and op == OP_WAIT:
         return NOT_ITS_OWN
     if not _issues_only_its_own(S, st, p, now):
@@ -1468,70 +1476,67 @@ def _own_step(S, st, p, now, beside, spans):
         pe[p, P_PC] = _control(S, st, p, ins, op)
         _hold_main(st, p, ins, now + S.settings[C_SCALAR_CYCLES], now)
     else:
-        if not _start(S, st, p, 0, ins, now):
+        if not _start(S, st, p, np.int64(0), ins, now):
             return -1
         pe[p, P_PC] = ins + 1
     st.counters[K_LAST_PROGRESS] = now
     return now + 1
 
 
-@njit(cache=True, _nrt=False, inline='always')
-def _count_ahead(counters, real_progress, steps, last_event):
-    """After steps taken ahead: the clock's own last progress back, the
-    steps counted, and their last progress kept as progress ahead."""
+@njit(cache=True, _nrt=False)
+def _run_ahead(S, st, p, now, visit, beside):
+    """Take PE p's following steps now (see above) and schedule it: after its
+    step in cycle `now` ended on its own, from its next visit `visit`; or,
+    `beside`, its main thread's beside fabric operations in flight
+    (_may_run_beside), bringing the PE back for the first step not taken
+    (P_MAIN_AT)."""
+    pe, slot, counters = st.pe, st.slot, st.counters
+    window = S.settings[C_DEADLOCK_WINDOW]
+    limit = S.settings[C_MAX_CYCLES]
+    spans = 0
+    if beside:
+        spans = _fabric_spans(S, st, p)      # the slots stay as they are meanwhile
+        visit = now + 1
+        if pe[p, P_SLOTS_BUSY] & 1 and slot[p, 0, S_BUSY_UNTIL] > now:
+            visit = slot[p, 0, S_BUSY_UNTIL]
+    real_progress = counters[K_LAST_PROGRESS]
+    last_event = _last_progress(counters, now)
+    steps = 0
+    # a PE someone else listed for the next cycle is not on its own (beside
+    # fabric operations, the PE listed itself: only its slots step then)
+    listed = (st.active[2 + ((now + 1) & 1), p >> 6] >> (p & 63)) & 1
+    while (beside or listed == 0) and counters[ST_CODE] == STATUS_OK and visit < limit \
+            and visit - last_event <= window:
+        counters[K_LAST_PROGRESS] = -1
+        after = _own_step(S, st, p, visit, beside, spans)
+        if after == NOT_ITS_OWN:
+            break
+        steps += 1
+        if counters[K_LAST_PROGRESS] > last_event:
+            last_event = counters[K_LAST_PROGRESS]
+        if after < 0:
+            counters[K_BULK_MISMATCH] += 1     # a flaw of the checks above
+            break
+        visit = after
+        if visit == INF:
+            break
     counters[K_LAST_PROGRESS] = real_progress
     counters[K_STEPS_PE] += steps
     counters[K_AHEAD_STEPS] += steps
     if last_event > counters[K_PROGRESS_AHEAD]:
         counters[K_PROGRESS_AHEAD] = last_event
-
-
-@njit(cache=True, _nrt=False)
-def _run_ahead(S, st, p, now, visit):
-    """Take PE p's following steps now (see above), from its next visit
-    `visit` (its step in cycle `now` just ended on its own), and schedule it."""
-    cfg = S.settings
-    counters = st.counters
-    window = cfg[C_DEADLOCK_WINDOW]
-    limit = cfg[C_MAX_CYCLES]
-    real_progress = counters[K_LAST_PROGRESS]
-    last_event = _last_progress(counters, now)
-    listed = (st.active[2 + ((now + 1) & 1), p >> 6] >> (p & 63)) & 1
-    steps = 0
-    # a PE someone else listed for the next cycle is not on its own
-    while listed == 0 and counters[ST_CODE] == STATUS_OK and visit < limit \
-            and visit - last_event <= window:
-        counters[K_LAST_PROGRESS] = -1
-        after = _own_step(S, st, p, visit, False, 0)
-        if after == NOT_ITS_OWN:
-            break
-        if after == NOT_SIMPLE:
-            if not _issues_only_its_own(S, st, p, visit):
-                break
-            after = _pe_step(S, st, p, visit, True)
-        steps += 1
-        if counters[K_LAST_PROGRESS] > last_event:
-            last_event = counters[K_LAST_PROGRESS]
-        visit = after
-        if visit < 0:
-            # it met what is not its own after all (and scheduled itself for
-            # then): a flaw of _issues_only_its_own, which the engines'
-            # differential tests fail on
-            counters[K_BULK_MISMATCH] += 1
-            break
-        if visit == INF:
-            break
-    _count_ahead(counters, real_progress, steps, last_event)
-    if visit < 0 or visit == INF:
+    if visit == INF or (beside and steps == 0):
         return
-    _wake_at(st.active, st.heap, counters, st.pe, p, visit, now)
+    if beside:
+        pe[p, P_MAIN_AT] = visit
+    _wake_at(st.active, st.heap, counters, pe, p, visit, now)
 
 
 @njit(cache=True, _nrt=False, inline='always')
 def _may_run_beside(S, st, p):
     """Whether PE p's main thread, after its step, might run
     ahead beside fabric operations in flight: a cheap first look, so that
-    the loop calls _run_main_beside (a call that passes every array) only
+    the loop calls _run_ahead (a call that passes every array) only
     then. Its task runs, it is not ahead already, it holds no fabric
     operation itself, another slot does, and what it issues next (if it is
     free) is neither a wait, nor its task's end, nor an operation for
@@ -1552,40 +1557,6 @@ def _may_run_beside(S, st, p):
         if (busy >> s) & 1 and slot[p, s, S_BUSY_UNTIL] == INF:
             return True
     return False
-
-
-@njit(cache=True, _nrt=False)
-def _run_main_beside(S, st, p, now):
-    """After PE p's step in cycle `now`, with fabric operations in flight
-    (_may_run_beside): take its main thread's following steps now, as far as
-    they are its own beside them (see above), and bring the PE back for the
-    first step not taken (P_MAIN_AT)."""
-    pe, slot, counters = st.pe, st.slot, st.counters
-    busy = pe[p, P_SLOTS_BUSY]
-    window = S.settings[C_DEADLOCK_WINDOW]
-    limit = S.settings[C_MAX_CYCLES]
-    spans = _fabric_spans(S, st, p)      # the slots stay as they are meanwhile
-    visit = slot[p, 0, S_BUSY_UNTIL] if busy & 1 and slot[p, 0, S_BUSY_UNTIL] > now else now + 1
-    real_progress = counters[K_LAST_PROGRESS]
-    last_event = _last_progress(counters, now)
-    steps = 0
-    while counters[ST_CODE] == STATUS_OK and visit < limit and visit - last_event <= window:
-        counters[K_LAST_PROGRESS] = -1
-        after = _own_step(S, st, p, visit, True, spans)
-        if after == NOT_ITS_OWN:
-            break
-        steps += 1
-        if counters[K_LAST_PROGRESS] > last_event:
-            last_event = counters[K_LAST_PROGRESS]
-        if after < 0:
-            counters[K_BULK_MISMATCH] += 1     # a flaw of the checks above
-            break
-        visit = after
-    _count_ahead(counters, real_progress, steps, last_event)
-    if steps == 0:
-        return
-    pe[p, P_MAIN_AT] = visit
-    _wake_at(st.active, st.heap, counters, pe, p, visit, now)
 
 
 @njit(cache=True, _nrt=False, inline='always')
@@ -1855,9 +1826,7 @@ def _replay(S, st, now, periods, lean):
                     counters[K_BULK_MISMATCH] += 1
                 tx = np.int64(S.route[q, POSITION_FIELDS * st.switch[q] + TX])
                 _router_move(S, st, who, which, q, head, tx, t, not lean)
-            elif lean:
-                _fabric_move(S, st, who, which, t, False)
-            elif _fabric_step(S, st, who, which, t, False) < MOVED:
+            elif _fabric_step(S, st, who, which, t, False, not lean) < MOVED:
                 counters[K_BULK_MISMATCH] += 1
             if counters[ST_CODE] != STATUS_OK:
                 for rest in range(a + 1, n_act):      # the failing cycle's steps
@@ -1915,8 +1884,8 @@ def _column_plan(S, st, period):
     n_rq = st.rq.shape[0]
     actions = st.actions
     plan = st.col_actions
-    n_moves = 0
-    n_queues = 0
+    n_moves = np.int64(0)
+    n_queues = np.int64(0)
     offset = 0
     pushes_of_ids = 0
     ok = True
@@ -2470,7 +2439,7 @@ def _start_recording(S, st, now, widen):
         st.bulk_rows[2, w] = st.active[parity, w] | st.active[2 + parity, w] | (
             st.bulk_rows[2, w] | st.bulk_rows[3, w] if widen else 0)
         st.bulk_rows[3, w] = 0
-    length = _signature(S, st, now, -1)
+    length = _signature(S, st, now, np.int64(-1))
     if length < 0:
         return -1
     for w in range(st.active.shape[1]):
@@ -2537,7 +2506,7 @@ def run(S, st):
     # PEs may run ahead through their own instruction sequences (_run_ahead)
     may_run_ahead = stream and cfg[C_SCALAR_CYCLES] > 0 and not cfg[C_TRAP_NAN]
     recorded_at = -1          # the cycle recording began, -1: not recording
-    recorded_length = 0       # of its signature
+    recorded_length = np.int64(0)     # of its signature
     recorded_n_r = 0
     recorded_n_p = 0
     unchanged = 0             # counters that must not move while recording
@@ -2627,11 +2596,11 @@ def run(S, st):
                     else:
                         p = w * 64 + b
                         visit = _pe_step(S, st, p, now, ahead)
-                        if visit >= 0:
-                            _run_ahead(S, st, p, now, visit)
-                        elif ahead and counters[ST_CODE] == STATUS_OK \
-                                and _may_run_beside(S, st, p):
-                            _run_main_beside(S, st, p, now)
+                        # one call site, with a variable flag: one copy compiled
+                        beside = visit < 0
+                        if not beside or (ahead and counters[ST_CODE] == STATUS_OK
+                                          and _may_run_beside(S, st, p)):
+                            _run_ahead(S, st, p, now, visit, beside)
                     bits &= ~(np.int64(1) << b)
                 if counters[ST_CODE] != STATUS_OK:
                     break
