@@ -465,6 +465,28 @@ def _no_jit() -> bool:
     return os.environ.get("NUMBA_DISABLE_JIT") == "1"
 
 
+@pytest.mark.skipif(_no_jit(), reason="counts compiled specialisations")
+def test_every_program_runs_on_one_compiled_engine():
+    """The engine is compiled once for each tuple of argument types it meets,
+    and an array's memory layout is part of its type (a cold compile takes
+    minutes): programs with one task and with several, both engines, traced
+    or not, all lower to the same types."""
+    from wse import engine
+    def one_task():
+        prog = wse.Program(wse.WSE2.with_grid(rows=1, cols=1))
+        out = prog.buffer("out", (4,))
+        with prog.role("only").task("main", entry=True) as t:
+            t.fill(out.view(), 3.0)
+        assert (prog.run().read(out) == 3.0).all()
+    def three_tasks():
+        test_data_tasks_fire_per_wavelet_and_local_tasks_on_completion()
+    for run in (one_task, three_tasks):
+        for options in ({"engine": "wavelet"}, {"engine": "stream"}, {"trace": True}):
+            with wse.run_options(**options):
+                run()
+    assert len(engine.run.signatures) == 1, engine.run.signatures
+
+
 @pytest.mark.nojit
 def test_program_errors_name_the_pe_and_instruction():
     prog = wse.Program(wse.WSE2.with_grid(rows=1, cols=2))

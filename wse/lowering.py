@@ -132,8 +132,8 @@ def lower(program):
         route=route.reshape(-1, columns),
         instr=np.array(code, np.int64), instr_imm=np.array(imm, np.float32),
         desc=np.array(descs, np.int64).reshape(-1, isa.DESC_FIELDS),
-        task=np.array([task_pc, task_kind, task_color], np.int64).T.reshape(-1, 3)
-        if task_pc else np.zeros((1, 3), np.int64),
+        task=np.array(list(zip(task_pc, task_kind, task_color)) or [(0, 0, 0)],
+                      np.int64),
         role=roles,
         role_tasks=np.array(role_tasks or [0], np.int64),
         pe_role=program.pe_role.reshape(-1).astype(np.int64),
@@ -144,6 +144,9 @@ def lower(program):
         flops_of_op=flops,
         passes_of_op=passes,
     )
+    # Numba compiles the engine once for each tuple of argument types, and an
+    # array's memory layout is part of its type: every table is C-ordered
+    assert all(a.flags.c_contiguous for a in static), "a table of the engine is not C-ordered"
     return static, ncolors, task_names
 
 
