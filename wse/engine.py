@@ -56,7 +56,9 @@ from numba import njit
 from numba import config as numba_config
 
 from . import _numba_inline
-_numba_inline.install()
+
+_numba_inline.install()     # before anything here compiles (see that module)
+
 if numba_config.DISABLE_JIT:
     def trailing_zeros(bits):
         """The index of the lowest set bit (the JIT's intrinsic has no Python form)."""
@@ -1329,8 +1331,9 @@ def _pe_step(S, st, p, now, defer):
 # sleeps on nothing). So its following steps are taken at once, at the cycles
 # stepping would take them, until one would issue what is not its own (an
 # operation with a fabric operand, the end of its task, an operation that would
-# fail), or would come later than the deadlock window after its last progress,
-# or at the cycle limit. The clock does not move: the PE's progress is kept as
+# fail) or an asynchronous operation (or one is in flight: the loop's step
+# takes those), or would come later than the deadlock window after its last
+# progress, or at the cycle limit. The clock does not move: the PE's progress is kept as
 # progress ahead (_last_progress counts it at the cycles it was made), and its
 # next visit is scheduled as stepping would have it.
 #
