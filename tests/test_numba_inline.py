@@ -69,5 +69,6 @@ def _caller(a):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_inlined_code_computes_the_same(seed):
+    assert _numba_inline.install()          # whatever ran before
     a = np.random.default_rng(seed).standard_normal(37)
     assert _caller(a) == pytest.approx(_branchy(a, a.size) - _branchy(a[::-1].copy(), a.size // 2))

@@ -5,11 +5,9 @@ its own `copy.deepcopy`; a block refers to the function's scope, which holds
 every variable of the function, so every block copies the whole scope again:
 the work grows as blocks x variables, twice per call site (a known cost:
 numba/numba issue 8989, "Spurious deep copies in inlining"). The engine's
-step functions are large, since each holds what it inlined itself. Measured
-on the engine (numba 0.68.1, cold cache, this 2-core machine): that copying
-was 57% of a 428 s compile under cProfile; with this module the engine
-compiles in 138 s instead of 238 s (the rest of that cut came from the
-engine's own code, see wse/engine.py's bookkeeping helpers).
+step functions are large, since each holds what it inlined itself, so this
+copying was most of the engine's compile time (figures in docs/engine.md,
+"Compile time").
 
 Here the blocks of one copy share one memo, so the scope is copied once and
 every block of the copy refers to that one copy, as every block of the
