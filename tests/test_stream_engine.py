@@ -225,6 +225,45 @@ def test_fuzzed_streams_agree_on_both_engines(case):
 STREAM_FUZZ_TALLY: collections.Counter = collections.Counter()
 
 
+def _state_at_cycle_limit(prog, engine: str, max_cycles: int):
+    """The engine state a run of `prog` leaves when it stops at `max_cycles`
+    (or ends before), taken without Program.run's error handling, which
+    drops the state."""
+    from wse import engine as loop
+    from wse import lowering
+    from wse.program import RUN_DEFAULTS
+    static, ncolors = prog.compile()
+    options = {**RUN_DEFAULTS, "max_cycles": max_cycles, "engine": engine}
+    static = static._replace(settings=lowering.settings(prog.cfg, ncolors, options))
+    state = lowering.new_state(static, prog._arena.copy(), ncolors, prog.cfg, 0,
+                               stream=engine == "stream")
+    loop.run(static, state)
+    return state, ncolors
+
+
+@settings(max_examples=120, deadline=None, database=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
+@given(stream_programs(), st.integers(1, 400))
+def test_the_non_empty_color_masks_match_the_queues_mid_run(case, max_cycles):
+    """Routers and PEs keep a bitmask of their non-empty queues' colors (the
+    router's own, P_R_NONEMPTY, and its PE's input queues, P_IN_NONEMPTY),
+    so a step looks at those colors alone. Wherever a run stops, on either
+    engine, each bit is set exactly when its queue holds a wavelet."""
+    from wse import engine as loop
+    build, _ = case
+    try:
+        prog = build()
+    except wse.WseError:
+        return
+    for engine in ("wavelet", "stream"):
+        state, ncolors = _state_at_cycle_limit(prog, engine, max_cycles)
+        pes = prog.cfg.num_pes
+        for field, queues in ((loop.P_R_NONEMPTY, state.rq), (loop.P_IN_NONEMPTY, state.pq)):
+            counts = queues[:ncolors * pes, loop.Q_COUNT].reshape(ncolors, pes)
+            expected = ((counts > 0) << np.arange(ncolors)[:, None]).sum(axis=0)
+            assert np.array_equal(state.pe[:, field], expected), (engine, field, max_cycles)
+
+
 def test_fuzzed_streams_went_in_bulk_often():
     """The stream fuzz above is only evidence if bulk advance happened in it:
     in some of its runs, some of them column-wise (it runs first, in file

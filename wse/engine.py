@@ -164,7 +164,10 @@ COUNTERS = 37
 # step while it has run ahead beside the PE's fabric operations (its state is
 # then that cycle's; the PE's steps before it move the slots only)
 P_MAIN_AT = 22
-PE_FIELDS = 24     # padded to three cache lines
+# P_IN_NONEMPTY: bitmask of the colors whose input queue (router to PE) holds a
+# wavelet, so a PE going to sleep looks at those alone (_wake_for_queued_input)
+P_IN_NONEMPTY = 23
+PE_FIELDS = 24     # three cache lines
 # P_SLOTS_BUSY: bitmask of slots holding an operation; P_SLOT_RR: whose turn at the ramp
 
 # slot: per PE and slot (0 = main thread, 1.. = asynchronous operations)
@@ -223,8 +226,9 @@ State = namedtuple("State", [
     "signature",                       # (capacity,) the periodic state of the recorded cycle
     "bulk_rows",                       # (4, pes / 64) bitmaps: routers and PEs listed when
                                        # recording began; the watched set; those listed since
-    "bulk_sleep",                      # (pes, 4) their sleep flags, non-empty colors and
-                                       # round-robin pointers then
+    "bulk_sleep",                      # (pes, 5) their sleep flags, non-empty colors
+                                       # (router), round-robin pointers (colors, slots)
+                                       # and non-empty colors (input) then
     "bulk_stall",                      # (pes,) their stall cycles when recording began
     "bulk_moves",                      # (pes, slots + 1) elements a slot moves per period
     # column-wise advance: queue index -> local queue (router queues, then PE
@@ -463,11 +467,14 @@ def _refresh_head_ready(queues, entries, q, depth):
 
 
 @njit(cache=True, _nrt=False)
-def _pop_input(pq_val, pq_entry, pq, q, depth, now):
-    """Take the head wavelet of PE input queue q (the caller checked it is ready)."""
+def _pop_input(pq_val, pq_entry, pq, pe, p, c, q, depth, now):
+    """Take the head wavelet of PE p's input queue q, of color c (the caller
+    checked it is ready)."""
     value = pq_val[q * depth + pq[q, Q_HEAD]]
     pq[q, Q_HEAD] = _next_slot(pq[q, Q_HEAD], depth)
     pq[q, Q_COUNT] -= 1
+    if pq[q, Q_COUNT] == 0:
+        pe[p, P_IN_NONEMPTY] &= ~(np.int64(1) << c)
     pq[q, Q_LAST_POP] = now
     _refresh_head_ready(pq, pq_entry, q, depth)
     return value
@@ -629,6 +636,7 @@ def _router_move(S, st, r, c, q, head, tx, now, full):
             st.pq_entry[tail, E_ID] = wid
             if st.pq[q, Q_COUNT] == 0:
                 st.pq[q, Q_HEAD_READY] = now + ramp
+                pe[r, P_IN_NONEMPTY] |= np.int64(1) << c
             st.pq[q, Q_COUNT] += 1
             pe[r, P_RAMP_IN] += 1
             if not full:
@@ -943,13 +951,15 @@ def _fabric_move(S, st, p, s, now, turn):
     pq = st.pq
     out_fabric = S.desc[dst, D_KIND] == FABOUT
     if ka == FABIN:
-        va = _pop_input(st.pq_val, st.pq_entry, pq, ba, idepth, now)
+        va = _pop_input(st.pq_val, st.pq_entry, pq, st.pe, p, _fabric_color(S, p, a), ba,
+                        idepth, now)
     elif a >= 0:
         va = _read(f32, u16, lut, S.desc[a, D_DTYPE], ba + _element(S, a, i))
     else:
         va = np.float32(0.0)
     if kb == FABIN:
-        vb = _pop_input(st.pq_val, st.pq_entry, pq, bb, idepth, now)
+        vb = _pop_input(st.pq_val, st.pq_entry, pq, st.pe, p, _fabric_color(S, p, b), bb,
+                        idepth, now)
     elif b >= 0:
         vb = _read(f32, u16, lut, S.desc[b, D_DTYPE], bb + _element(S, b, i))
     else:
@@ -1098,9 +1108,11 @@ def _pick_task(S, st, p, now):
     for j in range(count):
         t = S.role_tasks[first + j]
         if S.task[t, T_KIND] == TASK_DATA:
-            q = _queue(S.settings, p, S.task[t, T_COLOR])
+            c = S.task[t, T_COLOR]
+            q = _queue(S.settings, p, c)
             if st.pq[q, Q_HEAD_READY] <= now:
-                st.wavelet[p] = _pop_input(st.pq_val, st.pq_entry, st.pq, q, idepth, now)
+                st.wavelet[p] = _pop_input(st.pq_val, st.pq_entry, st.pq, st.pe, p, c, q,
+                                           idepth, now)
                 # taking the wavelet off the fabric is work done in this cycle,
                 # even when the task itself costs nothing
                 _progress(st.counters, now, now + 1)
@@ -1566,12 +1578,13 @@ def _may_run_beside(S, st, p):
 def _wake_for_queued_input(S, st, p, now, data_tasks_only):
     """Set a timer for the earliest queued input wavelet (of the role's data-task
     colors only, for an idle PE): a wavelet already delivered wakes nobody."""
-    colors = S.settings[C_NCOLORS]
-    listened = S.role[S.pe_role[p], R_DATA_COLORS]
+    queued = st.pe[p, P_IN_NONEMPTY]
+    if data_tasks_only:
+        queued &= S.role[S.pe_role[p], R_DATA_COLORS]
     soonest = INF
-    for c in range(colors):
-        if data_tasks_only and (listened >> c) & 1 == 0:
-            continue
+    while queued != 0:
+        c = trailing_zeros(queued)
+        queued &= queued - 1
         soonest = min(soonest, st.pq[_queue(S.settings, p, c), Q_HEAD_READY])
     if soonest < INF:
         _wake(st, p, max(soonest, now + 1), now)
@@ -1699,12 +1712,13 @@ def _signature(S, st, now, compare):
                     and _note(sig, k + 7, slot[e, s, S_BASE_B], compare) \
                     and _note(sig, k + 8, slot[e, s, S_BASE_S], compare)
                 k += 9
-            for c in range(colors):
+            queued = pe[e, P_R_NONEMPTY] | pe[e, P_IN_NONEMPTY]
+            while queued != 0:
+                c = trailing_zeros(queued)
+                queued &= queued - 1
                 q = _queue(cfg, e, c)
                 n_r = st.rq[q, Q_COUNT]
                 n_p = st.pq[q, Q_COUNT]
-                if n_r == 0 and n_p == 0:
-                    continue
                 same = same and _note(sig, k, c, compare) \
                     and _note(sig, k + 1, n_r, compare) and _note(sig, k + 2, n_p, compare)
                 k += 3
@@ -2383,6 +2397,7 @@ def _advance(S, st, now, period):
             st.bulk_sleep[e, 1] = pe[e, P_R_NONEMPTY]
             st.bulk_sleep[e, 2] = pe[e, P_R_RR]
             st.bulk_sleep[e, 3] = pe[e, P_SLOT_RR]
+            st.bulk_sleep[e, 4] = pe[e, P_IN_NONEMPTY]
             st.bulk_stall[e] = pe[e, P_STALL] - st.bulk_stall[e]
             bits &= ~(np.int64(1) << b)
     hops_per_period = 0
@@ -2419,6 +2434,7 @@ def _advance(S, st, now, period):
             pe[e, P_R_NONEMPTY] = st.bulk_sleep[e, 1]
             pe[e, P_R_RR] = st.bulk_sleep[e, 2]
             pe[e, P_SLOT_RR] = st.bulk_sleep[e, 3]
+            pe[e, P_IN_NONEMPTY] = st.bulk_sleep[e, 4]
             pe[e, P_STALL] += periods * st.bulk_stall[e]
             if pe[e, P_STALL_SINCE] >= 0:
                 pe[e, P_STALL_SINCE] += reached - now
