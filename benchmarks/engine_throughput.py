@@ -283,10 +283,13 @@ def main(argv=None) -> None:
           f"medians of {args.repeats}")
     print(f"{'workload':22} {'grid':>8} {'wavelet Mhop/s':>15} {'stream Mhop/s':>14} "
           f"{'bare Mval/s':>12} {'speedup':>8} {'call x':>7} {'bulk':>6}")
+    def rate(hops_per_s, width):      # an instruction-bound workload moves no wavelets
+        return f"{hops_per_s / 1e6:{width}.1f}" if hops_per_s > 0 else f"{'-':>{width}}"
+
     def report(rows):
         for s in speedups(rows):
-            print(f"{s['workload']:22} {s['grid']:>8} {s['wavelet_hops_per_s'] / 1e6:15.1f} "
-                  f"{s['stream_hops_per_s'] / 1e6:14.1f} {s['bare_values_per_s'] / 1e6:12.0f} "
+            print(f"{s['workload']:22} {s['grid']:>8} {rate(s['wavelet_hops_per_s'], 15)} "
+                  f"{rate(s['stream_hops_per_s'], 14)} {s['bare_values_per_s'] / 1e6:12.0f} "
                   f"{s['speedup']:8.2f} {s['call_speedup']:7.2f} "
                   f"{s['bulk_hop_fraction']:6.1%}", flush=True)
 
