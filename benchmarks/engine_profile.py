@@ -37,6 +37,11 @@ def record(script: str, args: list[str], out: Path, perf_maps: Path = Path("/tmp
     engine's `run` (with every function it calls) and its load address to `out`,
     and this process's perf map to `perf_maps` (perf looks in /tmp)."""
     from numba.core import codegen
+
+    from wse import engine
+    if engine.run.overloads:
+        raise RuntimeError("record must run before this process loads the engine: Numba "
+                           "keeps no object code of a function loaded before")
     compiled = {}
     keep = codegen.CPUCodeLibrary._set_compiled_object
 
@@ -47,7 +52,6 @@ def record(script: str, args: list[str], out: Path, perf_maps: Path = Path("/tmp
     codegen.CPUCodeLibrary._set_compiled_object = keeping
     sys.argv = [script, *args]
     runpy.run_path(script, run_name="__main__")
-    from wse import engine
     if not engine.run.overloads:
         raise SystemExit(f"{script} did not run the engine")
     result = next(iter(engine.run.overloads.values()))
@@ -124,6 +128,8 @@ def main(argv=None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     rec = commands.add_parser("record", help="run a script, then keep the engine's code")
     rec.add_argument("--out", type=Path, default=Path("engine-profile"))
+    rec.add_argument("--perf-maps", type=Path, default=Path("/tmp"),
+                     help="where to write the perf map (perf reads /tmp)")
     rec.add_argument("script")
     rec.add_argument("args", nargs=argparse.REMAINDER)
     rep = commands.add_parser("report", help="attribute perf samples to the engine")
@@ -133,7 +139,7 @@ def main(argv=None) -> None:
     rep.add_argument("--top", type=int, default=30)
     args = parser.parse_args(argv)
     if args.command == "record":
-        record(args.script, args.args, args.out)
+        record(args.script, args.args, args.out, args.perf_maps)
     else:
         for name, share in report(args.data, args.out, args.lines, args.top):
             print(f"{share:7.1%}  {name}")

@@ -153,10 +153,12 @@ def test_link_heatmap_is_a_real_plot(tmp_path):
 
 @pytest.mark.skipif(not shutil.which("nm"), reason="needs nm (binutils)")
 def test_engine_profile_keeps_the_engines_code_and_names_its_functions(tmp_path):
-    """`benchmarks.engine_profile record` runs a script and keeps the engine's
-    object code and load address; its functions get their names in the perf
-    map, so samples inside `run` (most of the engine, inlined) and in the
-    functions it calls can be told apart."""
+    """`python -m benchmarks.engine_profile record` runs a script and keeps
+    the engine's object code and load address; the engine's functions get
+    their names in the perf map, so samples inside `run` (most of the
+    engine, inlined) and in the functions it calls can be told apart. (A
+    process of its own, as a user runs it: Numba keeps no object code of a
+    function loaded before the recording starts, which `record` refuses.)"""
     from benchmarks import engine_profile
     script = tmp_path / "one_run.py"
     script.write_text("import numpy as np, wse\n"
@@ -164,15 +166,13 @@ def test_engine_profile_keeps_the_engines_code_and_names_its_functions(tmp_path)
                       "cfg = wse.WSE2.with_grid(rows=2, cols=2)\n"
                       "collectives.reduce(np.ones((2, 2, 4), np.float32), cfg, along='x')\n")
     out = tmp_path / "prof"
-    argv = sys.argv
-    try:
-        engine_profile.record(str(script), [], out, perf_maps=tmp_path)
-    finally:
-        sys.argv = argv
+    subprocess.run([sys.executable, "-m", "benchmarks.engine_profile", "record", "--out",
+                    str(out), "--perf-maps", str(tmp_path), str(script)], check=True)
     symbols = engine_profile._symbols(out / engine_profile.OBJECT)
     names = {engine_profile._short(symbol) for symbol in symbols}
     assert {"engine.run", "engine._start_op", "engine._run_ahead"} <= names, names
     base = int((out / engine_profile.BASE).read_text(), 16)
-    perf_map = (tmp_path / f"perf-{os.getpid()}.map").read_text().splitlines()
-    run_start = min(int(line.split()[0], 16) for line in perf_map if line.endswith(" engine.run"))
-    assert run_start >= base and len(perf_map) == len(symbols)
+    (perf_map,) = tmp_path.glob("perf-*.map")
+    lines = perf_map.read_text().splitlines()
+    run_start = min(int(line.split()[0], 16) for line in lines if line.endswith(" engine.run"))
+    assert run_start >= base and len(lines) == len(symbols)
