@@ -45,20 +45,23 @@ def record(script: str, args: list[str], out: Path, perf_maps: Path = Path("/tmp
     compiled = {}
     keep = codegen.CPUCodeLibrary._set_compiled_object
 
-    def keeping(library, value):       # the object code, which Numba drops once loaded
+    def keeping(library, value):       # the object code, which Numba does not keep
         compiled[library.name] = value
         return keep(library, value)
 
     codegen.CPUCodeLibrary._set_compiled_object = keeping
     sys.argv = [script, *args]
-    runpy.run_path(script, run_name="__main__")
+    try:
+        runpy.run_path(script, run_name="__main__")
+    finally:
+        codegen.CPUCodeLibrary._set_compiled_object = keep
     if not engine.run.overloads:
         raise SystemExit(f"{script} did not run the engine")
     result = next(iter(engine.run.overloads.values()))
     library = result.library
     name = result.fndesc.llvm_func_name
     address = library.get_pointer_to_function(name)
-    obj = compiled.get(library.name) or library._get_compiled_object()
+    obj = compiled[library.name]
     out.mkdir(parents=True, exist_ok=True)
     (out / OBJECT).write_bytes(obj)
     symbols = _symbols(out / OBJECT)
@@ -82,7 +85,7 @@ def _symbols(obj: Path) -> dict[str, tuple[int, int]]:
 
 
 def _short(symbol: str) -> str:
-    """A mangled Numba name cut to its function's name (wse.engine._pe_step ...)."""
+    """A mangled Numba name cut to its function's name (engine._pe_step, ...)."""
     for marker in ("engine", "numba"):
         if marker in symbol:
             rest = symbol.split(marker, 1)[1].lstrip("0123456789")

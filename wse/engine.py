@@ -165,7 +165,9 @@ COUNTERS = 37
 # then that cycle's; the PE's steps before it move the slots only)
 P_MAIN_AT = 22
 # P_IN_NONEMPTY: bitmask of the colors whose input queue (router to PE) holds a
-# wavelet, so a PE going to sleep looks at those alone (_wake_for_queued_input)
+# wavelet, so a PE going to sleep looks at those alone (_wake_for_queued_input);
+# every push and pop keeps it, replays included, and a column-wise advance
+# leaves the counts as they were
 P_IN_NONEMPTY = 23
 PE_FIELDS = 24     # three cache lines
 # P_SLOTS_BUSY: bitmask of slots holding an operation; P_SLOT_RR: whose turn at the ramp
@@ -226,9 +228,8 @@ State = namedtuple("State", [
     "signature",                       # (capacity,) the periodic state of the recorded cycle
     "bulk_rows",                       # (4, pes / 64) bitmaps: routers and PEs listed when
                                        # recording began; the watched set; those listed since
-    "bulk_sleep",                      # (pes, 5) their sleep flags, non-empty colors
-                                       # (router), round-robin pointers (colors, slots)
-                                       # and non-empty colors (input) then
+    "bulk_sleep",                      # (pes, 4) their sleep flags, non-empty colors and
+                                       # round-robin pointers then
     "bulk_stall",                      # (pes,) their stall cycles when recording began
     "bulk_moves",                      # (pes, slots + 1) elements a slot moves per period
     # column-wise advance: queue index -> local queue (router queues, then PE
@@ -2397,7 +2398,6 @@ def _advance(S, st, now, period):
             st.bulk_sleep[e, 1] = pe[e, P_R_NONEMPTY]
             st.bulk_sleep[e, 2] = pe[e, P_R_RR]
             st.bulk_sleep[e, 3] = pe[e, P_SLOT_RR]
-            st.bulk_sleep[e, 4] = pe[e, P_IN_NONEMPTY]
             st.bulk_stall[e] = pe[e, P_STALL] - st.bulk_stall[e]
             bits &= ~(np.int64(1) << b)
     hops_per_period = 0
@@ -2434,7 +2434,6 @@ def _advance(S, st, now, period):
             pe[e, P_R_NONEMPTY] = st.bulk_sleep[e, 1]
             pe[e, P_R_RR] = st.bulk_sleep[e, 2]
             pe[e, P_SLOT_RR] = st.bulk_sleep[e, 3]
-            pe[e, P_IN_NONEMPTY] = st.bulk_sleep[e, 4]
             pe[e, P_STALL] += periods * st.bulk_stall[e]
             if pe[e, P_STALL_SINCE] >= 0:
                 pe[e, P_STALL_SINCE] += reached - now

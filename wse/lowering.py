@@ -245,7 +245,7 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
         # one signature, compared in place (a neighbour shift needs ~75 a PE)
         signature=np.zeros(192 * n_pe + 4096 if stream else 1, i64),
         bulk_rows=np.zeros((4, (n_pe + 63) // 64 if stream else 1), i64),
-        bulk_sleep=np.zeros((n_pe, 5) if stream else (1, 5), i64),
+        bulk_sleep=np.zeros((n_pe, 4) if stream else (1, 4), i64),
         bulk_stall=np.zeros(n_pe if stream else 1, i64),
         bulk_moves=np.zeros((n_pe, cfg.async_slots + 1) if stream else (1, 1), i64),
         col_queue_of=np.full(2 * nq if stream else 1, -1, i64),
