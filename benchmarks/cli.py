@@ -503,8 +503,12 @@ def cmd_bench(args) -> int:
         quick = not args.full
     elif args.full and quick:
         raise UsageError("wse bench: --full contradicts --suite quick")
+    jobs = args.jobs if args.jobs is not None else suites.usable_cpus()
+    if jobs < 1:
+        raise UsageError(f"wse bench: --jobs must be at least 1, got {jobs}")
     results = suites.run_suite(names, quick, args.out, show_progress=not args.no_progress,
-                               config={"command": "wse bench " + " ".join(args.raw_argv)})
+                               config={"command": "wse bench " + " ".join(args.raw_argv)},
+                               jobs=jobs)
     return EXIT_FAILED if any(r.status == "error" for r in results) else 0
 
 
@@ -605,6 +609,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="bench-out", metavar="DIR",
                        help="where results go (default ./bench-out)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.add_argument("--jobs", type=int, default=None, metavar="N",
+                       help="topics run N at a time, each in a process of its own (default: "
+                       "the usable CPUs; 1: one after the other in this process); the "
+                       "engine's speed and memory topics always run alone")
     bench.add_argument("--list", action="store_true",
                        help="list the topics and whether their modules exist yet")
     bench.set_defaults(handler=cmd_bench)

@@ -127,11 +127,14 @@ class Topic:
     """runner(module, quick, out_dir) -> (rows, png paths)."""
     key_columns: tuple[str, ...] = ()
     """The columns a narrow terminal shows first."""
+    alone: bool = False
+    """Its figures are the emulator's own speed or memory: with several jobs it
+    still runs with no other topic beside it."""
 
 
 TOPICS: dict[str, Topic] = {t.name: t for t in [
     Topic("engine", "benchmarks.engine_throughput",
-          "Engine throughput beside the same-run bare Numba loop", _run_engine),
+          "Engine throughput beside the same-run bare Numba loop", _run_engine, alone=True),
     Topic("collectives", "benchmarks.collectives", "Collectives: algorithms on mesh lines"),
     Topic("gemm", "benchmarks.gemm", "GEMM algorithms",
           key_columns=("algorithm", "size", "grid", "cycles", "model_cycles",
@@ -139,9 +142,10 @@ TOPICS: dict[str, Topic] = {t.name: t for t in [
     Topic("gemv", "benchmarks.gemv", "GEMV algorithms"),
     Topic("attention", "benchmarks.attention", "Attention"),
     Topic("transformer", "benchmarks.transformer", "Transformer layer: wafer vs GPU"),
-    Topic("scaling", "benchmarks.scaling", "Emulator scaling: wall time and memory vs PEs x cycles"),
+    Topic("scaling", "benchmarks.scaling", "Emulator scaling: wall time and memory vs PEs x cycles",
+          alone=True),
     Topic("memory", "benchmarks.memory", "Peak memory of a whole-wafer run (full suite only)",
-          _run_memory),
+          _run_memory, alone=True),
     Topic("fabric", "benchmarks.suites", "Fabric heatmaps: link utilisation and PE busy",
           _run_fabric_maps, key_columns=("kernel", "cycles", "cycles_formula")),
     Topic("gpu_calibration", "benchmarks.gpu_calibration",
@@ -189,8 +193,7 @@ def environment() -> dict:
         "platform": platform.platform(), "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
         "python": platform.python_version(), "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
+        "cpus_usable": usable_cpus(),
     }
     try:
         import psutil
@@ -260,6 +263,10 @@ class TopicResult:
     rows: list = field(default_factory=list)
     files: list = field(default_factory=list)
     message: str = ""
+    span: tuple[float, float] = (0.0, 0.0)
+    """When it ran (time.time() at its start and end), to tell what ran beside it."""
+    beside: list = field(default_factory=list)
+    """The topics that ran at the same time (several jobs), by name."""
 
 
 def _load(topic: Topic):
@@ -284,17 +291,20 @@ def run_topic(name: str, quick: bool, out_dir: pathlib.Path, config: dict | None
     topic = TOPICS[name]
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    began = time.time()
     started = time.perf_counter()
     try:
         module = _load(topic)
         if isinstance(module, str):
-            return TopicResult(name, topic.title, "not available", message=module)
+            return TopicResult(name, topic.title, "not available", message=module,
+                               span=(began, time.time()))
         rows, pngs = topic.runner(module, quick, out_dir)
     except Exception as error:     # a failing topic must not stop the suite
         path = out_dir / f"{name}.error.txt"
         path.write_text(traceback.format_exc())
         return TopicResult(name, topic.title, "error", time.perf_counter() - started,
-                           files=[path], message=f"{type(error).__name__}: {error}")
+                           files=[path], message=f"{type(error).__name__}: {error}",
+                           span=(began, time.time()))
     seconds = time.perf_counter() - started
     record = {"topic": name, "title": topic.title,
               "config": dict(config or {}, topic=name, module=topic.module, quick=quick),
@@ -303,39 +313,110 @@ def run_topic(name: str, quick: bool, out_dir: pathlib.Path, config: dict | None
               "seconds": seconds, "rows": rows}
     files = [write_json(out_dir / f"{name}.json", record), write_csv(out_dir / f"{name}.csv", rows),
              *pngs]
-    return TopicResult(name, topic.title, "ok", seconds, rows, files)
+    return TopicResult(name, topic.title, "ok", seconds, rows, files, span=(began, time.time()))
+
+
+def _run_topic_in_worker(name, quick, out_dir, config, env) -> TopicResult:
+    """run_topic in a worker process; the rows come back as their JSON holds
+    them (whatever a topic's rows carry need not cross processes)."""
+    result = run_topic(name, quick, out_dir, config, env)
+    result.rows = json.loads(json.dumps(_plain(result.rows), default=str))
+    result.files = [str(f) for f in result.files]
+    return result
+
+
+def _longest_first(names: list[str], out_dir: pathlib.Path) -> list[str]:
+    """Topics in the order to hand to workers: the longest first, by the
+    seconds the last summary.json in out_dir gives (those without one first,
+    in suite order), so that the shorter ones fill in beside them."""
+    try:
+        last = json.loads((out_dir / "summary.json").read_text())
+        seconds = {t["topic"]: float(t["seconds"]) for t in last["topics"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        seconds = {}
+    return sorted(names, key=lambda n: -seconds.get(n, float("inf")))
+
+
+def _note_beside(results: list[TopicResult], out_dir: pathlib.Path) -> None:
+    """Set each result's `beside` from the spans, and add it to its JSON."""
+    for r in results:
+        r.beside = [o.name for o in results if o is not r
+                    and o.span[0] < r.span[1] and r.span[0] < o.span[1]]
+        path = out_dir / f"{r.name}.json"
+        if r.status == "ok" and path.exists():
+            record = json.loads(path.read_text())
+            record["ran_beside"] = r.beside
+            write_json(path, record)
+
+
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def run_suite(names: list[str], quick: bool, out_dir, console=None, show_progress: bool = True,
-              config: dict | None = None) -> list[TopicResult]:
-    """Run topics in order with a progress bar, printing each table as it
-    finishes; write summary.json. Returns the results."""
+              config: dict | None = None, jobs: int = 1) -> list[TopicResult]:
+    """Run topics with a progress bar, printing each table as it finishes;
+    write summary.json. Returns the results, in the order of `names`.
+
+    jobs > 1: the topics marked `alone` (the emulator's own speed and memory)
+    run first, one at a time, with nothing beside them; the others then run
+    in `jobs` worker processes, longest first. Each topic's JSON and the
+    summary say which topics ran beside it (their wall times shared the
+    machine; cycles and every emulated figure do not depend on it)."""
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn,
                                TextColumn, TimeElapsedColumn)
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     console = console or Console()
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     env = environment()
-    config = dict(config or {}, suite_quick=quick)
-    results: list[TopicResult] = []
+    config = dict(config or {}, suite_quick=quick, jobs=jobs)
+    order = _longest_first(names, out_dir)
+    done: dict[str, TopicResult] = {}
     started = time.perf_counter()
     columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, disable=not show_progress) as progress:
         task = progress.add_task("benchmarks", total=len(names))
-        for name in names:
-            progress.update(task, description=f"{name}: running")
-            result = run_topic(name, quick, out_dir, config, env)
-            results.append(result)
+
+        def finished(result: TopicResult) -> None:
+            done[result.name] = result
             progress.console.print(render_result(result, console.width))
             progress.advance(task)
+
+        pooled = [n for n in order if not TOPICS[n].alone]
+        if jobs == 1 or len(pooled) < 2:      # nothing would run beside anything
+            pooled = []
+        for name in [n for n in names if n not in pooled]:
+            progress.update(task, description=f"{name}: running")
+            finished(run_topic(name, quick, out_dir, config, env))
+        if pooled:
+            import concurrent.futures
+            import multiprocessing
+            progress.update(task, description=f"{', '.join(pooled)}: running, {jobs} at a time")
+            # spawn, not fork: the progress bar's thread is running
+            with concurrent.futures.ProcessPoolExecutor(
+                    max_workers=min(jobs, len(pooled)), mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(_run_topic_in_worker, n, quick, out_dir, config, env): n
+                           for n in pooled}
+                for future in concurrent.futures.as_completed(futures):
+                    try:
+                        finished(future.result())
+                    except Exception as error:     # the worker itself died (memory, a signal)
+                        name = futures[future]
+                        finished(TopicResult(name, TOPICS[name].title, "error",
+                                             message=f"its worker process failed: "
+                                                     f"{type(error).__name__}: {error}"))
         progress.update(task, description="done")
     total = time.perf_counter() - started
+    results = [done[n] for n in names]
+    _note_beside(results, out_dir)
     summary = {"config": config, **env, "seconds": total,
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "topics": [{"topic": r.name, "title": r.title, "status": r.status,
-                           "seconds": r.seconds, "message": r.message,
+                           "seconds": r.seconds, "message": r.message, "ran_beside": r.beside,
                            "files": [pathlib.Path(f).name for f in r.files]} for r in results]}
     write_json(out_dir / "summary.json", summary)
     console.print(render_summary(results, total, out_dir))
@@ -419,10 +500,12 @@ def render_summary(results: list[TopicResult], seconds: float, out_dir: pathlib.
     from rich.table import Table
     table = Table(title=f"Suite finished in {seconds:.1f} s; results in {out_dir}/",
                   title_justify="left")
-    for c in ("topic", "status", "seconds", "files"):
+    shared = any(r.beside for r in results)
+    for c in ("topic", "status", "seconds", "files") + (("ran beside",) if shared else ()):
         table.add_column(c)
     colours = {"ok": "green", "not available": "yellow", "error": "bold red"}
     for r in results:
         table.add_row(r.name, f"[{colours[r.status]}]{r.status}[/]", f"{r.seconds:.1f}",
-                      ", ".join(pathlib.Path(f).name for f in r.files) or r.message)
+                      ", ".join(pathlib.Path(f).name for f in r.files) or r.message,
+                      *((", ".join(r.beside) or "-",) if shared else ()))
     return table

@@ -1,7 +1,8 @@
 """One transformer layer on the wafer and on 8-GPU tensor parallelism.
 
 quick: the tiny model on an 8 x 8 grid (prefill of 32 tokens, one decode
-       step), against 8 x H100 and 8 x A100.
+       step), and the LLaMA-3-8B decode layer below, each against 8 x H100
+       and 8 x A100 (about a minute, most of it the 420 x 420 decode).
 full:  LLaMA-3-8B, one layer
   * decode (--part decode) with a 4096-token context on a 420 x 420 grid,
     emulated in full as one program (the cache is synthetic: a prefill of
@@ -290,7 +291,7 @@ def run(quick: bool = True, part: str | None = None, grids=None, model_names=Non
     elif part is not None:
         rows = {"decode": decode_part, "prefill": prefill_part, "relayout": relayout_part}[part]()
     else:
-        rows = quick_case() if quick else full_cases()
+        rows = quick_case() + decode_part() if quick else full_cases()
     # side-by-side tables for the wafer rows that have a report
     from kernels import transformer as T
     by_mode = {}

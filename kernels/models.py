@@ -182,7 +182,10 @@ def random_weights(model: ModelConfig, seed: int = 0, n_layers: int | None = Non
     q_width, kv_width = model.n_heads * hd, model.n_kv_heads * hd
 
     def linear(fan_in: int, fan_out: int) -> np.ndarray:
-        return (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
+        # drawn in float32: a LLaMA-3-8B layer's 218 M values take a third of the time
+        w = rng.standard_normal((fan_in, fan_out), dtype=np.float32)
+        w *= np.float32(1.0 / np.sqrt(fan_in))
+        return w
 
     def scale(n: int) -> np.ndarray:
         return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)

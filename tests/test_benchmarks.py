@@ -123,6 +123,45 @@ def test_wse_bench_command_writes_results(tmp_path, capsys):
     assert _is_real_plot(tmp_path / "gpu_calibration.png")
 
 
+def test_several_jobs_run_the_speed_topics_alone_and_say_what_ran_beside(tmp_path, monkeypatch):
+    """With jobs=2 the engine topic (marked alone) runs in this process before
+    the others start; the other two run in worker processes and come back as
+    their JSON holds them; every topic's JSON and the summary name what ran
+    beside it, and the engine topic's list is empty."""
+    from rich.console import Console
+    monkeypatch.setattr(suites, "ENGINE_SIZE", {True: 8, False: 8})
+    names = ["gpu_calibration", "engine", "validation"]
+    results = suites.run_suite(names, True, tmp_path, console=Console(file=io.StringIO()),
+                               show_progress=False, jobs=2)
+    by_name = {r.name: r for r in results}
+    assert [r.name for r in results] == names
+    assert all(r.status == "ok" for r in results), [(r.name, r.message) for r in results]
+    engine = by_name["engine"]
+    assert engine.beside == []
+    assert all(engine.span[1] <= by_name[n].span[0] for n in ("gpu_calibration", "validation"))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["config"]["jobs"] == 2
+    for t in summary["topics"]:
+        assert t["ran_beside"] == by_name[t["topic"]].beside
+        record = json.loads((tmp_path / f"{t['topic']}.json").read_text())
+        assert record["ran_beside"] == t["ran_beside"]
+        if t["topic"] != "engine":
+            assert record["rows"] == by_name[t["topic"]].rows
+    with pytest.raises(ValueError, match="at least 1"):
+        suites.run_suite(names, True, tmp_path, jobs=0)
+
+
+def test_workers_take_the_longest_topics_first(tmp_path):
+    """By the seconds of the last summary in the output folder; topics it does
+    not name first, in the order given."""
+    names = ["a", "b", "c", "d"]
+    assert suites._longest_first(names, tmp_path) == names
+    (tmp_path / "summary.json").write_text(json.dumps({"topics": [
+        {"topic": "a", "seconds": 1.0}, {"topic": "b", "seconds": 30.0},
+        {"topic": "c", "seconds": 5.0}]}))
+    assert suites._longest_first(names, tmp_path) == ["d", "b", "c", "a"]
+
+
 def test_python_m_benchmarks_is_the_bench_command():
     done = subprocess.run([sys.executable, "-m", "benchmarks", "--list"], capture_output=True,
                           text=True, timeout=60)

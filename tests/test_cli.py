@@ -95,6 +95,7 @@ BAD = [
     (("compare", "--model", "llama3-70b", "--gpus", "1xH100", "--seq", "8"), "GpuMemoryError"),
     (("bench", "--suite", "nonsense"), "unknown suite or topic"),
     (("bench", "--suite", "quick", "full"), "not both"),
+    (("bench", "--jobs", "0", "gpu_calibration"), "--jobs must be at least 1"),
     (("info", "WSE9"), "unknown preset"),
     (("frobnicate",), "invalid choice"),
 ]
