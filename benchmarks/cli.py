@@ -597,8 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench", help="run benchmark suites (also: python -m benchmarks)",
         description="Run benchmark suites or single topics; print tables, write JSON, CSV and "
-        "PNG files. 'quick' takes under 3 minutes on 2 cores; see benchmarks/RESULTS.md for "
-        "a full run.")
+        "PNG files. 'quick' takes about 1.5 minutes on 2 cores once the engine is compiled; see "
+        "benchmarks/RESULTS.md for a full run.")
     bench.add_argument("names", nargs="*", metavar="NAME",
                        help="quick (default), full, or topic names (see --list); the same as "
                        "--suite NAME ...")
