@@ -310,27 +310,38 @@ def run(quick: bool = True, part: str | None = None, grids=None, model_names=Non
     return rows
 
 
+def layer_panels(rows) -> list[tuple[str, str]]:
+    """The (case, mode) pairs the layer plot draws, one panel each, in the
+    rows' order: machines compared within a panel run the same work (the
+    quick run has the tiny model's prefill and decode, and LLaMA-3-8B's decode)."""
+    panels = []
+    for r in rows:
+        if r["mode"] in ("prefill", "decode") and r.get("seconds") \
+                and (r["case"], r["mode"]) not in panels:
+            panels.append((r["case"], r["mode"]))
+    return panels
+
+
 def plot(rows, out_dir) -> list[pathlib.Path]:
     from benchmarks.plots import pyplot
     plt = pyplot()
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     made = []
-    modes = [m for m in ("prefill", "decode")
-             if any(r["mode"] == m and r.get("seconds") for r in rows)]
-    if not modes:        # e.g. --part relayout: no layer to draw, keep an earlier plot
+    panels = layer_panels(rows)
+    if not panels:        # e.g. --part relayout: no layer to draw, keep an earlier plot
         return made
-    fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4), squeeze=False)
-    for ax, mode in zip(axes[0], modes):
-        sel = [r for r in rows if r["mode"] == mode and r.get("seconds")]
-        labels = [r["machine"] + ("" if r.get("emulated", True) else "\n(extrapolated)")
-                  for r in sel]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (case, mode) in zip(axes[0], panels):
+        sel = [r for r in rows if r["case"] == case and r["mode"] == mode and r.get("seconds")]
+        labels = [r["machine"].replace(" ", "\n", 1).replace("-", "\n", 1)
+                  + ("" if r.get("emulated", True) else "\n(extrapolated)") for r in sel]
         tps = [r["tokens"] / r["seconds"] for r in sel]
         ax.bar(range(len(sel)), tps, color=["tab:blue" if r["machine"].startswith("wafer")
                                             else "tab:orange" for r in sel])
         ax.set_xticks(range(len(sel)), labels, fontsize=8)
         ax.set_ylabel("tokens / s (one layer)")
-        ax.set_title(f"{sel[0]['case']}: {mode}")
+        ax.set_title(f"{case}: {mode}")
     fig.tight_layout()
     path = out_dir / "transformer_layer.png"
     fig.savefig(path, dpi=120)

@@ -162,6 +162,20 @@ def test_workers_take_the_longest_topics_first(tmp_path):
     assert suites._longest_first(names, tmp_path) == ["d", "b", "c", "a"]
 
 
+def test_the_layer_plot_draws_each_case_and_mode_apart(tmp_path):
+    """The quick transformer topic has two models: a panel never mixes them."""
+    from benchmarks import transformer
+    rows = [{"case": case, "mode": mode, "machine": machine, "tokens": 1, "seconds": 1e-5}
+            for case, mode in (("tiny", "prefill"), ("tiny", "decode"),
+                               ("llama3-8b layer", "decode"))
+            for machine in ("wafer 8x8", "8xH100-SXM5-80GB")]
+    rows.append({"case": "relayout proxy", "mode": "relayout", "machine": "wafer 8x8"})
+    assert transformer.layer_panels(rows) == [("tiny", "prefill"), ("tiny", "decode"),
+                                              ("llama3-8b layer", "decode")]
+    made = transformer.plot(rows, tmp_path)
+    assert made and all(_is_real_plot(path) for path in made)
+
+
 def test_python_m_benchmarks_is_the_bench_command():
     done = subprocess.run([sys.executable, "-m", "benchmarks", "--list"], capture_output=True,
                           text=True, timeout=60)
