@@ -373,7 +373,9 @@ def run_suite(names: list[str], quick: bool, out_dir, console=None, show_progres
     out_dir.mkdir(parents=True, exist_ok=True)
     env = environment()
     config = dict(config or {}, suite_quick=quick, jobs=jobs)
-    order = _longest_first(names, out_dir)
+    pooled = [n for n in _longest_first(names, out_dir) if not TOPICS[n].alone]
+    if jobs == 1 or len(pooled) < 2:      # nothing would run beside anything
+        pooled = []
     done: dict[str, TopicResult] = {}
     started = time.perf_counter()
     columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
@@ -386,9 +388,6 @@ def run_suite(names: list[str], quick: bool, out_dir, console=None, show_progres
             progress.console.print(render_result(result, console.width))
             progress.advance(task)
 
-        pooled = [n for n in order if not TOPICS[n].alone]
-        if jobs == 1 or len(pooled) < 2:      # nothing would run beside anything
-            pooled = []
         for name in [n for n in names if n not in pooled]:
             progress.update(task, description=f"{name}: running")
             finished(run_topic(name, quick, out_dir, config, env))
@@ -397,8 +396,9 @@ def run_suite(names: list[str], quick: bool, out_dir, console=None, show_progres
             import multiprocessing
             progress.update(task, description=f"{', '.join(pooled)}: running, {jobs} at a time")
             # spawn, not fork: the progress bar's thread is running
-            with concurrent.futures.ProcessPoolExecutor(
-                    max_workers=min(jobs, len(pooled)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            spawn = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(min(jobs, len(pooled)),
+                                                        mp_context=spawn) as pool:
                 futures = {pool.submit(_run_topic_in_worker, n, quick, out_dir, config, env): n
                            for n in pooled}
                 for future in concurrent.futures.as_completed(futures):
