@@ -4,7 +4,7 @@ events, Chrome trace and errors, to the bit (`wse.testing.assert_engines_agree`
 compares every field of the run report and the whole final engine state).
 
 The stream engine advances a cycle in bulk only after checking that the state
-deciding it repeats the previous cycle's (wse/engine.py, `_try_bulk`); these
+deciding it repeats the previous cycle's (wse/engine.py, `_repeats`); these
 tests are what shows the check is sufficient, on fuzzed programs and on every
 kernel family, and that bulk advance happens where it should (the bulk
 fractions asserted below), so a fallback to stepping cannot pass silently.
@@ -275,6 +275,70 @@ def test_fuzzed_streams_went_in_bulk_often():
     # column-wise advance needs a long stream without records or traps: rarer
     # here, and exercised on purpose by the tests further down
     assert STREAM_FUZZ_TALLY["columns"] >= 1, STREAM_FUZZ_TALLY
+
+
+@pytest.mark.parametrize("room", [80, 600])
+def test_column_pass_agrees_taken_a_few_periods_and_groups_at_a_time(monkeypatch, room):
+    """The column-wise pass takes its moves in groups that share no queue, a
+    batch of groups at a time, and a group whose streams outgrow the room for
+    values a few periods at a time. With that room shrunk to 40 values (every
+    group of a shift on 3 x 4 PEs alone and in many chunks; a broadcast along
+    9 PEs, one group, a period or two at a time) and to 600 (batches of
+    several groups), the results are those of the wavelet engine and the
+    streams still go column-wise."""
+    from wse import lowering
+    monkeypatch.setattr(lowering, "column_values", lambda n_pe, moves: room)
+    grid = wse.WSE2.with_grid(rows=3, cols=4)
+    x = np.random.default_rng(1).standard_normal((3, 4, 96)).astype(np.float32)
+    for k, wrap in ((1, True), (-1, False)):
+        bulk = testing.assert_engines_agree(lambda: C.shift(x, grid, k=k, wrap=wrap))
+        assert bulk["bulk_column_cycles"] > 0, bulk
+        bulk = testing.assert_engines_agree(lambda: C.shift(x, grid, k=k, along="y", wrap=wrap))
+        assert bulk["bulk_column_cycles"] > 0, bulk
+    # stopped mid-stream: the queues hold wavelets (values, ids, ready times)
+    # that the last chunk of a column pass pushed
+    prog = wse.Program(grid)
+    src, dst = prog.buffer("src", (96,), "float32"), prog.buffer("dst", (96,), "float32")
+    C.shift_fragment(prog, src, dst, "x", 1).install("shift")
+    prog.load(src, x)
+    for max_cycles in (60, 77, 100):
+        states = [_state_at_cycle_limit(prog, engine, max_cycles)[0]
+                  for engine in ("wavelet", "stream")]
+        for field in ("rq_val", "rq_entry", "rq", "pq_val", "pq_entry", "pq", "slot",
+                      "sram_f32", "link_wavelets"):
+            assert np.array_equal(getattr(states[0], field), getattr(states[1], field)), \
+                (field, max_cycles)
+        from wse import engine as loop
+        run_wide = [loop.K_NEXT_WAVELET_ID, loop.K_FINISH, loop.K_LAST_PROGRESS]
+        assert states[1].counters[run_wide].tolist() == states[0].counters[run_wide].tolist(), \
+            max_cycles
+    line = wse.WSE2.with_grid(rows=1, cols=9)
+    bulk = testing.assert_engines_agree(lambda: C.broadcast(_line(9, 256), line, root=3))
+    assert bulk["bulk_column_cycles"] > 0, bulk
+    bulk = testing.assert_engines_agree(lambda: C.reduce(_line(9, 256), line, root=0,
+                                                         algorithm="chain"))
+    assert bulk["bulk_column_cycles"] > 0, bulk
+
+
+@settings(max_examples=80, deadline=None, database=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
+@given(stream_programs())
+def test_fuzzed_streams_agree_with_little_room_for_column_values(case):
+    """The stream fuzz above with the column-wise pass's room for values
+    shrunk to 24 (lowering.column_values), so that its groups are taken in
+    chunks of few periods or not at all: both engines still agree."""
+    from wse import lowering
+    build, options = case
+    try:
+        prog = build()
+    except wse.WseError:
+        return
+    saved = lowering.column_values
+    lowering.column_values = lambda n_pe, moves: 24
+    try:
+        testing.assert_engines_agree(lambda: prog.run(**options))
+    finally:
+        lowering.column_values = saved
 
 
 def _line(n, B, seed=0, dtype=np.float32):

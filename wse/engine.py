@@ -237,6 +237,7 @@ State = namedtuple("State", [
     # and the streams' values, wavelet ids and ready times
     "col_queue_of", "col_queues", "col_actions", "col_order", "col_consumers",
     "col_val", "col_id", "col_ready",
+    "col_group_moves", "col_group_queues",  # the moves and queues, group by group
     "beside",                          # (4 * slots, 3): SRAM bytes (first, last, written)
                                        # the fabric operations of a PE whose main thread
                                        # runs ahead beside them have still to touch
@@ -1872,9 +1873,18 @@ def _replay(S, st, now, periods, lean):
 # sources: (queue, rank) x 2 from CA_SRC; outputs: x 5 from CA_DST; a slot's
 # move j (CA_SUB) of its CA_EVERY a period
 COL_ACTION_FIELDS = 24
-(CQ_GLOBAL, CQ_COUNT, CQ_PUSHES, CQ_POPS, CQ_AT, CQ_LAST_POP, CQ_PRODUCERS, CQ_DONE,
- CQ_FIRST_CONSUMER, CQ_CONSUMERS) = range(10)
-COL_QUEUE_FIELDS = 10
+(CQ_GLOBAL, CQ_COUNT, CQ_PUSHES, CQ_POPS, CQ_AT, CQ_LAST_POP, CQ_PRODUCERS,
+ CQ_FIRST_CONSUMER, CQ_CONSUMERS, CQ_GROUP, CQ_GROUP_MOVES, CQ_GROUP_QUEUES, CQ_GROUP_HELD,
+ CQ_GROUP_PUSHES) = range(14)
+COL_QUEUE_FIELDS = 14
+# The moves of a period fall into groups that share no queue (a neighbour
+# shift: one per sender; a broadcast: one per line), and whose memory is apart
+# (_memory_apart): each group is taken for all periods before the next, its
+# streams laid out from the start of st.col_val, so a stream is read back while
+# it is still in cache. Groups are batched up to this many values (20 bytes
+# each: about the L2 cache of this machine); a group that needs more than the
+# room for values is taken a few periods at a time.
+COLUMN_BATCH_VALUES = 1 << 16
 
 
 @njit(cache=True, _nrt=False)
@@ -2112,44 +2122,143 @@ def _column_order(st, n_moves, n_queues):
     return n == n_moves
 
 
+@njit(cache=True, _nrt=False, inline='always')
+def _group_root(queues, local):
+    """The queue that represents local queue `local`'s group (union-find)."""
+    while queues[local, CQ_GROUP] != local:
+        parent = queues[local, CQ_GROUP]
+        queues[local, CQ_GROUP] = queues[parent, CQ_GROUP]
+        local = parent
+    return local
+
+
+@njit(cache=True, _nrt=False)
+def _column_groups(st, n_moves, n_queues):
+    """Split the moves into groups that share no queue: st.col_group_moves
+    holds the moves group by group, each group's in the order of st.col_order,
+    st.col_group_queues its queues; a group's representative queue keeps where
+    they end (CQ_GROUP_MOVES, CQ_GROUP_QUEUES) and its streams' values held
+    (CQ_GROUP_HELD) and pushed a period (CQ_GROUP_PUSHES). Groups come in the
+    order of their representatives. False if a move touches no queue."""
+    queues, plan = st.col_queues, st.col_actions
+    for local in range(n_queues):
+        queues[local, CQ_GROUP] = local
+        queues[local, CQ_GROUP_MOVES] = 0
+        queues[local, CQ_GROUP_QUEUES] = 0
+        queues[local, CQ_GROUP_HELD] = 0
+        queues[local, CQ_GROUP_PUSHES] = 0
+    for m in range(n_moves):
+        first = -1
+        for j in range(plan[m, CA_NSRC] + plan[m, CA_NDST]):
+            local = plan[m, CA_SRC + 2 * j] if j < plan[m, CA_NSRC] else \
+                plan[m, CA_DST + 2 * (j - plan[m, CA_NSRC])]
+            root = _group_root(queues, local)
+            if first < 0:
+                first = root
+            elif root != first:
+                queues[root, CQ_GROUP] = first
+        if first < 0:
+            return False
+    for local in range(n_queues):
+        root = _group_root(queues, local)
+        queues[local, CQ_GROUP] = root
+        queues[root, CQ_GROUP_QUEUES] += 1
+        queues[root, CQ_GROUP_HELD] += queues[local, CQ_COUNT]
+        queues[root, CQ_GROUP_PUSHES] += queues[local, CQ_PUSHES]
+    for m in range(n_moves):
+        queues[queues[plan[m, CA_SRC if plan[m, CA_NSRC] > 0 else CA_DST], CQ_GROUP],
+               CQ_GROUP_MOVES] += 1
+    # counts -> where each group starts, then -> where it ends as it is filled
+    moves_at, queues_at = 0, 0
+    for local in range(n_queues):
+        if queues[local, CQ_GROUP] == local:
+            c = queues[local, CQ_GROUP_MOVES]
+            queues[local, CQ_GROUP_MOVES] = moves_at
+            moves_at += c
+            c = queues[local, CQ_GROUP_QUEUES]
+            queues[local, CQ_GROUP_QUEUES] = queues_at
+            queues_at += c
+    for local in range(n_queues):
+        root = queues[local, CQ_GROUP]
+        st.col_group_queues[queues[root, CQ_GROUP_QUEUES]] = local
+        queues[root, CQ_GROUP_QUEUES] += 1
+    for o in range(n_moves):
+        m = st.col_order[o]
+        root = queues[plan[m, CA_SRC if plan[m, CA_NSRC] > 0 else CA_DST], CQ_GROUP]
+        st.col_group_moves[queues[root, CQ_GROUP_MOVES]] = m
+        queues[root, CQ_GROUP_MOVES] += 1
+    return True
+
+
 @njit(cache=True, _nrt=False)
 def _columns(S, st, now, period, periods):
-    """Advance `periods` periods column-wise (see above). Returns the cycle
-    reached, or -1 where a column pass would not be exact (nothing changed)."""
+    """Advance `periods` periods column-wise (see above), group by group.
+    Returns the cycle reached, or -1 where a column pass would not be exact
+    or its streams would not fit (nothing changed)."""
     cfg = S.settings
     if cfg[C_TRAP_NAN] or cfg[C_RECORD] & (RECORD_LINKS | RECORD_DELIVERIES):
         return -1
     n_moves, n_queues = _column_plan(S, st, period)
     if n_moves < 0:
         return -1
-    queues = st.col_queues
-    if not _column_order(st, n_moves, n_queues):
-        for local in range(n_queues):
-            st.col_queue_of[queues[local, CQ_GLOBAL]] = -1
-        return -1
-    per_period = 0
-    for local in range(n_queues):
-        per_period += queues[local, CQ_PUSHES]
-        queues[local, CQ_COUNT] = _queue_count(st, queues[local, CQ_GLOBAL])
+    queues, plan = st.col_queues, st.col_actions
     capacity = st.col_val.shape[0]
-    fixed = 0
     for local in range(n_queues):
-        fixed += queues[local, CQ_COUNT]
-    chunk = (capacity - fixed) // max(per_period, 1)
-    if chunk < 1:
+        queues[local, CQ_COUNT] = _queue_count(st, queues[local, CQ_GLOBAL])
+    fits = _column_order(st, n_moves, n_queues) and _column_groups(st, n_moves, n_queues)
+    for local in range(n_queues):
+        if fits and queues[local, CQ_GROUP] == local:
+            fits = queues[local, CQ_GROUP_HELD] + queues[local, CQ_GROUP_PUSHES] <= capacity
+    if not fits:
         for local in range(n_queues):
             st.col_queue_of[queues[local, CQ_GLOBAL]] = -1
         return -1
-    t = now
-    left = periods
-    while left > 0:
-        n = min(chunk, left)
-        _column_chunk(S, st, t, period, n, n_moves, n_queues)
-        t += n * period
-        left -= n
+    counters = st.counters
+    id_base = counters[K_NEXT_WAVELET_ID]
+    ids_per_period, last_move = 0, 0
+    for m in range(n_moves):
+        if plan[m, CA_ID_RANK] >= 0:
+            ids_per_period += 1
+        last_move = max(last_move, plan[m, CA_OFFSET])
+    # batches of whole groups in the order of their representatives
+    moves_lo, queues_lo = 0, 0
+    local = 0
+    while local < n_queues:
+        held, pushes = 0, 0
+        moves_hi, queues_hi = moves_lo, queues_lo
+        while local < n_queues:
+            if queues[local, CQ_GROUP] == local:
+                more_held = held + queues[local, CQ_GROUP_HELD]
+                more_pushes = pushes + queues[local, CQ_GROUP_PUSHES]
+                if moves_hi > moves_lo and \
+                        more_held + periods * more_pushes > min(COLUMN_BATCH_VALUES, capacity):
+                    break
+                held, pushes = more_held, more_pushes
+                moves_hi = queues[local, CQ_GROUP_MOVES]
+                queues_hi = queues[local, CQ_GROUP_QUEUES]
+            local += 1
+        done = 0
+        while done < periods:
+            n = min(periods - done, (capacity - held) // pushes)
+            _column_chunk(S, st, now + done * period, period, n, id_base + done * ids_per_period,
+                          ids_per_period, moves_lo, moves_hi, queues_lo, queues_hi)
+            done += n
+        moves_lo, queues_lo = moves_hi, queues_hi
     for local in range(n_queues):
         st.col_queue_of[queues[local, CQ_GLOBAL]] = -1
-    return t
+    counters[K_NEXT_WAVELET_ID] = id_base + periods * ids_per_period
+    last = now + (periods - 1) * period + last_move
+    counters[K_LAST_PROGRESS] = last
+    if last + 1 > counters[K_FINISH]:
+        counters[K_FINISH] = last + 1
+    steps_r, steps_p = 0, 0
+    for a in range(counters[K_ACTIONS]):
+        if st.actions[a, 0] == ACTION_CYCLE_END:
+            steps_r += st.actions[a, 1]
+            steps_p += st.actions[a, 2]
+    counters[K_STEPS_ROUTER] += periods * steps_r
+    counters[K_STEPS_PE] += periods * steps_p
+    return now + periods * period
 
 
 @njit(cache=True, _nrt=False, inline='always')
@@ -2159,18 +2268,22 @@ def _queue_count(st, g):
 
 
 @njit(cache=True, _nrt=False)
-def _column_chunk(S, st, now, period, n, n_moves, n_queues):
-    """`n` periods from `now`, column-wise (the plan and order are made)."""
+def _column_chunk(S, st, now, period, n, id_base, ids_per_period, moves_lo, moves_hi,
+                  queues_lo, queues_hi):
+    """`n` periods from `now`, column-wise, of the groups whose moves are
+    st.col_group_moves[moves_lo:moves_hi] and queues st.col_group_queues
+    [queues_lo:queues_hi]; the first wavelet sent is numbered `id_base`."""
     cfg = S.settings
     depth, idepth = cfg[C_QDEPTH], cfg[C_IQDEPTH]
     n_rq = st.rq.shape[0]
-    queues, plan, order = st.col_queues, st.col_actions, st.col_order
+    queues, plan = st.col_queues, st.col_actions
+    group_moves, group_queues = st.col_group_moves, st.col_group_queues
     val, ident, ready = st.col_val, st.col_id, st.col_ready
     f32, u16, lut = st.sram_f32, st.sram_u16, S.half_to_float
-    counters = st.counters
     # each queue's stream starts with what it holds
     at = 0
-    for local in range(n_queues):
+    for x in range(queues_lo, queues_hi):
+        local = group_queues[x]
         g = queues[local, CQ_GLOBAL]
         queues[local, CQ_AT] = at
         c = queues[local, CQ_COUNT]
@@ -2186,20 +2299,16 @@ def _column_chunk(S, st, now, period, n, n_moves, n_queues):
                 ident[at + i] = st.pq_entry[e, E_ID]
                 ready[at + i] = st.pq_entry[e, E_READY]
         at += c + n * queues[local, CQ_PUSHES]
-    id_base = counters[K_NEXT_WAVELET_ID]
-    ids_per_period = 0
-    last_move = 0
     # ready times matter only for what the queues' ring slots keep at the end:
     # a ring's last pushes, which come from the last periods (ids are carried
     # along whole, an element's id being its source's)
     late = max(0, n - max(depth, idepth) - 2)
-    for o in range(n_moves):
-        m = order[o]
+    for o in range(moves_lo, moves_hi):
+        m = group_moves[o]
         kind = plan[m, CA_KIND]
         who = plan[m, CA_WHO]
         which = plan[m, CA_WHICH]
         first_cycle = now + plan[m, CA_OFFSET]
-        last_move = max(last_move, plan[m, CA_OFFSET])
         if kind == ACTION_ROUTER:
             src = plan[m, CA_SRC]
             src_at = queues[src, CQ_AT] + plan[m, CA_SRC + 1]
@@ -2250,7 +2359,6 @@ def _column_chunk(S, st, now, period, n, n_moves, n_queues):
             local = plan[m, CA_DST]
             d_at = queues[local, CQ_AT] + queues[local, CQ_COUNT] + (plan[m, CA_DST + 1] >> 3)
             d_step = queues[local, CQ_PUSHES]
-            ids_per_period += 1
         dd = S.desc[dst, D_DTYPE]
         # operand kinds, dtypes and strides are fixed for the whole column
         da = S.desc[a, D_DTYPE] if a >= 0 else F32
@@ -2303,13 +2411,14 @@ def _column_chunk(S, st, now, period, n, n_moves, n_queues):
             st.pe[p, P_RAMP_OUT] += n
         else:
             st.pe[p, P_SRAM_BYTES] += n * (4 if dd == F32 else 2)
-    for m in range(n_moves):
+    for o in range(moves_lo, moves_hi):
+        m = group_moves[o]
         if plan[m, CA_KIND] == ACTION_FABRIC and plan[m, CA_SUB] == 0:
             st.slot[plan[m, CA_WHO], plan[m, CA_WHICH], S_PROGRESS] += n * plan[m, CA_EVERY]
     # wavelets sent in the chunk are numbered in the order stepping sends them,
     # and carry their numbers on through the routers that forward them
-    for o in range(n_moves):
-        m = order[o]
+    for o in range(moves_lo, moves_hi):
+        m = group_moves[o]
         if plan[m, CA_KIND] != ACTION_FABRIC or plan[m, CA_ID_RANK] < 0:
             continue
         local = plan[m, CA_DST]
@@ -2317,8 +2426,8 @@ def _column_chunk(S, st, now, period, n, n_moves, n_queues):
         d_step = queues[local, CQ_PUSHES]
         for k in range(n):
             ident[d_at + k * d_step] = id_base + k * ids_per_period + plan[m, CA_ID_RANK]
-    for o in range(n_moves):
-        m = order[o]
+    for o in range(moves_lo, moves_hi):
+        m = group_moves[o]
         if plan[m, CA_KIND] != ACTION_ROUTER:
             continue
         src = plan[m, CA_SRC]
@@ -2331,10 +2440,10 @@ def _column_chunk(S, st, now, period, n, n_moves, n_queues):
             dst_step = queues[local, CQ_PUSHES]
             for k in range(n):
                 ident[dst_at + k * dst_step] = ident[src_at + k * src_step]
-    counters[K_NEXT_WAVELET_ID] = id_base + n * ids_per_period
     # the queues as stepping leaves them: the last pushes in their ring slots
     # (those still queued, and those popped whose slots were not reused)
-    for local in range(n_queues):
+    for y in range(queues_lo, queues_hi):
+        local = group_queues[y]
         g = queues[local, CQ_GLOBAL]
         c = queues[local, CQ_COUNT]
         pushes = n * queues[local, CQ_PUSHES]
@@ -2362,17 +2471,6 @@ def _column_chunk(S, st, now, period, n, n_moves, n_queues):
             st.pq[q, Q_HEAD] = (head + pushes) % d
             st.pq[q, Q_LAST_POP] = last_pop
             _refresh_head_ready(st.pq, st.pq_entry, q, d)
-    last = now + (n - 1) * period + last_move
-    counters[K_LAST_PROGRESS] = last
-    if last + 1 > counters[K_FINISH]:
-        counters[K_FINISH] = last + 1
-    steps_r, steps_p = 0, 0
-    for a in range(counters[K_ACTIONS]):
-        if st.actions[a, 0] == ACTION_CYCLE_END:
-            steps_r += st.actions[a, 1]
-            steps_p += st.actions[a, 2]
-    counters[K_STEPS_ROUTER] += n * steps_r
-    counters[K_STEPS_PE] += n * steps_p
 
 
 @njit(cache=True, _nrt=False)

@@ -186,6 +186,16 @@ def settings(cfg: WaferConfig, ncolors: int, options: dict) -> np.ndarray:
     return s
 
 
+def column_values(n_pe: int, moves: int) -> int:
+    """Room for the values of the column-wise pass's streams (20 bytes each).
+    The pass takes its groups of moves a batch at a time (engine.
+    COLUMN_BATCH_VALUES), so only a group larger than a batch uses more: such
+    a group (a broadcast along a line of the full wafer, say) is taken as many
+    periods at a time as fit, and one that does not fit a single period is
+    replayed period by period instead."""
+    return min(64 * moves, max(1 << 21, 5 * (10 * n_pe + 64)))
+
+
 def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events: int,
               stream: bool = False):
     """Fresh engine state for `static` over the SRAM bytes in `arena` (used as is),
@@ -220,16 +230,10 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
     # found to repeat. So a recording has room for 12 cycles of about five
     # moves a PE, held to 2^24 moves (24 bytes each) beyond about 280,000 PEs: the
     # full wafer keeps about 22 a PE (a neighbour shift moves 3.5 a PE a
-    # cycle). The column-wise pass plans every recorded move, and keeps values
-    # of its streams for a few periods' pushes per chunk. np.zeros maps pages
-    # lazily, so only what a run records becomes resident. Every chunk of the
-    # column-wise pass sweeps all queues and moves of the period, so the room
-    # for values sets how many periods a sweep covers: on the full wafer
-    # (benchmarks/memory.py) room for 2, 4, 5 and 6 values for each of ten
-    # moves a PE ran the shift in 129, 61, 47 and 50 s at 7.26, 7.56, 7.69
-    # and 7.85 GiB peak (20 bytes a value); 5 keeps it under the 8 GiB target.
+    # cycle). The column-wise pass plans every recorded move. np.zeros maps
+    # pages lazily, so only what a run records becomes resident.
     moves = min(engine.BULK_PERIOD_MAX * 5 * n_pe, max(10 * n_pe, 1 << 24)) + 64
-    values = min(64 * moves, max(1 << 21, 5 * (10 * n_pe + 64)))
+    values = column_values(n_pe, moves)
     pq_val, pq_entry, pq = queues(idepth)
     return engine.State(
         sram_f32=arena.view(np.float32), sram_u16=arena.view(np.uint16),
@@ -256,5 +260,7 @@ def new_state(static, arena: np.ndarray, ncolors: int, cfg: WaferConfig, events:
         col_val=np.zeros(values if stream else 1, np.float32),
         col_id=np.zeros(values if stream else 1, i64),
         col_ready=np.zeros(values if stream else 1, i64),
+        col_group_moves=np.zeros(moves if stream else 1, i64),
+        col_group_queues=np.zeros(2 * moves if stream else 1, i64),
         beside=np.zeros((4 * cfg.async_slots + 4 if stream else 1, 3), i64),
     )

@@ -807,7 +807,8 @@ def check_report(report, cfg: WaferConfig | None = None, program=None) -> tuple[
 # stream-engine scratch and bookkeeping that the wavelet engine has no use for
 _ENGINE_SCRATCH = ("actions", "signature", "bulk_rows", "bulk_sleep", "bulk_stall",
                    "bulk_moves", "col_queue_of", "col_queues", "col_actions", "col_order",
-                   "col_consumers", "col_val", "col_id", "col_ready", "beside")
+                   "col_consumers", "col_val", "col_id", "col_ready", "col_group_moves",
+                   "col_group_queues", "beside")
 
 
 def run_on_each_engine(run) -> dict:
