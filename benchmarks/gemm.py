@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import json
 import resource
-import subprocess
-import sys
 import time
 
+from benchmarks.child import point_row
 from benchmarks.options import add_point_option, command_line
 
 QUICK_POINTS = [(256, 8), (256, 16), (512, 32)]
@@ -153,21 +152,9 @@ def overflow_message(size: int = 2048, grid: int = 16) -> str:
 
 def _measure_in_child(algorithm: str, size: int, grid: int, timeout: float | None) -> dict:
     ks = FIRST_STEPS.get((size, grid), {}).get(algorithm)
-    how = ["--first-steps", algorithm, str(size), str(grid), *map(str, ks)] if ks else \
-        ["--point", algorithm, str(size), str(grid)]
-    try:
-        done = subprocess.run([sys.executable, "-m", "benchmarks.gemm", *how],
-                              capture_output=True, text=True,
-                              check=False, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"algorithm": algorithm, "size": size, "grid": f"{grid}x{grid}",
-                "pes": grid * grid, "status": f"not finished within {timeout:.0f} s"}
-    if done.returncode != 0:
-        return {"algorithm": algorithm, "size": size, "grid": f"{grid}x{grid}",
-                "pes": grid * grid, "status": "failed: " + done.stderr.strip()[-300:]}
-    row = json.loads(done.stdout.strip().splitlines()[-1])
-    row["status"] = "ok"
-    return row
+    if ks:
+        return point_row(measure_first_steps, (algorithm, size, grid, ks), timeout)
+    return point_row(measure_point, (algorithm, size, grid), timeout)
 
 
 def run(quick: bool = True, points=None, timeout: float | None = None) -> list[dict]:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 import resource
-import subprocess
-import sys
 import time
 
+from benchmarks.child import point_row
 from benchmarks.options import add_point_option, command_line
 
 QUICK_POINTS = [(1024, 64), (2048, 64)]
@@ -54,25 +53,9 @@ def measure_point(algorithm: str, size: int, grid: int, dtype: str = "float16") 
             "within_tolerance": bool(err <= G.tolerance(dtype, "float32", size, grid))}
 
 
-def _measure_in_child(algorithm: str, size: int, grid: int, timeout: float | None) -> dict:
-    try:
-        done = subprocess.run([sys.executable, "-m", "benchmarks.gemv", "--point", algorithm,
-                               str(size), str(grid)], capture_output=True, text=True,
-                              check=False, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"algorithm": algorithm, "size": size, "grid": f"{grid}x{grid}",
-                "status": f"not finished within {timeout:.0f} s"}
-    if done.returncode != 0:
-        return {"algorithm": algorithm, "size": size, "grid": f"{grid}x{grid}",
-                "status": "failed: " + done.stderr.strip()[-300:]}
-    row = json.loads(done.stdout.strip().splitlines()[-1])
-    row["status"] = "ok"
-    return row
-
-
 def run(quick: bool = True, points=None, timeout: float | None = None) -> list[dict]:
     chosen = points if points is not None else (QUICK_POINTS if quick else FULL_POINTS)
-    return [_measure_in_child(a, s, g, timeout) for s, g in chosen for a in ALGORITHMS]
+    return [point_row(measure_point, (a, s, g), timeout) for s, g in chosen for a in ALGORITHMS]
 
 
 def plot(rows: list[dict], out_dir) -> list:

@@ -5,16 +5,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 import wse
-from benchmarks import cli, plots, scaling, suites
+from benchmarks import child, cli, gemm, plots, scaling, suites
 from kernels import matmul
 
 
@@ -229,3 +231,20 @@ def test_engine_profile_keeps_the_engines_code_and_names_its_functions(tmp_path)
     lines = perf_map.read_text().splitlines()
     run_start = min(int(line.split()[0], 16) for line in lines if line.endswith(" engine.run"))
     assert run_start >= base and len(lines) == len(symbols)
+
+
+def test_points_run_in_processes_of_their_own():
+    """benchmarks.child runs each GEMM and GEMV point in a process forked from
+    a server that has the engine loaded: the point's result comes back; one
+    that raises, dies or runs past its time limit comes back as that, and
+    the next point still runs."""
+    assert child.run_point(math.sqrt, (4.0,), 60) == ("ok", 2.0)
+    outcome, text = child.run_point(math.sqrt, (-1.0,), 60)
+    assert outcome == "error" and "ValueError: math domain error" in text, text
+    outcome, text = child.run_point(os._exit, (3,), 60)
+    assert outcome == "error" and "exit code 3" in text, text
+    assert child.run_point(time.sleep, (60,), 0.5) == ("timeout", 0.5)
+    row = child.point_row(gemm.measure_point, ("summa", 16, 2), 120)
+    assert row["status"] == "ok" and row["algorithm"] == "summa" and row["cycles"] > 0, row
+    row = child.point_row(gemm.measure_point, ("no_such_algorithm", 16, 2), 120)
+    assert row["status"].startswith("failed: ") and row["grid"] == "2x2", row
