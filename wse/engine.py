@@ -2374,7 +2374,28 @@ def _column_chunk(S, st, now, period, n, id_base, ids_per_period, moves_lo, move
         zero = np.float32(0.0)
         every = plan[m, CA_EVERY]
         i0 += plan[m, CA_SUB]
-        for k in range(n):
+        # a send or a receive (a mov between memory without wrap and the
+        # fabric), the shifts' and broadcasts' moves: loops of their own, the
+        # general loop's dispatch per element costing more than the copy
+        general = True
+        if op == OP_MOV and out_fabric and ka == MEM and wrap_a == 0:
+            general = False
+            if da == F32:
+                for k in range(n):
+                    val[d_at + k * d_step] = f32[ba + (i0 + k * every) * stride_a]
+            else:
+                for k in range(n):
+                    val[d_at + k * d_step] = lut[u16[ba + (i0 + k * every) * stride_a]]
+        elif op == OP_MOV and ka == FABIN and not out_fabric and wrap_d == 0:
+            general = False
+            if dd == F32:
+                for k in range(n):
+                    f32[bd + (i0 + k * every) * stride_d] = val[a_at + k * a_step]
+            else:
+                for k in range(n):
+                    u16[bd + (i0 + k * every) * stride_d] = float_to_half_bits(
+                        val[a_at + k * a_step])
+        for k in range(n if general else 0):
             i = i0 + k * every
             if ka == FABIN:
                 va = val[a_at + k * a_step]
