@@ -8,7 +8,10 @@ point starts in a fraction of a second rather than the two seconds a fresh
 interpreter takes (imports 0.5 s, loading the engine from Numba's cache 1 s,
 measured on this project's 2-core machine). A point's peak resident memory
 (ru_maxrss) therefore includes the server's pages it inherits, about what a
-fresh interpreter's imports would have taken.
+fresh interpreter's imports would have taken. As with any multiprocessing
+start method but fork, each process imports the calling script again, so a
+script that runs these benchmarks keeps its own work under
+`if __name__ == "__main__":`.
 """
 from __future__ import annotations
 
