@@ -57,11 +57,10 @@ def run_point(function: Callable, args: tuple, timeout: float | None) -> tuple[s
     try:
         if not receiver.poll(timeout):
             process.kill()
-            process.join()
             return "timeout", timeout
         return receiver.recv()
     except EOFError:
-        process.join()
+        process.join()                  # for its exit code
         return "error", f"the process died (exit code {process.exitcode})"
     finally:
         receiver.close()

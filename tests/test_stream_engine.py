@@ -281,11 +281,12 @@ def test_fuzzed_streams_went_in_bulk_often():
 def test_column_pass_agrees_taken_a_few_periods_and_groups_at_a_time(monkeypatch, room):
     """The column-wise pass takes its moves in groups that share no queue, a
     batch of groups at a time, and a group whose streams outgrow the room for
-    values a few periods at a time. With that room shrunk to 40 values (every
+    values a few periods at a time. With that room shrunk to 80 values (every
     group of a shift on 3 x 4 PEs alone and in many chunks; a broadcast along
     9 PEs, one group, a period or two at a time) and to 600 (batches of
     several groups), the results are those of the wavelet engine and the
     streams still go column-wise."""
+    from wse import engine as loop
     from wse import lowering
     monkeypatch.setattr(lowering, "column_values", lambda n_pe, moves: room)
     grid = wse.WSE2.with_grid(rows=3, cols=4)
@@ -308,7 +309,6 @@ def test_column_pass_agrees_taken_a_few_periods_and_groups_at_a_time(monkeypatch
                       "sram_f32", "link_wavelets"):
             assert np.array_equal(getattr(states[0], field), getattr(states[1], field)), \
                 (field, max_cycles)
-        from wse import engine as loop
         run_wide = [loop.K_NEXT_WAVELET_ID, loop.K_FINISH, loop.K_LAST_PROGRESS]
         assert states[1].counters[run_wide].tolist() == states[0].counters[run_wide].tolist(), \
             max_cycles
