@@ -1501,6 +1501,135 @@ def _own_step(S, st, p, now, beside, spans):
 
 
 @njit(cache=True, _nrt=False)
+def _lean_ahead(S, st, spans_of, p, visit, last_event, beside, spans, listed, limit, window):
+    """The steps _run_ahead's loop takes with _own_step, for as long as PE p's
+    main thread issues register instructions (set, affine, mod, loop, jump,
+    branch) or memory-only operations on its own slot, with the same state
+    changes in the same order; it stops, changing nothing more, where
+    _own_step would do anything else or the loop would end. S, st: OpStatic,
+    OpState; spans_of: st.beside. Returns (visit, last_event, steps taken).
+    A tile product's loop nest is all such steps: here each operand is
+    resolved once, where _own_step resolves it to check it and again to
+    start the operation (and a call passes every array of the engine)."""
+    settings, instr, desc = S.settings, S.instr, S.desc
+    pe, slot, regs, counters = st.pe, st.slot, st.regs, st.counters
+    issue = settings[C_SCALAR_CYCLES]
+    startup = settings[C_VECTOR_STARTUP]
+    steps = 0
+    if pe[p, P_SLOTS_BUSY] > 1 and not beside:
+        return visit, last_event, steps
+    while (beside or listed == 0) and counters[ST_CODE] == STATUS_OK and visit < limit \
+            and visit - last_event <= window:
+        busy = pe[p, P_SLOTS_BUSY]
+        if busy & 1 and slot[p, 0, S_BUSY_UNTIL] > visit:
+            if slot[p, 0, S_BUSY_UNTIL] == INF:
+                break
+            visit = slot[p, 0, S_BUSY_UNTIL]         # the instruction in hand is not done
+            steps += 1
+            continue
+        ins = pe[p, P_PC]
+        op = instr[ins, I_OP]
+        if op == OP_SET or op == OP_SETP or op == OP_AFFINE or op == OP_MODI \
+                or op == OP_LOOP or op == OP_JUMP or op == OP_BLT:
+            nxt = pe[p, P_PC] + 1
+            r = instr[ins, I_R]
+            imm = instr[ins, I_IMM]
+            if op == OP_SET:
+                regs[p, r] = imm
+            elif op == OP_SETP:
+                regs[p, r] = S.pe_params[p, imm]
+            elif op == OP_AFFINE:
+                regs[p, r] = regs[p, instr[ins, I_IMM2]] * imm + instr[ins, I_IMM3]
+            elif op == OP_MODI:
+                regs[p, r] = regs[p, r] % imm
+            elif op == OP_LOOP:
+                regs[p, r] -= 1
+                if regs[p, r] > 0:
+                    nxt = imm
+            elif op == OP_JUMP:
+                nxt = imm
+            elif regs[p, r] < instr[ins, I_IMM2]:
+                nxt = imm
+            counters[K_ISSUES] += 1
+            pe[p, P_PC] = nxt
+            slot[p, 0, S_INSTR] = ins                 # _hold_main
+            pe[p, P_SLOTS_BUSY] = busy | 1
+            slot[p, 0, S_BUSY_UNTIL] = visit + issue
+            _progress(counters, visit, visit + issue)
+        elif op >= FIRST_VECTOR_OP and instr[ins, I_SLOT] == 0:
+            count = _vector_length(S, st, p, ins)
+            if _cannot_end(S, count, visit):
+                break
+            dst, a, b, sd = instr[ins, I_DST], instr[ins, I_A], instr[ins, I_B], instr[ins, I_S]
+            n_dst = 1 if op >= OP_SUM else count
+            base_dst = _operand(S, st, p, dst, n_dst) if desc[dst, D_KIND] == MEM else -1
+            base_a = np.int64(0)
+            base_b = np.int64(0)
+            base_s = np.int64(0)
+            if a >= 0:
+                base_a = _operand(S, st, p, a, count) if desc[a, D_KIND] == MEM else -1
+            if b >= 0:
+                base_b = _operand(S, st, p, b, count) if desc[b, D_KIND] == MEM else -1
+            if sd >= 0:
+                base_s = _operand(S, st, p, sd, np.int64(1)) if desc[sd, D_KIND] == MEM else -1
+            if base_dst < 0 or base_a < 0 or base_b < 0 or base_s < 0:
+                break                   # a fabric operand, or one that fails
+            if beside:                  # _apart_from_fabric, on the operands just resolved
+                clash = False
+                for f in range(4):
+                    d = instr[ins, I_DST + f]
+                    if d < 0:
+                        continue
+                    base = base_dst if f == 0 else (base_a if f == 1 else
+                                                    (base_b if f == 2 else base_s))
+                    n = 1 if f == 3 else (n_dst if f == 0 else count)
+                    size = 4 if desc[d, D_DTYPE] == F32 else 2
+                    lo, hi = _span(S, d, base, 0, n - 1)
+                    lo, hi = lo * size, hi * size + size - 1
+                    for k in range(spans):
+                        if (f == 0 or spans_of[k, 2]) and spans_of[k, 0] <= hi \
+                                and lo <= spans_of[k, 1]:
+                            clash = True
+                if clash:
+                    break
+            if busy & 1:
+                slot[p, 0, S_INSTR] = -1
+            counters[K_ISSUES] += 1
+            # _start_op, its operands resolved above
+            slot[p, 0, S_BASE_DST] = base_dst
+            if a >= 0:
+                slot[p, 0, S_BASE_A] = base_a
+            if b >= 0:
+                slot[p, 0, S_BASE_B] = base_b
+            if sd >= 0:
+                slot[p, 0, S_BASE_S] = base_s
+            slot[p, 0, S_INSTR] = ins
+            pe[p, P_SLOTS_BUSY] = busy | 1
+            slot[p, 0, S_PROGRESS] = 0
+            slot[p, 0, S_LEN] = count
+            slot[p, 0, S_START] = visit + startup
+            if count <= 0:
+                slot[p, 0, S_BUSY_UNTIL] = visit + issue
+            else:
+                cost = _memory_op(S, st, p, np.int64(0), ins, count, visit)
+                passes = S.passes_of_op[op]
+                begin = max(visit + startup, pe[p, P_DATAPATH_FREE])
+                end = begin + passes * cost + (passes - 1) * (issue + startup)
+                slot[p, 0, S_BUSY_UNTIL] = max(end, visit + issue)
+                pe[p, P_DATAPATH_FREE] = end
+                pe[p, P_COMPUTE] += passes * cost
+                _progress(counters, visit, max(end, visit + issue))
+            pe[p, P_PC] = ins + 1
+        else:
+            break
+        counters[K_LAST_PROGRESS] = visit
+        steps += 1
+        last_event = visit
+        visit += 1
+    return visit, last_event, steps
+
+
+@njit(cache=True, _nrt=False)
 def _run_ahead(S, st, p, now, visit, beside):
     """Take PE p's following steps now (see above) and schedule it: after its
     step in cycle `now` ended on its own, from its next visit `visit`; or,
@@ -1524,6 +1653,16 @@ def _run_ahead(S, st, p, now, visit, beside):
     listed = (st.active[2 + ((now + 1) & 1), p >> 6] >> (p & 63)) & 1
     while (beside or listed == 0) and counters[ST_CODE] == STATUS_OK and visit < limit \
             and visit - last_event <= window:
+        counters[K_LAST_PROGRESS] = -1
+        visit, last_event, lean_steps = _lean_ahead(
+            OpStatic(S.settings, S.instr, S.instr_imm, S.desc, S.pe_params, S.buf_len,
+                     S.buf_addr, S.half_to_float, S.flops_of_op, S.passes_of_op),
+            OpState(st.sram_f32, st.sram_u16, st.pe, st.regs, st.wavelet, st.slot,
+                    st.counters),
+            st.beside, p, visit, last_event, beside, spans, listed, limit, window)
+        steps += lean_steps
+        if counters[ST_CODE] != STATUS_OK or visit >= limit or visit - last_event > window:
+            break
         counters[K_LAST_PROGRESS] = -1
         after = _own_step(S, st, p, visit, beside, spans)
         if after == NOT_ITS_OWN:
