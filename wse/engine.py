@@ -1056,6 +1056,15 @@ def _start_op(S, st, p, s, ins, now):
         slot[p, s, S_BASE_S] = _resolve(S, st, p, sd, np.int64(1), now, ins)
     if st.counters[ST_CODE] != STATUS_OK:
         return False
+    return _begin_op(S, st, p, s, ins, count, fabric, now)
+
+
+@njit(cache=True, _nrt=False, inline='always')
+def _begin_op(S, st, p, s, ins, count, fabric, now):
+    """The rest of _start_op, its operands resolved into slot s: the slot
+    takes the operation, and a memory-only one is computed at once."""
+    slot = st.slot
+    op = S.instr[ins, I_OP]
     slot[p, s, S_INSTR] = ins
     st.pe[p, P_SLOTS_BUSY] |= 1 << s
     slot[p, s, S_PROGRESS] = 0
@@ -1122,7 +1131,7 @@ def _pick_task(S, st, p, now):
     return -1
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline='always')
 def _hold_main(st, p, ins, until, now):
     """The main thread issues nothing before `until`: an instruction's issue
     cycles, or a task's start. Slot 0 holds `ins` meanwhile."""
@@ -1132,9 +1141,15 @@ def _hold_main(st, p, ins, until, now):
     _progress(st.counters, now, until)
 
 
-@njit(cache=True, _nrt=False)
-def _control(S, st, p, ins, op):
-    """Execute a control instruction; returns the next pc, or -1 to stay (blocked)."""
+@njit(cache=True, _nrt=False, inline='always')
+def _is_register_op(op):
+    """A control instruction that reads and writes only registers and the pc."""
+    return OP_SET <= op <= OP_JUMP or op == OP_BLT
+
+
+@njit(cache=True, _nrt=False, inline='always')
+def _register_op(S, st, p, ins, op):
+    """Execute a register instruction (_is_register_op); returns the next pc."""
     pc = st.pe[p, P_PC]
     r = S.instr[ins, I_R]
     imm = S.instr[ins, I_IMM]
@@ -1156,13 +1171,22 @@ def _control(S, st, p, ins, op):
     elif op == OP_BLT:
         if regs[p, r] < S.instr[ins, I_IMM2]:
             return imm
-    elif op == OP_ACTIVATE:
+    return pc + 1
+
+
+@njit(cache=True, _nrt=False)
+def _control(S, st, p, ins, op):
+    """Execute a control instruction; returns the next pc, or -1 to stay (blocked)."""
+    if _is_register_op(op):
+        return _register_op(S, st, p, ins, op)
+    imm = S.instr[ins, I_IMM]
+    if op == OP_ACTIVATE:
         st.pe[p, P_PENDING] |= np.int64(1) << imm
     elif op == OP_WAIT:
         busy = st.pe[p, P_SLOTS_BUSY]
         if (imm >= 0 and (busy >> imm) & 1) or (imm < 0 and busy & ~np.int64(1)):
             return -1
-    return pc + 1
+    return st.pe[p, P_PC] + 1
 
 
 @njit(cache=True, _nrt=False, inline='always')
@@ -1445,12 +1469,22 @@ def _apart_from_fabric(S, st, p, ins, spans):
         if d < 0:
             continue
         n = 1 if f == 3 or (f == 0 and op >= OP_SUM) else count
-        size = 4 if S.desc[d, D_DTYPE] == F32 else 2
-        lo, hi = _span(S, d, _operand(S, st, p, d, n), 0, n - 1)
-        lo, hi = lo * size, hi * size + size - 1
-        for k in range(spans):
-            if (f == 0 or st.beside[k, 2]) and st.beside[k, 0] <= hi and lo <= st.beside[k, 1]:
-                return False
+        if not _operand_apart(S, st.beside, spans, d, _operand(S, st, p, d, n), n, f == 0):
+            return False
+    return True
+
+
+@njit(cache=True, _nrt=False, inline='always')
+def _operand_apart(S, spans_of, spans, d, base, n, written):
+    """Whether memory operand d (n elements from `base`; `written`: the
+    destination) writes none of the `spans` bytes in spans_of and reads none
+    of those written."""
+    size = 4 if S.desc[d, D_DTYPE] == F32 else 2
+    lo, hi = _span(S, d, base, 0, n - 1)
+    lo, hi = lo * size, hi * size + size - 1
+    for k in range(spans):
+        if (written or spans_of[k, 2]) and spans_of[k, 0] <= hi and lo <= spans_of[k, 1]:
+            return False
     return True
 
 
@@ -1509,12 +1543,12 @@ def _lean_ahead(S, st, spans_of, p, visit, last_event, beside, spans, listed, li
     _own_step would do anything else or the loop would end. S, st: OpStatic,
     OpState; spans_of: st.beside. Returns (visit, last_event, steps taken).
     A tile product's loop nest is all such steps: here each operand is
-    resolved once, where _own_step resolves it to check it and again to
-    start the operation (and a call passes every array of the engine)."""
+    resolved once (_own_step resolves it to check it, again to compare it
+    with the fabric operations in flight and again to start the operation)
+    and no call is made per instruction."""
     settings, instr, desc = S.settings, S.instr, S.desc
-    pe, slot, regs, counters = st.pe, st.slot, st.regs, st.counters
+    pe, slot, counters = st.pe, st.slot, st.counters
     issue = settings[C_SCALAR_CYCLES]
-    startup = settings[C_VECTOR_STARTUP]
     steps = 0
     if pe[p, P_SLOTS_BUSY] > 1 and not beside:
         return visit, last_event, steps
@@ -1529,33 +1563,10 @@ def _lean_ahead(S, st, spans_of, p, visit, last_event, beside, spans, listed, li
             continue
         ins = pe[p, P_PC]
         op = instr[ins, I_OP]
-        if op == OP_SET or op == OP_SETP or op == OP_AFFINE or op == OP_MODI \
-                or op == OP_LOOP or op == OP_JUMP or op == OP_BLT:
-            nxt = pe[p, P_PC] + 1
-            r = instr[ins, I_R]
-            imm = instr[ins, I_IMM]
-            if op == OP_SET:
-                regs[p, r] = imm
-            elif op == OP_SETP:
-                regs[p, r] = S.pe_params[p, imm]
-            elif op == OP_AFFINE:
-                regs[p, r] = regs[p, instr[ins, I_IMM2]] * imm + instr[ins, I_IMM3]
-            elif op == OP_MODI:
-                regs[p, r] = regs[p, r] % imm
-            elif op == OP_LOOP:
-                regs[p, r] -= 1
-                if regs[p, r] > 0:
-                    nxt = imm
-            elif op == OP_JUMP:
-                nxt = imm
-            elif regs[p, r] < instr[ins, I_IMM2]:
-                nxt = imm
+        if _is_register_op(op):
             counters[K_ISSUES] += 1
-            pe[p, P_PC] = nxt
-            slot[p, 0, S_INSTR] = ins                 # _hold_main
-            pe[p, P_SLOTS_BUSY] = busy | 1
-            slot[p, 0, S_BUSY_UNTIL] = visit + issue
-            _progress(counters, visit, visit + issue)
+            pe[p, P_PC] = _register_op(S, st, p, ins, op)
+            _hold_main(st, p, ins, visit + issue, visit)
         elif op >= FIRST_VECTOR_OP and instr[ins, I_SLOT] == 0:
             count = _vector_length(S, st, p, ins)
             if _cannot_end(S, count, visit):
@@ -1574,24 +1585,12 @@ def _lean_ahead(S, st, spans_of, p, visit, last_event, beside, spans, listed, li
                 base_s = _operand(S, st, p, sd, np.int64(1)) if desc[sd, D_KIND] == MEM else -1
             if base_dst < 0 or base_a < 0 or base_b < 0 or base_s < 0:
                 break                   # a fabric operand, or one that fails
-            if beside:                  # _apart_from_fabric, on the operands just resolved
-                clash = False
-                for f in range(4):
-                    d = instr[ins, I_DST + f]
-                    if d < 0:
-                        continue
-                    base = base_dst if f == 0 else (base_a if f == 1 else
-                                                    (base_b if f == 2 else base_s))
-                    n = 1 if f == 3 else (n_dst if f == 0 else count)
-                    size = 4 if desc[d, D_DTYPE] == F32 else 2
-                    lo, hi = _span(S, d, base, 0, n - 1)
-                    lo, hi = lo * size, hi * size + size - 1
-                    for k in range(spans):
-                        if (f == 0 or spans_of[k, 2]) and spans_of[k, 0] <= hi \
-                                and lo <= spans_of[k, 1]:
-                            clash = True
-                if clash:
-                    break
+            if beside and not (              # _apart_from_fabric, on the operands resolved
+                    _operand_apart(S, spans_of, spans, dst, base_dst, n_dst, True)
+                    and (a < 0 or _operand_apart(S, spans_of, spans, a, base_a, count, False))
+                    and (b < 0 or _operand_apart(S, spans_of, spans, b, base_b, count, False))
+                    and (sd < 0 or _operand_apart(S, spans_of, spans, sd, base_s, 1, False))):
+                break
             if busy & 1:
                 slot[p, 0, S_INSTR] = -1
             counters[K_ISSUES] += 1
@@ -1603,22 +1602,7 @@ def _lean_ahead(S, st, spans_of, p, visit, last_event, beside, spans, listed, li
                 slot[p, 0, S_BASE_B] = base_b
             if sd >= 0:
                 slot[p, 0, S_BASE_S] = base_s
-            slot[p, 0, S_INSTR] = ins
-            pe[p, P_SLOTS_BUSY] = busy | 1
-            slot[p, 0, S_PROGRESS] = 0
-            slot[p, 0, S_LEN] = count
-            slot[p, 0, S_START] = visit + startup
-            if count <= 0:
-                slot[p, 0, S_BUSY_UNTIL] = visit + issue
-            else:
-                cost = _memory_op(S, st, p, np.int64(0), ins, count, visit)
-                passes = S.passes_of_op[op]
-                begin = max(visit + startup, pe[p, P_DATAPATH_FREE])
-                end = begin + passes * cost + (passes - 1) * (issue + startup)
-                slot[p, 0, S_BUSY_UNTIL] = max(end, visit + issue)
-                pe[p, P_DATAPATH_FREE] = end
-                pe[p, P_COMPUTE] += passes * cost
-                _progress(counters, visit, max(end, visit + issue))
+            _begin_op(S, st, p, np.int64(0), ins, count, False, visit)
             pe[p, P_PC] = ins + 1
         else:
             break
