@@ -1637,7 +1637,6 @@ def _run_ahead(S, st, p, now, visit, beside):
     listed = (st.active[2 + ((now + 1) & 1), p >> 6] >> (p & 63)) & 1
     while (beside or listed == 0) and counters[ST_CODE] == STATUS_OK and visit < limit \
             and visit - last_event <= window:
-        counters[K_LAST_PROGRESS] = -1
         visit, last_event, lean_steps = _lean_ahead(
             OpStatic(S.settings, S.instr, S.instr_imm, S.desc, S.pe_params, S.buf_len,
                      S.buf_addr, S.half_to_float, S.flops_of_op, S.passes_of_op),
