@@ -261,8 +261,6 @@ ACTION_ROUTER, ACTION_FABRIC, ACTION_TIMER, ACTION_CYCLE_END = 0, 1, 2, 3
 
 # what one step of a fabric operation did (MOVED and above: it moved an element)
 WAIT_INPUT, WAIT_OUTPUT, MOVED, MOVED_ON_RAMP = 0, 1, 2, 3
-# what _own_step returns where it does not take the step
-NOT_ITS_OWN = -3
 
 
 # ----------------------------------------------------------------------------
@@ -1385,34 +1383,6 @@ def _pe_step(S, st, p, now, defer):
 # state is that of its next step (P_MAIN_AT), the cycles before it step the
 # slots only, and a timer brings the PE back then.
 @njit(cache=True, _nrt=False, inline='always')
-def _issues_only_its_own(S, st, p, t):
-    """Whether what PE p (running on its own) would issue at cycle t reads and
-    writes only its own state and cannot fail: a control instruction, or a
-    memory-only vector operation whose operands lie within their buffers (or
-    nothing, if the main thread is still busy)."""
-    slot = st.slot
-    if st.pe[p, P_SLOTS_BUSY] & 1 and slot[p, 0, S_BUSY_UNTIL] > t:
-        return True
-    ins = st.pe[p, P_PC]
-    op = S.instr[ins, I_OP]
-    if op == OP_END:
-        return False
-    if op < FIRST_VECTOR_OP:
-        return True
-    s = S.instr[ins, I_SLOT]
-    if s > 0 and (st.pe[p, P_SLOTS_BUSY] >> s) & 1 and slot[p, s, S_BUSY_UNTIL] > t:
-        return True                  # it waits for that slot (one due at t retires first)
-    count = _vector_length(S, st, p, ins)
-    if _cannot_end(S, count, t):
-        return False
-    dst, a, b, sd = S.instr[ins, I_DST], S.instr[ins, I_A], S.instr[ins, I_B], S.instr[ins, I_S]
-    for d, n in ((dst, 1 if op >= OP_SUM else count), (a, count), (b, count), (sd, 1)):
-        if d >= 0 and (S.desc[d, D_KIND] != MEM or _operand(S, st, p, d, n) < 0):
-            return False             # a fabric operand, or one that fails (stepping reports it)
-    return True
-
-
-@njit(cache=True, _nrt=False, inline='always')
 def _span(S, d, base, first, last):
     """(first, last) SRAM element memory operand d (at `base`) touches over
     its elements first..last (a wrapping view: all of its wrap)."""
@@ -1458,23 +1428,6 @@ def _fabric_spans(S, st, p):
 
 
 @njit(cache=True, _nrt=False, inline='always')
-def _apart_from_fabric(S, st, p, ins, spans):
-    """Whether memory-only operation `ins`, issued on PE p's main thread,
-    writes none of the `spans` bytes in st.beside (_fabric_spans) and reads
-    none of those written."""
-    count = _vector_length(S, st, p, ins)
-    op = S.instr[ins, I_OP]
-    for f in range(4):               # dst, a, b, scalar
-        d = S.instr[ins, I_DST + f]
-        if d < 0:
-            continue
-        n = 1 if f == 3 or (f == 0 and op >= OP_SUM) else count
-        if not _operand_apart(S, st.beside, spans, d, _operand(S, st, p, d, n), n, f == 0):
-            return False
-    return True
-
-
-@njit(cache=True, _nrt=False, inline='always')
 def _operand_apart(S, spans_of, spans, d, base, n, written):
     """Whether memory operand d (n elements from `base`; `written`: the
     destination) writes none of the `spans` bytes in spans_of and reads none
@@ -1488,64 +1441,25 @@ def _operand_apart(S, spans_of, spans, d, base, n, written):
     return True
 
 
-@njit(cache=True, _nrt=False, inline='always')
-def _own_step(S, st, p, now, beside, spans):
-    """PE p's step in cycle `now` while it runs ahead: its main thread's alone,
-    with no asynchronous operation in flight (or, `beside`, only fabric
-    operations, which the step leaves alone: their SRAM is `spans` of
-    st.beside).
-    It waits for the instruction in hand, or retires it and issues the next
-    one, a control instruction or a memory-only operation on the main thread;
-    this is what _pe_step (deferring) does then, without its walks over the
-    slots (its sleep flags stay clear, as the step that began running ahead
-    left them). Returns what _pe_step returns, or NOT_ITS_OWN where what
-    comes next is not its own or another asynchronous operation is in flight
-    (see _issues_only_its_own and _apart_from_fabric; nothing changed)."""
-    pe, slot = st.pe, st.slot
-    busy = pe[p, P_SLOTS_BUSY]
-    if busy > 1 and not beside:
-        return NOT_ITS_OWN
-    if busy & 1 and slot[p, 0, S_BUSY_UNTIL] > now:
-        return slot[p, 0, S_BUSY_UNTIL]
-    ins = pe[p, P_PC]
-    op = S.instr[ins, I_OP]
-    if op >= FIRST_VECTOR_OP and S.instr[ins, I_SLOT] != 0:
-        return NOT_ITS_OWN
-    if beside and op == OP_WAIT:
-        return NOT_ITS_OWN
-    if not _issues_only_its_own(S, st, p, now):
-        return NOT_ITS_OWN
-    if beside and op >= FIRST_VECTOR_OP and not _apart_from_fabric(S, st, p, ins, spans):
-        return NOT_ITS_OWN
-    if busy & 1:
-        slot[p, 0, S_INSTR] = -1
-        pe[p, P_SLOTS_BUSY] = busy & ~np.int64(1)
-    st.counters[K_ISSUES] += 1
-    if op < FIRST_VECTOR_OP:
-        # a wait passes with no asynchronous operation in flight (beside
-        # fabric operations it was turned away above): control never blocks here
-        pe[p, P_PC] = _control(S, st, p, ins, op)
-        _hold_main(st, p, ins, now + S.settings[C_SCALAR_CYCLES], now)
-    else:
-        if not _start(S, st, p, np.int64(0), ins, now):
-            return -1
-        pe[p, P_PC] = ins + 1
-    st.counters[K_LAST_PROGRESS] = now
-    return now + 1
-
-
 @njit(cache=True, _nrt=False)
-def _lean_ahead(S, st, spans_of, p, visit, last_event, beside, spans, listed, limit, window):
-    """The steps _run_ahead's loop takes with _own_step, for as long as PE p's
-    main thread issues register instructions (set, affine, mod, loop, jump,
-    branch) or memory-only operations on its own slot, with the same state
-    changes in the same order; it stops, changing nothing more, where
-    _own_step would do anything else or the loop would end. S, st: OpStatic,
-    OpState; spans_of: st.beside. Returns (visit, last_event, steps taken).
-    A tile product's loop nest is all such steps: here each operand is
-    resolved once (_own_step resolves it to check it, again to compare it
-    with the fabric operations in flight and again to start the operation)
-    and no call is made per instruction."""
+def _own_steps(S, st, spans_of, p, visit, last_event, beside, spans, listed, limit, window):
+    """PE p's steps from cycle `visit` on while it runs ahead (_run_ahead):
+    its main thread's alone, with no asynchronous operation in flight (or,
+    `beside`, only fabric operations, which these steps leave alone: their
+    SRAM is `spans` of spans_of). Each step waits for the instruction in
+    hand, or retires it and issues the next one, a control instruction or a
+    memory-only operation on the main thread: what _pe_step (deferring) does
+    then, without its walks over the slots (the sleep flags stay clear, as
+    the step that began running ahead left them). It stops, changing
+    nothing, before a step that is not its own: the task's end, an
+    operation in another slot or with a fabric operand, one with an operand
+    outside its buffer or that could not end by the cycle limit (stepping
+    reports those), and beside fabric operations a wait or an operation that
+    writes SRAM they have still to read or write or reads SRAM they have
+    still to write (_operand_apart); and where the run ahead ends (an error,
+    the cycle limit, the deadlock window after the last progress, `listed`:
+    someone else listed the PE). S, st: OpStatic, OpState. Returns
+    (visit, last_event, steps taken)."""
     settings, instr, desc = S.settings, S.instr, S.desc
     pe, slot, counters = st.pe, st.slot, st.counters
     issue = settings[C_SCALAR_CYCLES]
@@ -1556,18 +1470,17 @@ def _lean_ahead(S, st, spans_of, p, visit, last_event, beside, spans, listed, li
             and visit - last_event <= window:
         busy = pe[p, P_SLOTS_BUSY]
         if busy & 1 and slot[p, 0, S_BUSY_UNTIL] > visit:
-            if slot[p, 0, S_BUSY_UNTIL] == INF:
-                break
             visit = slot[p, 0, S_BUSY_UNTIL]         # the instruction in hand is not done
             steps += 1
             continue
         ins = pe[p, P_PC]
         op = instr[ins, I_OP]
-        if _is_register_op(op):
-            counters[K_ISSUES] += 1
-            pe[p, P_PC] = _register_op(S, st, p, ins, op)
-            _hold_main(st, p, ins, visit + issue, visit)
-        elif op >= FIRST_VECTOR_OP and instr[ins, I_SLOT] == 0:
+        if op < FIRST_VECTOR_OP:
+            if op == OP_END or (beside and op == OP_WAIT):
+                break
+        elif instr[ins, I_SLOT] != 0:
+            break
+        else:
             count = _vector_length(S, st, p, ins)
             if _cannot_end(S, count, visit):
                 break
@@ -1584,17 +1497,28 @@ def _lean_ahead(S, st, spans_of, p, visit, last_event, beside, spans, listed, li
             if sd >= 0:
                 base_s = _operand(S, st, p, sd, np.int64(1)) if desc[sd, D_KIND] == MEM else -1
             if base_dst < 0 or base_a < 0 or base_b < 0 or base_s < 0:
-                break                   # a fabric operand, or one that fails
-            if beside and not (              # _apart_from_fabric, on the operands resolved
+                break
+            if beside and not (
                     _operand_apart(S, spans_of, spans, dst, base_dst, n_dst, True)
                     and (a < 0 or _operand_apart(S, spans_of, spans, a, base_a, count, False))
                     and (b < 0 or _operand_apart(S, spans_of, spans, b, base_b, count, False))
                     and (sd < 0 or _operand_apart(S, spans_of, spans, sd, base_s, 1, False))):
                 break
-            if busy & 1:
-                slot[p, 0, S_INSTR] = -1
-            counters[K_ISSUES] += 1
-            # _start_op, its operands resolved above
+        if busy & 1:
+            slot[p, 0, S_INSTR] = -1
+            pe[p, P_SLOTS_BUSY] = busy & ~np.int64(1)
+        counters[K_ISSUES] += 1
+        if op < FIRST_VECTOR_OP:
+            # a wait passes with no asynchronous operation in flight (beside
+            # fabric operations it was turned away above): control never blocks here
+            if _is_register_op(op):
+                pe[p, P_PC] = _register_op(S, st, p, ins, op)
+            else:
+                pe[p, P_PC] = _control(S, st, p, ins, op)
+            _hold_main(st, p, ins, visit + issue, visit)
+        else:
+            # _start_op with the operands resolved above, which cannot fail:
+            # they lie in their buffers and the operation ends before the limit
             slot[p, 0, S_BASE_DST] = base_dst
             if a >= 0:
                 slot[p, 0, S_BASE_A] = base_a
@@ -1604,9 +1528,6 @@ def _lean_ahead(S, st, spans_of, p, visit, last_event, beside, spans, listed, li
                 slot[p, 0, S_BASE_S] = base_s
             _begin_op(S, st, p, np.int64(0), ins, count, False, visit)
             pe[p, P_PC] = ins + 1
-        else:
-            break
-        counters[K_LAST_PROGRESS] = visit
         steps += 1
         last_event = visit
         visit += 1
@@ -1631,34 +1552,14 @@ def _run_ahead(S, st, p, now, visit, beside):
             visit = slot[p, 0, S_BUSY_UNTIL]
     real_progress = counters[K_LAST_PROGRESS]
     last_event = _last_progress(counters, now)
-    steps = 0
     # a PE someone else listed for the next cycle is not on its own (beside
     # fabric operations, the PE listed itself: only its slots step then)
     listed = (st.active[2 + ((now + 1) & 1), p >> 6] >> (p & 63)) & 1
-    while (beside or listed == 0) and counters[ST_CODE] == STATUS_OK and visit < limit \
-            and visit - last_event <= window:
-        visit, last_event, lean_steps = _lean_ahead(
-            OpStatic(S.settings, S.instr, S.instr_imm, S.desc, S.pe_params, S.buf_len,
-                     S.buf_addr, S.half_to_float, S.flops_of_op, S.passes_of_op),
-            OpState(st.sram_f32, st.sram_u16, st.pe, st.regs, st.wavelet, st.slot,
-                    st.counters),
-            st.beside, p, visit, last_event, beside, spans, listed, limit, window)
-        steps += lean_steps
-        if counters[ST_CODE] != STATUS_OK or visit >= limit or visit - last_event > window:
-            break
-        counters[K_LAST_PROGRESS] = -1
-        after = _own_step(S, st, p, visit, beside, spans)
-        if after == NOT_ITS_OWN:
-            break
-        steps += 1
-        if counters[K_LAST_PROGRESS] > last_event:
-            last_event = counters[K_LAST_PROGRESS]
-        if after < 0:
-            counters[K_BULK_MISMATCH] += 1     # a flaw of the checks above
-            break
-        visit = after
-        if visit == INF:
-            break
+    visit, last_event, steps = _own_steps(
+        OpStatic(S.settings, S.instr, S.instr_imm, S.desc, S.pe_params, S.buf_len,
+                 S.buf_addr, S.half_to_float, S.flops_of_op, S.passes_of_op),
+        OpState(st.sram_f32, st.sram_u16, st.pe, st.regs, st.wavelet, st.slot, st.counters),
+        st.beside, p, visit, last_event, beside, spans, listed, limit, window)
     counters[K_LAST_PROGRESS] = real_progress
     counters[K_STEPS_PE] += steps
     counters[K_AHEAD_STEPS] += steps
