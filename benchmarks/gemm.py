@@ -4,9 +4,9 @@ Every point runs in a child process (so its wall time and peak memory are its
 own): `python -m benchmarks.gemm --point ALGORITHM SIZE GRID` prints one JSON
 row (ALGORITHM gemmt: C = A @ B.T by GEMM-T, B in its own layout; not in
 the suites, which compare the A @ B algorithms). quick: 256^3 on 8x8 and 16x16 and 512^3 on 32x32; full: 2048^3 (fp16)
-on 64x64, 128x128, 256x256 (on 128x128, one core: SUMMA 3.4 min, Cannon 16 min,
-MeshGEMM 30 min; docs/gemm.md) and 8192^3 on 256x256 from its first steps
-(FIRST_STEPS).
+on 64x64, 128x128, 256x256 (run in full so far: MeshGEMM on 64x64 in 18 min, and
+on 128x128 SUMMA in 3.4 min, Cannon in 16 and MeshGEMM in 30, each on one core;
+docs/gemm.md) and 8192^3 on 256x256 from its first steps (FIRST_STEPS).
 
 Where a full emulation is too long (8192^3 on 256x256: about 6.8e10
 wavelet-hops), `python -m benchmarks.gemm --first-steps ALGORITHM SIZE GRID
