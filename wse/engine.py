@@ -1139,15 +1139,9 @@ def _hold_main(st, p, ins, until, now):
     _progress(st.counters, now, until)
 
 
-@njit(cache=True, _nrt=False, inline='always')
-def _is_register_op(op):
-    """A control instruction that reads and writes only registers and the pc."""
-    return OP_SET <= op <= OP_JUMP or op == OP_BLT
-
-
-@njit(cache=True, _nrt=False, inline='always')
-def _register_op(S, st, p, ins, op):
-    """Execute a register instruction (_is_register_op); returns the next pc."""
+@njit(cache=True, _nrt=False)
+def _control(S, st, p, ins, op):
+    """Execute a control instruction; returns the next pc, or -1 to stay (blocked)."""
     pc = st.pe[p, P_PC]
     r = S.instr[ins, I_R]
     imm = S.instr[ins, I_IMM]
@@ -1169,22 +1163,13 @@ def _register_op(S, st, p, ins, op):
     elif op == OP_BLT:
         if regs[p, r] < S.instr[ins, I_IMM2]:
             return imm
-    return pc + 1
-
-
-@njit(cache=True, _nrt=False)
-def _control(S, st, p, ins, op):
-    """Execute a control instruction; returns the next pc, or -1 to stay (blocked)."""
-    if _is_register_op(op):
-        return _register_op(S, st, p, ins, op)
-    imm = S.instr[ins, I_IMM]
-    if op == OP_ACTIVATE:
+    elif op == OP_ACTIVATE:
         st.pe[p, P_PENDING] |= np.int64(1) << imm
     elif op == OP_WAIT:
         busy = st.pe[p, P_SLOTS_BUSY]
         if (imm >= 0 and (busy >> imm) & 1) or (imm < 0 and busy & ~np.int64(1)):
             return -1
-    return st.pe[p, P_PC] + 1
+    return pc + 1
 
 
 @njit(cache=True, _nrt=False, inline='always')
@@ -1511,10 +1496,7 @@ def _own_steps(S, st, spans_of, p, visit, last_event, beside, spans, listed, lim
         if op < FIRST_VECTOR_OP:
             # a wait passes with no asynchronous operation in flight (beside
             # fabric operations it was turned away above): control never blocks here
-            if _is_register_op(op):
-                pe[p, P_PC] = _register_op(S, st, p, ins, op)
-            else:
-                pe[p, P_PC] = _control(S, st, p, ins, op)
+            pe[p, P_PC] = _control(S, st, p, ins, op)
             _hold_main(st, p, ins, visit + issue, visit)
         else:
             # _start_op with the operands resolved above, which cannot fail:
